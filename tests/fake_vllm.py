@@ -1,0 +1,500 @@
+"""Fake vLLM OpenAI-compatible API server, for testing the vllama supervisor.
+
+Run as ``python tests/fake_vllm.py --model M --served-model-name NAME --host H --port P
+[--max-model-len N]``; unknown extra arguments (``--enforce-eager`` ...) are ignored, as vLLM
+would accept them. Depends on the standard library and aiohttp only.
+
+Knobs (environment variables, all optional):
+
+- FAKE_VLLM_START_DELAY (float s, default 0): "load" this long before binding the port,
+  printing a progress line every 0.2 s.
+- FAKE_VLLM_SILENT_START (float s, default 0): wait this long before binding, printing nothing.
+- FAKE_VLLM_CRASH_AT_START ("1"): print a few log lines ending in
+  ``RuntimeError: fake crash at start`` and exit with code 3 before binding.
+- FAKE_VLLM_CRASH_AFTER_CHUNKS (int N): in a streaming completion, once N content chunks have
+  been sent, the whole process SIGKILLs itself (the client sees the stream cut).
+- FAKE_VLLM_IGNORE_SIGTERM ("1"): ignore SIGTERM; only SIGKILL (or SIGINT) stops the process.
+- FAKE_VLLM_GRANDCHILD ("1"): spawn a sleeping grandchild (like vLLM's EngineCore) in the same
+  process group, sharing stdout/stderr (argv contains ``fake_vllm_enginecore``); it outlives
+  a SIGKILL of this process.
+  FAKE_VLLM_GRANDCHILD_PIDFILE: file to write the grandchild's pid to.
+- FAKE_VLLM_TOKEN_DELAY (float s, default 0): delay before each generated token (streaming and
+  non-streaming alike).
+- FAKE_VLLM_TOKENS (int, default 8): tokens generated when a request sets no max_tokens.
+- FAKE_VLLM_UNHEALTHY_AFTER (float s): this long after becoming ready, /health answers 503 and
+  inference requests 500 (engine dead), but the process keeps running.
+
+Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats;
+POST /v1/chat/completions, /v1/completions, /v1/embeddings.
+Generated token i is the text ``f"tok{i} "``. On SIGTERM/SIGINT: stop the grandchild, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+JSON = dict[str, Any]
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def env_float(name: str, default: float | None = None) -> float | None:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
+def env_int(name: str, default: int | None = None) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip() == "1"
+
+
+def token(i: int) -> str:
+    return f"tok{i} "
+
+
+def count_words(value: Any) -> int:
+    """Prompt 'tokens': whitespace-separated words of strings, or lengths of token-id lists."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, int):
+        return 1
+    if isinstance(value, list):
+        return sum(count_words(v) for v in value)
+    if isinstance(value, dict):  # chat message or content part
+        return count_words(value.get("content")) + count_words(value.get("text"))
+    return 0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+    def response(self) -> web.Response:
+        kinds = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
+        error = {
+            "message": self.message,
+            "type": kinds.get(self.status, "Error"),
+            "param": self.param,
+            "code": self.status,
+        }
+        return web.json_response({"error": error}, status=self.status)
+
+
+class FakeVllm:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.model: str = args.model
+        self.name: str = args.served_model_name or args.model
+        self.max_model_len: int = args.max_model_len
+        self.token_delay = env_float("FAKE_VLLM_TOKEN_DELAY", 0.0) or 0.0
+        self.default_tokens = env_int("FAKE_VLLM_TOKENS", 8) or 0
+        self.crash_after = env_int("FAKE_VLLM_CRASH_AFTER_CHUNKS")
+        self.unhealthy_after = env_float("FAKE_VLLM_UNHEALTHY_AFTER")
+        self.ready_at: float | None = None
+        self.requests = 0
+        self.aborted = 0
+        self.running = 0
+
+    # ---- app -------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.access_log])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/fake/stats", self.stats)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        return app
+
+    @web.middleware
+    async def access_log(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            peer = request.remote or "-"
+            log(f'INFO:     {peer} - "{request.method} {request.path_qs} HTTP/1.1" {status}')
+
+    def engine_dead(self) -> bool:
+        return (
+            self.ready_at is not None
+            and self.unhealthy_after is not None
+            and time.monotonic() - self.ready_at >= self.unhealthy_after
+        )
+
+    # ---- simple endpoints ------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=503 if self.engine_dead() else 200)
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.0.0+fake"})
+
+    async def models(self, request: web.Request) -> web.Response:
+        card = {
+            "id": self.name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+            "root": self.model,
+            "parent": None,
+            "max_model_len": self.max_model_len,
+            "permission": [],
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        label = f'{{model_name="{self.name}"}}'
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{label} {float(self.running)}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{label} 0.0\n"
+            "# HELP fake_vllm_requests_total Inference requests received.\n"
+            "# TYPE fake_vllm_requests_total counter\n"
+            f"fake_vllm_requests_total {float(self.requests)}\n"
+            "# HELP fake_vllm_aborted_requests_total Clients that disconnected mid-stream.\n"
+            "# TYPE fake_vllm_aborted_requests_total counter\n"
+            f"fake_vllm_aborted_requests_total {float(self.aborted)}\n"
+        )
+        return web.Response(
+            body=text.encode(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "requests": self.requests,
+                "aborted": self.aborted,
+                "running": self.running,
+                "pid": os.getpid(),
+            }
+        )
+
+    # ---- inference -------------------------------------------------------------------------
+
+    async def parse(self, request: web.Request) -> JSON:
+        """Count the request, decode and check the common fields; raise ApiError if bad."""
+        self.requests += 1
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise ApiError(400, f"Invalid JSON body: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "Request body must be a JSON object.")
+        model = body.get("model")
+        if model is not None and model != self.name:
+            raise ApiError(404, f"The model `{model}` does not exist.", "model")
+        if self.engine_dead():
+            raise ApiError(500, "EngineCore encountered an issue. See stack trace for the cause.")
+        return body
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.generate(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.generate(request, chat=False)
+
+    async def generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            body = await self.parse(request)
+            if chat:
+                prompt = body.get("messages")
+                if not isinstance(prompt, list) or not prompt:
+                    raise ApiError(400, "`messages` must be a non-empty list.", "messages")
+            else:
+                prompt = body.get("prompt")
+                if not isinstance(prompt, str | list):
+                    raise ApiError(400, "`prompt` must be a string or a list.", "prompt")
+            max_tokens = body.get("max_completion_tokens") if chat else None
+            max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
+            if max_tokens is not None and (
+                not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+            ):
+                raise ApiError(400, "`max_tokens` must be a positive integer.", "max_tokens")
+            prompt_tokens = count_words(prompt)
+            n = self.default_tokens if max_tokens is None else max_tokens
+            if prompt_tokens + n > self.max_model_len:
+                raise ApiError(
+                    400,
+                    f"This model's maximum context length is {self.max_model_len} tokens. "
+                    f"However, you requested {prompt_tokens + n} tokens ({prompt_tokens} in the "
+                    f"messages, {n} in the completion). Please reduce the length of the "
+                    "messages or completion.",
+                )
+        except ApiError as exc:
+            return exc.response()
+
+        gen = Generation(self, chat, n, "stop" if max_tokens is None else "length", prompt_tokens)
+        self.running += 1
+        try:
+            if body.get("stream") is True:
+                options = body.get("stream_options") or {}
+                include_usage = isinstance(options, dict) and options.get("include_usage") is True
+                return await gen.stream(request, include_usage)
+            return await gen.complete()
+        finally:
+            self.running -= 1
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        try:
+            body = await self.parse(request)
+            texts = body.get("input")
+            if isinstance(texts, str):
+                texts = [texts]
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise ApiError(400, "`input` must be a string or a list of strings.", "input")
+        except ApiError as exc:
+            return exc.response()
+        data = [
+            {"object": "embedding", "index": i, "embedding": embed(text)}
+            for i, text in enumerate(texts)
+        ]
+        words = count_words(texts)
+        return web.json_response(
+            {
+                "id": f"embd-{uuid.uuid4().hex}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": self.name,
+                "data": data,
+                "usage": {"prompt_tokens": words, "total_tokens": words, "completion_tokens": 0},
+            }
+        )
+
+
+def embed(text: str) -> list[float]:
+    """16 deterministic floats from the text, L2-normalised."""
+    raw = [b / 127.5 - 1.0 for b in hashlib.sha256(text.encode()).digest()[:16]]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [round(x / norm, 6) for x in raw]
+
+
+class Generation:
+    """One chat/text completion of `n` deterministic tokens."""
+
+    def __init__(
+        self, server: FakeVllm, chat: bool, n: int, finish_reason: str, prompt_tokens: int
+    ) -> None:
+        self.server, self.chat, self.n = server, chat, n
+        self.finish_reason, self.prompt_tokens = finish_reason, prompt_tokens
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def usage(self, completion_tokens: int) -> JSON:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+    def envelope(self, choices: list[JSON], chunk: bool) -> JSON:
+        kind = "chat.completion" if self.chat else "text_completion"
+        obj = f"{kind}.chunk" if chunk and self.chat else kind
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.server.name,
+            "choices": choices,
+        }
+
+    async def complete(self) -> web.Response:
+        await asyncio.sleep(self.server.token_delay * self.n)
+        text = "".join(token(i) for i in range(self.n))
+        choice: JSON = {"index": 0, "logprobs": None, "finish_reason": self.finish_reason}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+        else:
+            choice["text"] = text
+        choice["stop_reason"] = None
+        body = self.envelope([choice], chunk=False)
+        body["usage"] = self.usage(self.n)
+        return web.json_response(body)
+
+    def chunk(self, text: str | None, finish_reason: str | None = None) -> JSON:
+        choice: JSON = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if text is None else {"content": text}
+            choice["delta"] = {} if finish_reason else delta
+        else:
+            choice["text"] = text or ""
+        return self.envelope([choice], chunk=True)
+
+    async def stream(self, request: web.Request, include_usage: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+
+        async def send(event: JSON | str) -> None:
+            data = event if isinstance(event, str) else json.dumps(event)
+            await resp.write(f"data: {data}\n\n".encode())
+
+        crash_after = self.server.crash_after
+        try:
+            if self.chat:
+                await send(self.chunk(None))
+            for i in range(self.n):
+                if crash_after is not None and i >= crash_after:
+                    log(f"ERROR: fake crash after {i} chunks of request {self.id}")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.server.token_delay:
+                    await asyncio.sleep(self.server.token_delay)
+                await send(self.chunk(token(i)))
+            await send(self.chunk("", self.finish_reason))
+            if include_usage:
+                usage = self.envelope([], chunk=True)
+                usage["usage"] = self.usage(self.n)
+                await send(usage)
+            await send("[DONE]")
+            await resp.write_eof()
+        except ConnectionResetError:  # client went away: stop generating
+            self.abort()
+        except asyncio.CancelledError:  # handler cancelled (server shutdown)
+            self.abort()
+            raise
+        return resp
+
+    def abort(self) -> None:
+        self.server.aborted += 1
+        log(f"INFO: Aborted request {self.id}.")
+
+
+# ---- process lifecycle ---------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Fake vLLM OpenAI API server")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def spawn_grandchild() -> subprocess.Popen[bytes]:
+    # The trailing argument only makes the process findable with `pgrep -f fake_vllm`.
+    code = "import time; time.sleep(3600)"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, "fake_vllm_enginecore"], stdin=subprocess.DEVNULL
+    )
+    pidfile = os.environ.get("FAKE_VLLM_GRANDCHILD_PIDFILE")
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(f"{child.pid}\n")
+    log(f"INFO: Started EngineCore process [{child.pid}]")
+    return child
+
+
+def stop_grandchild(child: subprocess.Popen[bytes] | None) -> None:
+    if child is None or child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+async def serve(args: argparse.Namespace) -> int:
+    pid = os.getpid()
+    log(f"INFO: fake vLLM API server version 0.0.0+fake, pid {pid}")
+    log(f"INFO: args: {vars(args)}")
+    if env_flag("FAKE_VLLM_CRASH_AT_START"):
+        log(f"INFO: Initializing an engine with config: model={args.model!r}")
+        log("ERROR: EngineCore failed to start.")
+        log("Traceback (most recent call last):")
+        log('  File "fake_vllm.py", line 1, in <module>')
+        log("RuntimeError: fake crash at start")
+        return 3
+
+    child = spawn_grandchild() if env_flag("FAKE_VLLM_GRANDCHILD") else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if env_flag("FAKE_VLLM_IGNORE_SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    async def wait_stop(seconds: float) -> bool:
+        """Sleep up to `seconds`; True if asked to stop meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(seconds, 0.0))
+        return stop.is_set()
+
+    runner: web.AppRunner | None = None
+    try:
+        if await wait_stop(env_float("FAKE_VLLM_SILENT_START", 0.0) or 0.0):
+            return 0
+        delay = env_float("FAKE_VLLM_START_DELAY", 0.0) or 0.0
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            log(f"INFO: Loading model weights ... {delay - left:.1f}/{delay:.1f} s")
+            if await wait_stop(min(0.2, left)):
+                return 0
+
+        server = FakeVllm(args)
+        runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.port).start()
+        server.ready_at = time.monotonic()
+        log(f"INFO:     Started server process [{pid}]")
+        log("INFO:     Waiting for application startup.")
+        log("INFO: Application startup complete.")
+        log(f"INFO:     Uvicorn running on http://{args.host}:{args.port} (Press CTRL+C to quit)")
+        await stop.wait()
+        log("INFO:     Shutting down")
+        return 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        stop_grandchild(child)
+        log(f"INFO:     Finished server process [{pid}]")
+
+
+def main() -> None:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+    sys.exit(asyncio.run(serve(parse_args(sys.argv[1:]))))
+
+
+if __name__ == "__main__":
+    main()

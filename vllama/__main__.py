@@ -1,0 +1,5 @@
+import sys
+
+from vllama.cli import main
+
+sys.exit(main())

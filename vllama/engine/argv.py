@@ -1,0 +1,40 @@
+"""Pure construction of a worker's command line and environment.
+
+Model names and user arguments only ever become argv items: nothing here goes through a shell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from vllama.config import ModelSpec
+
+# Variables the daemon's environment may carry that must not reach a worker: systemd's notify socket
+# (a worker writing READY=1 there would confuse systemd about the daemon's own state) and its
+# watchdog settings.
+_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
+
+
+def build_argv(
+    command: Sequence[str], name: str, spec: ModelSpec, host: str, port: int
+) -> list[str]:
+    return [
+        *command,
+        "--model",
+        spec.model,
+        "--served-model-name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *spec.args,
+    ]
+
+
+def build_env(base: Mapping[str, str], spec: ModelSpec) -> dict[str, str]:
+    env = {key: value for key, value in base.items() if key not in _NOT_INHERITED}
+    # Python buffers a pipe's output; the supervisor reads it line by line for progress and errors.
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(spec.env)
+    return env

@@ -1,0 +1,252 @@
+"""One model's vLLM server: its state machine, start with readiness and stall detection, stop.
+
+The worker decides nothing about *when* to load or unload (that is the scheduler's job); it only
+does what it is told and reports, through its state, what happened to the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+
+import aiohttp
+import structlog
+
+from vllama.config import ModelSpec, ServerSettings
+from vllama.engine.argv import build_argv, build_env
+from vllama.engine.ports import NoFreePort, PortAllocator
+from vllama.engine.process import StopReport, WorkerProcess
+from vllama.engine.states import WorkerState, check_transition
+
+log = structlog.get_logger("vllama.worker")
+
+WORKER_HOST = "127.0.0.1"
+ERROR_TAIL_LINES = 20
+_READY_POLL = 0.25
+_HEALTH_TIMEOUT = 10.0
+_HEALTH_FAILURES_TO_FAIL = 3  # a busy 2-core host can answer /health slowly; a 503 fails at once
+
+
+class LoadError(Exception):
+    """A worker failed to start; carries the reason and the worker's last output lines."""
+
+    def __init__(self, model: str, reason: str, tail: list[str]) -> None:
+        super().__init__(f"model {model!r} failed to load: {reason}")
+        self.model = model
+        self.reason = reason
+        self.tail = tail
+
+    def detail(self) -> str:
+        if not self.tail:
+            return str(self)
+        return f"{self}; last worker output:\n" + "\n".join(self.tail)
+
+
+StateListener = Callable[["Worker", WorkerState, WorkerState, str], None]
+
+
+class Worker:
+    def __init__(
+        self,
+        name: str,
+        spec: ModelSpec,
+        settings: ServerSettings,
+        http: aiohttp.ClientSession,
+        ports: PortAllocator,
+        on_state: StateListener | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self._settings = settings
+        self._http = http
+        self._ports = ports
+        self._on_state = on_state
+        self.state = WorkerState.STOPPED
+        self.reason = "never started"
+        self.port: int | None = None
+        self.process: WorkerProcess | None = None
+        self._last_process: WorkerProcess | None = None  # kept after a stop, for its output tail
+        self.last_error: LoadError | None = None
+        self.ready_at: float | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _set_state(self, target: WorkerState, reason: str) -> None:
+        check_transition(self.name, self.state, target)
+        previous, self.state, self.reason = self.state, target, reason
+        log.info("worker state", model=self.name, old=previous.value, new=target.value, why=reason)
+        if self._on_state is not None:
+            self._on_state(self, previous, target, reason)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is WorkerState.READY
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"worker {self.name!r} has no port")
+        return f"http://{WORKER_HOST}:{self.port}"
+
+    def tail(self, lines: int = ERROR_TAIL_LINES) -> list[str]:
+        source = self.process or self._last_process
+        return source.tail(lines) if source is not None else []
+
+    # -- start -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the server and wait for `GET /health` = 200.
+
+        On failure the process tree is stopped, the state is FAILED and `LoadError` is raised.
+        If the caller is cancelled (shutdown), the tree is stopped and the state is STOPPED.
+        """
+        if self._watch is not None:  # a failure's cleanup may still be running: wait for it
+            await asyncio.shield(self._watch)
+            self._watch = None
+        self._set_state(WorkerState.STARTING, "load requested")
+        self.last_error = None
+        try:
+            await self._spawn_and_wait()
+        except LoadError as error:
+            self.last_error = error
+            await self._release_process()
+            self._set_state(WorkerState.FAILED, error.reason)
+            raise
+        except asyncio.CancelledError:
+            self._set_state(WorkerState.STOPPING, "load cancelled")
+            await asyncio.shield(self._release_process())
+            self._set_state(WorkerState.STOPPED, "load cancelled")
+            raise
+        self.ready_at = time.monotonic()
+        self._set_state(WorkerState.READY, "health check passed")
+        self._watch = asyncio.create_task(self._watch_ready(), name=f"watch-{self.name}")
+
+    async def _spawn_and_wait(self) -> None:
+        try:
+            self.port = self._ports.acquire()
+        except NoFreePort as exc:
+            raise LoadError(self.name, str(exc), []) from None
+        command = self._settings.engine_command
+        argv = build_argv(command, self.name, self.spec, WORKER_HOST, self.port)
+        env = build_env(os.environ, self.spec)
+        log.info("worker spawn", model=self.name, port=self.port, argv=argv)
+        try:
+            self.process = await WorkerProcess.spawn(
+                argv, env, self._settings.log_tail_lines, self._log_line
+            )
+        except OSError as exc:
+            raise LoadError(self.name, f"could not start {argv[0]!r}: {exc}", []) from None
+        await self._wait_ready(self.process)
+
+    async def _wait_ready(self, process: WorkerProcess) -> None:
+        stall = self._settings.load_stall_timeout
+        while True:
+            if process.returncode is not None:
+                raise LoadError(
+                    self.name,
+                    f"worker exited with code {process.returncode} during start",
+                    process.tail(ERROR_TAIL_LINES),
+                )
+            if await self._probe() == 200:
+                return
+            silent_for = time.monotonic() - process.last_output_at
+            if silent_for > stall:
+                raise LoadError(
+                    self.name,
+                    f"worker showed no progress for {stall:g}s during start (stalled) and was "
+                    "stopped",
+                    process.tail(ERROR_TAIL_LINES),
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.wait()), _READY_POLL)
+
+    async def _probe(self) -> int | None:
+        """`GET /health`'s status, or None when the server does not answer."""
+        try:
+            async with self._http.get(
+                f"{self.base_url}/health", timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT)
+            ) as response:
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    # -- while ready -------------------------------------------------------------------------
+
+    async def _watch_ready(self) -> None:
+        """Notice an exit or a dead engine while READY; then clean up and mark FAILED."""
+        process = self.process
+        assert process is not None
+        failures = 0
+        reason = ""
+        while not reason:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(process.wait()), self._settings.health_interval
+                )
+            if process.returncode is not None:
+                reason = f"worker exited with code {process.returncode}"
+                break
+            status = await self._probe()
+            if status == 200:
+                failures = 0
+            elif status is not None and status >= 500:
+                reason = f"health check answered {status} (engine dead)"
+            else:
+                failures += 1
+                if failures >= _HEALTH_FAILURES_TO_FAIL:
+                    reason = f"health check failed {failures} times in a row"
+        if self.state is not WorkerState.READY:
+            return
+        self.last_error = LoadError(self.name, reason, process.tail(ERROR_TAIL_LINES))
+        self._set_state(WorkerState.FAILED, reason)
+        await self._release_process()
+
+    # -- stop --------------------------------------------------------------------------------
+
+    async def stop(self, reason: str) -> StopReport | None:
+        """Stop the worker and confirm its process tree is gone. Idempotent."""
+        if self._watch is not None:
+            if self.state is WorkerState.READY:
+                self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        if self.state is WorkerState.READY:
+            self._set_state(WorkerState.STOPPING, reason)
+            report = await self._release_process()
+            self._set_state(WorkerState.STOPPED, reason)
+            return report
+        if self.state in (WorkerState.FAILED, WorkerState.BACKOFF, WorkerState.FATAL):
+            self._set_state(WorkerState.STOPPED, reason)
+        return None
+
+    def kill_now(self) -> None:
+        if self.process is not None:
+            self.process.kill_now()
+
+    async def _release_process(self) -> StopReport | None:
+        process, self.process = self.process, None
+        report = None
+        if process is not None:
+            report = await process.stop(self._settings.stop_timeout)
+            if report.survivors:
+                log.error("worker tree survived stop", model=self.name, pids=report.survivors)
+            else:
+                log.info(
+                    "worker tree gone",
+                    model=self.name,
+                    returncode=report.returncode,
+                    escalated=report.escalated,
+                )
+            self._last_process = process
+        if self.port is not None:
+            self._ports.release(self.port)
+            self.port = None
+        return report
+
+    def _log_line(self, line: str) -> None:
+        log.debug("worker output", model=self.name, line=line)

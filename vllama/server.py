@@ -1,0 +1,83 @@
+"""The daemon's lifecycle: listen, serve, and on a signal shut down in a fixed order.
+
+Shutdown order (first SIGTERM/SIGINT): refuse new work and abandon loads in flight, stop listening,
+let requests in flight finish up to `drain_timeout`, stop every worker (confirming each tree is
+gone), close the upstream pool, exit 0. A second signal SIGKILLs every worker group and exits at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import structlog
+from aiohttp import web
+
+from vllama.api.app import build_app
+from vllama.api.relay import new_upstream_session
+from vllama.config import Config
+from vllama.scheduler import Scheduler
+
+log = structlog.get_logger("vllama.server")
+
+EXIT_FORCED = 130
+
+
+async def serve(config: Config) -> int:
+    settings = config.server
+    loop = asyncio.get_running_loop()
+    upstream = new_upstream_session()
+    scheduler = Scheduler(config, upstream)
+    app = build_app(config, scheduler, upstream)
+    # handler_cancellation: a client that disconnects cancels its handler, which closes the
+    # upstream request so vLLM stops generating, even before the first byte is due.
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=settings.drain_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("shutdown requested", signal=signal.Signals(signum).name)
+            stop.set()
+            return
+        log.warning("second signal: killing every worker now", signal=signal.Signals(signum).name)
+        scheduler.kill_all_now()
+        os._exit(EXIT_FORCED)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot listen", host=settings.host, port=settings.port, error=str(exc))
+            return 1
+        log.info(
+            "vllama listening",
+            url=f"http://{settings.host}:{settings.port}",
+            models=sorted(config.models),
+        )
+        await stop.wait()
+        scheduler.begin_shutdown()
+        # Stops the listener, then waits up to shutdown_timeout for handlers in flight.
+        await runner.cleanup()
+        await scheduler.stop_all()
+        return 0
+    finally:
+        await scheduler.stop_all()
+        await runner.cleanup()
+        await upstream.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("vllama stopped")
