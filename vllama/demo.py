@@ -288,38 +288,23 @@ def _write_chat_model(folder: Path) -> None:
 
 def _write_embedding_model(folder: Path) -> None:
     import torch
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     transformers = _untyped("transformers")
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    vocab = _wordpiece_vocab(_training_text(seed=1), _VOCAB_SIZE - len(specials))
+    tok = Tokenizer(
+        models.WordPiece(
+            vocab={token: index for index, token in enumerate(specials + vocab)},
+            unk_token="[UNK]",
+            max_input_chars_per_word=100,
+        )
+    )
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=_VOCAB_SIZE, special_tokens=specials, show_progress=False
-    )
-    tok.train_from_iterator(_training_text(seed=1), trainer=trainer)
-    # The trainer numbers the "##x" alphabet in hash-map order, which changes from one process to
-    # the next: same tokens, different ids, so the same weights would embed text differently.
-    # Renumbering in a fixed order (specials first, at the ids the trainer gave them) fixes that.
-    trained = tok.get_vocab(with_added_tokens=True)
-    order = specials + sorted(token for token in trained if token not in specials)
-    tok.model = models.WordPiece(
-        vocab={token: index for index, token in enumerate(order)},
-        unk_token="[UNK]",
-        max_input_chars_per_word=100,
-    )
-    assert all(tok.token_to_id(token) == trained[token] for token in specials)
+    tok.add_special_tokens(specials)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -352,6 +337,44 @@ def _write_embedding_model(folder: Path) -> None:
         model = _seeded(lambda: transformers.BertModel(config), torch)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+
+
+def _wordpiece_vocab(text: list[str], size: int) -> list[str]:
+    """A WordPiece vocabulary of at most `size` tokens learned from `text`, the same on every run.
+
+    tokenizers' WordPieceTrainer is not deterministic: it numbers the "##x" pieces in hash-map
+    order, which differs between processes, and that order breaks ties between equally frequent
+    merges, so two builds got different vocabularies. Its plain BPE trainer is deterministic, so
+    this learns subwords with it and converts them: a word's first piece keeps its form, the
+    others get the "##" prefix, and the most frequent pieces are kept, in a fixed order.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.BertNormalizer(lowercase=True)
+    bpe.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    bpe.train_from_iterator(text, trainers.BpeTrainer(vocab_size=size, show_progress=False))
+    words: Counter[str] = Counter()
+    for line in text:
+        normalized = bpe.normalizer.normalize_str(line)
+        words.update(word for word, _ in bpe.pre_tokenizer.pre_tokenize_str(normalized))
+    # Every character seen, in both positions, so no training word ever becomes [UNK].
+    required = {word[0] for word in words} | {"##" + c for word in words for c in word[1:]}
+    pieces: Counter[str] = Counter()
+    for word, count in words.items():
+        tokens = [token.value for token in bpe.model.tokenize(word)]
+        pieces[tokens[0]] += count
+        for token in tokens[1:]:
+            pieces["##" + token] += count
+    ranked = sorted(pieces.items(), key=lambda item: (-item[1], item[0]))
+    chosen = set(required)
+    for token, _ in ranked:
+        if len(chosen) >= size:
+            break
+        chosen.add(token)
+    return sorted(chosen)
 
 
 def _untyped(module: str) -> Any:

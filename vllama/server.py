@@ -16,9 +16,8 @@ import structlog
 from aiohttp import web
 
 from vllama.api.app import build_app
-from vllama.api.relay import new_upstream_session
+from vllama.api.keys import SCHEDULER
 from vllama.config import Config
-from vllama.scheduler import Scheduler
 
 log = structlog.get_logger("vllama.server")
 
@@ -28,9 +27,7 @@ EXIT_FORCED = 130
 async def serve(config: Config) -> int:
     settings = config.server
     loop = asyncio.get_running_loop()
-    upstream = new_upstream_session()
-    scheduler = Scheduler(config, upstream)
-    app = build_app(config, scheduler, upstream)
+    app = build_app(config)
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # upstream request so vLLM stops generating, even before the first byte is due.
     runner = web.AppRunner(
@@ -40,6 +37,7 @@ async def serve(config: Config) -> int:
         access_log=None,
     )
     await runner.setup()
+    scheduler = app[SCHEDULER]
     stop = asyncio.Event()
     signals_seen = 0
 
@@ -70,14 +68,11 @@ async def serve(config: Config) -> int:
         )
         await stop.wait()
         scheduler.begin_shutdown()
-        # Stops the listener, then waits up to shutdown_timeout for handlers in flight.
-        await runner.cleanup()
-        await scheduler.stop_all()
         return 0
     finally:
-        await scheduler.stop_all()
+        # Stops the listener, waits up to drain_timeout for handlers in flight, then runs the
+        # app's cleanup: every worker stopped, the upstream pool closed.
         await runner.cleanup()
-        await upstream.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("vllama stopped")

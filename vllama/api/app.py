@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import aiohttp
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from vllama.api import openai
 from vllama.api.errors import error_middleware
 from vllama.api.keys import CONFIG, SCHEDULER, UPSTREAM
+from vllama.api.relay import new_upstream_session
 from vllama.config import Config
 from vllama.scheduler import Scheduler
 
@@ -17,15 +19,26 @@ async def root(request: web.Request) -> web.Response:
     return web.Response(text="vllama is running")
 
 
-def build_app(
-    config: Config, scheduler: Scheduler, upstream: aiohttp.ClientSession
-) -> web.Application:
+async def _supervision(app: web.Application) -> AsyncIterator[None]:
+    """The upstream pool and the scheduler live exactly as long as the application.
+
+    Cleanup runs after the runner has drained requests in flight: then every worker is stopped
+    (each tree confirmed gone) and the pool closed.
+    """
+    upstream = new_upstream_session()
+    app[UPSTREAM] = upstream
+    app[SCHEDULER] = Scheduler(app[CONFIG], upstream)
+    yield
+    await app[SCHEDULER].stop_all()
+    await upstream.close()
+
+
+def build_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware], client_max_size=config.server.max_request_bytes
     )
     app[CONFIG] = config
-    app[SCHEDULER] = scheduler
-    app[UPSTREAM] = upstream
+    app.cleanup_ctx.append(_supervision)
     app.router.add_get("/", root)  # add_get also answers HEAD
     openai.add_routes(app)
     return app

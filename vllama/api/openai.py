@@ -10,7 +10,7 @@ from aiohttp import web
 
 from vllama.api.errors import ApiError
 from vllama.api.keys import SCHEDULER, UPSTREAM
-from vllama.api.relay import relay
+from vllama.api.relay import WorkerUnreachable, relay
 from vllama.engine.worker import LoadError
 from vllama.scheduler import Scheduler, ShuttingDown
 
@@ -45,6 +45,28 @@ def resolve_model(scheduler: Scheduler, payload: dict[str, Any]) -> str:
     return name
 
 
+async def relay_to_model(
+    request: web.Request, name: str, path: str, body: bytes
+) -> web.StreamResponse:
+    """Relay to the model's worker; if it turns out dead before taking the request, restart it.
+
+    A worker that died since it was last seen refuses the connection before anything was sent,
+    so one retry on a fresh lease (which restarts it) is safe and hides the crash from the client.
+    """
+    scheduler = request.app[SCHEDULER]
+    for attempt in range(2):
+        async with scheduler.lease(name) as worker:
+            try:
+                return await relay(request, request.app[UPSTREAM], worker.base_url + path, body)
+            except WorkerUnreachable as exc:
+                if attempt == 1:
+                    raise ApiError(
+                        502, f"the model's worker did not answer: {exc}", code="worker_error"
+                    ) from None
+        await worker.confirm_health()
+    raise AssertionError("unreachable")
+
+
 def _relay_handler(path: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         scheduler = request.app[SCHEDULER]
@@ -54,8 +76,7 @@ def _relay_handler(path: str) -> Any:
             payload["model"] = name
             body = json.dumps(payload).encode()
         try:
-            async with scheduler.lease(name) as worker:
-                return await relay(request, request.app[UPSTREAM], worker.base_url + path, body)
+            return await relay_to_model(request, name, path, body)
         except LoadError as error:
             raise ApiError(503, error.detail(), code="model_load_failed") from None
         except ShuttingDown as exc:

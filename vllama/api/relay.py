@@ -25,6 +25,10 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = ("Content-Type", "Cache-Control")
 
 
+class WorkerUnreachable(Exception):
+    """The worker's connection failed before any response came back."""
+
+
 def new_upstream_session() -> aiohttp.ClientSession:
     # limit=0: no connection cap, so concurrent requests are never queued behind each other here.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
@@ -38,6 +42,10 @@ async def relay(
 ) -> web.StreamResponse:
     try:
         upstream = await session.post(url, data=body, headers=_JSON_HEADERS)
+    except aiohttp.ClientConnectionError as exc:
+        # Refused, or a pooled connection found dead before any response: the client has seen
+        # nothing yet, and a dead worker finished nothing, so the caller may retry.
+        raise WorkerUnreachable(str(exc)) from None
     except aiohttp.ClientError as exc:
         raise ApiError(
             502, f"the model's worker did not answer: {exc}", code="worker_error"

@@ -205,6 +205,22 @@ class Worker:
         self._set_state(WorkerState.FAILED, reason)
         await self._release_process()
 
+    async def confirm_health(self) -> None:
+        """Called when a READY worker refused a connection: settle whether it is dead.
+
+        Returns once the worker is READY and healthy again, or FAILED with its tree cleaned up
+        (so the next lease starts it anew).
+        """
+        process = self.process
+        if not self.is_ready or process is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(process.wait()), 1.0)
+        if process.returncode is None and await self._probe() == 200:
+            return
+        if self._watch is not None:  # it exited or is failing: the watcher settles it
+            await asyncio.shield(self._watch)
+
     # -- stop --------------------------------------------------------------------------------
 
     async def stop(self, reason: str) -> StopReport | None:

@@ -1,0 +1,143 @@
+"""The worker's supervision paths, driven by the fake vLLM server's failure knobs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.component.fakes import fake_config
+from vllama.engine.ports import PortAllocator
+from vllama.engine.states import WorkerState
+from vllama.engine.worker import LoadError, Worker
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def make_worker(
+    http: aiohttp.ClientSession, env: dict[str, str] | None = None, **server: Any
+) -> Worker:
+    config = fake_config({"m": {"env": env or {}}}, **server)
+    ports = PortAllocator(config.server.worker_port_min, config.server.worker_port_max)
+    return Worker("m", config.models["m"], config.server, http, ports)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_start_until_healthy_then_stop_leaves_nothing(http: aiohttp.ClientSession) -> None:
+    worker = make_worker(http, {"FAKE_VLLM_START_DELAY": "0.5"})
+    await worker.start()
+    assert worker.state is WorkerState.READY
+    async with http.get(f"{worker.base_url}/v1/models") as response:
+        assert (await response.json())["data"][0]["id"] == "m"
+    assert worker.process is not None
+    pid = worker.process.pid
+    report = await worker.stop("test")
+    assert worker.state is WorkerState.STOPPED
+    assert report is not None and report.survivors == () and not report.escalated
+    assert not pid_alive(pid)
+    assert worker.port is None
+
+
+async def test_crash_at_start_fails_with_the_last_log_lines(http: aiohttp.ClientSession) -> None:
+    worker = make_worker(http, {"FAKE_VLLM_CRASH_AT_START": "1"})
+    with pytest.raises(LoadError) as info:
+        await worker.start()
+    assert "exited with code 3 during start" in info.value.reason
+    assert any("fake crash at start" in line for line in info.value.tail)
+    assert "fake crash at start" in info.value.detail()
+    assert worker.state is WorkerState.FAILED
+
+
+async def test_a_silent_start_is_killed_as_stalled(http: aiohttp.ClientSession) -> None:
+    worker = make_worker(http, {"FAKE_VLLM_SILENT_START": "30"}, load_stall_timeout=1.5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(LoadError, match="no progress for 1.5s"):
+        await worker.start()
+    assert loop.time() - began < 10
+    assert worker.state is WorkerState.FAILED
+
+
+async def test_a_slow_start_that_shows_progress_is_not_stalled(http: aiohttp.ClientSession) -> None:
+    # 3 s of start-up with progress lines every 0.2 s outlasts a 1.5 s stall limit and still loads.
+    worker = make_worker(http, {"FAKE_VLLM_START_DELAY": "3"}, load_stall_timeout=1.5)
+    await worker.start()
+    assert worker.is_ready
+    await worker.stop("test")
+
+
+async def test_sigterm_ignored_escalates_to_sigkill(http: aiohttp.ClientSession) -> None:
+    worker = make_worker(http, {"FAKE_VLLM_IGNORE_SIGTERM": "1"}, stop_timeout=1)
+    await worker.start()
+    report = await worker.stop("test")
+    assert report is not None and report.escalated and report.survivors == ()
+    assert report.returncode == -signal.SIGKILL
+
+
+async def test_engine_outliving_its_api_server_is_killed(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    env = {"FAKE_VLLM_GRANDCHILD": "1", "FAKE_VLLM_GRANDCHILD_PIDFILE": str(pidfile)}
+    worker = make_worker(http, env)
+    await worker.start()
+    grandchild = int(pidfile.read_text())
+    assert worker.process is not None
+    os.kill(worker.process.pid, signal.SIGKILL)  # only the API server, as in vLLM issue #55510
+    for _ in range(100):
+        if worker.state is WorkerState.FAILED and worker.process is None:
+            break
+        await asyncio.sleep(0.1)
+    assert worker.state is WorkerState.FAILED
+    assert "exited with code -9" in worker.reason
+    assert not pid_alive(grandchild), "the orphaned engine process was left running"
+    # The next start waits for that cleanup and works.
+    await worker.start()
+    assert worker.is_ready
+    await worker.stop("test")
+
+
+async def test_dead_engine_behind_a_live_server_fails_the_worker(
+    http: aiohttp.ClientSession,
+) -> None:
+    worker = make_worker(http, {"FAKE_VLLM_UNHEALTHY_AFTER": "0.5"})
+    await worker.start()
+    for _ in range(100):
+        if worker.state is WorkerState.FAILED:
+            break
+        await asyncio.sleep(0.1)
+    assert worker.state is WorkerState.FAILED
+    assert "503" in worker.reason
+    await worker.stop("test")
+    assert worker.state is WorkerState.STOPPED
+
+
+async def test_cancelled_start_stops_the_tree(http: aiohttp.ClientSession) -> None:
+    worker = make_worker(http, {"FAKE_VLLM_START_DELAY": "30"})
+    task = asyncio.create_task(worker.start())
+    while worker.process is None:
+        await asyncio.sleep(0.05)
+    pid = worker.process.pid
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert worker.state is WorkerState.STOPPED
+    assert not pid_alive(pid)

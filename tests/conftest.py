@@ -1,0 +1,62 @@
+"""Shared fixtures. Every test that spawns processes is checked, at its end, for leftovers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+FAKE_VLLM = TESTS / "fake_vllm.py"
+FAKE_ENGINE_COMMAND = [sys.executable, str(FAKE_VLLM)]
+
+# What a leaked worker looks like: the fake server (and its fake EngineCore grandchild), a real vLLM
+# server or engine, or a vllama daemon started by a test.
+_LEAK_MARKERS = ("fake_vllm", "vllm.entrypoints", "VLLM::", "vllama serve")
+
+
+def worker_like_processes(since: float) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "name", "create_time", "status"]):
+        info = proc.info
+        if info["pid"] == os.getpid() or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if (info["create_time"] or 0) < since:
+            continue
+        text = " ".join(info["cmdline"] or []) + " " + (info["name"] or "")
+        if any(marker in text for marker in _LEAK_MARKERS):
+            found.append(proc)
+    return found
+
+
+def assert_no_leftovers(since: float, settle: float = 10.0) -> None:
+    deadline = time.monotonic() + settle
+    while True:
+        left = worker_like_processes(since)
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            details = []
+            for proc in left:
+                try:
+                    details.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+                except psutil.Error:
+                    continue
+                proc.kill()  # don't let one leak poison the tests after it
+            if details:
+                pytest.fail("processes left behind:\n" + "\n".join(details))
+            return
+        time.sleep(0.1)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Fails a test that leaves a worker-like process (fake or real vLLM, a daemon) running."""
+    started = time.time() - 1.0  # create_time has coarse resolution
+    yield
+    assert_no_leftovers(started)

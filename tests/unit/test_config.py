@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from vllama.config import ConfigError, load_config, read_toml
+
+
+def test_defaults_bind_loopback_on_ollamas_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLAMA_HOST", raising=False)
+    monkeypatch.delenv("VLLAMA_PORT", raising=False)
+    config = load_config()
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 11434)
+    assert config.server.keep_alive == 300.0
+    assert config.models == {}
+
+
+def test_flags_win_over_env_which_wins_over_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    file_data = {"server": {"port": 1111, "host": "0.0.0.0", "keep_alive": "1m"}}
+    monkeypatch.setenv("VLLAMA_PORT", "2222")
+    monkeypatch.setenv("VLLAMA_KEEP_ALIVE", "90")
+    config = load_config({"port": 3333}, file_data)
+    assert config.server.port == 3333  # flag
+    assert config.server.keep_alive == 90.0  # env over file
+    assert config.server.host == "0.0.0.0"  # file over default
+    config = load_config({}, file_data)
+    assert config.server.port == 2222
+
+
+def test_model_table_is_validated() -> None:
+    config = load_config(
+        file_data={
+            "models": {
+                "tiny": {
+                    "model": "org/tiny",
+                    "args": ["--enforce-eager"],
+                    "env": {"A": "1"},
+                    "aliases": ["t", "tiny-chat:v1"],
+                    "keep_alive": "-1",
+                    "max_parallel": 4,
+                }
+            }
+        }
+    )
+    spec = config.models["tiny"]
+    assert spec.args == ("--enforce-eager",)
+    assert math.isinf(spec.keep_alive or 0)
+    assert config.names() == {"tiny": "tiny", "t": "tiny", "tiny-chat:v1": "tiny"}
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"args": ["--x"]}, "models.m.model"),
+        ({"model": "a/b", "args": "--enforce-eager"}, "models.m.args"),
+        ({"model": "a/b", "args": ["--port", "1"]}, "models.m.args"),
+        ({"model": "a/b", "args": ["--served-model-name=x"]}, "models.m.args"),
+        ({"model": "a/b", "max_parallel": 0}, "models.m.max_parallel"),
+        ({"model": "a/b", "keep_alive": "soon"}, "models.m.keep_alive"),
+        ({"model": "a/b", "env": {"A": 1}}, "models.m.env.A"),
+        ({"model": "a/b", "typo": 1}, "models.m.typo"),
+        ({"model": "./nowhere"}, "models.m.model"),
+    ],
+)
+def test_bad_model_tables_name_the_key(table: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(file_data={"models": {"m": table}}, base_dir=Path("/nonexistent"))
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"server": {"portt": 1}}, "server.portt"),
+        ({"server": {"worker_port_min": 5000, "worker_port_max": 4000}}, "worker_port_min"),
+        ({"serverr": {}}, "serverr"),
+        ({"models": {"bad name!": {"model": "a/b"}}}, "models.bad name!"),
+        (
+            {"models": {"a": {"model": "x/a"}, "b": {"model": "x/b", "aliases": ["a"]}}},
+            "models.b.aliases",
+        ),
+    ],
+)
+def test_bad_files_name_the_key(data: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(file_data=data)
+    assert key in str(info.value)
+
+
+def test_local_model_folders_resolve_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    config = load_config(file_data={"models": {"m": {"model": "./weights"}}}, base_dir=tmp_path)
+    assert config.models["m"].model == str(tmp_path / "weights")
+
+
+def test_read_toml_reports_syntax_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[models.a\nmodel = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_toml(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_toml(tmp_path / "missing.toml")

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from vllama.config import ModelSpec
+from vllama.durations import DurationError, parse_duration
+from vllama.engine.argv import build_argv, build_env
+from vllama.engine.states import (
+    ALLOWED_TRANSITIONS,
+    IllegalTransition,
+    WorkerState,
+    check_transition,
+)
+
+S = WorkerState
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (S.STOPPED, S.STARTING),
+        (S.STARTING, S.READY),
+        (S.STARTING, S.FAILED),
+        (S.STARTING, S.STOPPING),
+        (S.READY, S.STOPPING),
+        (S.READY, S.FAILED),
+        (S.STOPPING, S.STOPPED),
+        (S.FAILED, S.STARTING),
+        (S.FAILED, S.BACKOFF),
+        (S.BACKOFF, S.STARTING),
+        (S.FAILED, S.FATAL),
+        (S.FATAL, S.STARTING),
+    ],
+)
+def test_allowed_transitions(current: WorkerState, target: WorkerState) -> None:
+    check_transition("m", current, target)
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (S.STOPPED, S.READY),  # never ready without a start
+        (S.STOPPED, S.STOPPING),
+        (S.READY, S.STARTING),  # a running worker is not started twice
+        (S.STOPPING, S.READY),
+        (S.FAILED, S.READY),
+        (S.FATAL, S.READY),
+        (S.BACKOFF, S.READY),
+    ],
+)
+def test_refused_transitions(current: WorkerState, target: WorkerState) -> None:
+    with pytest.raises(IllegalTransition, match=f"{current.value} -> {target.value}"):
+        check_transition("m", current, target)
+
+
+def test_every_state_has_a_way_out() -> None:
+    assert set(ALLOWED_TRANSITIONS) == set(WorkerState)
+    assert all(ALLOWED_TRANSITIONS[state] for state in WorkerState)
+
+
+def test_argv_is_a_list_of_items_never_shell_text() -> None:
+    spec = ModelSpec(model="/models/my model; rm -rf /", args=("--dtype", "float32"))
+    argv = build_argv(["py", "-m", "srv"], "m:latest", spec, "127.0.0.1", 41000)
+    assert argv == [
+        "py", "-m", "srv",
+        "--model", "/models/my model; rm -rf /",
+        "--served-model-name", "m:latest",
+        "--host", "127.0.0.1",
+        "--port", "41000",
+        "--dtype", "float32",
+    ]  # fmt: skip
+
+
+def test_env_drops_systemd_notify_and_adds_model_env() -> None:
+    spec = ModelSpec(model="a/b", env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    env = build_env({"PATH": "/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1"}, spec)
+    assert env["PATH"] == "/bin"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (300, 300.0),
+        (1.5, 1.5),
+        ("300", 300.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        ("0", 0.0),
+        (0, 0.0),
+        (-1, math.inf),
+        ("-1m", math.inf),
+    ],
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "5 minutes", "m", "5x", True, None, [1], "nan"])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(DurationError):
+        parse_duration(value)
