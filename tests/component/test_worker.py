@@ -69,7 +69,7 @@ async def test_a_silent_start_is_killed_as_stalled(http: aiohttp.ClientSession) 
     worker = make_worker(http, {"FAKE_VLLM_SILENT_START": "30"}, load_stall_timeout=1.5)
     loop = asyncio.get_running_loop()
     began = loop.time()
-    with pytest.raises(LoadError, match="no progress for 1.5s"):
+    with pytest.raises(LoadError, match=r"no progress for 1\.5s"):
         await worker.start()
     assert loop.time() - began < 10
     assert worker.state is WorkerState.FAILED
