@@ -20,11 +20,31 @@ FAKE_ENGINE_COMMAND = [sys.executable, str(FAKE_VLLM)]
 _LEAK_MARKERS = ("fake_vllm", "vllm.entrypoints", "VLLM::", "vllama serve")
 
 
+# Daemons that a module-scoped fixture keeps running across tests: they and their workers are
+# not leftovers until that fixture ends (it checks for leftovers itself then).
+LONG_LIVED: set[int] = set()
+
+
+def _long_lived_tree() -> set[int]:
+    pids = set()
+    for pid in LONG_LIVED:
+        try:
+            proc = psutil.Process(pid)
+            pids.add(pid)
+            pids.update(child.pid for child in proc.children(recursive=True))
+        except psutil.Error:
+            continue
+    return pids
+
+
 def worker_like_processes(since: float) -> list[psutil.Process]:
     found = []
+    exempt = _long_lived_tree()
     for proc in psutil.process_iter(["pid", "cmdline", "name", "create_time", "status"]):
         info = proc.info
         if info["pid"] == os.getpid() or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if info["pid"] in exempt:
             continue
         if (info["create_time"] or 0) < since:
             continue

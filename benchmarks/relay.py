@@ -1,0 +1,196 @@
+"""What the relay costs: throughput and time to first token, direct vs. through vllama.
+
+Two measurements, each side by side in one run (the machines are shared and noisy, so only ratios
+taken in the same run mean anything):
+
+1. Real engine. vllama serves the tiny demo model with real vLLM; once its worker is up, the same
+   streaming load (64 concurrent chat completions, 32 tokens each, `ignore_eos`) goes alternately
+   straight to the worker's port and through vllama, for several rounds. Reported: the median
+   throughput ratio (vllama / direct) and the median added time to first token.
+2. Relay CPU. vllama in front of an instant fake upstream (tests/fake_vllm.py, no token delay), so
+   the engine's cost doesn't hide the relay's: the daemon's own CPU time (user + system, from
+   /proc) divided by the number of relayed streams.
+
+Usage: .venv/bin/python benchmarks/relay.py [--rounds 5] [--skip-engine] [--streams 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.daemon import Daemon, free_port, write_config  # noqa: E402
+from vllama.defaults import DEMO_ARGS, DEMO_ENV  # noqa: E402
+from vllama.demo import ensure_demo_models  # noqa: E402
+
+FAKE = [sys.executable, str(REPO / "tests" / "fake_vllm.py")]
+
+
+@dataclass
+class Round:
+    seconds: float
+    tokens: int
+    ttfts: list[float]
+    events: int
+
+    @property
+    def throughput(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, model: str, tokens: int
+) -> tuple[float, int, int]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
+    began = time.perf_counter()
+    ttft = -1.0
+    generated = 0
+    events = 0
+    async with session.post(url + "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        buffer = b""
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                events += 1
+                if event == b"data: [DONE]":
+                    continue
+                data = json.loads(event[6:])
+                if ttft < 0 and data.get("choices") and data["choices"][0]["delta"].get("content"):
+                    ttft = time.perf_counter() - began
+                if data.get("usage"):
+                    generated = data["usage"]["completion_tokens"]
+    return ttft, generated, events
+
+
+async def load_round(
+    session: aiohttp.ClientSession, url: str, model: str, concurrency: int, tokens: int
+) -> Round:
+    began = time.perf_counter()
+    results = await asyncio.gather(
+        *(one_stream(session, url, model, tokens) for _ in range(concurrency))
+    )
+    seconds = time.perf_counter() - began
+    return Round(
+        seconds=seconds,
+        tokens=sum(r[1] for r in results),
+        ttfts=[r[0] for r in results],
+        events=sum(r[2] for r in results),
+    )
+
+
+def worker_url(daemon: Daemon, model: str) -> str:
+    for child in psutil.Process(daemon.proc.pid).children():
+        cmdline = child.cmdline()
+        if "--served-model-name" in cmdline and model in cmdline:
+            return f"http://127.0.0.1:{cmdline[cmdline.index('--port') + 1]}"
+    raise RuntimeError(f"no worker for {model}")
+
+
+async def engine_benchmark(rounds: int, concurrency: int, tokens: int, folder: Path) -> None:
+    models = ensure_demo_models(REPO / ".cache" / "test-models")
+    spec = {"model": str(models["chat"]), "args": list(DEMO_ARGS), "env": dict(DEMO_ENV)}
+    config = write_config(folder / "engine.toml", {"load_stall_timeout": 240}, {"tiny": spec})
+    with Daemon(config, free_port(), folder / "engine.log") as daemon:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await load_round(session, daemon.url, "tiny", 4, 4)  # load the model, warm up
+            direct_url = worker_url(daemon, "tiny")
+            await load_round(session, direct_url, "tiny", concurrency, tokens)  # warm up
+            direct: list[Round] = []
+            relayed: list[Round] = []
+            for _ in range(rounds):
+                direct.append(await load_round(session, direct_url, "tiny", concurrency, tokens))
+                relayed.append(await load_round(session, daemon.url, "tiny", concurrency, tokens))
+    ratios = [r.throughput / d.throughput for d, r in zip(direct, relayed, strict=True)]
+    added = [
+        statistics.median(r.ttfts) - statistics.median(d.ttfts)
+        for d, r in zip(direct, relayed, strict=True)
+    ]
+    print(f"engine: {rounds} alternating rounds of {concurrency} streams x {tokens} tokens")
+    print(f"  direct  throughput tok/s per round: {[round(d.throughput) for d in direct]}")
+    print(f"  vllama  throughput tok/s per round: {[round(r.throughput) for r in relayed]}")
+    print(f"  throughput ratio vllama/direct: median {statistics.median(ratios):.3f}")
+    print(
+        "  median TTFT direct "
+        f"{statistics.median([statistics.median(d.ttfts) for d in direct]) * 1000:.1f} ms, "
+        f"vllama {statistics.median([statistics.median(r.ttfts) for r in relayed]) * 1000:.1f} ms"
+    )
+    print(f"  added median TTFT per round (ms): {[round(a * 1000, 2) for a in added]}")
+    print(f"  added median TTFT: median {statistics.median(added) * 1000:.2f} ms")
+
+
+async def cpu_benchmark(streams: int, concurrency: int, tokens: int, folder: Path) -> None:
+    config = write_config(
+        folder / "fake.toml",
+        {"engine_command": FAKE, "health_interval": 3600},
+        {"instant": {"model": "fake/instant", "keep_alive": -1}},
+    )
+    with Daemon(config, free_port(), folder / "fake.log") as daemon:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await load_round(session, daemon.url, "instant", concurrency, tokens)  # load, warm up
+            direct_url = worker_url(daemon, "instant")
+            proc = psutil.Process(daemon.proc.pid)
+            before = proc.cpu_times()
+            began = time.perf_counter()
+            events = 0
+            for _ in range(streams // concurrency):
+                events += (
+                    await load_round(session, daemon.url, "instant", concurrency, tokens)
+                ).events
+            wall = time.perf_counter() - began
+            after = proc.cpu_times()
+            # The same streams straight to the fake, for the wall-clock comparison.
+            began = time.perf_counter()
+            for _ in range(streams // concurrency):
+                await load_round(session, direct_url, "instant", concurrency, tokens)
+            direct_wall = time.perf_counter() - began
+    done = (streams // concurrency) * concurrency
+    cpu = (after.user - before.user) + (after.system - before.system)
+    print(f"relay CPU: {done} streams of {events / done:.0f} SSE events, {concurrency} at a time")
+    print(f"  vllama CPU per relayed stream: {cpu / done * 1000:.3f} ms")
+    print(f"  wall: through vllama {wall:.2f} s, direct {direct_wall:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--streams", type=int, default=2000)
+    parser.add_argument("--skip-engine", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if not args.skip_cpu:
+            asyncio.run(cpu_benchmark(args.streams, 16, args.tokens, folder))
+        if not args.skip_engine:
+            asyncio.run(engine_benchmark(args.rounds, args.concurrency, args.tokens, folder))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""vllama in front of real vLLM workers, driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.daemon import Daemon
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "Hello, who are you?"}]
+
+
+def client(daemon: Daemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", timeout=300)
+
+
+def workers(daemon: Daemon) -> dict[str, psutil.Process]:
+    """The daemon's vLLM API-server children, by served model name."""
+    found = {}
+    for child in psutil.Process(daemon.proc.pid).children():
+        cmdline = child.cmdline()
+        if "--served-model-name" in cmdline:
+            found[cmdline[cmdline.index("--served-model-name") + 1]] = child
+    return found
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_models_are_listed_before_any_is_loaded(vllama_daemon: Daemon) -> None:
+    ids = [model.id for model in client(vllama_daemon).models.list()]
+    assert ids == ["tiny", "tiny2", "tiny-embed"]
+    assert workers(vllama_daemon) == {}
+
+
+def test_chat_loads_the_model_on_demand(vllama_daemon: Daemon) -> None:
+    reply = client(vllama_daemon).chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=8, temperature=0
+    )
+    assert reply.model == "tiny"
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens == 8
+    assert reply.usage.prompt_tokens > 0
+    assert set(workers(vllama_daemon)) == {"tiny"}
+
+
+def test_streamed_chat_arrives_in_chunks(vllama_daemon: Daemon) -> None:
+    stream = client(vllama_daemon).chat.completions.create(
+        model="tiny-alias",
+        messages=MESSAGES,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+
+
+def test_second_model_completions_streamed_and_not(vllama_daemon: Daemon) -> None:
+    api = client(vllama_daemon)
+    reply = api.completions.create(model="tiny2", prompt="Once upon a time", max_tokens=6)
+    assert reply.choices[0].text and reply.usage is not None
+    assert reply.usage.completion_tokens == 6
+    pieces = [
+        c.choices[0].text
+        for c in api.completions.create(
+            model="tiny2", prompt="Once upon a time", max_tokens=6, stream=True
+        )
+        if c.choices
+    ]
+    assert len(pieces) > 1 and "".join(pieces)
+    assert {"tiny", "tiny2"} <= set(workers(vllama_daemon))
+
+
+def test_embeddings(vllama_daemon: Daemon) -> None:
+    result = client(vllama_daemon).embeddings.create(
+        model="tiny-embed", input=["hello world", "goodbye"]
+    )
+    assert len(result.data) == 2
+    assert len(result.data[0].embedding) == 128
+    assert result.data[0].embedding != result.data[1].embedding
+
+
+def test_32_concurrent_requests_all_succeed(vllama_daemon: Daemon) -> None:
+    async def run() -> list[str]:
+        api = openai.AsyncOpenAI(base_url=vllama_daemon.url + "/v1", api_key="x", timeout=300)
+        async with api:
+
+            async def one(i: int) -> str:
+                if i % 2:
+                    stream = await api.chat.completions.create(
+                        model="tiny", messages=MESSAGES, max_tokens=16, stream=True
+                    )
+                    return "".join(
+                        [c.choices[0].delta.content or "" async for c in stream if c.choices]
+                    )
+                reply = await api.chat.completions.create(
+                    model="tiny", messages=MESSAGES, max_tokens=16
+                )
+                return reply.choices[0].message.content or ""
+
+            return await asyncio.gather(*(one(i) for i in range(32)))
+
+    texts = asyncio.run(run())
+    assert len(texts) == 32 and all(texts)
+
+
+def test_openai_errors_for_bad_requests(vllama_daemon: Daemon) -> None:
+    api = client(vllama_daemon)
+    with pytest.raises(openai.NotFoundError) as info:
+        api.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert "no-such-model" in str(info.value)
+    response = httpx.post(vllama_daemon.url + "/v1/chat/completions", content=b"{oops")
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_killed_worker_is_replaced_and_its_tree_is_gone(vllama_daemon: Daemon) -> None:
+    api = client(vllama_daemon)
+    api.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+    server = workers(vllama_daemon)["tiny"]
+    old_tree = [server, *server.children(recursive=True)]
+    assert len(old_tree) > 1, "vLLM runs its engine in child processes"
+    os.kill(server.pid, signal.SIGKILL)  # the API server only, as an OOM killer might
+    reply = api.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4)
+    assert reply.choices[0].message.content
+    assert workers(vllama_daemon)["tiny"].pid != server.pid
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in old_tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p.pid for p in old_tree if alive(p)], "the old engine processes survived"
+
+
+def test_shutdown_stops_every_worker_and_exits_zero(vllama_daemon: Daemon) -> None:
+    trees = [
+        p for server in workers(vllama_daemon).values()
+        for p in [server, *server.children(recursive=True)]
+    ]  # fmt: skip
+    assert trees
+    assert vllama_daemon.terminate() == 0
+    assert not [p.pid for p in trees if alive(p)]
