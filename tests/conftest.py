@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,11 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 FAKE_VLLM = TESTS / "fake_vllm.py"
 FAKE_ENGINE_COMMAND = [sys.executable, str(FAKE_VLLM)]
+
+# Every process this test session starts inherits this mark, so the leak check finds exactly
+# ours and never touches another run's (or a developer's daemon's) processes.
+SESSION_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
+os.environ["TEST_VLLAMA_SESSION"] = SESSION_MARK
 
 # What a leaked worker looks like: the fake server (and its fake EngineCore grandchild), a real vLLM
 # server or engine, or a vllama daemon started by a test.
@@ -49,8 +55,14 @@ def worker_like_processes(since: float) -> list[psutil.Process]:
         if (info["create_time"] or 0) < since:
             continue
         text = " ".join(info["cmdline"] or []) + " " + (info["name"] or "")
-        if any(marker in text for marker in _LEAK_MARKERS):
-            found.append(proc)
+        if not any(marker in text for marker in _LEAK_MARKERS):
+            continue
+        try:
+            if proc.environ().get("TEST_VLLAMA_SESSION") != SESSION_MARK:
+                continue
+        except psutil.Error:
+            continue
+        found.append(proc)
     return found
 
 

@@ -13,9 +13,10 @@ from typing import Any
 DEMO_CHAT_MODEL = "tiny"
 DEMO_EMBED_MODEL = "tiny-embed"
 
-# Eager mode skips torch.compile (about half of a CPU start-up); a 1 GiB KV cache is plenty for a
-# 2048-token toy and keeps each worker near 3 GB of host RAM on the CPU engine.
-DEMO_ARGS = ("--enforce-eager", "--max-model-len", "2048")
+# Eager mode skips torch.compile (about half of a CPU start-up); float32 is the checkpoints' own
+# dtype (vLLM's "auto" picks bf16/fp16 on CPU and warns per weight); a 1 GiB KV cache is plenty
+# for these toys and keeps each worker near 3 GB of host RAM on the CPU engine.
+DEMO_ARGS = ("--enforce-eager", "--dtype", "float32")
 DEMO_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
