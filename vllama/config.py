@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +47,13 @@ class ConfigError(Exception):
     """The configuration is invalid; the message names the offending key."""
 
 
+def check_engine_args(args: Sequence[str]) -> None:
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in RESERVED_ARGS:
+            raise ValueError(f"{flag} is set by vllama itself and may not appear in args")
+
+
 class ModelSpec(BaseModel):
     """One `[models.<name>]` table."""
 
@@ -61,10 +69,7 @@ class ModelSpec(BaseModel):
     @field_validator("args")
     @classmethod
     def _no_reserved_args(cls, args: tuple[str, ...]) -> tuple[str, ...]:
-        for arg in args:
-            flag = arg.split("=", 1)[0]
-            if flag in RESERVED_ARGS:
-                raise ValueError(f"{flag} is set by vllama itself and may not appear in args")
+        check_engine_args(args)
         return args
 
     @field_validator("aliases")
@@ -103,9 +108,19 @@ class ServerSettings(BaseSettings):
     engine_command: list[str] = Field(
         default_factory=lambda: [sys.executable, "-m", VLLM_SERVER_MODULE], min_length=1
     )
+    # vLLM arguments and environment for models found on disk (models folder, Hugging Face
+    # cache) rather than configured: e.g. ["--enforce-eager"] on a CPU host.
+    default_args: list[str] = Field(default_factory=list)
+    default_env: dict[str, str] = Field(default_factory=dict)
     log_tail_lines: int = Field(default=200, ge=10)
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    @field_validator("default_args")
+    @classmethod
+    def _no_reserved_default_args(cls, args: list[str]) -> list[str]:
+        check_engine_args(args)
+        return args
 
     @model_validator(mode="after")
     def _port_range(self) -> ServerSettings:

@@ -44,6 +44,7 @@ class ModelSlot:
     load_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
     expiry: asyncio.TimerHandle | None = None
+    unload_when_idle: bool = False  # an explicit unload asked while requests were in flight
     parallel: asyncio.Semaphore | None = None
 
 
@@ -53,19 +54,32 @@ class Scheduler:
         settings = config.server
         self._ports = PortAllocator(settings.worker_port_min, settings.worker_port_max)
         self._names = config.names()
+        self._http = http
         self._slots: dict[str, ModelSlot] = {}
         for name, spec in config.models.items():
-            keep_alive = spec.keep_alive if spec.keep_alive is not None else settings.keep_alive
-            self._slots[name] = ModelSlot(
-                name=name,
-                spec=spec,
-                worker=Worker(name, spec, settings, http, self._ports),
-                keep_alive=keep_alive,
-                parallel=asyncio.Semaphore(spec.max_parallel) if spec.max_parallel else None,
-            )
+            self.add_model(name, spec)
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def add_model(self, name: str, spec: ModelSpec) -> ModelSlot:
+        """Make a model schedulable (configured at start, or discovered on disk later)."""
+        slot = self._slots.get(name)
+        if slot is None:
+            settings = self._config.server
+            keep_alive = spec.keep_alive if spec.keep_alive is not None else settings.keep_alive
+            slot = ModelSlot(
+                name=name,
+                spec=spec,
+                worker=Worker(name, spec, settings, self._http, self._ports),
+                keep_alive=keep_alive,
+                parallel=asyncio.Semaphore(spec.max_parallel) if spec.max_parallel else None,
+            )
+            self._slots[name] = slot
+        return slot
+
+    def slot(self, name: str) -> ModelSlot | None:
+        return self._slots.get(name)
 
     # -- names -------------------------------------------------------------------------------
 
@@ -104,7 +118,11 @@ class Scheduler:
                 slot.in_flight -= 1
                 slot.last_used = time.monotonic()
                 if slot.in_flight == 0 and slot.waiting == 0:
-                    self._arm_expiry(slot)
+                    if slot.unload_when_idle:
+                        slot.unload_when_idle = False
+                        self.unload(name, "unload requested")
+                    else:
+                        self._arm_expiry(slot)
                 if not any(s.in_flight for s in self._slots.values()):
                     self._idle.set()
         finally:
@@ -180,6 +198,15 @@ class Scheduler:
         self._disarm_expiry(slot)
         slot.stop_task = asyncio.create_task(self._stop(slot, reason), name=f"stop-{name}")
         return slot.stop_task
+
+    def expire(self, name: str) -> None:
+        """Unload a model now, or as soon as its requests in flight are done (Ollama's
+        `keep_alive: 0` with an empty prompt, `ollama stop`)."""
+        slot = self._slots[name]
+        if slot.in_flight or slot.waiting:
+            slot.unload_when_idle = True
+        else:
+            self.unload(name, "unload requested")
 
     async def _stop(self, slot: ModelSlot, reason: str) -> None:
         try:

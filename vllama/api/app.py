@@ -6,17 +6,19 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from vllama.api import openai
+from vllama.api import ollama, ollama_models, openai
 from vllama.api.errors import error_middleware
-from vllama.api.keys import CONFIG, SCHEDULER, UPSTREAM
+from vllama.api.keys import CONFIG, REGISTRY, SCHEDULER, UPSTREAM
 from vllama.api.relay import new_upstream_session
 from vllama.config import Config
+from vllama.registry import Registry
 from vllama.scheduler import Scheduler
 
 
 async def root(request: web.Request) -> web.Response:
     # Tools probe `/` for liveness, as they do Ollama's.
-    return web.Response(text="vllama is running")
+    # Some clients match Ollama's exact text; the version endpoint says what we are.
+    return web.Response(text="Ollama is running")
 
 
 async def _supervision(app: web.Application) -> AsyncIterator[None]:
@@ -38,7 +40,10 @@ def build_app(config: Config) -> web.Application:
         middlewares=[error_middleware], client_max_size=config.server.max_request_bytes
     )
     app[CONFIG] = config
+    app[REGISTRY] = Registry(config)
     app.cleanup_ctx.append(_supervision)
     app.router.add_get("/", root)  # add_get also answers HEAD
     openai.add_routes(app)
+    ollama.add_routes(app)
+    ollama_models.add_routes(app)
     return app

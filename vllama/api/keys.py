@@ -6,8 +6,10 @@ import aiohttp
 from aiohttp import web
 
 from vllama.config import Config
+from vllama.registry import Registry
 from vllama.scheduler import Scheduler
 
 CONFIG = web.AppKey("config", Config)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
+REGISTRY = web.AppKey("registry", Registry)

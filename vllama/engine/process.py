@@ -117,6 +117,19 @@ class WorkerProcess:
                     alive.add(pid)
         return sorted(alive)
 
+    def tree_rss(self) -> int:
+        """Resident bytes of the leader and its descendants (psutil reads /proc; cheap)."""
+        total = 0
+        try:
+            leader = psutil.Process(self.pid)
+            procs = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
     def _signal_all(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)

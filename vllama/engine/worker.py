@@ -71,6 +71,7 @@ class Worker:
         self._last_process: WorkerProcess | None = None  # kept after a stop, for its output tail
         self.last_error: LoadError | None = None
         self.ready_at: float | None = None
+        self.max_model_len: int | None = None  # the context vLLM serves, read once it is ready
         self._watch: asyncio.Task[None] | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -122,6 +123,7 @@ class Worker:
             self._set_state(WorkerState.STOPPED, "load cancelled")
             raise
         self.ready_at = time.monotonic()
+        self.max_model_len = await self._served_context_length()
         self._set_state(WorkerState.READY, "health check passed")
         self._watch = asyncio.create_task(self._watch_ready(), name=f"watch-{self.name}")
 
@@ -173,6 +175,20 @@ class Worker:
                 return response.status
         except (aiohttp.ClientError, TimeoutError):
             return None
+
+    async def _served_context_length(self) -> int | None:
+        try:
+            async with self._http.get(
+                f"{self.base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT)
+            ) as response:
+                cards = (await response.json())["data"]
+            return int(cards[0]["max_model_len"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, LookupError, TypeError):
+            return None
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the worker's whole process tree (host RAM)."""
+        return self.process.tree_rss() if self.process is not None else 0
 
     # -- while ready -------------------------------------------------------------------------
 

@@ -1,0 +1,404 @@
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from vllama.catalog import (
+    DerivedModel,
+    DerivedStore,
+    ModelFormatError,
+    format_parameter_count,
+    hf_cache_dir,
+    normalize_name,
+    read_model,
+    scan_hf_cache,
+    scan_models_dir,
+)
+from vllama.demo import ensure_demo_models
+
+LLAMA_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "vocab_size": 100,
+    "rms_norm_eps": 1e-5,
+    "rope_scaling": None,
+    "tie_word_embeddings": True,
+    "transformers_version": "4.50.0",
+}
+BERT_CONFIG: dict[str, Any] = {
+    "architectures": ["BertModel"],
+    "model_type": "bert",
+    "hidden_size": 8,
+    "max_position_embeddings": 512,
+}
+
+
+def make_model(
+    folder: Path,
+    config: dict[str, Any],
+    tensors: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if tensors is None:
+        tensors = {"embed": np.zeros((100, 16), np.float32), "norm": np.zeros(16, np.float32)}
+    if tensors:
+        save_file(tensors, str(folder / "model.safetensors"))
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_normalize_name() -> None:
+    assert normalize_name("tiny") == "tiny:latest"
+    assert normalize_name("tiny:v1") == "tiny:v1"
+    assert normalize_name("org/name") == "org/name:latest"
+    assert normalize_name("org/name:q4") == "org/name:q4"
+    assert normalize_name("host:5000/org/name") == "host:5000/org/name:latest"
+    assert normalize_name("tiny:") == "tiny:latest"
+    with pytest.raises(ValueError):
+        normalize_name("")
+
+
+def test_format_parameter_count() -> None:
+    assert format_parameter_count(8_030_261_248) == "8.0B"
+    assert format_parameter_count(134_515_008) == "135M"
+    assert format_parameter_count(1_234) == "1.2K"
+    assert format_parameter_count(999) == "999"
+    assert format_parameter_count(70_553_706_496) == "70.6B"
+    assert format_parameter_count(405_000_000_000) == "405B"
+
+
+def test_details_from_safetensors_headers(tmp_path: Path) -> None:
+    model = read_model(make_model(tmp_path / "m", LLAMA_CONFIG))
+    assert model.details.format == "safetensors"
+    assert model.details.family == "llama"
+    assert model.details.families == ["llama"]
+    assert model.parameter_count == 100 * 16 + 16
+    assert model.details.parameter_size == "1.6K"
+    assert model.details.quantization_level == "F32"
+    assert model.details.to_json() == {
+        "parent_model": "",
+        "format": "safetensors",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": "1.6K",
+        "quantization_level": "F32",
+    }
+    assert model.context_length == 4096
+
+
+def test_dominant_dtype_and_quant_method(tmp_path: Path) -> None:
+    tensors = {
+        "big": np.zeros((64, 64), np.float16),
+        "small": np.zeros(8, np.float32),
+    }
+    assert (
+        read_model(make_model(tmp_path / "a", LLAMA_CONFIG, tensors)).details.quantization_level
+        == "F16"
+    )
+    quantized = {**LLAMA_CONFIG, "quantization_config": {"quant_method": "awq", "bits": 4}}
+    model = read_model(make_model(tmp_path / "b", quantized, tensors))
+    assert model.details.quantization_level == "AWQ"
+
+
+def test_sharded_safetensors_are_summed_once(tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "m", LLAMA_CONFIG, tensors={})
+    save_file(
+        {"a": np.zeros((10, 10), np.float32)}, str(folder / "model-00001-of-00002.safetensors")
+    )
+    save_file({"b": np.zeros(50, np.float32)}, str(folder / "model-00002-of-00002.safetensors"))
+    assert read_model(folder).parameter_count == 150
+    # A consolidated duplicate beside the shards must not double the count.
+    save_file(
+        {"a": np.zeros((10, 10), np.float32), "b": np.zeros(50, np.float32)},
+        str(folder / "consolidated.safetensors"),
+    )
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert read_model(folder).parameter_count == 150
+
+
+def test_pytorch_bin_is_estimated_from_size(tmp_path: Path) -> None:
+    config = {**LLAMA_CONFIG, "torch_dtype": "bfloat16"}
+    folder = make_model(tmp_path / "m", config, tensors={})
+    (folder / "pytorch_model.bin").write_bytes(b"\0" * 4000)
+    details = read_model(folder).details
+    assert (details.format, details.parameter_size, details.quantization_level) == (
+        "pytorch",
+        "2.0K",
+        "BF16",
+    )
+
+
+def test_size_modified_at_and_digest(tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "m", LLAMA_CONFIG, files={"tokenizer.json": "{}"})
+    first = read_model(folder)
+    expected = sum(p.stat().st_size for p in folder.iterdir())
+    assert first.size == expected
+    assert first.modified_at.tzinfo == UTC
+    assert len(first.digest) == 64 and int(first.digest, 16) >= 0
+    assert read_model(folder).digest == first.digest  # stable when nothing changes
+
+    (folder / "tokenizer.json").write_text('{"changed": true}')
+    second = read_model(folder)
+    assert second.digest != first.digest
+    assert second.size == first.size + len('{"changed": true}') - 2
+
+    # config.json's bytes are hashed too: same size and mtime, new content, new digest.
+    config_file = folder / "config.json"
+    stat = config_file.stat()
+    text = config_file.read_text()
+    config_file.write_text(text.replace('"llama"', '"llamb"'))
+    os.utime(config_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert read_model(folder).digest != second.digest
+
+
+def test_template_discovery(tmp_path: Path) -> None:
+    jinja = "{{ messages }}{% if tools %}{{ tools }}{% endif %}"
+    model = read_model(
+        make_model(tmp_path / "a", LLAMA_CONFIG, files={"chat_template.jinja": jinja})
+    )
+    assert model.template == jinja
+
+    tokenizer = {"chat_template": "{{ enable_thinking }}<think>"}
+    files = {"tokenizer_config.json": json.dumps(tokenizer)}
+    assert read_model(make_model(tmp_path / "b", LLAMA_CONFIG, files=files)).template == (
+        "{{ enable_thinking }}<think>"
+    )
+
+    named = {
+        "chat_template": [
+            {"name": "tool_use", "template": "T"},
+            {"name": "default", "template": "D"},
+        ]
+    }
+    files = {"tokenizer_config.json": json.dumps(named)}
+    assert read_model(make_model(tmp_path / "c", LLAMA_CONFIG, files=files)).template == "D"
+
+    assert read_model(make_model(tmp_path / "d", LLAMA_CONFIG)).template == ""
+
+
+def test_capabilities(tmp_path: Path) -> None:
+    plain = read_model(
+        make_model(tmp_path / "plain", LLAMA_CONFIG, files={"chat_template.jinja": "x"})
+    )
+    assert plain.capabilities == ["completion"]
+
+    template = "{% if tools %}...{% endif %}{% if enable_thinking %}<think>{% endif %}"
+    rich = {**LLAMA_CONFIG, "vision_config": {"model_type": "siglip", "hidden_size": 4}}
+    model = read_model(make_model(tmp_path / "rich", rich, files={"chat_template.jinja": template}))
+    assert model.capabilities == ["completion", "tools", "vision", "thinking"]
+    assert model.details.families == ["llama", "siglip"]
+
+    assert read_model(make_model(tmp_path / "bert", BERT_CONFIG)).capabilities == ["embedding"]
+    xlm = {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta"}
+    assert read_model(make_model(tmp_path / "xlm", xlm)).capabilities == ["embedding"]
+    # sentence-transformers packaging marks a decoder-based embedder.
+    st = make_model(tmp_path / "st", LLAMA_CONFIG, files={"modules.json": "[]"})
+    assert read_model(st).capabilities == ["embedding"]
+    reranker = {"architectures": ["BertForSequenceClassification"], "model_type": "bert"}
+    assert read_model(make_model(tmp_path / "rr", reranker)).capabilities == []
+
+
+def test_model_info(tmp_path: Path) -> None:
+    info = read_model(make_model(tmp_path / "my-model", LLAMA_CONFIG)).model_info()
+    assert info["general.architecture"] == "llama"
+    assert info["general.parameter_count"] == 1616
+    assert info["general.basename"] == "my-model"
+    assert info["llama.context_length"] == 4096
+    assert info["llama.embedding_length"] == 16
+    assert info["llama.block_count"] == 2
+    assert info["llama.attention.head_count"] == 4
+    assert info["llama.attention.head_count_kv"] == 2
+    assert info["llama.feed_forward_length"] == 32
+    assert info["llama.vocab_size"] == 100
+    assert info["llama.rms_norm_eps"] == 1e-5
+    assert info["llama.tie_word_embeddings"] is True
+    for absent in ("llama.hidden_size", "llama.rope_scaling", "llama.architectures"):
+        assert absent not in info
+    assert "llama.transformers_version" not in info
+    assert list(info) == list(read_model(tmp_path / "my-model").model_info())
+
+
+def test_context_length_variants(tmp_path: Path) -> None:
+    gpt2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": 1024}
+    assert read_model(make_model(tmp_path / "g", gpt2)).context_length == 1024
+    nested = {"model_type": "llava", "text_config": {"max_position_embeddings": 8192}}
+    assert read_model(make_model(tmp_path / "n", nested)).context_length == 8192
+    assert read_model(make_model(tmp_path / "x", {"model_type": "x"})).context_length is None
+
+
+def test_read_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match="not a folder"):
+        read_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFormatError, match=r"config\.json"):
+        read_model(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{nope")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        read_model(tmp_path / "bad")
+
+
+def test_hf_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hf_cache_dir() == tmp_path / "hub-cache"
+    monkeypatch.delenv("HF_HUB_CACHE")
+    assert hf_cache_dir() == tmp_path / "home" / "hub"
+    monkeypatch.delenv("HF_HOME")
+    assert hf_cache_dir() == Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def test_scan_hf_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--name"
+    blob = repo / "blobs" / "0123"
+    blob.parent.mkdir(parents=True)
+    blob.write_text(json.dumps(LLAMA_CONFIG))
+    for rev in ("abc", "def"):
+        (repo / "snapshots" / rev).mkdir(parents=True)
+        (repo / "snapshots" / rev / "config.json").symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    (cache / "models--gpt2" / "snapshots" / "r1").mkdir(parents=True)
+    (cache / "models--gpt2" / "snapshots" / "r1" / "config.json").write_text("{}")
+    (cache / "models--org--nocfg" / "snapshots" / "r1").mkdir(parents=True)
+    (cache / "datasets--org--data" / "snapshots" / "r1").mkdir(parents=True)
+
+    found = scan_hf_cache(cache)
+    assert found == {
+        "gpt2": cache / "models--gpt2/snapshots/r1",
+        "org/name": repo / "snapshots/abc",
+    }
+    model = read_model(found["org/name"])
+    assert model.size == blob.stat().st_size  # symlinks followed
+    assert model.model_info()["general.basename"] == "name"
+
+    (repo / "refs" / "main").unlink()
+    os.utime(repo / "snapshots" / "def", (2e9, 2e9))
+    assert scan_hf_cache(cache)["org/name"] == repo / "snapshots/def"
+    assert scan_hf_cache(tmp_path / "nowhere") == {}
+
+
+def test_scan_models_dir(tmp_path: Path) -> None:
+    make_model(tmp_path / "tiny", LLAMA_CONFIG, tensors={})
+    make_model(tmp_path / "org" / "name", LLAMA_CONFIG, tensors={})
+    make_model(tmp_path / ".hidden", LLAMA_CONFIG, tensors={})
+    make_model(tmp_path / "org" / ".partial", LLAMA_CONFIG, tensors={})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    assert scan_models_dir(tmp_path) == {
+        "org/name": tmp_path / "org" / "name",
+        "tiny": tmp_path / "tiny",
+    }
+    assert scan_models_dir(tmp_path / "nowhere") == {}
+
+
+def test_derived_store_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "derived.json"
+    store = DerivedStore(path)
+    assert store.all() == [] and not path.exists()
+    created = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    model = DerivedModel(
+        name="mine",
+        base="tiny",
+        system="Be terse.",
+        parameters={"temperature": 0.2, "stop": ["</s>"], "num_ctx": 1024},
+        created_at=created,
+    )
+    assert model.name == "mine:latest"
+    store.put(model)
+    store.put(DerivedModel(name="copy:v2", base="mine:latest", created_at=created))
+
+    again = DerivedStore(path)
+    assert again.get("mine") == model
+    assert again.get("mine:latest") == model
+    assert [m.name for m in again.all()] == ["copy:v2", "mine:latest"]
+    assert again.get("copy:v2") == DerivedModel("copy:v2", "mine:latest", created_at=created)
+    assert again.get("other") is None
+
+    assert again.delete("mine") is True
+    assert again.delete("mine") is False
+    assert [m.name for m in DerivedStore(path).all()] == ["copy:v2"]
+
+
+def test_derived_store_writes_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "derived.json"
+    store = DerivedStore(path)
+    store.put(DerivedModel(name="a", base="tiny"))
+    before = path.read_bytes()
+
+    replaced: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        replaced.append((str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    store.put(DerivedModel(name="b", base="tiny"))
+    assert len(replaced) == 1
+    assert Path(replaced[0][0]).parent == tmp_path and replaced[0][1] == str(path)
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    current = path.read_bytes()
+    with pytest.raises(OSError, match="disk full"):
+        store.put(DerivedModel(name="c", base="tiny"))
+    assert path.read_bytes() == current != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["derived.json"]  # no temp left
+
+
+def test_derived_store_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "derived.json"
+    path.write_text("{not json")
+    with pytest.raises(ModelFormatError, match=r"derived\.json"):
+        DerivedStore(path)
+    path.write_text(json.dumps({"models": [{"name": "x"}]}))
+    with pytest.raises(ModelFormatError, match=r"derived\.json"):
+        DerivedStore(path)
+
+
+def test_demo_models(tmp_path: Path) -> None:
+    paths = ensure_demo_models(tmp_path)
+    chat = read_model(paths["chat"])
+    assert chat.details.family == "llama"
+    assert "completion" in chat.capabilities
+    assert chat.template
+    assert chat.context_length == 2048
+    expected = 0
+    for file in sorted(paths["chat"].glob("*.safetensors")):
+        with safe_open(str(file), framework="numpy") as handle:
+            for key in handle.keys():
+                expected += int(np.prod(handle.get_slice(key).get_shape()))
+    assert chat.parameter_count == expected
+    assert chat.details.parameter_size == format_parameter_count(expected)
+    assert chat.details.quantization_level == "F32"
+
+    embed = read_model(paths["embed"])
+    assert embed.capabilities == ["embedding"]
+    assert embed.details.family == "bert"
