@@ -23,10 +23,17 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_TOKENS (int, default 8): tokens generated when a request sets no max_tokens.
 - FAKE_VLLM_UNHEALTHY_AFTER (float s): this long after becoming ready, /health answers 503 and
   inference requests 500 (engine dead), but the process keeps running.
+- FAKE_VLLM_TOOL_ARGS_RAW (string): the exact arguments text of the fake tool call (e.g. ``true``)
+  instead of ``{"city": "Paris"}``.
 
-Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats;
-POST /v1/chat/completions, /v1/completions, /v1/embeddings.
-Generated token i is the text ``f"tok{i} "``. On SIGTERM/SIGINT: stop the grandchild, exit 0.
+Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats, /fake/last_request (the last
+inference request's JSON body, null before any); POST /v1/chat/completions, /v1/completions,
+/v1/embeddings.
+Generated token i is the text ``f"tok{i} "``; ``stop`` (a string or a list) cuts the text before
+the first stop string it contains (finish_reason "stop"). A chat request with a non-empty ``tools``
+list is answered with one call of the first tool (id ``call_fake0``, finish_reason "tool_calls");
+streamed, its arguments arrive in two fragments after a chunk with the name and empty arguments.
+On SIGTERM/SIGINT: stop the grandchild, exit 0.
 """
 
 from __future__ import annotations
@@ -116,6 +123,7 @@ class FakeVllm:
         self.requests = 0
         self.aborted = 0
         self.running = 0
+        self.last_request: JSON | None = None
 
     # ---- app -------------------------------------------------------------------------------
 
@@ -126,6 +134,7 @@ class FakeVllm:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/fake/stats", self.stats)
+        app.router.add_get("/fake/last_request", self.last)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -204,6 +213,9 @@ class FakeVllm:
             }
         )
 
+    async def last(self, request: web.Request) -> web.Response:
+        return web.json_response(self.last_request)
+
     # ---- inference -------------------------------------------------------------------------
 
     async def parse(self, request: web.Request) -> JSON:
@@ -215,6 +227,7 @@ class FakeVllm:
             raise ApiError(400, f"Invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object.")
+        self.last_request = body
         model = body.get("model")
         if model is not None and model != self.name:
             raise ApiError(404, f"The model `{model}` does not exist.", "model")
@@ -245,6 +258,15 @@ class FakeVllm:
                 not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
             ):
                 raise ApiError(400, "`max_tokens` must be a positive integer.", "max_tokens")
+            stop = body.get("stop")
+            stop = [stop] if isinstance(stop, str) else stop
+            if stop is not None and (
+                not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)
+            ):
+                raise ApiError(400, "`stop` must be a string or a list of strings.", "stop")
+            tools = body.get("tools") if chat else None
+            if tools is not None and not isinstance(tools, list):
+                raise ApiError(400, "`tools` must be a list.", "tools")
             prompt_tokens = count_words(prompt)
             n = self.default_tokens if max_tokens is None else max_tokens
             if prompt_tokens + n > self.max_model_len:
@@ -259,6 +281,10 @@ class FakeVllm:
             return exc.response()
 
         gen = Generation(self, chat, n, "stop" if max_tokens is None else "length", prompt_tokens)
+        if stop:
+            gen.apply_stop(stop)
+        if tools:
+            gen.call_tool(tool_name(tools[0]))
         self.running += 1
         try:
             if body.get("stream") is True:
@@ -296,6 +322,12 @@ class FakeVllm:
         )
 
 
+def tool_name(tool: object) -> str:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else "tool"
+
+
 def embed(text: str) -> list[float]:
     """16 deterministic floats from the text, L2-normalised."""
     raw = [b / 127.5 - 1.0 for b in hashlib.sha256(text.encode()).digest()[:16]]
@@ -313,6 +345,37 @@ class Generation:
         self.finish_reason, self.prompt_tokens = finish_reason, prompt_tokens
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        self.pieces = [token(i) for i in range(n)]  # the text, as streamed
+        self.completion_tokens = n
+        self.tool: tuple[str, list[str]] | None = None  # (name, argument fragments)
+
+    def apply_stop(self, stop: list[str]) -> None:
+        """Generation ends at the token completing the first stop string; the text is cut
+        before that stop string."""
+        text = "".join(self.pieces)
+        matches = [(text.find(s) + len(s), text.find(s)) for s in stop if s and s in text]
+        if not matches:
+            return
+        end, cut = min(matches)
+        used, length = 0, 0
+        while length < end:
+            length += len(self.pieces[used])
+            used += 1
+        kept: list[str] = []
+        length = 0
+        for piece in self.pieces[:used]:
+            piece = piece[: max(cut - length, 0)]
+            length += len(piece)
+            if piece:
+                kept.append(piece)
+        self.pieces, self.completion_tokens, self.finish_reason = kept, used, "stop"
+
+    def call_tool(self, name: str) -> None:
+        raw = os.environ.get("FAKE_VLLM_TOOL_ARGS_RAW")
+        arguments = '{"city": "Paris"}' if raw is None else raw
+        middle = len(arguments) // 2
+        self.tool = (name, [arguments[:middle], arguments[middle:]])
+        self.pieces, self.completion_tokens, self.finish_reason = [], 2, "tool_calls"
 
     def usage(self, completion_tokens: int) -> JSON:
         return {
@@ -333,17 +396,40 @@ class Generation:
         }
 
     async def complete(self) -> web.Response:
-        await asyncio.sleep(self.server.token_delay * self.n)
-        text = "".join(token(i) for i in range(self.n))
+        await asyncio.sleep(self.server.token_delay * self.completion_tokens)
+        text = "".join(self.pieces)
         choice: JSON = {"index": 0, "logprobs": None, "finish_reason": self.finish_reason}
-        if self.chat:
+        if self.tool is not None:
+            name, fragments = self.tool
+            function = {"name": name, "arguments": "".join(fragments)}
+            call = {"id": "call_fake0", "type": "function", "function": function}
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+        elif self.chat:
             choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
         else:
             choice["text"] = text
         choice["stop_reason"] = None
         body = self.envelope([choice], chunk=False)
-        body["usage"] = self.usage(self.n)
+        body["usage"] = self.usage(self.completion_tokens)
         return web.json_response(body)
+
+    def tool_chunks(self) -> list[JSON]:
+        if self.tool is None:
+            return []
+        name, fragments = self.tool
+        first = {
+            "index": 0,
+            "id": "call_fake0",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        deltas = [first] + [{"index": 0, "function": {"arguments": f}} for f in fragments]
+        chunks = []
+        for delta in deltas:
+            choice: JSON = {"index": 0, "logprobs": None, "finish_reason": None}
+            choice["delta"] = {"tool_calls": [delta]}
+            chunks.append(self.envelope([choice], chunk=True))
+        return chunks
 
     def chunk(self, text: str | None, finish_reason: str | None = None) -> JSON:
         choice: JSON = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
@@ -368,17 +454,19 @@ class Generation:
         try:
             if self.chat:
                 await send(self.chunk(None))
-            for i in range(self.n):
+            for i, piece in enumerate(self.pieces):
                 if crash_after is not None and i >= crash_after:
                     log(f"ERROR: fake crash after {i} chunks of request {self.id}")
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self.server.token_delay:
                     await asyncio.sleep(self.server.token_delay)
-                await send(self.chunk(token(i)))
+                await send(self.chunk(piece))
+            for tool_chunk in self.tool_chunks():
+                await send(tool_chunk)
             await send(self.chunk("", self.finish_reason))
             if include_usage:
                 usage = self.envelope([], chunk=True)
-                usage["usage"] = self.usage(self.n)
+                usage["usage"] = self.usage(self.completion_tokens)
                 await send(usage)
             await send("[DONE]")
             await resp.write_eof()

@@ -53,7 +53,6 @@ class Scheduler:
         self._config = config
         settings = config.server
         self._ports = PortAllocator(settings.worker_port_min, settings.worker_port_max)
-        self._names = config.names()
         self._http = http
         self._slots: dict[str, ModelSlot] = {}
         for name, spec in config.models.items():
@@ -80,15 +79,6 @@ class Scheduler:
 
     def slot(self, name: str) -> ModelSlot | None:
         return self._slots.get(name)
-
-    # -- names -------------------------------------------------------------------------------
-
-    def resolve(self, requested: str) -> str | None:
-        """The configured model a client's `model` names: a name, an alias, or `name:latest`."""
-        name = self._names.get(requested)
-        if name is None and requested.endswith(":latest"):
-            name = self._names.get(requested.removesuffix(":latest"))
-        return name
 
     def slots(self) -> list[ModelSlot]:
         return list(self._slots.values())

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from tests.conftest import FAKE_ENGINE_COMMAND
 from vllama.config import Config, load_config
 
 
+def worker_ports(span: int = 50) -> dict[str, int]:
+    """A random worker port range, so concurrent test runs (and a developer's own daemon on the
+    default range) rarely race for the same ports."""
+    low = random.randrange(42000, 60000 - span)
+    return {"worker_port_min": low, "worker_port_max": low + span - 1}
+
+
 def fake_config(models: dict[str, dict[str, Any]], **server: Any) -> Config:
     """A config whose workers are fake vLLM servers; `models` maps name -> extra spec keys."""
     server_table: dict[str, Any] = {
         "engine_command": FAKE_ENGINE_COMMAND,
+        **worker_ports(),
         "stop_timeout": 3,
         "health_interval": 0.5,
         "load_stall_timeout": 20,

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from tests.component.fakes import worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import VLLAMA, Daemon, free_port, write_config
 
@@ -18,7 +19,12 @@ from tests.daemon import VLLAMA, Daemon, free_port, write_config
 def fake_daemon(tmp_path: Path, **env: str) -> Daemon:
     config = write_config(
         tmp_path / "vllama.toml",
-        {"engine_command": FAKE_ENGINE_COMMAND, "stop_timeout": 3, "drain_timeout": 20},
+        {
+            "engine_command": FAKE_ENGINE_COMMAND,
+            "stop_timeout": 3,
+            "drain_timeout": 20,
+            **worker_ports(),
+        },
         {"slow": {"model": "fake/slow", "env": {"FAKE_VLLM_TOKEN_DELAY": "0.1", **env}}},
     )
     return Daemon(config, free_port(), tmp_path / "vllama.log")

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from aiohttp import web
 
 from tests.component.fakes import fake_config
 from vllama.engine.ports import PortAllocator
@@ -141,3 +142,31 @@ async def test_cancelled_start_stops_the_tree(http: aiohttp.ClientSession) -> No
         await task
     assert worker.state is WorkerState.STOPPED
     assert not pid_alive(pid)
+
+
+async def test_a_foreign_server_on_the_port_is_not_taken_for_the_worker(
+    http: aiohttp.ClientSession,
+) -> None:
+    # Another process binds the port between vllama's free-port check and the worker's own
+    # bind: its health answers must not make the worker READY.
+    worker = make_worker(http, {"FAKE_VLLM_START_DELAY": "1.5"})
+    task = asyncio.create_task(worker.start())
+    while worker.process is None:
+        await asyncio.sleep(0.01)
+    assert worker.port is not None
+    app = web.Application()
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app.router.add_get("/health", healthy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", worker.port).start()
+    try:
+        with pytest.raises(LoadError) as info:
+            await task
+        assert "during start" in info.value.reason
+        assert worker.state is WorkerState.FAILED
+    finally:
+        await runner.cleanup()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.component.fakes import worker_ports
 from tests.conftest import LONG_LIVED, assert_no_leftovers
 from tests.daemon import Daemon, free_port, write_config
 from vllama.defaults import DEMO_ARGS, DEMO_ENV
@@ -27,18 +28,43 @@ def real_model(path: Path, **extra: object) -> dict[str, object]:
     return {"model": str(path), "args": list(DEMO_ARGS), "env": dict(DEMO_ENV), **extra}
 
 
-@pytest.fixture(scope="module")
+# Tool calls need vLLM's parser; bounded JSON needs xgrammar without free whitespace (a random
+# model otherwise wanders through whitespace forever). See ../shared/ENGINE.md.
+TOOLS_AND_JSON_ARGS = [
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "hermes",
+    "--structured-outputs-config",
+    '{"backend": "xgrammar", "disable_any_whitespace": true}',
+]
+
+
+@pytest.fixture(scope="session")
 def vllama_daemon(
     demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
-    """A real vllama daemon with two chat models and one embedding model, none loaded yet."""
+    """A real vllama daemon with chat models and an embedding model, none loaded at first.
+
+    One daemon serves every e2e module (each model load costs ~25 s on 2 cores);
+    test_shutdown_e2e.py, which sorts last, stops it.
+    """
     started = time.time() - 1
     folder = tmp_path_factory.mktemp("e2e")
     config = write_config(
         folder / "vllama.toml",
-        {"load_stall_timeout": 240, "drain_timeout": 30, "log_level": "debug"},
+        {
+            "load_stall_timeout": 240,
+            "drain_timeout": 30,
+            "log_level": "debug",
+            "models_dir": str(folder / "models"),
+            **worker_ports(),
+        },
         {
             "tiny": real_model(demo_models["chat"], aliases=["tiny-alias"]),
+            "tiny-tools": {
+                **real_model(demo_models["chat"]),
+                "args": [*DEMO_ARGS, *TOOLS_AND_JSON_ARGS],
+            },
             "tiny2": real_model(demo_models["chat"]),
             "tiny-embed": real_model(demo_models["embed"]),
         },

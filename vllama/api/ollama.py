@@ -15,44 +15,27 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from vllama.api.common import read_json_object, requested_model, resolve_model
 from vllama.api.errors import ApiError
-from vllama.api.keys import REGISTRY, SCHEDULER, UPSTREAM
+from vllama.api.keys import REGISTRY, SCHEDULER
 from vllama.api.ollama_translate import (
     BadRequest,
     Kind,
     OllamaStream,
     Timing,
-    UpstreamCall,
     chat_call,
     created_at,
     generate_call,
     load_response,
     upstream_error_message,
 )
-from vllama.api.openai import read_json_object
+from vllama.api.relay import worker_request
 from vllama.durations import DurationError, parse_duration
 from vllama.engine.worker import LoadError, Worker
 from vllama.registry import Resolved
 from vllama.scheduler import ShuttingDown
 
 NDJSON = "application/x-ndjson"
-
-
-def requested_model(payload: dict[str, Any], key: str = "model") -> str:
-    value = payload.get(key)
-    if value is None or value == "":
-        raise ApiError(400, "model is required")
-    if not isinstance(value, str):
-        raise ApiError(400, "model must be a string")
-    return value
-
-
-def resolve(request: web.Request, requested: str) -> Resolved:
-    resolved = request.app[REGISTRY].resolve(requested)
-    if resolved is None:
-        raise ApiError(404, f"model '{requested}' not found")
-    request.app[SCHEDULER].add_model(resolved.slot, resolved.spec)
-    return resolved
 
 
 def keep_alive_of(payload: dict[str, Any]) -> float | None:
@@ -73,10 +56,15 @@ def stream_flag(payload: dict[str, Any]) -> bool:
     return value
 
 
-def schedule_error(error: Exception) -> ApiError:
-    if isinstance(error, LoadError):
-        return ApiError(503, error.detail())
-    return ApiError(503, str(error))
+async def load_only(request: web.Request, slot: str, keep_alive: float | None) -> int:
+    """Load a model without a request to it (Ollama's empty prompt); returns when it was ready."""
+    try:
+        async with request.app[SCHEDULER].lease(slot, keep_alive):
+            return Timing.now()
+    except LoadError as error:
+        raise ApiError(503, error.detail(), code="model_load_failed") from None
+    except ShuttingDown as exc:
+        raise ApiError(503, str(exc), code="shutting_down") from None
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -90,7 +78,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def _inference(request: web.Request, kind: Kind) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    resolved = resolve(request, requested)
+    resolved = resolve_model(request, requested)
     keep_alive = keep_alive_of(payload)
     streaming = stream_flag(payload)
     scheduler = request.app[SCHEDULER]
@@ -98,31 +86,34 @@ async def _inference(request: web.Request, kind: Kind) -> web.StreamResponse:
         if keep_alive == 0:
             scheduler.expire(resolved.slot)
             return web.json_response(load_response(requested, kind, "unload"))
-        try:
-            async with scheduler.lease(resolved.slot, keep_alive):
-                pass
-        except (LoadError, ShuttingDown) as error:
-            raise schedule_error(error) from None
+        await load_only(request, resolved.slot, keep_alive)
         return web.json_response(load_response(requested, kind, "load"))
     # Validate everything we can before a worker is touched; the context limit needs the worker.
     registry = request.app[REGISTRY]
     build = generate_call if kind == "generate" else chat_call
+    traits = registry.traits(resolved, None)
     try:
-        build(payload, registry.traits(resolved, None), requested)
+        path = build(payload, traits, requested).path
     except BadRequest as exc:
         raise ApiError(400, str(exc)) from None
     timing = Timing()
-    try:
-        async with scheduler.lease(resolved.slot, keep_alive) as worker:
-            timing.loaded = Timing.now()
-            try:
-                call = build(payload, registry.traits(resolved, worker.max_model_len), requested)
-            except BadRequest as exc:
-                raise ApiError(400, str(exc)) from None
-            translator = OllamaStream(kind, requested, timing)
-            return await _relay_translated(request, worker, call, translator, streaming)
-    except (LoadError, ShuttingDown) as error:
-        raise schedule_error(error) from None
+    translator = OllamaStream(kind, requested, timing)
+
+    def upstream_body(worker: Worker) -> bytes:
+        timing.loaded = Timing.now()
+        traits = registry.traits(resolved, worker.max_model_len)
+        try:
+            call = build(payload, traits, requested)
+        except BadRequest as exc:  # only the served context length can fail here
+            raise ApiError(400, str(exc)) from None
+        timing.sent = Timing.now()
+        return json.dumps(call.body).encode()
+
+    async with worker_request(request, resolved.slot, path, upstream_body, keep_alive) as (
+        _,
+        upstream,
+    ):
+        return await _relay_translated(request, upstream, translator, streaming)
 
 
 def _is_load_request(payload: dict[str, Any], kind: Kind) -> bool:
@@ -133,43 +124,35 @@ def _is_load_request(payload: dict[str, Any], kind: Kind) -> bool:
 
 async def _relay_translated(
     request: web.Request,
-    worker: Worker,
-    call: UpstreamCall,
+    upstream: aiohttp.ClientResponse,
     translator: OllamaStream,
     streaming: bool,
 ) -> web.StreamResponse:
-    session = request.app[UPSTREAM]
-    translator.timing.sent = Timing.now()
-    try:
-        upstream = await session.post(worker.base_url + call.path, json=call.body)
-    except aiohttp.ClientError as exc:
-        raise ApiError(502, f"the model's worker did not answer: {exc}") from None
-    async with upstream:
-        if upstream.status != 200:
-            message = upstream_error_message(upstream.status, await upstream.read())
-            raise ApiError(400 if upstream.status < 500 else 500, message)
-        if not streaming:
-            try:
-                async for chunk in sse_events(upstream):
-                    translator.on_chunk(chunk)
-            except aiohttp.ClientError as exc:
-                raise ApiError(500, f"the model's worker failed mid-response: {exc}") from None
-            return web.json_response(translator.whole())
-        response = web.StreamResponse(headers={"Content-Type": NDJSON})
-        await response.prepare(request)
+    if upstream.status != 200:
+        message = upstream_error_message(upstream.status, await upstream.read())
+        raise ApiError(400 if upstream.status < 500 else 500, message)
+    if not streaming:
         try:
             async for chunk in sse_events(upstream):
-                for obj in translator.on_chunk(chunk):
-                    await response.write(ndjson(obj))
+                translator.on_chunk(chunk)
         except aiohttp.ClientError as exc:
-            await response.write(ndjson({"error": f"the model's worker failed mid-stream: {exc}"}))
-            await response.write_eof()
-            return response
-        for obj in translator.pending_tool_calls():
-            await response.write(ndjson(obj))
-        await response.write(ndjson(translator.final()))
+            raise ApiError(500, f"the model's worker failed mid-response: {exc}") from None
+        return web.json_response(translator.whole())
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    try:
+        async for chunk in sse_events(upstream):
+            for obj in translator.on_chunk(chunk):
+                await response.write(ndjson(obj))
+    except aiohttp.ClientError as exc:
+        await response.write(ndjson({"error": f"the model's worker failed mid-stream: {exc}"}))
         await response.write_eof()
         return response
+    for obj in translator.pending_tool_calls():
+        await response.write(ndjson(obj))
+    await response.write(ndjson(translator.final()))
+    await response.write_eof()
+    return response
 
 
 def ndjson(obj: dict[str, Any]) -> bytes:
@@ -204,7 +187,7 @@ async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[dict[str
 async def embed(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    resolved = resolve(request, requested)
+    resolved = resolve_model(request, requested)
     keep_alive = keep_alive_of(payload)
     texts = payload.get("input", [])
     if isinstance(texts, str):
@@ -223,18 +206,18 @@ async def embed(request: web.Request) -> web.StreamResponse:
     if truncate:
         body["truncate_prompt_tokens"] = -1  # vLLM: truncate to the model's maximum length
     timing = Timing()
-    vectors, prompt_tokens, loaded = await _embed_upstream(
-        request, resolved, body, keep_alive, timing
-    )
-    if not texts:
-        vectors = []
+    if texts:
+        vectors, prompt_tokens = await _embed_upstream(request, resolved, body, keep_alive, timing)
+    else:  # Ollama loads the model and answers with no embeddings
+        timing.loaded = await load_only(request, resolved.slot, keep_alive)
+        vectors, prompt_tokens = [], 0
     end = Timing.now()
     return web.json_response(
         {
             "model": requested,
             "embeddings": vectors,
             "total_duration": end - timing.start,
-            "load_duration": loaded - timing.start,
+            "load_duration": (timing.loaded or timing.start) - timing.start,
             "prompt_eval_count": prompt_tokens,
         }
     )
@@ -244,20 +227,16 @@ async def embeddings_legacy(request: web.Request) -> web.StreamResponse:
     """The older `/api/embeddings`: `prompt` -> `embedding`."""
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    resolved = resolve(request, requested)
+    resolved = resolve_model(request, requested)
     keep_alive = keep_alive_of(payload)
     prompt = payload.get("prompt", "")
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
     if not prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
-        try:
-            async with request.app[SCHEDULER].lease(resolved.slot, keep_alive):
-                pass
-        except (LoadError, ShuttingDown) as error:
-            raise schedule_error(error) from None
+        await load_only(request, resolved.slot, keep_alive)
         return web.json_response({"embedding": []})
     body = {"model": resolved.slot, "input": [prompt]}
-    vectors, _, _ = await _embed_upstream(request, resolved, body, keep_alive, Timing())
+    vectors, _ = await _embed_upstream(request, resolved, body, keep_alive, Timing())
     return web.json_response({"embedding": vectors[0]})
 
 
@@ -267,28 +246,27 @@ async def _embed_upstream(
     body: dict[str, Any],
     keep_alive: float | None,
     timing: Timing,
-) -> tuple[list[list[float]], int, int]:
-    try:
-        async with request.app[SCHEDULER].lease(resolved.slot, keep_alive) as worker:
-            loaded = Timing.now()
-            if not body["input"]:
-                return [], 0, loaded
-            try:
-                async with request.app[UPSTREAM].post(
-                    worker.base_url + "/v1/embeddings", json=body
-                ) as upstream:
-                    raw = await upstream.read()
-                    if upstream.status != 200:
-                        message = upstream_error_message(upstream.status, raw)
-                        raise ApiError(400 if upstream.status < 500 else 500, message)
-            except aiohttp.ClientError as exc:
-                raise ApiError(502, f"the model's worker did not answer: {exc}") from None
-    except (LoadError, ShuttingDown) as error:
-        raise schedule_error(error) from None
+) -> tuple[list[list[float]], int]:
+    def upstream_body(worker: Worker) -> bytes:
+        timing.loaded = Timing.now()
+        return json.dumps(body).encode()
+
+    path = "/v1/embeddings"
+    async with worker_request(request, resolved.slot, path, upstream_body, keep_alive) as (
+        _,
+        upstream,
+    ):
+        try:
+            raw = await upstream.read()
+        except aiohttp.ClientError as exc:
+            raise ApiError(502, f"the model's worker failed mid-response: {exc}") from None
+        if upstream.status != 200:
+            message = upstream_error_message(upstream.status, raw)
+            raise ApiError(400 if upstream.status < 500 else 500, message)
     data = json.loads(raw)
     ordered = sorted(data["data"], key=lambda item: item["index"])
     usage = data.get("usage") or {}
-    return [item["embedding"] for item in ordered], int(usage.get("prompt_tokens") or 0), loaded
+    return [item["embedding"] for item in ordered], int(usage.get("prompt_tokens") or 0)
 
 
 def add_routes(app: web.Application) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from vllama import __version__
+from vllama.api.common import read_json_object, requested_model
 from vllama.api.errors import ApiError
 from vllama.api.keys import REGISTRY, SCHEDULER
-from vllama.api.ollama import NDJSON, ndjson, requested_model, stream_flag
+from vllama.api.ollama import NDJSON, ndjson, stream_flag
 from vllama.api.ollama_translate import BadRequest, map_options
-from vllama.api.openai import read_json_object
 from vllama.catalog import DerivedModel, ModelDetails, ModelFiles, normalize_name
 from vllama.pull import PullError, pull_progress
 from vllama.registry import Registry, Resolved
@@ -82,9 +82,7 @@ def _parameters_text(parameters: dict[str, Any]) -> str:
 
 async def show(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
-    requested = payload.get("model") or payload.get("name")
-    if not isinstance(requested, str) or not requested:
-        raise ApiError(400, "model is required")
+    requested = requested_model(payload, "model", "name")
     registry = request.app[REGISTRY]
     resolved = _resolve(registry, requested)
     files = await asyncio.to_thread(registry.files, resolved)
@@ -185,9 +183,7 @@ async def _respond_progress(
 
 async def pull(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
-    requested = payload.get("model") or payload.get("name")
-    if not isinstance(requested, str) or not requested:
-        raise ApiError(400, "model is required")
+    requested = requested_model(payload, "model", "name")
     registry = request.app[REGISTRY]
     return await _respond_progress(
         request, stream_flag(payload), pull_progress(requested, registry.models_dir)
@@ -254,9 +250,7 @@ async def copy(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
-    requested = payload.get("model") or payload.get("name")
-    if not isinstance(requested, str) or not requested:
-        raise ApiError(400, "model is required")
+    requested = requested_model(payload, "model", "name")
     registry = request.app[REGISTRY]
     resolved = registry.resolve(requested)
     if resolved is None:

@@ -8,79 +8,42 @@ from typing import Any
 
 from aiohttp import web
 
-from vllama.api.errors import ApiError
-from vllama.api.keys import SCHEDULER, UPSTREAM
-from vllama.api.relay import WorkerUnreachable, relay
-from vllama.engine.worker import LoadError
-from vllama.scheduler import Scheduler, ShuttingDown
+from vllama.api.common import read_json_object, requested_model, resolve_model
+from vllama.api.keys import SCHEDULER
+from vllama.api.ollama_translate import BadRequest, map_options
+from vllama.api.relay import relay_response, worker_request
+from vllama.catalog import DerivedModel
 
 _CREATED = int(time.time())
 
 
-async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    """The raw body and its parsed JSON object; 400 for anything else, 413 past the size limit."""
-    body = await request.read()  # aiohttp raises 413 past client_max_size
-    if not body:
-        raise ApiError(400, "missing request body")
+def apply_derived(payload: dict[str, Any], derived: DerivedModel) -> None:
+    """A derived model's system prompt and parameters, under what the request sets itself."""
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body, payload
-
-
-def resolve_model(scheduler: Scheduler, payload: dict[str, Any]) -> str:
-    requested = payload.get("model")
-    if requested is None or requested == "":
-        raise ApiError(400, "model is required", param="model")
-    if not isinstance(requested, str):
-        raise ApiError(400, "model must be a string", param="model")
-    name = scheduler.resolve(requested)
-    if name is None:
-        raise ApiError(
-            404, f"The model `{requested}` does not exist.", code="model_not_found", param="model"
-        )
-    return name
-
-
-async def relay_to_model(
-    request: web.Request, name: str, path: str, body: bytes
-) -> web.StreamResponse:
-    """Relay to the model's worker; if it turns out dead before taking the request, restart it.
-
-    A worker that died since it was last seen refuses the connection before anything was sent,
-    so one retry on a fresh lease (which restarts it) is safe and hides the crash from the client.
-    """
-    scheduler = request.app[SCHEDULER]
-    for attempt in range(2):
-        async with scheduler.lease(name) as worker:
-            try:
-                return await relay(request, request.app[UPSTREAM], worker.base_url + path, body)
-            except WorkerUnreachable as exc:
-                if attempt == 1:
-                    raise ApiError(
-                        502, f"the model's worker did not answer: {exc}", code="worker_error"
-                    ) from None
-        await worker.confirm_health()
-    raise AssertionError("unreachable")
+        defaults = map_options(derived.parameters, None)
+    except BadRequest:  # validated at /api/create; a hand-edited store must not break requests
+        defaults = {}
+    for key, value in defaults.items():
+        payload.setdefault(key, value)
+    messages = payload.get("messages")
+    if derived.system and isinstance(messages, list):
+        if not any(isinstance(m, dict) and m.get("role") == "system" for m in messages):
+            payload["messages"] = [{"role": "system", "content": derived.system}, *messages]
 
 
 def _relay_handler(path: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
-        scheduler = request.app[SCHEDULER]
         body, payload = await read_json_object(request)
-        name = resolve_model(scheduler, payload)
-        if payload["model"] != name:  # an alias or `name:latest`: the worker knows the name only
-            payload["model"] = name
+        resolved = resolve_model(request, requested_model(payload))
+        # The body goes upstream as received unless the worker must see something else: its own
+        # served name (for an alias or `name:latest`) or a derived model's defaults.
+        if payload["model"] != resolved.slot or resolved.derived is not None:
+            payload["model"] = resolved.slot
+            if resolved.derived is not None:
+                apply_derived(payload, resolved.derived)
             body = json.dumps(payload).encode()
-        try:
-            return await relay_to_model(request, name, path, body)
-        except LoadError as error:
-            raise ApiError(503, error.detail(), code="model_load_failed") from None
-        except ShuttingDown as exc:
-            raise ApiError(503, str(exc), code="shutting_down") from None
+        async with worker_request(request, resolved.slot, path, lambda _: body) as (_, upstream):
+            return await relay_response(request, upstream)
 
     return handler
 
@@ -101,14 +64,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    scheduler = request.app[SCHEDULER]
     requested = request.match_info["model"]
-    name = scheduler.resolve(requested)
-    if name is None:
-        raise ApiError(
-            404, f"The model `{requested}` does not exist.", code="model_not_found", param="model"
-        )
-    return web.json_response(_model_card(name))
+    resolve_model(request, requested)
+    return web.json_response(_model_card(requested))
 
 
 def add_routes(app: web.Application) -> None:

@@ -8,13 +8,18 @@ already sent, and bytes already sent are never retried.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from vllama.api.errors import ApiError, openai_error_body
+from vllama.api.keys import SCHEDULER, UPSTREAM
+from vllama.engine.worker import LoadError, Worker
+from vllama.scheduler import ShuttingDown
 
 log = structlog.get_logger("vllama.relay")
 
@@ -25,10 +30,6 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = ("Content-Type", "Cache-Control")
 
 
-class WorkerUnreachable(Exception):
-    """The worker's connection failed before any response came back."""
-
-
 def new_upstream_session() -> aiohttp.ClientSession:
     # limit=0: no connection cap, so concurrent requests are never queued behind each other here.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
@@ -37,53 +38,83 @@ def new_upstream_session() -> aiohttp.ClientSession:
     )
 
 
-async def relay(
-    request: web.Request, session: aiohttp.ClientSession, url: str, body: bytes
+@contextlib.asynccontextmanager
+async def worker_request(
+    request: web.Request,
+    slot: str,
+    path: str,
+    build_body: Callable[[Worker], bytes],
+    keep_alive: float | None = None,
+) -> AsyncIterator[tuple[Worker, aiohttp.ClientResponse]]:
+    """Lease the model's worker, POST to it, and yield its response (status not checked).
+
+    The lease covers the whole block, so the request counts as in flight until the response has
+    been relayed. A worker that died since it was last seen fails the connection before anything
+    was sent: then the worker is settled (restarted by the next lease) and the request retried
+    once, which turns "the first request after a crash fails" into "it restarts the model".
+    Closing the block before the response is complete closes the upstream connection, which
+    makes vLLM abort the generation (a client that went away cancels its handler).
+    """
+    scheduler = request.app[SCHEDULER]
+    session = request.app[UPSTREAM]
+    for attempt in range(2):
+        try:
+            async with scheduler.lease(slot, keep_alive) as worker:
+                body = build_body(worker)
+                try:
+                    upstream = await session.post(
+                        worker.base_url + path, data=body, headers=_JSON_HEADERS
+                    )
+                except aiohttp.ClientConnectionError as exc:
+                    if attempt == 1:
+                        raise ApiError(
+                            502, f"the model's worker did not answer: {exc}", code="worker_error"
+                        ) from None
+                    unreachable = worker
+                else:
+                    try:
+                        yield worker, upstream
+                    finally:
+                        if upstream.content.is_eof():
+                            upstream.release()
+                        else:
+                            upstream.close()
+                    return
+        except LoadError as error:
+            raise ApiError(503, error.detail(), code="model_load_failed") from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc), code="shutting_down") from None
+        await unreachable.confirm_health()
+
+
+async def relay_response(
+    request: web.Request, upstream: aiohttp.ClientResponse
 ) -> web.StreamResponse:
-    try:
-        upstream = await session.post(url, data=body, headers=_JSON_HEADERS)
-    except aiohttp.ClientConnectionError as exc:
-        # Refused, or a pooled connection found dead before any response: the client has seen
-        # nothing yet, and a dead worker finished nothing, so the caller may retry.
-        raise WorkerUnreachable(str(exc)) from None
-    except aiohttp.ClientError as exc:
-        raise ApiError(
-            502, f"the model's worker did not answer: {exc}", code="worker_error"
-        ) from None
-    try:
-        headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
-        if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-            try:
-                payload = await upstream.read()
-            except aiohttp.ClientError as exc:
-                raise ApiError(
-                    502, f"the model's worker failed mid-response: {exc}", code="worker_error"
-                ) from None
-            return web.Response(status=upstream.status, body=payload, headers=headers)
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
-        while True:
-            try:
-                chunk = await upstream.content.readany()
-            except aiohttp.ClientError as exc:  # the worker went away mid-stream
-                log.warning("upstream failed mid-stream", url=url, error=str(exc))
-                await response.write(
-                    sse_error_event(f"the model's worker failed mid-stream: {exc}")
-                )
-                break
-            if not chunk:
-                break
-            # A client that went away makes this raise, and `finally` closes the upstream request.
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-    finally:
-        # After a complete response this returns the connection to the pool; after a client
-        # disconnect (cancellation) or an error it closes it, which makes vLLM abort the request.
-        if upstream.content.is_eof():
-            upstream.release()
-        else:
-            upstream.close()
+    """The worker's response to the client, byte for byte; SSE chunk by chunk."""
+    headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
+    if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+        try:
+            payload = await upstream.read()
+        except aiohttp.ClientError as exc:
+            raise ApiError(
+                502, f"the model's worker failed mid-response: {exc}", code="worker_error"
+            ) from None
+        return web.Response(status=upstream.status, body=payload, headers=headers)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(request)
+    while True:
+        try:
+            chunk = await upstream.content.readany()
+        except aiohttp.ClientError as exc:  # the worker went away mid-stream
+            log.warning("upstream failed mid-stream", url=str(upstream.url), error=str(exc))
+            await response.write(sse_error_event(f"the model's worker failed mid-stream: {exc}"))
+            break
+        if not chunk:
+            break
+        # A client that went away makes this raise, and the lease's block closes the upstream.
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def sse_error_event(message: str) -> bytes:

@@ -117,15 +117,30 @@ class WorkerProcess:
                     alive.add(pid)
         return sorted(alive)
 
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            leader = psutil.Process(self.pid)
+            return [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def listens_on(self, port: int) -> bool:
+        """Whether this worker's own tree holds the listening socket on `port`.
+
+        A health answer on the port proves nothing by itself: between the free-port check and
+        the worker's bind (vLLM binds after ~20 s of loading) another process may take the port.
+        """
+        for proc in self._tree():
+            with contextlib.suppress(psutil.Error):
+                for conn in proc.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                        return True
+        return False
+
     def tree_rss(self) -> int:
         """Resident bytes of the leader and its descendants (psutil reads /proc; cheap)."""
         total = 0
-        try:
-            leader = psutil.Process(self.pid)
-            procs = [leader, *leader.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        for proc in procs:
+        for proc in self._tree():
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
         return total

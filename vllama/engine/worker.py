@@ -73,6 +73,7 @@ class Worker:
         self.ready_at: float | None = None
         self.max_model_len: int | None = None  # the context vLLM serves, read once it is ready
         self._watch: asyncio.Task[None] | None = None
+        self._warned_foreign_listener = False
 
     # -- state -------------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class Worker:
             self._watch = None
         self._set_state(WorkerState.STARTING, "load requested")
         self.last_error = None
+        self._warned_foreign_listener = False
         try:
             await self._spawn_and_wait()
         except LoadError as error:
@@ -154,7 +156,12 @@ class Worker:
                     process.tail(ERROR_TAIL_LINES),
                 )
             if await self._probe() == 200:
-                return
+                assert self.port is not None
+                if process.listens_on(self.port):
+                    return
+                if not self._warned_foreign_listener:
+                    log.warning("another process answers on the worker's port", port=self.port)
+                    self._warned_foreign_listener = True
             silent_for = time.monotonic() - process.last_output_at
             if silent_for > stall:
                 raise LoadError(
