@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllama.api.ollama_translate import (
@@ -186,6 +186,7 @@ _valid_option = st.one_of(
 )
 
 
+@settings(deadline=None)
 @given(st.lists(_valid_option, max_size=12).map(dict))
 def test_any_valid_options_map_to_known_vllm_keys_without_raising(options: dict[str, Any]) -> None:
     mapped = map_options(options, 4096)
@@ -725,6 +726,7 @@ def test_tool_arguments_that_are_not_an_object_come_back_as_an_object(arguments:
     json.dumps(stream.whole(), allow_nan=False)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=200))
 def test_any_tool_arguments_text_comes_back_as_an_object(arguments: str) -> None:
     stream = OllamaStream("chat", "m", Timing())
@@ -805,6 +807,7 @@ def split_text(draw: st.DrawFn) -> tuple[str, list[str]]:
     return text, [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
+@settings(deadline=None)
 @given(split_text(), st.sampled_from(["chat", "generate"]))
 def test_any_split_of_a_text_reassembles(split: tuple[str, list[str]], kind: str) -> None:
     text, parts = split
@@ -858,6 +861,7 @@ def test_upstream_error_message_survives_invalid_bytes_and_odd_json() -> None:
     assert upstream_error_message(500, b'{"error": {"code": 3}}') == '{"error": {"code": 3}}'
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=200))
 def test_upstream_error_message_never_raises(body: bytes) -> None:
     assert isinstance(upstream_error_message(500, body), str)
