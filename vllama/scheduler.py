@@ -37,6 +37,7 @@ class ModelSlot:
     spec: ModelSpec
     worker: Worker
     keep_alive: float  # seconds after the last request; math.inf = never unload
+    default_keep_alive: float  # the model's configured keep-alive, for each new worker
     in_flight: int = 0
     waiting: int = 0  # requests waiting for a load
     last_used: float = field(default_factory=time.monotonic)
@@ -72,6 +73,7 @@ class Scheduler:
                 spec=spec,
                 worker=Worker(name, spec, settings, self._http, self._ports),
                 keep_alive=keep_alive,
+                default_keep_alive=keep_alive,
                 parallel=asyncio.Semaphore(spec.max_parallel) if spec.max_parallel else None,
             )
             self._slots[name] = slot
@@ -92,14 +94,14 @@ class Scheduler:
         Raises `LoadError` when the model fails to load, `ShuttingDown` when the daemon stops.
         """
         slot = self._slots[name]
-        if keep_alive is not None:
-            slot.keep_alive = keep_alive
         if slot.parallel is not None:
             await slot.parallel.acquire()
         try:
             await self._until_ready(slot)
             # No await between the readiness check in _until_ready and this count.
             slot.in_flight += 1
+            if keep_alive is not None:  # holds for this loaded worker, as in Ollama
+                slot.keep_alive = keep_alive
             self._idle.clear()
             self._disarm_expiry(slot)
             try:
@@ -147,6 +149,7 @@ class Scheduler:
         try:
             if slot.stop_task is not None:  # an unload in progress finishes first
                 await slot.stop_task
+            slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
             started = time.monotonic()
             await slot.worker.start()
             log.info("model loaded", model=slot.name, seconds=round(time.monotonic() - started, 2))

@@ -364,12 +364,6 @@ def test_the_model_context_length_bounds_num_ctx_in_requests() -> None:
         chat_call({"messages": [], "options": {"num_ctx": 8192}}, PLAIN, "x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="_sampling merges {**traits.parameters, **options} before checking that options is "
-    "an object: a non-empty list or string raises TypeError (HTTP 500), not BadRequest",
-)
 @pytest.mark.parametrize("options", [[1], "abc"])
 def test_non_object_options_in_a_request_are_bad_requests(options: Any) -> None:
     with pytest.raises(BadRequest, match="options"):
@@ -736,12 +730,6 @@ def test_any_tool_arguments_text_comes_back_as_an_object(arguments: str) -> None
     assert isinstance(stream.tool_calls()[0]["function"]["arguments"], dict)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="_arguments_object catches only JSONDecodeError: deeply nested arguments from a "
-    "model raise RecursionError out of OllamaStream.tool_calls()",
-)
 def test_deeply_nested_tool_arguments_never_crash() -> None:
     stream = OllamaStream("chat", "m", Timing())
     delta = {"index": 0, "function": {"name": "f", "arguments": "[" * 100_000}}
@@ -749,12 +737,6 @@ def test_deeply_nested_tool_arguments_never_crash() -> None:
     assert isinstance(stream.tool_calls()[0]["function"]["arguments"], dict)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="_arguments_object uses json.loads, which accepts NaN/Infinity: such arguments come "
-    "back as float('nan') and the response line becomes invalid JSON (NaN literal)",
-)
 def test_non_finite_tool_arguments_still_give_valid_json() -> None:
     stream = OllamaStream("chat", "m", Timing())
     delta = {"index": 0, "function": {"name": "f", "arguments": '{"x": NaN}'}}

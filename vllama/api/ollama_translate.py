@@ -175,9 +175,10 @@ def _content(text: str, images: object) -> str | list[dict[str, Any]]:
 
 
 def _sampling(payload: dict[str, Any], traits: ModelTraits) -> dict[str, Any]:
-    merged = {**traits.parameters, **(payload.get("options") or {})}
-    if payload.get("options") is not None and not isinstance(payload["options"], dict):
+    options = payload.get("options")
+    if options is not None and not isinstance(options, dict):
         raise BadRequest("options must be a JSON object")
+    merged = {**traits.parameters, **(options or {})}
     body = map_options(merged, traits.context_length)
     response_format = _format(payload.get("format"))
     if response_format is not None:
@@ -332,11 +333,15 @@ class Timing:
         return time.perf_counter_ns()
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _arguments_object(raw: str) -> dict[str, Any]:
     """Ollama's tool arguments are an object; a model may emit anything, so never crash."""
     try:
-        parsed = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError:
+        parsed = json.loads(raw, parse_constant=_reject_constant) if raw.strip() else {}
+    except (ValueError, RecursionError):  # invalid, NaN/Infinity, or nested past the limit
         return {"value": raw}
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
@@ -373,16 +378,22 @@ class OllamaStream:
                 delta = choice.get("delta") or {}
                 text = delta.get("content") or ""
                 thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
-                self._collect_tool_calls(delta.get("tool_calls") or [])
+                calls = delta.get("tool_calls") or []
+                self._collect_tool_calls(calls)
+                if calls:
+                    self._stamp_token()
             if text or thinking:
-                now = Timing.now()
-                if self.timing.first_token is None:
-                    self.timing.first_token = now
-                self.timing.last_token = now
+                self._stamp_token()
                 self.text.append(text)
                 self.thinking.append(thinking)
                 out.append(self._piece(text, thinking))
         return out
+
+    def _stamp_token(self) -> None:
+        now = Timing.now()
+        if self.timing.first_token is None:
+            self.timing.first_token = now
+        self.timing.last_token = now
 
     def _collect_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
         for delta in deltas:
