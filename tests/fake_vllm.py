@@ -26,6 +26,11 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_TOOL_ARGS_RAW (string): the exact arguments text of the fake tool call (e.g. ``true``)
   instead of ``{"city": "Paris"}``.
 
+Sleep mode (as vLLM's with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1): POST /sleep?level=1,
+POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping engine fails with
+500 (in real vLLM it has crashed or hung the engine: the supervisor must hold traffic itself);
+/fake/stats counts sleeps, wakes and such requests.
+
 Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats, /fake/last_request (the last
 inference request's JSON body, null before any); POST /v1/chat/completions, /v1/completions,
 /v1/embeddings.
@@ -124,6 +129,10 @@ class FakeVllm:
         self.aborted = 0
         self.running = 0
         self.last_request: JSON | None = None
+        self.sleeping = False
+        self.sleeps = 0
+        self.wakes = 0
+        self.hit_while_sleeping = 0
 
     # ---- app -------------------------------------------------------------------------------
 
@@ -138,7 +147,23 @@ class FakeVllm:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/sleep", self.sleep)
+        app.router.add_post("/wake_up", self.wake_up)
+        app.router.add_get("/is_sleeping", self.is_sleeping)
         return app
+
+    async def sleep(self, request: web.Request) -> web.Response:
+        self.sleeping = True
+        self.sleeps += 1
+        return web.Response()
+
+    async def wake_up(self, request: web.Request) -> web.Response:
+        self.sleeping = False
+        self.wakes += 1
+        return web.Response()
+
+    async def is_sleeping(self, request: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": self.sleeping})
 
     @web.middleware
     async def access_log(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -210,6 +235,10 @@ class FakeVllm:
                 "aborted": self.aborted,
                 "running": self.running,
                 "pid": os.getpid(),
+                "sleeping": self.sleeping,
+                "sleeps": self.sleeps,
+                "wakes": self.wakes,
+                "hit_while_sleeping": self.hit_while_sleeping,
             }
         )
 
@@ -242,6 +271,9 @@ class FakeVllm:
         return await self.generate(request, chat=False)
 
     async def generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        if self.sleeping:
+            self.hit_while_sleeping += 1
+            return ApiError(500, "EngineCore is sleeping").response()
         try:
             body = await self.parse(request)
             if chat:

@@ -12,6 +12,7 @@ from typing import Any
 
 from vllama import __version__
 from vllama.config import Config, ConfigError, load_config, read_toml
+from vllama.engine.kind import check_engine_support
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = resolve_config(args)
+        check_engine_support(config)
     except ConfigError as exc:
         print(f"vllama: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from vllama.durations import parse_duration
+from vllama.sizes import parse_size
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -41,6 +42,7 @@ RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port", "--uds")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
+Bytes = Annotated[int, BeforeValidator(parse_size)]
 
 
 class ConfigError(Exception):
@@ -65,6 +67,9 @@ class ModelSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     keep_alive: Seconds | None = None
     max_parallel: int | None = Field(default=None, ge=1)
+    pinned: bool = False  # never evicted to make room for another model
+    preload: bool = False  # loaded at start-up
+    sleep_when_idle: bool = False  # GPU only: vLLM sleep mode (level 1) instead of stopping
 
     @field_validator("args")
     @classmethod
@@ -99,6 +104,18 @@ class ServerSettings(BaseSettings):
     stop_timeout: Seconds = Field(default=20.0, gt=0)
     drain_timeout: Seconds = Field(default=30.0, ge=0)
     health_interval: Seconds = Field(default=5.0, gt=0)
+    # Scheduling: memory budgets per device, caps, the wait queue, crash-loop handling.
+    memory_limit_cpu: Bytes | None = None  # host RAM vllama's CPU workers may use (default: all)
+    memory_limit_gpu: Bytes | None = None  # per GPU (default: the GPU's total)
+    max_loaded_models: int | None = Field(default=None, ge=1)
+    max_queue: int = Field(default=512, ge=1)  # requests waiting for a model, as Ollama's
+    load_timeout: Seconds = Field(default=600.0, gt=0)  # how long a request waits for a load
+    drain_wait: Seconds = Field(default=60.0, ge=0)  # how long a load waits for busy workers
+    memory_recovery_timeout: Seconds = Field(default=15.0, ge=0)
+    restart_backoff: Seconds = Field(default=1.0, ge=0)  # doubled per consecutive fast failure
+    restart_backoff_max: Seconds = Field(default=60.0, ge=0)
+    crash_loop_failures: int = Field(default=3, ge=1)  # fast failures in a row -> FATAL
+    crash_loop_window: Seconds = Field(default=60.0, gt=0)  # "fast": failed within this of start
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     worker_port_min: int = Field(default=41000, ge=1024, le=65535)
     worker_port_max: int = Field(default=41999, ge=1024, le=65535)

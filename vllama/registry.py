@@ -122,6 +122,16 @@ class Registry:
             return scan_hf_cache(hf_cache_dir()).get(spec.model)
         return None
 
+    def weight_bytes(self, spec: ModelSpec) -> int:
+        """Bytes of the model's files on disk (0 when not downloaded yet), for load estimates."""
+        path = self._local_path(spec)
+        if path is None:
+            return 0
+        try:
+            return read_model(path).size
+        except ModelFormatError:
+            return 0
+
     def traits(self, resolved: Resolved, context_length: int | None) -> ModelTraits:
         files = self.files(resolved)
         capabilities = set(files.capabilities) if files is not None else {"completion"}

@@ -1,9 +1,11 @@
-"""Which workers run: load on demand, join loads in flight, keep-alive, restart after a crash.
+"""Which workers run: load on demand within the memory budget, evict, queue, keep-alive, restart.
 
 The lease is the one place where requests meet the supervisor: `async with scheduler.lease(name)`
 yields a READY worker and counts the request in flight until the block ends. Everything that reads
 state to decide a mutation ("is it loaded?" -> "load it") happens without an `await` in between, so
-on one event loop it is a single step.
+on one event loop it is a single step. Loads run one at a time (`_load_lock`): two vLLM servers
+starting together on one GPU mis-measure each other's memory, and the placement decision must see
+the memory the previous load really took.
 """
 
 from __future__ import annotations
@@ -12,26 +14,38 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
 
 from vllama.config import Config, ModelSpec
+from vllama.devices import Devices
 from vllama.engine.ports import PortAllocator
+from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
+from vllama.memory import MemoryPlanner, Placement
+from vllama.placement import LoadedModel, Place, Refuse, decide
 
 log = structlog.get_logger("vllama.scheduler")
+
+# vLLM's sleep endpoints exist only in its dev mode; level 1 keeps weights in host RAM.
+SLEEP_MODE_ARGS = ("--enable-sleep-mode",)
+SLEEP_MODE_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
 
 
 class ShuttingDown(Exception):
     """The daemon is stopping and takes no new work."""
 
 
+class QueueFull(Exception):
+    """Too many requests are waiting for models already (Ollama's OLLAMA_MAX_QUEUE)."""
+
+
 @dataclass(eq=False)
 class ModelSlot:
-    """Scheduling state of one configured model."""
+    """Scheduling state of one model."""
 
     name: str
     spec: ModelSpec
@@ -44,34 +58,48 @@ class ModelSlot:
     expires_at: float | None = None  # wall-clock time of the planned unload, when idle
     load_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
+    sleep_task: asyncio.Task[None] | None = None
     expiry: asyncio.TimerHandle | None = None
     unload_when_idle: bool = False  # an explicit unload asked while requests were in flight
     parallel: asyncio.Semaphore | None = None
+    devices: tuple[str, ...] = ()  # where its worker runs
+    fast_failures: int = 0  # consecutive failures soon after a start
 
 
 class Scheduler:
-    def __init__(self, config: Config, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: Config,
+        http: aiohttp.ClientSession,
+        devices: Devices | None = None,
+        weight_bytes: Callable[[ModelSpec], int] = lambda spec: 0,
+    ) -> None:
         self._config = config
-        settings = config.server
-        self._ports = PortAllocator(settings.worker_port_min, settings.worker_port_max)
+        self._settings = config.server
+        self._ports = PortAllocator(self._settings.worker_port_min, self._settings.worker_port_max)
         self._http = http
+        self.devices = devices or Devices()
+        self.memory = MemoryPlanner(self._settings, self.devices, weight_bytes)
         self._slots: dict[str, ModelSlot] = {}
+        self._closing = False
+        self._load_lock = asyncio.Lock()
+        self._changed = asyncio.Event()  # set when a request ends or a worker stops
+        self._queued = 0  # requests waiting for a model, all models together
         for name, spec in config.models.items():
             self.add_model(name, spec)
-        self._closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def add_model(self, name: str, spec: ModelSpec) -> ModelSlot:
         """Make a model schedulable (configured at start, or discovered on disk later)."""
         slot = self._slots.get(name)
         if slot is None:
-            settings = self._config.server
-            keep_alive = spec.keep_alive if spec.keep_alive is not None else settings.keep_alive
+            keep_alive = (
+                spec.keep_alive if spec.keep_alive is not None else self._settings.keep_alive
+            )
+            worker = Worker(name, spec, self._settings, self._http, self._ports, self._on_state)
             slot = ModelSlot(
                 name=name,
                 spec=spec,
-                worker=Worker(name, spec, settings, self._http, self._ports),
+                worker=worker,
                 keep_alive=keep_alive,
                 default_keep_alive=keep_alive,
                 parallel=asyncio.Semaphore(spec.max_parallel) if spec.max_parallel else None,
@@ -85,53 +113,88 @@ class Scheduler:
     def slots(self) -> list[ModelSlot]:
         return list(self._slots.values())
 
+    def preload(self) -> None:
+        """Start loading every `preload = true` model in the background (failures are logged)."""
+        for slot in self._slots.values():
+            if slot.spec.preload:
+                self._start_load(slot, explicit=True)
+
     # -- leases ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lease(self, name: str, keep_alive: float | None = None) -> AsyncIterator[Worker]:
+    async def lease(
+        self, name: str, keep_alive: float | None = None, explicit: bool = False
+    ) -> AsyncIterator[Worker]:
         """A READY worker for `name`, counted in flight until the block exits.
 
-        Raises `LoadError` when the model fails to load, `ShuttingDown` when the daemon stops.
+        `explicit`: an operator's load (Ollama's empty prompt), which also clears a model marked
+        failed after a crash loop. Raises `LoadError` (failed to load, crash loop, doesn't fit,
+        waited too long), `QueueFull`, or `ShuttingDown`.
         """
         slot = self._slots[name]
-        if slot.parallel is not None:
-            await slot.parallel.acquire()
+        await self._queue(slot, explicit)
+        # No await between the readiness check in _queue and this count.
+        slot.in_flight += 1
+        if keep_alive is not None:  # holds for this loaded worker, as in Ollama
+            slot.keep_alive = keep_alive
+        self._disarm_expiry(slot)
         try:
-            await self._until_ready(slot)
-            # No await between the readiness check in _until_ready and this count.
-            slot.in_flight += 1
-            if keep_alive is not None:  # holds for this loaded worker, as in Ollama
-                slot.keep_alive = keep_alive
-            self._idle.clear()
-            self._disarm_expiry(slot)
-            try:
-                yield slot.worker
-            finally:
-                slot.in_flight -= 1
-                slot.last_used = time.monotonic()
-                if slot.in_flight == 0 and slot.waiting == 0:
-                    if slot.unload_when_idle:
-                        slot.unload_when_idle = False
-                        self.unload(name, "unload requested")
-                    else:
-                        self._arm_expiry(slot)
-                if not any(s.in_flight for s in self._slots.values()):
-                    self._idle.set()
+            yield slot.worker
         finally:
+            slot.in_flight -= 1
+            slot.last_used = time.monotonic()
             if slot.parallel is not None:
                 slot.parallel.release()
+            if slot.in_flight == 0 and slot.waiting == 0:
+                if slot.unload_when_idle:
+                    slot.unload_when_idle = False
+                    self.unload(name, "unload requested")
+                else:
+                    self._arm_expiry(slot)
+            self._notify()
 
-    async def _until_ready(self, slot: ModelSlot) -> None:
+    async def _queue(self, slot: ModelSlot, explicit: bool) -> None:
+        """Wait (bounded in number and time) for a parallel slot and a READY worker."""
+        if self._closing:
+            raise ShuttingDown("vllama is shutting down")
+        ready_now = slot.worker.is_ready and (slot.parallel is None or not slot.parallel.locked())
+        if not ready_now and self._queued >= self._settings.max_queue:
+            raise QueueFull(
+                f"server busy: {self._queued} requests are already waiting for models "
+                f"(max_queue {self._settings.max_queue})"
+            )
+        self._queued += 1
+        slot.waiting += 1
+        try:
+            async with asyncio.timeout(self._settings.load_timeout):
+                if slot.parallel is not None:
+                    await slot.parallel.acquire()
+                try:
+                    await self._until_ready(slot, explicit)
+                except BaseException:
+                    if slot.parallel is not None:
+                        slot.parallel.release()
+                    raise
+        except TimeoutError:
+            raise LoadError(
+                slot.name,
+                f"gave up after waiting {self._settings.load_timeout:g}s (load_timeout) for the "
+                "model to be ready",
+                slot.worker.tail(),
+            ) from None
+        finally:
+            self._queued -= 1
+            slot.waiting -= 1
+            if slot.waiting == 0 and slot.in_flight == 0 and slot.worker.is_ready:
+                self._arm_expiry(slot)  # every waiter left before using the model
+
+    async def _until_ready(self, slot: ModelSlot, explicit: bool) -> None:
         while True:
             if self._closing:
                 raise ShuttingDown("vllama is shutting down")
             if slot.worker.is_ready:
                 return
-            if slot.load_task is None:
-                slot.load_task = asyncio.create_task(self._load(slot), name=f"load-{slot.name}")
-                slot.load_task.add_done_callback(_retrieve_exception)
-            load = slot.load_task
-            slot.waiting += 1
+            load = slot.load_task or self._start_load(slot, explicit)
             try:
                 # Shielded: a waiter whose client went away leaves; the load goes on for the others.
                 await asyncio.shield(load)
@@ -140,18 +203,38 @@ class Scheduler:
                 if load.cancelled() and current is not None and not current.cancelling():
                     continue  # the load was abandoned (shutdown), not this request: look again
                 raise
-            finally:
-                slot.waiting -= 1
-                if slot.waiting == 0 and slot.in_flight == 0 and slot.worker.is_ready:
-                    self._arm_expiry(slot)
 
-    async def _load(self, slot: ModelSlot) -> None:
+    def _start_load(self, slot: ModelSlot, explicit: bool) -> asyncio.Task[None]:
+        if slot.load_task is None:
+            slot.load_task = asyncio.create_task(
+                self._load(slot, explicit), name=f"load-{slot.name}"
+            )
+            slot.load_task.add_done_callback(_retrieve_exception)
+        return slot.load_task
+
+    # -- loading -----------------------------------------------------------------------------
+
+    async def _load(self, slot: ModelSlot, explicit: bool) -> None:
+        worker = slot.worker
         try:
-            if slot.stop_task is not None:  # an unload in progress finishes first
-                await slot.stop_task
-            slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
-            started = time.monotonic()
-            await slot.worker.start()
+            for pending in (slot.sleep_task, slot.stop_task):  # a sleep or unload finishes first
+                if pending is not None:
+                    await pending
+            if worker.state is WorkerState.SLEEPING:
+                async with self._load_lock:  # waking takes GPU memory back, like a load
+                    await worker.wake()
+                return
+            await self._crash_loop_guard(slot, explicit)
+            async with self._load_lock:
+                placement = await self._place(slot)
+                slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
+                started = time.monotonic()
+                args, env = placement.args, placement.env
+                if slot.spec.sleep_when_idle:
+                    args, env = (*args, *SLEEP_MODE_ARGS), {**env, **SLEEP_MODE_ENV}
+                await worker.start(args, env)
+                slot.devices = placement.devices
+                await self.memory.measure(slot.name, worker.pids(), placement.devices)
             log.info("model loaded", model=slot.name, seconds=round(time.monotonic() - started, 2))
         except LoadError as error:
             log.error("model load failed", model=slot.name, reason=error.reason)
@@ -159,7 +242,101 @@ class Scheduler:
         finally:
             slot.load_task = None
 
-    # -- keep-alive --------------------------------------------------------------------------
+    async def _crash_loop_guard(self, slot: ModelSlot, explicit: bool) -> None:
+        """FATAL after repeated fast failures (until an explicit load); else back off."""
+        worker = slot.worker
+        if explicit:
+            slot.fast_failures = 0
+            return
+        if worker.state is WorkerState.FATAL or (
+            worker.state is WorkerState.FAILED
+            and slot.fast_failures >= self._settings.crash_loop_failures
+        ):
+            reason = (
+                f"marked failed after {slot.fast_failures} failures in a row; an explicit load "
+                "(e.g. an empty /api/generate request) or a config reload retries it"
+            )
+            if worker.state is WorkerState.FAILED:
+                worker.enter_fatal(reason)
+            last = worker.last_error
+            raise LoadError(slot.name, reason, last.tail if last else worker.tail())
+        if slot.fast_failures and worker.state is WorkerState.FAILED:
+            delay = min(
+                self._settings.restart_backoff * 2 ** (slot.fast_failures - 1),
+                self._settings.restart_backoff_max,
+            )
+            worker.enter_backoff(f"restart in {delay:g}s after {slot.fast_failures} failure(s)")
+            await asyncio.sleep(delay)
+
+    async def _place(self, slot: ModelSlot) -> Placement:
+        """Decide where the model goes, evicting idle models or waiting for busy ones."""
+        request = self.memory.request(slot.name, slot.spec)
+        deadline = time.monotonic() + self._settings.drain_wait
+        while True:
+            snapshot = await self.memory.snapshot(self._loaded_models(exclude=slot))
+            decision = decide(snapshot, request)
+            if isinstance(decision, Refuse):
+                raise LoadError(slot.name, decision.reason, [])
+            if isinstance(decision, Place):
+                for victim in decision.evict:
+                    await self._evict(victim, f"evicted to make room for {slot.name}")
+                if decision.evict:
+                    await self.memory.wait_for_memory(decision.devices, request.need)
+                return self.memory.placement(slot.spec, decision.devices, request.need)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LoadError(
+                    slot.name,
+                    f"does not fit while {', '.join(decision.blocking)} are busy; waited "
+                    f"{self._settings.drain_wait:g}s (drain_wait) for them to finish",
+                    [],
+                )
+            log.info("load waits for busy models", model=slot.name, blocking=decision.blocking)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
+
+    def _loaded_models(self, exclude: ModelSlot) -> tuple[LoadedModel, ...]:
+        loaded = []
+        for slot in self._slots.values():
+            state = slot.worker.state
+            if slot is exclude or state not in (WorkerState.READY, WorkerState.STARTING):
+                continue
+            loaded.append(
+                LoadedModel(
+                    name=slot.name,
+                    devices=slot.devices or (self.memory.kind,),
+                    footprint=self.memory.need(slot.name, slot.spec),
+                    in_flight=slot.in_flight,
+                    pinned=slot.spec.pinned,
+                    last_used=slot.last_used,
+                    starting=state is WorkerState.STARTING,
+                )
+            )
+        return tuple(loaded)
+
+    async def _evict(self, name: str, reason: str) -> None:
+        task = self.unload(name, reason)
+        if task is not None:
+            await task
+
+    def _on_state(self, worker: Worker, old: WorkerState, new: WorkerState, why: str) -> None:
+        slot = self._slots.get(worker.name)
+        if slot is None:
+            return
+        if new is WorkerState.FAILED:
+            up_for = time.monotonic() - worker.ready_at if worker.ready_at else 0.0
+            fast = up_for < self._settings.crash_loop_window
+            slot.fast_failures = slot.fast_failures + 1 if fast else 1
+        if new in (WorkerState.STOPPED, WorkerState.FAILED):
+            self._notify()
+
+    def _notify(self) -> None:
+        # One event per generation: setting it wakes every waiter, and the next waiters get a
+        # fresh one. Cheap enough for the end of every request (no task, no lock).
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- keep-alive and unloading ------------------------------------------------------------
 
     def _arm_expiry(self, slot: ModelSlot) -> None:
         self._disarm_expiry(slot)
@@ -179,14 +356,27 @@ class Scheduler:
         slot.expires_at = None
         if slot.in_flight or slot.waiting or not slot.worker.is_ready:
             return
+        if slot.spec.sleep_when_idle and slot.sleep_task is None:
+            slot.sleep_task = asyncio.create_task(self._sleep(slot), name=f"sleep-{slot.name}")
+            return
         self.unload(slot.name, "keep_alive expired")
+
+    async def _sleep(self, slot: ModelSlot) -> None:
+        try:
+            if not await slot.worker.sleep():
+                log.warning("sleep refused; stopping instead", model=slot.name)
+                await slot.worker.stop("keep_alive expired (sleep failed)")
+        finally:
+            slot.sleep_task = None
+            self._notify()
 
     def unload(self, name: str, reason: str) -> asyncio.Task[None] | None:
         """Begin stopping an idle worker; returns the stop task (None if nothing runs)."""
         slot = self._slots[name]
         if slot.stop_task is not None:
             return slot.stop_task
-        if not slot.worker.is_ready:
+        running = (WorkerState.READY, WorkerState.SLEEPING)
+        if slot.worker.state not in running and slot.sleep_task is None:
             return None
         self._disarm_expiry(slot)
         slot.stop_task = asyncio.create_task(self._stop(slot, reason), name=f"stop-{name}")
@@ -203,9 +393,12 @@ class Scheduler:
 
     async def _stop(self, slot: ModelSlot, reason: str) -> None:
         try:
+            if slot.sleep_task is not None:
+                await slot.sleep_task
             await slot.worker.stop(reason)
         finally:
             slot.stop_task = None
+            slot.devices = ()
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -217,12 +410,6 @@ class Scheduler:
             if slot.load_task is not None:
                 slot.load_task.cancel()
 
-    async def drain(self, within: float) -> bool:
-        """Wait for requests in flight to finish; False if some were still running at the limit."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), within)
-        return self._idle.is_set()
-
     async def stop_all(self) -> None:
         self.begin_shutdown()
         tasks = [s.load_task for s in self._slots.values() if s.load_task is not None]
@@ -231,6 +418,7 @@ class Scheduler:
             *(slot.worker.stop("vllama shutting down") for slot in self._slots.values()),
             return_exceptions=True,
         )
+        self.devices.close()
 
     def kill_all_now(self) -> None:
         for slot in self._slots.values():

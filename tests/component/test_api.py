@@ -68,10 +68,10 @@ async def test_first_request_loads_and_concurrent_ones_join_the_same_load(
     starts = 0
     real_start = worker.start
 
-    async def counting_start() -> None:
+    async def counting_start(*args: Any, **kwargs: Any) -> None:
         nonlocal starts
         starts += 1
-        await real_start()
+        await real_start(*args, **kwargs)
 
     worker.start = counting_start
     responses = await asyncio.gather(

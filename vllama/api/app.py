@@ -29,7 +29,9 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     """
     upstream = new_upstream_session()
     app[UPSTREAM] = upstream
-    app[SCHEDULER] = Scheduler(app[CONFIG], upstream)
+    scheduler = Scheduler(app[CONFIG], upstream, weight_bytes=app[REGISTRY].weight_bytes)
+    app[SCHEDULER] = scheduler
+    scheduler.preload()
     yield
     await app[SCHEDULER].stop_all()
     await upstream.close()

@@ -29,11 +29,11 @@ from vllama.api.ollama_translate import (
     load_response,
     upstream_error_message,
 )
-from vllama.api.relay import worker_request
+from vllama.api.relay import scheduling_error, worker_request
 from vllama.durations import DurationError, parse_duration
 from vllama.engine.worker import LoadError, Worker
 from vllama.registry import Resolved
-from vllama.scheduler import ShuttingDown
+from vllama.scheduler import QueueFull, ShuttingDown
 
 NDJSON = "application/x-ndjson"
 
@@ -59,12 +59,10 @@ def stream_flag(payload: dict[str, Any]) -> bool:
 async def load_only(request: web.Request, slot: str, keep_alive: float | None) -> int:
     """Load a model without a request to it (Ollama's empty prompt); returns when it was ready."""
     try:
-        async with request.app[SCHEDULER].lease(slot, keep_alive):
+        async with request.app[SCHEDULER].lease(slot, keep_alive, explicit=True):
             return Timing.now()
-    except LoadError as error:
-        raise ApiError(503, error.detail(), code="model_load_failed") from None
-    except ShuttingDown as exc:
-        raise ApiError(503, str(exc), code="shutting_down") from None
+    except (LoadError, QueueFull, ShuttingDown) as error:
+        raise scheduling_error(error) from None
 
 
 async def generate(request: web.Request) -> web.StreamResponse:

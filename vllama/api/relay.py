@@ -19,7 +19,7 @@ from aiohttp import web
 from vllama.api.errors import ApiError, openai_error_body
 from vllama.api.keys import SCHEDULER, UPSTREAM
 from vllama.engine.worker import LoadError, Worker
-from vllama.scheduler import ShuttingDown
+from vllama.scheduler import QueueFull, ShuttingDown
 
 log = structlog.get_logger("vllama.relay")
 
@@ -80,11 +80,18 @@ async def worker_request(
                         else:
                             upstream.close()
                     return
-        except LoadError as error:
-            raise ApiError(503, error.detail(), code="model_load_failed") from None
-        except ShuttingDown as exc:
-            raise ApiError(503, str(exc), code="shutting_down") from None
+        except (LoadError, QueueFull, ShuttingDown) as error:
+            raise scheduling_error(error) from None
         await unreachable.confirm_health()
+
+
+def scheduling_error(error: LoadError | QueueFull | ShuttingDown) -> ApiError:
+    """The one mapping of scheduler refusals to HTTP: all 503, the queue with Retry-After."""
+    if isinstance(error, LoadError):
+        return ApiError(503, error.detail(), code="model_load_failed")
+    if isinstance(error, QueueFull):
+        return ApiError(503, str(error), code="queue_full", headers={"Retry-After": "1"})
+    return ApiError(503, str(error), code="shutting_down")
 
 
 async def relay_response(

@@ -16,8 +16,14 @@ _NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
 
 
 def build_argv(
-    command: Sequence[str], name: str, spec: ModelSpec, host: str, port: int
+    command: Sequence[str],
+    name: str,
+    spec: ModelSpec,
+    host: str,
+    port: int,
+    placement: Sequence[str] = (),
 ) -> list[str]:
+    """`placement`: arguments the scheduler adds (a memory share), after the model's own."""
     return [
         *command,
         "--model",
@@ -29,12 +35,17 @@ def build_argv(
         "--port",
         str(port),
         *spec.args,
+        *placement,
     ]
 
 
-def build_env(base: Mapping[str, str], spec: ModelSpec) -> dict[str, str]:
+def build_env(
+    base: Mapping[str, str], spec: ModelSpec, placement: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """`placement`: what the scheduler pins (CUDA_VISIBLE_DEVICES); it wins over the model's."""
     env = {key: value for key, value in base.items() if key not in _NOT_INHERITED}
     # Python buffers a pipe's output; the supervisor reads it line by line for progress and errors.
     env["PYTHONUNBUFFERED"] = "1"
     env.update(spec.env)
+    env.update(placement or {})
     return env

@@ -137,6 +137,9 @@ class WorkerProcess:
                         return True
         return False
 
+    def tree_pids(self) -> list[int]:
+        return [proc.pid for proc in self._tree()]
+
     def tree_rss(self) -> int:
         """Resident bytes of the leader and its descendants (psutil reads /proc; cheap)."""
         total = 0

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 import structlog
@@ -74,6 +74,7 @@ class Worker:
         self.max_model_len: int | None = None  # the context vLLM serves, read once it is ready
         self._watch: asyncio.Task[None] | None = None
         self._warned_foreign_listener = False
+        self._placement: tuple[tuple[str, ...], dict[str, str]] = ((), {})
 
     # -- state -------------------------------------------------------------------------------
 
@@ -100,7 +101,9 @@ class Worker:
 
     # -- start -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(
+        self, placement_args: Sequence[str] = (), placement_env: Mapping[str, str] | None = None
+    ) -> None:
         """Spawn the server and wait for `GET /health` = 200.
 
         On failure the process tree is stopped, the state is FAILED and `LoadError` is raised.
@@ -111,6 +114,8 @@ class Worker:
             self._watch = None
         self._set_state(WorkerState.STARTING, "load requested")
         self.last_error = None
+        self.ready_at = None
+        self._placement = (tuple(placement_args), dict(placement_env or {}))
         self._warned_foreign_listener = False
         try:
             await self._spawn_and_wait()
@@ -135,8 +140,9 @@ class Worker:
         except NoFreePort as exc:
             raise LoadError(self.name, str(exc), []) from None
         command = self._settings.engine_command
-        argv = build_argv(command, self.name, self.spec, WORKER_HOST, self.port)
-        env = build_env(os.environ, self.spec)
+        extra_args, extra_env = self._placement
+        argv = build_argv(command, self.name, self.spec, WORKER_HOST, self.port, extra_args)
+        env = build_env(os.environ, self.spec, extra_env)
         log.info("worker spawn", model=self.name, port=self.port, argv=argv)
         try:
             self.process = await WorkerProcess.spawn(
@@ -222,7 +228,7 @@ class Worker:
                 failures += 1
                 if failures >= _HEALTH_FAILURES_TO_FAIL:
                     reason = f"health check failed {failures} times in a row"
-        if self.state is not WorkerState.READY:
+        if self.state not in (WorkerState.READY, WorkerState.SLEEPING):
             return
         self.last_error = LoadError(self.name, reason, process.tail(ERROR_TAIL_LINES))
         self._set_state(WorkerState.FAILED, reason)
@@ -248,13 +254,14 @@ class Worker:
 
     async def stop(self, reason: str) -> StopReport | None:
         """Stop the worker and confirm its process tree is gone. Idempotent."""
+        running = (WorkerState.READY, WorkerState.SLEEPING)
         if self._watch is not None:
-            if self.state is WorkerState.READY:
+            if self.state in running:
                 self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
-        if self.state is WorkerState.READY:
+        if self.state in running:
             self._set_state(WorkerState.STOPPING, reason)
             report = await self._release_process()
             self._set_state(WorkerState.STOPPED, reason)
@@ -262,6 +269,52 @@ class Worker:
         if self.state in (WorkerState.FAILED, WorkerState.BACKOFF, WorkerState.FATAL):
             self._set_state(WorkerState.STOPPED, reason)
         return None
+
+    # -- sleep mode (GPU) --------------------------------------------------------------------
+
+    async def sleep(self) -> bool:
+        """Level-1 sleep: weights to host RAM, GPU memory freed. Only call when idle."""
+        if not self.is_ready or not await self._post("/sleep?level=1"):
+            return False
+        self._set_state(WorkerState.SLEEPING, "idle for keep_alive (sleep mode)")
+        return True
+
+    async def wake(self) -> None:
+        """Wake and warm up with one token before any request reaches the engine.
+
+        vLLM has crashed or hung when a request reached a sleeping or half-woken engine, so
+        traffic is held (the scheduler treats SLEEPING as not ready) until this returns.
+        """
+        if self.state is not WorkerState.SLEEPING:
+            return
+        warm_up = {"model": self.name, "prompt": "hi", "max_tokens": 1}
+        if await self._post("/wake_up") and await self._post("/v1/completions", warm_up):
+            self._set_state(WorkerState.READY, "woken up")
+            return
+        self.last_error = LoadError(self.name, "failed to wake from sleep mode", self.tail())
+        self._set_state(WorkerState.FAILED, "failed to wake from sleep mode")
+        await self._release_process()
+        raise self.last_error
+
+    async def _post(self, path: str, body: dict[str, object] | None = None) -> bool:
+        try:
+            async with self._http.post(
+                f"{self.base_url}{path}", json=body, timeout=aiohttp.ClientTimeout(total=120)
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    def enter_backoff(self, reason: str) -> None:
+        self._set_state(WorkerState.BACKOFF, reason)
+
+    def enter_fatal(self, reason: str) -> None:
+        self._set_state(WorkerState.FATAL, reason)
+
+    def pids(self) -> list[int]:
+        """The worker's live process tree (for memory measurement)."""
+        return self.process.tree_pids() if self.process is not None else []
 
     def kill_now(self) -> None:
         if self.process is not None:

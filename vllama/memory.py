@@ -1,0 +1,145 @@
+"""Memory planning for loads: estimates, measured footprints, placement arguments, recovery.
+
+Glue between the scheduler (which models run), the pure policy in `placement` (who fits where,
+who is evicted) and the measuring boundary in `devices` (NVML, /proc). Nothing here blocks the
+event loop: measurements run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+
+from vllama.config import ModelSpec, ServerSettings
+from vllama.devices import Devices, cuda_visible_devices
+from vllama.placement import (
+    DeviceState,
+    LoadedModel,
+    Request,
+    Snapshot,
+    estimate_need,
+    kv_cache_bytes_from_args,
+)
+
+log = structlog.get_logger("vllama.memory")
+
+# What a vLLM server costs beyond weights and KV cache, before its first load is measured:
+# the CPU engine's three Python processes with torch loaded (~1.9 GB measured for a 2 MB model),
+# or a CUDA context plus activations on a GPU.
+OVERHEAD = {"cpu": 2 << 30, "gpu": 1 << 30}
+_RECOVERY_POLL = 0.25
+
+
+@dataclass(frozen=True)
+class Placement:
+    devices: tuple[str, ...]
+    need: int  # bytes per device
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def tensor_parallel_size(args: tuple[str, ...]) -> int:
+    for i, arg in enumerate(args):
+        for flag in ("--tensor-parallel-size", "-tp"):
+            if arg == flag and i + 1 < len(args):
+                return max(int(args[i + 1]), 1)
+            if arg.startswith(flag + "="):
+                return max(int(arg.split("=", 1)[1]), 1)
+    return 1
+
+
+def _has_flag(args: tuple[str, ...], *flags: str) -> bool:
+    return any(arg.split("=", 1)[0] in flags for arg in args)
+
+
+class MemoryPlanner:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        devices: Devices,
+        weight_bytes: Callable[[ModelSpec], int],
+    ) -> None:
+        self._settings = settings
+        self._devices = devices
+        self._weight_bytes = weight_bytes
+        self._measured: dict[str, int] = {}  # model -> bytes per device, from its last load
+        self.kind: Literal["cpu", "gpu"] = "gpu" if devices.gpu_count() else "cpu"
+
+    # -- what a model needs ------------------------------------------------------------------
+
+    def request(self, name: str, spec: ModelSpec) -> Request:
+        count = tensor_parallel_size(spec.args) if self.kind == "gpu" else 1
+        return Request(name=name, kind=self.kind, device_count=count, need=self.need(name, spec))
+
+    def need(self, name: str, spec: ModelSpec) -> int:
+        """Bytes per device: the last measured footprint, else an estimate from the files."""
+        if name in self._measured:
+            return self._measured[name]
+        kv = kv_cache_bytes_from_args(spec.args, spec.env, self.kind) or 0
+        weights = self._weight_bytes(spec) // tensor_parallel_size(spec.args)
+        return estimate_need(weights, kv, OVERHEAD[self.kind])
+
+    async def measure(self, name: str, pids: list[int], devices: tuple[str, ...]) -> int:
+        """Measure a ready worker's memory per device and remember it for the next load."""
+        usage = await self._devices.usage_by_pids_async(pids)
+        per_device = max((usage.get(device, 0) for device in devices), default=0)
+        if per_device > 0:
+            self._measured[name] = per_device
+            log.info("model footprint measured", model=name, bytes=per_device, devices=devices)
+        return per_device
+
+    # -- devices -----------------------------------------------------------------------------
+
+    async def snapshot(self, loaded: tuple[LoadedModel, ...]) -> Snapshot:
+        memory = await self._devices.snapshot_async()
+        states = []
+        for device in memory:
+            limit = (
+                self._settings.memory_limit_gpu
+                if device.kind == "gpu"
+                else self._settings.memory_limit_cpu
+            )
+            budget = min(limit, device.total) if limit is not None else device.total
+            states.append(
+                DeviceState(id=device.id, kind=device.kind, budget=budget, free=device.free)
+            )
+        return Snapshot(
+            devices=tuple(states), loaded=loaded, max_loaded=self._settings.max_loaded_models
+        )
+
+    def placement(self, spec: ModelSpec, devices: tuple[str, ...], need: int) -> Placement:
+        """Pin the worker to its devices and give it an explicit share of each GPU."""
+        if self.kind == "cpu":
+            return Placement(devices, need)
+        indices = [int(device.split(":", 1)[1]) for device in devices]
+        env = {"CUDA_VISIBLE_DEVICES": cuda_visible_devices(indices)}
+        args: tuple[str, ...] = ()
+        if not _has_flag(spec.args, "--gpu-memory-utilization", "--kv-cache-memory-bytes"):
+            total = min(d.total for d in self._devices.snapshot() if d.id in devices)
+            # vLLM's utilization is the fraction of the whole GPU this instance may use; several
+            # instances share a GPU only when each is told its own share.
+            share = min(max(need / total, 0.05), 0.95)
+            args = ("--gpu-memory-utilization", f"{share:.3f}")
+        return Placement(devices, need, args, env)
+
+    async def wait_for_memory(self, devices: tuple[str, ...], need: int) -> bool:
+        """After evictions: wait until `need` bytes are measured free on each device.
+
+        A stopped tree releases GPU memory asynchronously; starting before it is back makes vLLM
+        mis-measure (vLLM #55827). Gives up after `memory_recovery_timeout` (False), and the
+        start then proceeds: the budget, not the measurement, is the contract.
+        """
+        deadline = time.monotonic() + self._settings.memory_recovery_timeout
+        while True:
+            memory = {d.id: d for d in await self._devices.snapshot_async()}
+            if all(memory[d].free >= need for d in devices if d in memory):
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("memory not back in time", devices=devices, need=need)
+                return False
+            await asyncio.sleep(_RECOVERY_POLL)
