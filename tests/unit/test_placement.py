@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from vllama.placement import (
     DeviceState,
     GiB,
+    Kind,
     LoadedModel,
     Place,
     Refuse,
@@ -31,10 +32,11 @@ def model(
     last_used: float,
     footprint: int = 25 * G,
     devices: tuple[str, ...] = ("gpu:0",),
-    **kw: object,
+    in_flight: int = 0,
+    pinned: bool = False,
+    starting: bool = False,
 ) -> LoadedModel:
-    fields: dict[str, object] = {"in_flight": 0, "pinned": False, **kw}
-    return LoadedModel(name, devices, footprint, last_used=last_used, **fields)  # type: ignore[arg-type]
+    return LoadedModel(name, devices, footprint, in_flight, pinned, last_used, starting)
 
 
 def snap(
@@ -49,13 +51,13 @@ def snap(
     states = []
     for d in devices:
         used = sum(m.footprint for m in loaded if d in m.devices) + (other or {}).get(d, 0)
-        kind = "cpu" if d == "cpu" else "gpu"
+        kind: Kind = "cpu" if d == "cpu" else "gpu"
         states.append(DeviceState(d, kind, total, max(total - used, 0)))
     return Snapshot(tuple(states), loaded, max_loaded)
 
 
-def req(name: str = "new", need: int = 20 * G, count: int = 1, kind: str = "gpu") -> Request:
-    return Request(name, kind, count, need)  # type: ignore[arg-type]
+def req(name: str = "new", need: int = 20 * G, count: int = 1, kind: Kind = "gpu") -> Request:
+    return Request(name, kind, count, need)
 
 
 THREE = [model("a", 1), model("b", 2), model("c", 3)]  # 75 of 80 GiB used
@@ -222,9 +224,9 @@ def test_helpers() -> None:
     ],
 )
 def test_kv_cache_bytes_from_args(
-    args: list[str], env: dict[str, str], kind: str, expected: int | None
+    args: list[str], env: dict[str, str], kind: Kind, expected: int | None
 ) -> None:
-    assert kv_cache_bytes_from_args(args, env, kind) == expected  # type: ignore[arg-type]
+    assert kv_cache_bytes_from_args(args, env, kind) == expected
 
 
 # -- properties ------------------------------------------------------------------------------
@@ -274,10 +276,10 @@ def scenarios(draw: st.DrawFn) -> tuple[Snapshot, Request]:
         used = sum(m.footprint for m in models if d in m.devices)
         other = draw(st.integers(0, 10)) * G
         budget = draw(st.sampled_from([total, total // 2]))
-        kind = "cpu" if d == "cpu" else "gpu"
-        states.append(DeviceState(d, kind, budget, max(total - used - other, 0)))
+        device_kind: Kind = "cpu" if d == "cpu" else "gpu"
+        states.append(DeviceState(d, device_kind, budget, max(total - used - other, 0)))
     max_loaded = draw(st.none() | st.integers(1, 5))
-    kind = draw(st.sampled_from(["cpu", "gpu"]))
+    kind: Kind = "gpu" if draw(st.booleans()) else "cpu"
     count = 1 if kind == "cpu" else draw(st.integers(1, 3))
     name = draw(st.sampled_from(["new", "m0"]))
     request = Request(name, kind, count, draw(st.integers(0, 40)) * G)
@@ -308,9 +310,10 @@ def test_decide_properties(case: tuple[Snapshot, Request]) -> None:
             assert not m.pinned and not m.starting and m.in_flight == 0
         gone = set(decision.evict)
         assert fits(s, r, decision.devices, gone)
-        if decision.evict:
-            assert not fits(s, r, decision.devices, gone - {decision.evict[-1]})
-        else:
+        # Nothing evicted in vain: every victim (the last one included) is needed.
+        for name in decision.evict:
+            assert not fits(s, r, decision.devices, gone - {name})
+        if not decision.evict:
             assert possible(s, r, set())
         if possible(s, r, set()):
             assert decision.evict == ()

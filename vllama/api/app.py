@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from vllama.api import ollama, ollama_models, openai
 from vllama.api.errors import error_middleware
-from vllama.api.keys import CONFIG, REGISTRY, SCHEDULER, UPSTREAM
+from vllama.api.keys import CONFIG, DEVICES, REGISTRY, SCHEDULER, UPSTREAM, WEIGHT_BYTES
 from vllama.api.relay import new_upstream_session
-from vllama.config import Config
+from vllama.config import Config, ModelSpec
+from vllama.devices import Devices
 from vllama.registry import Registry
 from vllama.scheduler import Scheduler
 
@@ -29,7 +30,12 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     """
     upstream = new_upstream_session()
     app[UPSTREAM] = upstream
-    scheduler = Scheduler(app[CONFIG], upstream, weight_bytes=app[REGISTRY].weight_bytes)
+    scheduler = Scheduler(
+        app[CONFIG],
+        upstream,
+        devices=app.get(DEVICES),
+        weight_bytes=app.get(WEIGHT_BYTES) or app[REGISTRY].weight_bytes,
+    )
     app[SCHEDULER] = scheduler
     scheduler.preload()
     yield
@@ -37,11 +43,21 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     await upstream.close()
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(
+    config: Config,
+    devices: Devices | None = None,
+    weight_bytes: Callable[[ModelSpec], int] | None = None,
+) -> web.Application:
+    """`devices` and `weight_bytes` replace the real NVML/psutil boundary and the size of the
+    model's files, for tests that play a GPU host."""
     app = web.Application(
         middlewares=[error_middleware], client_max_size=config.server.max_request_bytes
     )
     app[CONFIG] = config
+    if devices is not None:
+        app[DEVICES] = devices
+    if weight_bytes is not None:
+        app[WEIGHT_BYTES] = weight_bytes
     app[REGISTRY] = Registry(config)
     app.cleanup_ctx.append(_supervision)
     app.router.add_get("/", root)  # add_get also answers HEAD

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 from aiohttp import web
 
-from vllama.config import Config
+from vllama.config import Config, ModelSpec
+from vllama.devices import Devices
 from vllama.registry import Registry
 from vllama.scheduler import Scheduler
 
@@ -13,3 +16,5 @@ CONFIG = web.AppKey("config", Config)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 REGISTRY = web.AppKey("registry", Registry)
+DEVICES = web.AppKey("devices", Devices)
+WEIGHT_BYTES: web.AppKey[Callable[[ModelSpec], int]] = web.AppKey("weight_bytes")

@@ -1,0 +1,313 @@
+"""The scheduler on a pretend GPU host: a fake NVML, fake workers, model sizes set by the test.
+
+The fake workers use no GPU memory, so placement runs on the scheduler's estimates (weights +
+1 GiB overhead per model), which is exactly the accounting under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.component.fakes import fake_config
+from vllama.api.app import build_app
+from vllama.api.keys import SCHEDULER
+from vllama.devices import Devices
+from vllama.engine.states import WorkerState
+
+GiB = 1 << 30
+Client = TestClient[web.Request, web.Application]
+
+
+@dataclass
+class _Memory:
+    total: int
+    free: int
+    used: int
+
+
+class FakeNvml:
+    """Just enough of pynvml: GPUs of a given size, nothing running on them."""
+
+    def __init__(self, *totals: int) -> None:
+        self.totals = totals
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.totals)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _Memory:
+        return _Memory(total=self.totals[handle], free=self.totals[handle], used=0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+        return []
+
+
+def sized(sizes: dict[str, int]) -> Any:
+    return lambda spec: sizes[spec.model.removeprefix("fake/")]
+
+
+async def gpu_host(
+    aiohttp_client: Any,
+    models: dict[str, dict[str, Any]],
+    weights_gib: dict[str, int],
+    gpus: tuple[int, ...] = (80 * GiB,),
+    **server: Any,
+) -> Client:
+    config = fake_config(models, **server)
+    app = build_app(
+        config,
+        devices=Devices(nvml=FakeNvml(*gpus)),
+        weight_bytes=sized({name: size * GiB for name, size in weights_gib.items()}),
+    )
+    client: Client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    return client
+
+
+async def ask(client: Client, model: str, tokens: int = 1) -> int:
+    body = {"model": model, "prompt": "hi", "max_tokens": tokens}
+    response = await client.post("/v1/completions", json=body)
+    await response.read()
+    return response.status
+
+
+def states(client: Client) -> dict[str, WorkerState]:
+    return {slot.name: slot.worker.state for slot in client.app[SCHEDULER].slots()}
+
+
+def loaded(client: Client) -> set[str]:
+    return {name for name, state in states(client).items() if state is WorkerState.READY}
+
+
+def cmdline(client: Client, name: str) -> list[str]:
+    slot = client.app[SCHEDULER].slot(name)
+    assert slot is not None and slot.worker.process is not None
+    return psutil.Process(slot.worker.process.pid).cmdline()
+
+
+async def test_a_fourth_model_evicts_the_least_recently_used(aiohttp_client: Any) -> None:
+    models = {name: {} for name in "abcd"}
+    client = await gpu_host(aiohttp_client, models, dict.fromkeys("abcd", 24))  # 25 GiB each
+    for name in "abc":
+        assert await ask(client, name) == 200
+    assert await ask(client, "a") == 200  # a is now the most recently used; b the least
+    assert await ask(client, "d") == 200
+    assert loaded(client) == {"a", "c", "d"}
+    # Each worker was pinned to the GPU and told its share of it.
+    line = cmdline(client, "d")
+    share = float(line[line.index("--gpu-memory-utilization") + 1])
+    assert abs(share - 25 / 80) < 0.01
+
+
+async def test_pinned_models_stay_and_busy_ones_are_not_evicted(aiohttp_client: Any) -> None:
+    models: dict[str, dict[str, Any]] = {
+        "pinned": {"pinned": True},
+        "busy": {"env": {"FAKE_VLLM_TOKEN_DELAY": "0.05"}},
+        "idle": {},
+        "new": {},
+    }
+    weights = {"pinned": 24, "busy": 24, "idle": 24, "new": 24}
+    client = await gpu_host(aiohttp_client, models, weights)
+    for name in ("pinned", "busy", "idle"):
+        assert await ask(client, name) == 200
+    assert await ask(client, "pinned") == 200  # pinned is the most recent, busy/idle older
+    # busy is the least recently used but has a request in flight for ~3 s.
+    busy_request = asyncio.create_task(ask(client, "busy", tokens=60))
+    await asyncio.sleep(0.5)
+    assert await ask(client, "new") == 200
+    assert loaded(client) == {"pinned", "busy", "new"}
+    assert await busy_request == 200
+
+
+async def test_a_load_waits_for_a_busy_model_then_evicts_it(aiohttp_client: Any) -> None:
+    models: dict[str, dict[str, Any]] = {
+        "busy": {"env": {"FAKE_VLLM_TOKEN_DELAY": "0.05"}},
+        "big": {},
+    }
+    client = await gpu_host(aiohttp_client, models, {"busy": 40, "big": 40}, drain_wait=30)
+    assert await ask(client, "busy") == 200
+    busy_request = asyncio.create_task(ask(client, "busy", tokens=30))  # ~1.5 s
+    await asyncio.sleep(0.3)
+    assert await ask(client, "big") == 200  # waited for busy to drain, then evicted it
+    assert await busy_request == 200  # the busy request finished untouched
+    assert loaded(client) == {"big"}
+
+
+async def test_a_model_that_can_never_fit_is_refused(aiohttp_client: Any) -> None:
+    client = await gpu_host(aiohttp_client, {"huge": {}}, {"huge": 100})
+    response = await client.post(
+        "/v1/completions", json={"model": "huge", "prompt": "hi", "max_tokens": 1}
+    )
+    assert response.status == 503
+    message = (await response.json())["error"]["message"]
+    assert "huge" in message and "GiB" in message
+    assert states(client)["huge"] is WorkerState.STOPPED  # nothing was started
+
+
+async def test_tensor_parallel_model_takes_two_gpus(aiohttp_client: Any) -> None:
+    models: dict[str, dict[str, Any]] = {
+        "a": {},
+        "b": {},
+        "tp": {"args": ["--tensor-parallel-size", "2"]},
+    }
+    client = await gpu_host(
+        aiohttp_client, models, {"a": 30, "b": 30, "tp": 100}, gpus=(80 * GiB, 80 * GiB)
+    )
+    assert await ask(client, "a") == 200
+    assert await ask(client, "b") == 200  # the emptier GPU: one model per GPU
+    scheduler = client.app[SCHEDULER]
+    assert {scheduler.slot("a").devices, scheduler.slot("b").devices} == {  # type: ignore[union-attr]
+        ("gpu:0",),
+        ("gpu:1",),
+    }
+    assert await ask(client, "tp") == 200  # 51 GiB per GPU: both others had to go
+    assert loaded(client) == {"tp"}
+    slot = scheduler.slot("tp")
+    assert slot is not None and slot.devices == ("gpu:0", "gpu:1")
+    env = psutil.Process(slot.worker.process.pid).environ()  # type: ignore[union-attr]
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+async def test_max_loaded_models_evicts_even_with_memory_to_spare(aiohttp_client: Any) -> None:
+    client = await gpu_host(
+        aiohttp_client, {"a": {}, "b": {}, "c": {}}, dict.fromkeys("abc", 1), max_loaded_models=2
+    )
+    for name in "abc":
+        assert await ask(client, name) == 200
+    assert loaded(client) == {"b", "c"}
+
+
+async def test_concurrent_loads_on_one_gpu_are_serialized(aiohttp_client: Any) -> None:
+    models = {name: {"env": {"FAKE_VLLM_START_DELAY": "0.5"}} for name in "abc"}
+    client = await gpu_host(aiohttp_client, models, dict.fromkeys("abc", 10))
+    starting_at_once = 0
+
+    async def watch() -> None:
+        nonlocal starting_at_once
+        while True:
+            current = sum(state is WorkerState.STARTING for state in states(client).values())
+            starting_at_once = max(starting_at_once, current)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    results = await asyncio.gather(*(ask(client, name) for name in "abc"))
+    watcher.cancel()
+    assert results == [200, 200, 200]
+    assert starting_at_once == 1
+
+
+async def test_a_crash_loop_marks_the_model_failed_and_others_keep_serving(
+    aiohttp_client: Any,
+) -> None:
+    models: dict[str, dict[str, Any]] = {
+        "broken": {"env": {"FAKE_VLLM_CRASH_AT_START": "1"}},
+        "fine": {},
+    }
+    client = await gpu_host(
+        aiohttp_client,
+        models,
+        {"broken": 1, "fine": 1},
+        restart_backoff=0.2,
+        crash_loop_failures=3,
+    )
+    assert await ask(client, "fine") == 200
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for _ in range(3):
+        assert await ask(client, "broken") == 503
+    assert loop.time() - began >= 0.2 + 0.4  # backed off 0.2 s, then 0.4 s between restarts
+    assert states(client)["broken"] is WorkerState.FAILED
+    response = await client.post(
+        "/v1/completions", json={"model": "broken", "prompt": "hi", "max_tokens": 1}
+    )
+    assert response.status == 503
+    assert "marked failed after 3 failures" in (await response.json())["error"]["message"]
+    assert states(client)["broken"] is WorkerState.FATAL
+    assert await ask(client, "fine") == 200  # the other model is unaffected
+    # An explicit load (Ollama's empty prompt) tries again.
+    response = await client.post("/api/generate", json={"model": "broken"})
+    assert response.status == 503
+    assert "fake crash at start" in (await response.json())["error"]
+
+
+async def test_queue_overflow_is_503_with_retry_after(aiohttp_client: Any) -> None:
+    models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "1.5"}}}
+    client = await gpu_host(aiohttp_client, models, {"slow": 1}, max_queue=3)
+    waiting = [asyncio.create_task(ask(client, "slow")) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    response = await client.post(
+        "/v1/completions", json={"model": "slow", "prompt": "hi", "max_tokens": 1}
+    )
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert (await response.json())["error"]["code"] == "queue_full"
+    assert await asyncio.gather(*waiting) == [200, 200, 200]
+
+
+async def test_a_request_gives_up_after_the_load_timeout(aiohttp_client: Any) -> None:
+    models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "5"}}}
+    client = await gpu_host(aiohttp_client, models, {"slow": 1}, load_timeout=1)
+    response = await client.post(
+        "/v1/completions", json={"model": "slow", "prompt": "hi", "max_tokens": 1}
+    )
+    assert response.status == 503
+    assert "load_timeout" in (await response.json())["error"]["message"]
+
+
+async def test_a_disconnected_waiter_leaves_the_queue(aiohttp_client: Any) -> None:
+    models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "2"}}}
+    client = await gpu_host(aiohttp_client, models, {"slow": 1})
+    scheduler = client.app[SCHEDULER]
+    task = asyncio.create_task(ask(client, "slow"))
+    await asyncio.sleep(0.3)
+    slot = scheduler.slot("slow")
+    assert slot is not None and slot.waiting == 1
+    task.cancel()  # the client goes away while waiting for the load
+    for _ in range(50):
+        if slot.waiting == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert slot.waiting == 0
+
+
+async def test_preload_loads_at_start(aiohttp_client: Any) -> None:
+    client = await gpu_host(aiohttp_client, {"early": {"preload": True}}, {"early": 1})
+    for _ in range(100):
+        if loaded(client) == {"early"}:
+            break
+        await asyncio.sleep(0.05)
+    assert loaded(client) == {"early"}
+
+
+async def test_sleep_mode_holds_traffic_and_warms_up(aiohttp_client: Any) -> None:
+    models = {"sleepy": {"sleep_when_idle": True, "keep_alive": "0.3s"}}
+    client = await gpu_host(aiohttp_client, models, {"sleepy": 1})
+    assert await ask(client, "sleepy") == 200
+    line = cmdline(client, "sleepy")
+    assert "--enable-sleep-mode" in line
+    for _ in range(60):
+        if states(client)["sleepy"] is WorkerState.SLEEPING:
+            break
+        await asyncio.sleep(0.05)
+    assert states(client)["sleepy"] is WorkerState.SLEEPING
+    slot = client.app[SCHEDULER].slot("sleepy")
+    assert slot is not None and slot.worker.process is not None  # still running, asleep
+    pid = slot.worker.process.pid
+    results = await asyncio.gather(*(ask(client, "sleepy") for _ in range(4)))
+    assert results == [200] * 4
+    stats = await (await client.session.get(f"{slot.worker.base_url}/fake/stats")).json()
+    assert stats["pid"] == pid  # woken, not restarted
+    assert stats["sleeps"] == 1 and stats["wakes"] == 1
+    assert stats["hit_while_sleeping"] == 0  # no request reached the sleeping engine
