@@ -80,7 +80,8 @@ class MemoryPlanner:
         """Bytes per device: the last measured footprint, else an estimate from the files."""
         if name in self._measured:
             return self._measured[name]
-        kv = kv_cache_bytes_from_args(spec.args, spec.env, self.kind) or 0
+        kv = kv_cache_bytes_from_args(spec.args, {**self._cpu_kv_env(spec), **spec.env}, self.kind)
+        kv = kv or 0
         weights = self._weight_bytes(spec) // tensor_parallel_size(spec.args)
         return estimate_need(weights, kv, OVERHEAD[self.kind])
 
@@ -115,9 +116,14 @@ class MemoryPlanner:
     def placement(self, spec: ModelSpec, devices: tuple[str, ...], need: int) -> Placement:
         """Pin the worker to its devices and give it an explicit share of each GPU."""
         if self.kind == "cpu":
-            return Placement(devices, need)
+            return Placement(devices, need, env=self._cpu_kv_env(spec))
         indices = [int(device.split(":", 1)[1]) for device in devices]
-        env = {"CUDA_VISIBLE_DEVICES": cuda_visible_devices(indices)}
+        # PCI bus order is NVML's order; CUDA's default ("fastest first") may differ, and then
+        # CUDA_VISIBLE_DEVICES would name other GPUs than the ones measured.
+        env = {
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "CUDA_VISIBLE_DEVICES": cuda_visible_devices(indices),
+        }
         args: tuple[str, ...] = ()
         if not _has_flag(spec.args, "--gpu-memory-utilization", "--kv-cache-memory-bytes"):
             total = min(d.total for d in self._devices.snapshot() if d.id in devices)
@@ -126,6 +132,15 @@ class MemoryPlanner:
             share = min(max(need / total, 0.05), 0.95)
             args = ("--gpu-memory-utilization", f"{share:.3f}")
         return Placement(devices, need, args, env)
+
+    def _cpu_kv_env(self, spec: ModelSpec) -> dict[str, str]:
+        """The CPU KV cache size, unless the model sets its own."""
+        if self.kind != "cpu" or "VLLM_CPU_KVCACHE_SPACE" in spec.env:
+            return {}
+        if _has_flag(spec.args, "--kv-cache-memory-bytes", "--kv_cache_memory_bytes"):
+            return {}
+        gib = -(-self._settings.cpu_kv_cache // (1 << 30))  # vLLM takes whole GiB
+        return {"VLLM_CPU_KVCACHE_SPACE": str(gib)}
 
     async def wait_for_memory(self, devices: tuple[str, ...], need: int) -> bool:
         """After evictions: wait until `need` bytes are measured free on each device.

@@ -1,7 +1,8 @@
-"""Byte sizes as operators and vLLM write them: 1073741824, "1GiB", "1G", "512MiB", "1.5 GB".
+"""Byte sizes in vllama's own settings: 1073741824, "1GiB", "4.5G", "512MiB", "1.5 GB".
 
-Binary units throughout (vLLM reads "1G" as 2**30 too): k/K = 2**10, m/M = 2**20, g/G = 2**30,
-t/T = 2**40, with an optional "i" and "B".
+Binary units whatever the case (k = 2**10 ... t = 2**40), fractions allowed: operators write
+memory budgets, and "4g" meaning 4 GiB is the least surprising reading. (vLLM's own flags read
+lowercase as decimal; `placement.kv_cache_bytes_from_args` follows vLLM's rules for those.)
 """
 
 from __future__ import annotations
@@ -30,10 +31,3 @@ def parse_size(value: object) -> int:
             number, unit = float(match.group(1)), match.group(2).lower()
             return int(number * (1024 ** _POWERS[unit]))
     raise SizeError(f"invalid size {value!r}: expected bytes or e.g. '20GiB', '512MiB'")
-
-
-def format_size(size: int) -> str:
-    for unit, power in (("TiB", 4), ("GiB", 3), ("MiB", 2), ("KiB", 1)):
-        if size >= 1024**power:
-            return f"{size / 1024**power:.1f} {unit}"
-    return f"{size} B"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from tests.conftest import FAKE_ENGINE_COMMAND
@@ -28,3 +29,35 @@ def fake_config(models: dict[str, dict[str, Any]], **server: Any) -> Config:
     }
     model_tables = {name: {"model": f"fake/{name}", **spec} for name, spec in models.items()}
     return load_config(file_data={"server": server_table, "models": model_tables})
+
+
+@dataclass
+class _Memory:
+    total: int
+    free: int
+    used: int
+
+
+class FakeNvml:
+    """Just enough of pynvml: GPUs of a given size, nothing running on them."""
+
+    def __init__(self, *totals: int) -> None:
+        self.totals = totals
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.totals)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _Memory:
+        return _Memory(total=self.totals[handle], free=self.totals[handle], used=0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+        return []

@@ -7,14 +7,13 @@ The fake workers use no GPU memory, so placement runs on the scheduler's estimat
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import fake_config
+from tests.component.fakes import FakeNvml, fake_config
 from vllama.api.app import build_app
 from vllama.api.keys import SCHEDULER
 from vllama.devices import Devices
@@ -22,38 +21,6 @@ from vllama.engine.states import WorkerState
 
 GiB = 1 << 30
 Client = TestClient[web.Request, web.Application]
-
-
-@dataclass
-class _Memory:
-    total: int
-    free: int
-    used: int
-
-
-class FakeNvml:
-    """Just enough of pynvml: GPUs of a given size, nothing running on them."""
-
-    def __init__(self, *totals: int) -> None:
-        self.totals = totals
-
-    def nvmlInit(self) -> None:
-        pass
-
-    def nvmlShutdown(self) -> None:
-        pass
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.totals)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        return index
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _Memory:
-        return _Memory(total=self.totals[handle], free=self.totals[handle], used=0)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
-        return []
 
 
 def sized(sizes: dict[str, int]) -> Any:

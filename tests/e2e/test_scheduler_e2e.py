@@ -1,0 +1,125 @@
+"""The scheduler with real vLLM workers on a host-RAM budget that fits one tiny model at a time.
+
+A tiny CPU worker measures ~2.9 GB (weights are 2 MB; the rest is vLLM's processes and a 1 GiB
+KV cache), so a 4.5 GiB budget holds one worker and never two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.component.fakes import worker_ports
+from tests.conftest import LONG_LIVED, assert_no_leftovers
+from tests.daemon import Daemon, free_port, write_config
+from tests.e2e.conftest import real_model
+from tests.e2e.helpers import workers
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def tight_daemon(
+    demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    started = time.time() - 1
+    folder = tmp_path_factory.mktemp("tight")
+    config = write_config(
+        folder / "vllama.toml",
+        {
+            "memory_limit_cpu": "4.5GiB",
+            "max_queue": 300,
+            "load_stall_timeout": 240,
+            "drain_wait": 120,
+            "models_dir": str(folder / "models"),
+            **worker_ports(),
+        },
+        {"one": real_model(demo_models["chat"]), "two": real_model(demo_models["chat"])},
+    )
+    daemon = Daemon(config, free_port(), folder / "vllama.log")
+    LONG_LIVED.add(daemon.proc.pid)
+    try:
+        yield daemon
+    finally:
+        LONG_LIVED.discard(daemon.proc.pid)
+        assert daemon.terminate() == 0
+        assert_no_leftovers(started, settle=30)
+
+
+def chat(daemon: Daemon, model: str) -> str:
+    api = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", timeout=300)
+    reply = api.chat.completions.create(model=model, messages=MESSAGES, max_tokens=4)
+    return reply.choices[0].message.content or ""
+
+
+def test_alternating_models_evict_each_other(tight_daemon: Daemon) -> None:
+    for model in ("one", "two", "one", "two"):
+        assert chat(tight_daemon, model)
+        assert set(workers(tight_daemon)) == {model}  # the other was evicted to make room
+    log = tight_daemon.log()
+    assert log.count("evicted to make room for") >= 3
+
+
+def test_200_mixed_concurrent_requests_all_complete(tight_daemon: Daemon) -> None:
+    async def run() -> list[str]:
+        api = openai.AsyncOpenAI(base_url=tight_daemon.url + "/v1", api_key="x", timeout=600)
+        async with api:
+
+            async def one(i: int) -> str:
+                model = "one" if i % 2 else "two"
+                reply = await api.chat.completions.create(
+                    model=model, messages=MESSAGES, max_tokens=4
+                )
+                return reply.choices[0].message.content or ""
+
+            return await asyncio.gather(*(one(i) for i in range(200)))
+
+    texts = asyncio.run(run())
+    assert len(texts) == 200 and all(texts)
+    assert len(workers(tight_daemon)) == 1
+
+
+def test_queue_overflow_gets_503_with_retry_after(tight_daemon: Daemon) -> None:
+    # Unload everything, then fire more requests at a cold model than the queue holds (300).
+    for model in ("one", "two"):
+        httpx.post(
+            tight_daemon.url + "/api/generate", json={"model": model, "keep_alive": 0}, timeout=60
+        )
+    deadline = time.monotonic() + 60
+    while workers(tight_daemon) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=400)) as c:
+            body = {"model": "one", "messages": MESSAGES, "max_tokens": 2}
+            url = tight_daemon.url + "/v1/chat/completions"
+            return await asyncio.gather(*(c.post(url, json=body) for _ in range(320)))
+
+    responses = asyncio.run(run())
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, "no request was refused past max_queue"
+    assert all(r.headers.get("Retry-After") for r in refused)
+    assert all(r.json()["error"]["code"] == "queue_full" for r in refused)
+    assert all(r.status_code in (200, 503) for r in responses)
+    assert sum(r.status_code == 200 for r in responses) >= 300 - 1
+
+
+def test_keep_alive_zero_unloads_after_the_request(tight_daemon: Daemon) -> None:
+    reply = httpx.post(
+        tight_daemon.url + "/api/chat",
+        json={"model": "two", "messages": MESSAGES, "keep_alive": 0, "stream": False},
+        timeout=300,
+    )
+    assert reply.status_code == 200 and reply.json()["done"]
+    deadline = time.monotonic() + 60
+    while "two" in workers(tight_daemon) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "two" not in workers(tight_daemon)
