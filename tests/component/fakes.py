@@ -43,6 +43,7 @@ class FakeNvml:
 
     def __init__(self, *totals: int) -> None:
         self.totals = totals
+        self.processes: dict[int, list[tuple[int, int]]] = {}  # GPU index -> (pid, bytes)
 
     def nvmlInit(self) -> None:
         pass
@@ -60,4 +61,10 @@ class FakeNvml:
         return _Memory(total=self.totals[handle], free=self.totals[handle], used=0)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
-        return []
+        return [_Process(pid, used) for pid, used in self.processes.get(handle, [])]
+
+
+@dataclass
+class _Process:
+    pid: int
+    usedGpuMemory: int

@@ -32,12 +32,13 @@ async def gpu_host(
     models: dict[str, dict[str, Any]],
     weights_gib: dict[str, int],
     gpus: tuple[int, ...] = (80 * GiB,),
+    nvml: FakeNvml | None = None,
     **server: Any,
 ) -> Client:
     config = fake_config(models, **server)
     app = build_app(
         config,
-        devices=Devices(nvml=FakeNvml(*gpus)),
+        devices=Devices(nvml=nvml or FakeNvml(*gpus)),
         weight_bytes=sized({name: size * GiB for name, size in weights_gib.items()}),
     )
     client: Client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
@@ -278,3 +279,15 @@ async def test_sleep_mode_holds_traffic_and_warms_up(aiohttp_client: Any) -> Non
     assert stats["pid"] == pid  # woken, not restarted
     assert stats["sleeps"] == 1 and stats["wakes"] == 1
     assert stats["hit_while_sleeping"] == 0  # no request reached the sleeping engine
+
+
+async def test_ps_reports_measured_gpu_memory(aiohttp_client: Any) -> None:
+    nvml = FakeNvml(80 * GiB)
+    client = await gpu_host(aiohttp_client, {"a": {}}, {"a": 1}, nvml=nvml)
+    assert await ask(client, "a") == 200
+    slot = client.app[SCHEDULER].slot("a")
+    assert slot is not None and slot.worker.process is not None
+    nvml.processes[0] = [(slot.worker.process.pid, 5 * GiB), (1, 7 * GiB)]  # pid 1: not ours
+    entry = (await (await client.get("/api/ps")).json())["models"][0]
+    assert entry["size_vram"] == 5 * GiB
+    assert entry["size"] > 5 * GiB  # plus the worker tree's host memory

@@ -139,9 +139,13 @@ async def ps(request: web.Request) -> web.Response:
             _entry(name, resolved, files) if resolved else {"name": name, "model": name}
         )
         entry.pop("modified_at", None)
+        usage = await scheduler.devices.usage_by_pids_async(slot.worker.pids())
+        vram = sum(used for device, used in usage.items() if device != "cpu")
         entry |= {
-            "size": await asyncio.to_thread(slot.worker.memory_bytes),
-            "size_vram": 0,  # host-RAM engine; per-GPU measurement comes with the scheduler
+            # Ollama's size is the model's whole footprint and size_vram the part on GPUs;
+            # here both are measured: the worker tree's host RSS plus its GPU memory (NVML).
+            "size": usage.get("cpu", 0) + vram,
+            "size_vram": vram,
             "expires_at": _iso(expires),
             "context_length": slot.worker.max_model_len,
         }

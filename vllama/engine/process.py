@@ -140,14 +140,6 @@ class WorkerProcess:
     def tree_pids(self) -> list[int]:
         return [proc.pid for proc in self._tree()]
 
-    def tree_rss(self) -> int:
-        """Resident bytes of the leader and its descendants (psutil reads /proc; cheap)."""
-        total = 0
-        for proc in self._tree():
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total
-
     def _signal_all(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)

@@ -199,10 +199,6 @@ class Worker:
         except (aiohttp.ClientError, TimeoutError, ValueError, LookupError, TypeError):
             return None
 
-    def memory_bytes(self) -> int:
-        """Resident memory of the worker's whole process tree (host RAM)."""
-        return self.process.tree_rss() if self.process is not None else 0
-
     # -- while ready -------------------------------------------------------------------------
 
     async def _watch_ready(self) -> None:
