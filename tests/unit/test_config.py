@@ -103,3 +103,14 @@ def test_read_toml_reports_syntax_errors(tmp_path: Path) -> None:
         read_toml(path)
     with pytest.raises(ConfigError, match="does not exist"):
         read_toml(tmp_path / "missing.toml")
+
+
+def test_the_example_config_is_valid_and_documents_every_setting() -> None:
+    from vllama.config import ServerSettings
+
+    example = Path(__file__).resolve().parents[2] / "configs" / "vllama.example.toml"
+    config = load_config(file_data=read_toml(example), base_dir=example.parent)
+    assert set(config.models) == {"llama", "qwen", "embed"}
+    text = example.read_text()
+    undocumented = [name for name in ServerSettings.model_fields if f"{name} =" not in text]
+    assert undocumented in ([], ["config"]), undocumented
