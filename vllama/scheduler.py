@@ -157,6 +157,8 @@ class Scheduler:
         """Wait (bounded in number and time) for a parallel slot and a READY worker."""
         if self._closing:
             raise ShuttingDown("vllama is shutting down")
+        if slot.worker.is_ready and slot.parallel is None:
+            return  # the hot path: nothing to wait for, nothing to count
         ready_now = slot.worker.is_ready and (slot.parallel is None or not slot.parallel.locked())
         if not ready_now and self._queued >= self._settings.max_queue:
             raise QueueFull(
