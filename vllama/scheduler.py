@@ -26,6 +26,7 @@ from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
 from vllama.memory import MemoryPlanner, Placement
+from vllama.metrics import Metrics
 from vllama.placement import LoadedModel, Place, Refuse, decide
 
 log = structlog.get_logger("vllama.scheduler")
@@ -73,7 +74,9 @@ class Scheduler:
         http: aiohttp.ClientSession,
         devices: Devices | None = None,
         weight_bytes: Callable[[ModelSpec], int] = lambda spec: 0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self._config = config
         self._settings = config.server
         self._ports = PortAllocator(self._settings.worker_port_min, self._settings.worker_port_max)
@@ -106,6 +109,10 @@ class Scheduler:
             )
             self._slots[name] = slot
         return slot
+
+    @property
+    def queued(self) -> int:
+        return self._queued
 
     def slot(self, name: str) -> ModelSlot | None:
         return self._slots.get(name)
@@ -148,7 +155,7 @@ class Scheduler:
             if slot.in_flight == 0 and slot.waiting == 0:
                 if slot.unload_when_idle:
                     slot.unload_when_idle = False
-                    self.unload(name, "unload requested")
+                    self.unload(name, "unload requested", "requested")
                 else:
                     self._arm_expiry(slot)
             self._notify()
@@ -226,6 +233,7 @@ class Scheduler:
                 async with self._load_lock:  # waking takes GPU memory back, like a load
                     await worker.wake()
                 return
+            restart_after = worker.reason if worker.state is WorkerState.FAILED else None
             await self._crash_loop_guard(slot, explicit)
             async with self._load_lock:
                 placement = await self._place(slot)
@@ -237,9 +245,17 @@ class Scheduler:
                 await worker.start(args, env)
                 slot.devices = placement.devices
                 await self.memory.measure(slot.name, worker.pids(), placement.devices)
-            log.info("model loaded", model=slot.name, seconds=round(time.monotonic() - started, 2))
+            seconds = time.monotonic() - started
+            log.info("model loaded", model=slot.name, seconds=round(seconds, 2))
+            if self.metrics is not None:
+                self.metrics.loads.labels(slot.name, "ok").inc()
+                self.metrics.load_seconds.labels(slot.name).observe(seconds)
+                if restart_after is not None:
+                    self.metrics.restarts.labels(slot.name, _restart_kind(restart_after)).inc()
         except LoadError as error:
             log.error("model load failed", model=slot.name, reason=error.reason)
+            if self.metrics is not None:
+                self.metrics.loads.labels(slot.name, "failed").inc()
             raise
         finally:
             slot.load_task = None
@@ -281,7 +297,7 @@ class Scheduler:
                 raise LoadError(slot.name, decision.reason, [])
             if isinstance(decision, Place):
                 for victim in decision.evict:
-                    await self._evict(victim, f"evicted to make room for {slot.name}")
+                    await self._evict(victim, f"evicted to make room for {slot.name}", "memory")
                 if decision.evict:
                     await self.memory.wait_for_memory(decision.devices, request.need)
                 return self.memory.placement(slot.spec, decision.devices, request.need)
@@ -316,8 +332,8 @@ class Scheduler:
             )
         return tuple(loaded)
 
-    async def _evict(self, name: str, reason: str) -> None:
-        task = self.unload(name, reason)
+    async def _evict(self, name: str, reason: str, kind: str) -> None:
+        task = self.unload(name, reason, kind)
         if task is not None:
             await task
 
@@ -361,7 +377,7 @@ class Scheduler:
         if slot.spec.sleep_when_idle and slot.sleep_task is None:
             slot.sleep_task = asyncio.create_task(self._sleep(slot), name=f"sleep-{slot.name}")
             return
-        self.unload(slot.name, "keep_alive expired")
+        self.unload(slot.name, "keep_alive expired", "keep_alive")
 
     async def _sleep(self, slot: ModelSlot) -> None:
         try:
@@ -372,8 +388,11 @@ class Scheduler:
             slot.sleep_task = None
             self._notify()
 
-    def unload(self, name: str, reason: str) -> asyncio.Task[None] | None:
-        """Begin stopping an idle worker; returns the stop task (None if nothing runs)."""
+    def unload(self, name: str, reason: str, kind: str) -> asyncio.Task[None] | None:
+        """Begin stopping an idle worker; returns the stop task (None if nothing runs).
+
+        `kind` is the bounded reason for metrics: memory, keep_alive, requested, deleted.
+        """
         slot = self._slots[name]
         if slot.stop_task is not None:
             return slot.stop_task
@@ -381,6 +400,8 @@ class Scheduler:
         if slot.worker.state not in running and slot.sleep_task is None:
             return None
         self._disarm_expiry(slot)
+        if self.metrics is not None:
+            self.metrics.evictions.labels(name, kind).inc()
         slot.stop_task = asyncio.create_task(self._stop(slot, reason), name=f"stop-{name}")
         return slot.stop_task
 
@@ -391,7 +412,7 @@ class Scheduler:
         if slot.in_flight or slot.waiting:
             slot.unload_when_idle = True
         else:
-            self.unload(name, "unload requested")
+            self.unload(name, "unload requested", "requested")
 
     async def _stop(self, slot: ModelSlot, reason: str) -> None:
         try:
@@ -425,6 +446,17 @@ class Scheduler:
     def kill_all_now(self) -> None:
         for slot in self._slots.values():
             slot.worker.kill_now()
+
+
+def _restart_kind(reason: str) -> str:
+    """A bounded label for why the previous worker went away."""
+    if "exited" in reason:
+        return "exited"
+    if "health" in reason:
+        return "unhealthy"
+    if "wake" in reason:
+        return "wake_failed"
+    return "load_failed"
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from vllama.api import ollama, ollama_models, openai
 from vllama.api.errors import error_middleware
-from vllama.api.keys import CONFIG, DEVICES, REGISTRY, SCHEDULER, UPSTREAM, WEIGHT_BYTES
+from vllama.api.keys import (
+    CONFIG,
+    DEVICES,
+    METRICS,
+    REGISTRY,
+    SCHEDULER,
+    UPSTREAM,
+    WEIGHT_BYTES,
+)
+from vllama.api.observe import add_request_id, metrics_endpoint, observe_middleware
 from vllama.api.relay import new_upstream_session
 from vllama.config import Config, ModelSpec
 from vllama.devices import Devices
+from vllama.metrics import Metrics
 from vllama.registry import Registry
 from vllama.scheduler import Scheduler
 
@@ -35,10 +46,14 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
         upstream,
         devices=app.get(DEVICES),
         weight_bytes=app.get(WEIGHT_BYTES) or app[REGISTRY].weight_bytes,
+        metrics=app[METRICS],
     )
     app[SCHEDULER] = scheduler
+    app[METRICS].attach(scheduler)
+    sampler = asyncio.create_task(app[METRICS].sample_forever(upstream), name="metrics-sampler")
     scheduler.preload()
     yield
+    sampler.cancel()
     await app[SCHEDULER].stop_all()
     await upstream.close()
 
@@ -51,9 +66,12 @@ def build_app(
     """`devices` and `weight_bytes` replace the real NVML/psutil boundary and the size of the
     model's files, for tests that play a GPU host."""
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=config.server.max_request_bytes
+        middlewares=[observe_middleware, error_middleware],
+        client_max_size=config.server.max_request_bytes,
     )
+    app.on_response_prepare.append(add_request_id)
     app[CONFIG] = config
+    app[METRICS] = Metrics()
     if devices is not None:
         app[DEVICES] = devices
     if weight_bytes is not None:
@@ -61,6 +79,7 @@ def build_app(
     app[REGISTRY] = Registry(config)
     app.cleanup_ctx.append(_supervision)
     app.router.add_get("/", root)  # add_get also answers HEAD
+    app.router.add_get("/metrics", metrics_endpoint)
     openai.add_routes(app)
     ollama.add_routes(app)
     ollama_models.add_routes(app)

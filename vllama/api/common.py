@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from vllama.api.errors import ApiError, is_openai_path
-from vllama.api.keys import REGISTRY, SCHEDULER
+from vllama.api.keys import MODEL_KEY, REGISTRY, SCHEDULER
 from vllama.registry import Resolved
 
 
@@ -50,4 +50,5 @@ def resolve_model(request: web.Request, requested: str) -> Resolved:
             message = f"model '{requested}' not found"
         raise ApiError(404, message, code="model_not_found", param="model")
     request.app[SCHEDULER].add_model(resolved.slot, resolved.spec)
+    request[MODEL_KEY] = resolved.slot  # the metrics label and access-log field
     return resolved

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from vllama.config import Config, ModelSpec
 from vllama.devices import Devices
+from vllama.metrics import Metrics
 from vllama.registry import Registry
 from vllama.scheduler import Scheduler
 
@@ -18,3 +19,10 @@ UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 REGISTRY = web.AppKey("registry", Registry)
 DEVICES = web.AppKey("devices", Devices)
 WEIGHT_BYTES: web.AppKey[Callable[[ModelSpec], int]] = web.AppKey("weight_bytes")
+METRICS = web.AppKey("metrics", Metrics)
+
+# Per-request values, set by the observability middleware and the handlers.
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+STARTED_KEY = web.RequestKey("started", float)
+FIRST_BYTE_KEY = web.RequestKey("first_byte", float)
+MODEL_KEY = web.RequestKey("model", str)  # the model's scheduler name: metrics label, access log

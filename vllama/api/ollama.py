@@ -17,7 +17,8 @@ from aiohttp import web
 
 from vllama.api.common import read_json_object, requested_model, resolve_model
 from vllama.api.errors import ApiError
-from vllama.api.keys import REGISTRY, SCHEDULER
+from vllama.api.keys import METRICS, MODEL_KEY, REGISTRY, SCHEDULER
+from vllama.api.observe import mark_first_byte
 from vllama.api.ollama_translate import (
     BadRequest,
     Kind,
@@ -135,12 +136,14 @@ async def _relay_translated(
                 translator.on_chunk(chunk)
         except aiohttp.ClientError as exc:
             raise ApiError(500, f"the model's worker failed mid-response: {exc}") from None
+        _count_usage(request, translator)
         return web.json_response(translator.whole())
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     await response.prepare(request)
     try:
         async for chunk in sse_events(upstream):
             for obj in translator.on_chunk(chunk):
+                mark_first_byte(request)
                 await response.write(ndjson(obj))
     except aiohttp.ClientError as exc:
         await response.write(ndjson({"error": f"the model's worker failed mid-stream: {exc}"}))
@@ -148,9 +151,16 @@ async def _relay_translated(
         return response
     for obj in translator.pending_tool_calls():
         await response.write(ndjson(obj))
+    _count_usage(request, translator)
     await response.write(ndjson(translator.final()))
     await response.write_eof()
     return response
+
+
+def _count_usage(request: web.Request, translator: OllamaStream) -> None:
+    request.app[METRICS].count_usage(
+        request.get(MODEL_KEY, ""), translator.prompt_tokens, translator.completion_tokens
+    )
 
 
 def ndjson(obj: dict[str, Any]) -> bytes:

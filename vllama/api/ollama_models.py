@@ -274,12 +274,29 @@ async def delete(request: web.Request) -> web.Response:
         )
     scheduler = request.app[SCHEDULER]
     stopping = (
-        scheduler.unload(resolved.slot, "model deleted") if scheduler.slot(resolved.slot) else None
+        scheduler.unload(resolved.slot, "model deleted", "deleted")
+        if scheduler.slot(resolved.slot)
+        else None
     )
     if stopping is not None:
         await stopping
     await asyncio.to_thread(shutil.rmtree, resolved.spec.model)
     return web.Response(status=200)
+
+
+async def logs(request: web.Request) -> web.Response:
+    """vllama's own: the last output lines of a model's worker (for `vllama logs MODEL`)."""
+    requested = request.query.get("model", "")
+    if not requested:
+        raise ApiError(400, "model is required")
+    try:
+        lines = int(request.query.get("lines", "100"))
+    except ValueError:
+        raise ApiError(400, "lines must be an integer") from None
+    resolved = _resolve(request.app[REGISTRY], requested)
+    slot = request.app[SCHEDULER].slot(resolved.slot)
+    tail = slot.worker.tail(max(lines, 0)) if slot is not None else []
+    return web.json_response({"model": resolved.slot, "lines": tail})
 
 
 async def push(request: web.Request) -> web.Response:
@@ -299,3 +316,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/copy", copy)
     app.router.add_delete("/api/delete", delete)
     app.router.add_post("/api/push", push)
+    app.router.add_get("/api/vllama/logs", logs)

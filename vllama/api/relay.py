@@ -17,7 +17,8 @@ import structlog
 from aiohttp import web
 
 from vllama.api.errors import ApiError, openai_error_body
-from vllama.api.keys import SCHEDULER, UPSTREAM
+from vllama.api.keys import METRICS, MODEL_KEY, REQUEST_ID_KEY, SCHEDULER, UPSTREAM
+from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.engine.worker import LoadError, Worker
 from vllama.scheduler import QueueFull, ShuttingDown
 
@@ -61,9 +62,11 @@ async def worker_request(
         try:
             async with scheduler.lease(slot, keep_alive) as worker:
                 body = build_body(worker)
+                # vLLM takes X-Request-Id as its own request id: one id in both logs.
+                headers = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, "")}
                 try:
                     upstream = await session.post(
-                        worker.base_url + path, data=body, headers=_JSON_HEADERS
+                        worker.base_url + path, data=body, headers=headers
                     )
                 except aiohttp.ClientConnectionError as exc:
                     if attempt == 1:
@@ -106,9 +109,12 @@ async def relay_response(
             raise ApiError(
                 502, f"the model's worker failed mid-response: {exc}", code="worker_error"
             ) from None
+        if upstream.status == 200:
+            count_usage(request, _usage_of(payload))
         return web.Response(status=upstream.status, body=payload, headers=headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
+    mark_first_byte(request)  # the headers are out; tokens follow as vLLM makes them
     while True:
         try:
             chunk = await upstream.content.readany()
@@ -120,8 +126,41 @@ async def relay_response(
             break
         # A client that went away makes this raise, and the lease's block closes the upstream.
         await response.write(chunk)
+        if b'"usage"' in chunk:  # a stream with include_usage carries it in its last event
+            count_usage(request, _usage_of_events(chunk))
     await response.write_eof()
     return response
+
+
+def count_usage(request: web.Request, usage: dict[str, object] | None) -> None:
+    if usage is None:
+        return
+    prompt, generated = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    request.app[METRICS].count_usage(
+        request.get(MODEL_KEY, ""),
+        prompt if isinstance(prompt, int) else 0,
+        generated if isinstance(generated, int) else 0,
+    )
+
+
+def _usage_of(payload: bytes) -> dict[str, object] | None:
+    try:
+        usage = json.loads(payload).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def _usage_of_events(chunk: bytes) -> dict[str, object] | None:
+    for line in chunk.split(b"\n"):
+        if not line.startswith(b"data: {") or b'"usage"' not in line:
+            continue
+        if b'"usage":null' in line or b'"usage": null' in line:
+            continue  # vLLM may send a null usage on every chunk: not worth parsing
+        usage = _usage_of(line[6:])
+        if usage is not None:
+            return usage
+    return None
 
 
 def sse_error_event(message: str) -> bytes:

@@ -74,7 +74,9 @@ class WorkerProcess:
 
     def tail(self, lines: int | None = None) -> list[str]:
         kept = list(self._tail)
-        return kept if lines is None else kept[-lines:]
+        if lines is None:
+            return kept
+        return kept[-lines:] if lines > 0 else []
 
     async def wait(self) -> int:
         return await self._proc.wait()

@@ -28,6 +28,8 @@ ERROR_TAIL_LINES = 20
 _READY_POLL = 0.25
 _HEALTH_TIMEOUT = 10.0
 _HEALTH_FAILURES_TO_FAIL = 3  # a busy 2-core host can answer /health slowly; a 503 fails at once
+_LOG_BURST = 200  # a vLLM start prints ~100 lines
+_LOG_RATE = 20.0  # lines per second after the burst
 
 
 class LoadError(Exception):
@@ -75,6 +77,9 @@ class Worker:
         self._watch: asyncio.Task[None] | None = None
         self._warned_foreign_listener = False
         self._placement: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+        self._log_tokens = float(_LOG_BURST)
+        self._log_at = time.monotonic()
+        self._log_suppressed = 0
 
     # -- state -------------------------------------------------------------------------------
 
@@ -337,4 +342,20 @@ class Worker:
         return report
 
     def _log_line(self, line: str) -> None:
-        log.debug("worker output", model=self.name, line=line)
+        """Worker output into the daemon's log, tagged with the model, rate-limited.
+
+        A token bucket (a burst of `_LOG_BURST`, then `_LOG_RATE` lines per second) keeps a
+        chatty or crash-looping engine from flooding journald; suppressed lines are counted, and
+        every line stays in the tail kept for errors and `vllama logs`.
+        """
+        now = time.monotonic()
+        self._log_tokens = min(_LOG_BURST, self._log_tokens + (now - self._log_at) * _LOG_RATE)
+        self._log_at = now
+        if self._log_tokens < 1:
+            self._log_suppressed += 1
+            return
+        self._log_tokens -= 1
+        if self._log_suppressed:
+            log.warning("worker output suppressed", model=self.name, lines=self._log_suppressed)
+            self._log_suppressed = 0
+        log.info("worker output", model=self.name, line=line)

@@ -1,0 +1,150 @@
+"""Metrics, request ids, access logs and worker logs, against fake workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.component.fakes import fake_config, worker_ports
+from tests.conftest import FAKE_ENGINE_COMMAND
+from tests.daemon import Daemon, free_port, write_config
+from vllama.api.app import build_app
+from vllama.api.keys import METRICS, UPSTREAM
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def start(aiohttp_client: Any, models: dict[str, dict[str, Any]], **server: Any) -> Client:
+    app = build_app(fake_config(models, **server))
+    client: Client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    return client
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    return samples(text).get((name, tuple(sorted(labels.items()))))
+
+
+async def scrape(client: Client) -> str:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return await response.text()
+
+
+async def test_metrics_after_real_traffic(aiohttp_client: Any) -> None:
+    client = await start(aiohttp_client, {"a": {}, "b": {"keep_alive": "0.2s"}})
+    chat = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    assert (await client.post("/v1/chat/completions", json=chat)).status == 200
+    streamed = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    assert await (await client.post("/v1/chat/completions", json=streamed)).read()
+    ollama = {"model": "a", "prompt": "hi there", "options": {"num_predict": 2}}
+    assert await (await client.post("/api/generate", json=ollama)).read()
+    assert (await client.post("/v1/completions", json={"model": "nope"})).status == 404
+    assert (await client.post("/v1/completions", json={"model": "b", "prompt": "x"})).status == 200
+    await asyncio.sleep(1.0)  # b's keep-alive (0.2 s) runs out
+    await client.app[METRICS].sample(client.app[UPSTREAM])
+    text = await scrape(client)
+    ok = {"model": "a", "endpoint": "/v1/chat/completions", "status": "200"}
+    assert value(text, "vllama_requests_total", **ok) == 2
+    assert value(text, "vllama_requests_total", model="", endpoint="/v1/completions",
+                 status="404") == 1  # fmt: skip
+    assert value(text, "vllama_request_duration_seconds_count", model="a",
+                 endpoint="/v1/chat/completions") == 2  # fmt: skip
+    assert value(text, "vllama_time_to_first_token_seconds_count", model="a",
+                 endpoint="/v1/chat/completions") == 1  # only the streamed one  # fmt: skip
+    assert value(text, "vllama_time_to_first_token_seconds_count", model="a",
+                 endpoint="/api/generate") == 1  # fmt: skip
+    # Tokens: 3 + 3 (OpenAI, plain and streamed with usage) + 2 (Ollama).
+    assert value(text, "vllama_generated_tokens_total", model="a") == 8
+    assert (value(text, "vllama_prompt_tokens_total", model="a") or 0) > 0
+    assert value(text, "vllama_model_loads_total", model="a", result="ok") == 1
+    assert (value(text, "vllama_model_load_duration_seconds_count", model="a")) == 1
+    assert value(text, "vllama_model_evictions_total", model="b", reason="keep_alive") == 1
+    assert value(text, "vllama_model_state", model="a", state="ready") == 1
+    assert value(text, "vllama_model_state", model="b", state="stopped") == 1
+    assert value(text, "vllama_requests_in_flight", model="a") == 0
+    assert value(text, "vllama_queue_depth") == 0
+    assert (value(text, "vllama_model_memory_bytes", model="a", device="cpu") or 0) > 0
+    assert (value(text, "vllama_device_memory_total_bytes", device="cpu") or 0) > 0
+    # The worker's own (vLLM) metrics come through the same scrape, labelled by model.
+    assert value(text, "vllm:num_requests_running", model_name="a") == 0
+
+
+async def test_metrics_answer_while_a_worker_is_loading(aiohttp_client: Any) -> None:
+    client = await start(aiohttp_client, {"slow": {"env": {"FAKE_VLLM_START_DELAY": "3"}}})
+    body = {"model": "slow", "prompt": "x", "max_tokens": 1}
+    pending = asyncio.create_task(client.post("/v1/completions", json=body))
+    await asyncio.sleep(0.5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await client.app[METRICS].sample(client.app[UPSTREAM])  # a loading worker is skipped
+    text = await scrape(client)
+    assert loop.time() - began < 1.0
+    assert value(text, "vllama_model_state", model="slow", state="starting") == 1
+    assert value(text, "vllama_requests_waiting", model="slow") == 1
+    assert (await pending).status == 200
+
+
+async def test_request_ids_on_responses_and_upstream(aiohttp_client: Any) -> None:
+    client = await start(aiohttp_client, {"a": {}})
+    response = await client.post(
+        "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 1}
+    )
+    generated = response.headers["X-Request-Id"]
+    assert len(generated) == 32
+    streamed = await client.post(
+        "/api/generate",
+        json={"model": "a", "prompt": "x"},
+        headers={"X-Request-Id": "client-id-42"},
+    )
+    assert streamed.headers["X-Request-Id"] == "client-id-42"  # a client's own id is kept
+    await streamed.read()
+    bad = await client.get("/", headers={"X-Request-Id": "no spaces allowed here"})
+    assert bad.headers["X-Request-Id"] != "no spaces allowed here"
+
+
+async def test_worker_logs_endpoint(aiohttp_client: Any) -> None:
+    client = await start(aiohttp_client, {"a": {}})
+    await client.post("/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 1})
+    body = await (await client.get("/api/vllama/logs", params={"model": "a", "lines": "5"})).json()
+    assert body["model"] == "a" and 0 < len(body["lines"]) <= 5
+    everything = await (await client.get("/api/vllama/logs?model=a&lines=100")).json()
+    assert any("Application startup complete" in line for line in everything["lines"])
+    assert (await client.get("/api/vllama/logs?model=zzz")).status == 404
+
+
+def test_json_logs_carry_the_request_id(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "v.toml",
+        {"engine_command": FAKE_ENGINE_COMMAND, **worker_ports()},
+        {"a": {"model": "fake/a"}},
+    )
+    with Daemon(config, free_port(), tmp_path / "v.log") as daemon:
+        response = httpx.post(
+            daemon.url + "/v1/completions",
+            json={"model": "a", "prompt": "x", "max_tokens": 1},
+            headers={"X-Request-Id": "trace-me-7"},
+            timeout=60,
+        )
+        assert response.status_code == 200
+        daemon.terminate()
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == "trace-me-7"]
+    assert any(line["event"] == "request" and line["status"] == 200 for line in mine)
+    assert any(line["event"] == "worker state" for line in mine)  # the load it caused
+    assert any(line["event"] == "worker output" and line["model"] == "a" for line in lines)

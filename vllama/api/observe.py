@@ -1,0 +1,78 @@
+"""Per-request observability: a request id on every log line and response, metrics, access log."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+
+from vllama.api.errors import Handler
+from vllama.api.keys import FIRST_BYTE_KEY, METRICS, MODEL_KEY, REQUEST_ID_KEY, STARTED_KEY
+from vllama.metrics import CONTENT_TYPE
+
+log = structlog.get_logger("vllama.access")
+
+REQUEST_ID = "X-Request-Id"
+# A client's own id is kept (so its logs and ours join up) if it is short and plain.
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get(REQUEST_ID, "")
+    request_id = given if _CLIENT_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    request[STARTED_KEY] = time.perf_counter()
+    # Each request runs in its own task, so this binding is the request's alone.
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        _record(request, status)
+
+
+def _record(request: web.Request, status: int) -> None:
+    seconds = time.perf_counter() - request[STARTED_KEY]
+    route = request.match_info.route.resource
+    endpoint = route.canonical if route is not None else "unmatched"
+    model = request.get(MODEL_KEY, "")
+    metrics = request.app[METRICS]
+    metrics.requests.labels(model, endpoint, str(status)).inc()
+    metrics.request_seconds.labels(model, endpoint).observe(seconds)
+    first = request.get(FIRST_BYTE_KEY)
+    if first is not None:
+        metrics.ttft_seconds.labels(model, endpoint).observe(first - request[STARTED_KEY])
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=status,
+        model=model or None,
+        seconds=round(seconds, 4),
+    )
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: streamed responses get the header too (set before their first byte)."""
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id:
+        response.headers[REQUEST_ID] = request_id
+
+
+def mark_first_byte(request: web.Request) -> None:
+    if FIRST_BYTE_KEY not in request:
+        request[FIRST_BYTE_KEY] = time.perf_counter()
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,216 @@
+"""Prometheus metrics: vllama's own, its workers' vLLM metrics, and device memory, one scrape.
+
+Counters and histograms are updated where things happen (requests in the API middleware, loads,
+evictions and restarts in the scheduler). Gauges are read at scrape time from the scheduler's
+state and from the last background sample (device memory, each worker's own `/metrics`), so a
+scrape never waits on a worker or on NVML and answers while every worker is down or loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from vllama.engine.states import WorkerState
+
+if TYPE_CHECKING:
+    from vllama.scheduler import Scheduler
+
+log = structlog.get_logger("vllama.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SAMPLE_INTERVAL = 10.0
+_WORKER_SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=3)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.loads = Counter(
+            "vllama_model_loads", "Model loads by result", ["model", "result"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "vllama_model_load_duration_seconds",
+            "Time from a load's start to its worker being ready",
+            ["model"],
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.evictions = Counter(
+            "vllama_model_evictions", "Workers stopped by vllama", ["model", "reason"], registry=r
+        )
+        self.restarts = Counter(
+            "vllama_worker_restarts",
+            "Starts of a model whose previous worker failed",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "vllama_requests",
+            "Requests by endpoint and status",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "vllama_request_duration_seconds",
+            "Request duration, to the last byte",
+            ["model", "endpoint"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.ttft_seconds = Histogram(
+            "vllama_time_to_first_token_seconds",
+            "Time from a request's arrival to its first streamed byte of output",
+            ["model", "endpoint"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "vllama_prompt_tokens", "Prompt tokens (from vLLM's usage)", ["model"], registry=r
+        )
+        self.generated_tokens = Counter(
+            "vllama_generated_tokens",
+            "Generated tokens (from vLLM's usage)",
+            ["model"],
+            registry=r,
+        )
+        self._live = _LiveCollector()
+        r.register(self._live)
+
+    def attach(self, scheduler: Scheduler) -> None:
+        self._live.scheduler = scheduler
+
+    def count_usage(self, model: str, prompt: int, generated: int) -> None:
+        self.prompt_tokens.labels(model).inc(prompt)
+        self.generated_tokens.labels(model).inc(generated)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def sample(self, http: aiohttp.ClientSession) -> None:
+        """Refresh device memory and the workers' own metrics (what scrapes then serve)."""
+        await self._live.sample(http)
+
+    async def sample_forever(self, http: aiohttp.ClientSession) -> None:
+        """`sample` every SAMPLE_INTERVAL, in the background, off the scrape path."""
+        while True:
+            try:
+                await self.sample(http)
+            except Exception as exc:  # a failed sample must not end sampling
+                log.warning("metrics sample failed", error=str(exc))
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+
+class _LiveCollector(Collector):
+    """Gauges read at scrape time from the scheduler and the last background sample."""
+
+    def __init__(self) -> None:
+        self.scheduler: Scheduler | None = None
+        self._devices: list[tuple[str, int, int]] = []  # id, total, free
+        self._usage: dict[str, dict[str, int]] = {}  # model -> device -> bytes
+        self._worker_families: list[Metric] = []
+
+    async def sample(self, http: aiohttp.ClientSession) -> None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        memory = await scheduler.devices.snapshot_async()
+        self._devices = [(d.id, d.total, d.free) for d in memory]
+        usage: dict[str, dict[str, int]] = {}
+        texts: list[str] = []
+        for slot in scheduler.slots():
+            if slot.worker.state not in (WorkerState.READY, WorkerState.SLEEPING):
+                continue
+            usage[slot.name] = await scheduler.devices.usage_by_pids_async(slot.worker.pids())
+            text = await _fetch(http, slot.worker.base_url + "/metrics")
+            if text:
+                texts.append(text)
+        self._usage = usage
+        self._worker_families = _merge(texts)
+
+    def collect(self) -> Iterator[Metric]:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        state = GaugeMetricFamily(
+            "vllama_model_state",
+            "1 for the state each model's worker is in",
+            labels=["model", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "vllama_requests_in_flight", "Requests being served", labels=["model"]
+        )
+        waiting = GaugeMetricFamily(
+            "vllama_requests_waiting", "Requests waiting for their model", labels=["model"]
+        )
+        for slot in scheduler.slots():
+            for option in WorkerState:
+                state.add_metric([slot.name, option.value], float(slot.worker.state is option))
+            in_flight.add_metric([slot.name], slot.in_flight)
+            waiting.add_metric([slot.name], slot.waiting)
+        yield state
+        yield in_flight
+        yield waiting
+        yield GaugeMetricFamily(
+            "vllama_queue_depth", "Requests waiting for models, all models", value=scheduler.queued
+        )
+        memory = GaugeMetricFamily(
+            "vllama_model_memory_bytes",
+            "Measured memory of each loaded model's worker tree",
+            labels=["model", "device"],
+        )
+        share: dict[str, int] = {}
+        for model, devices in self._usage.items():
+            for device, size in devices.items():
+                if size:
+                    memory.add_metric([model, device], size)
+                    share[device] = share.get(device, 0) + size
+        yield memory
+        total = GaugeMetricFamily("vllama_device_memory_total_bytes", "", labels=["device"])
+        used = GaugeMetricFamily("vllama_device_memory_used_bytes", "", labels=["device"])
+        ours = GaugeMetricFamily(
+            "vllama_device_memory_vllama_bytes", "Used by vllama's workers", labels=["device"]
+        )
+        for device, size, free in self._devices:
+            total.add_metric([device], size)
+            used.add_metric([device], size - free)
+            ours.add_metric([device], share.get(device, 0))
+        yield from (total, used, ours)
+        yield from self._worker_families
+
+
+async def _fetch(http: aiohttp.ClientSession, url: str) -> str | None:
+    try:
+        async with http.get(url, timeout=_WORKER_SCRAPE_TIMEOUT) as response:
+            return await response.text() if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+def _merge(texts: Iterable[str]) -> list[Metric]:
+    """Workers' expositions as one set of families (vLLM labels each sample with model_name)."""
+    families: dict[str, Metric] = {}
+    for text in texts:
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError as exc:
+            log.warning("unparsable worker metrics", error=str(exc))
+            continue
+        for family in parsed:
+            merged = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type, family.unit)
+            )
+            merged.samples.extend(family.samples)
+    return list(families.values())
