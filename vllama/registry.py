@@ -51,6 +51,10 @@ class Registry:
         self.derived = DerivedStore(self.models_dir / "derived-models.json")
         self._files: dict[Path, tuple[float, ModelFiles]] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        self._config = config
+        self._names = config.names()
+
     # -- resolution --------------------------------------------------------------------------
 
     def resolve(self, requested: str, _depth: int = 0) -> Resolved | None:

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import structlog
@@ -88,6 +89,7 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Event()  # set when a request ends or a worker stops
         self._queued = 0  # requests waiting for a model, all models together
+        self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
         for name, spec in config.models.items():
             self.add_model(name, spec)
 
@@ -423,6 +425,54 @@ class Scheduler:
             slot.stop_task = None
             slot.devices = ()
 
+    # -- config reload -----------------------------------------------------------------------
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config's models: changed ones restart, removed ones stop, new ones
+        become available, unchanged ones are untouched (a FATAL mark is cleared, as promised).
+        Server settings are not re-read: they need a restart."""
+        old = self._config.models
+        self._config = config
+        for name, spec in config.models.items():
+            slot = self._slots.get(name)
+            if slot is None:
+                self.add_model(name, spec)
+            elif spec != slot.spec:
+                self._background(self._replace(slot, spec), f"reload-{name}")
+            elif slot.worker.state is WorkerState.FATAL:
+                slot.fast_failures = 0
+                self._background(slot.worker.stop("config reloaded"), f"clear-{name}")
+        for name in old.keys() - config.models.keys():
+            slot = self._slots.get(name)
+            if slot is not None:
+                self._background(self._replace(slot, None), f"remove-{name}")
+
+    def _background(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)  # a reference, so the task is not garbage-collected mid-way
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, slot: ModelSlot, spec: ModelSpec | None) -> None:
+        """Let the old worker finish its requests, stop it, then run the new spec (if any)."""
+        was_loaded = slot.worker.is_ready or slot.load_task is not None
+        while slot.in_flight or slot.waiting or slot.load_task is not None:
+            if slot.load_task is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(slot.load_task)
+            else:
+                await self._changed.wait()
+        if slot.stop_task is not None:
+            await slot.stop_task
+        await slot.worker.stop("config reloaded")
+        self._slots.pop(slot.name, None)
+        if spec is None:
+            log.info("model removed by config reload", model=slot.name)
+            return
+        fresh = self.add_model(slot.name, spec)
+        log.info("model changed by config reload", model=slot.name, reload=was_loaded)
+        if was_loaded:
+            self._start_load(fresh, explicit=True)
+
     # -- shutdown ----------------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
@@ -435,6 +485,9 @@ class Scheduler:
 
     async def stop_all(self) -> None:
         self.begin_shutdown()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         tasks = [s.load_task for s in self._slots.values() if s.load_task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(

@@ -11,20 +11,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
 from vllama.api.app import build_app
-from vllama.api.keys import SCHEDULER
-from vllama.config import Config
+from vllama.api.keys import REGISTRY, SCHEDULER
+from vllama.config import Config, ConfigError
+from vllama.engine.states import WorkerState
+from vllama.scheduler import Scheduler
+from vllama.systemd import Notifier, watchdog_loop
 
 log = structlog.get_logger("vllama.server")
 
 EXIT_FORCED = 130
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run until SIGTERM/SIGINT. `reload` re-reads the configuration, for SIGHUP."""
     settings = config.server
     loop = asyncio.get_running_loop()
     app = build_app(config)
@@ -36,6 +41,10 @@ async def serve(config: Config) -> int:
         shutdown_timeout=settings.drain_timeout,
         access_log=None,
     )
+    # Workers must not inherit systemd's socket: a READY=1 from a worker would be the daemon's.
+    notifier = Notifier.from_environment()
+    Notifier.unset_environment(os.environ)
+    pinger = asyncio.create_task(watchdog_loop(notifier), name="watchdog")
     await runner.setup()
     scheduler = app[SCHEDULER]
     stop = asyncio.Event()
@@ -52,8 +61,24 @@ async def serve(config: Config) -> int:
         scheduler.kill_all_now()
         os._exit(EXIT_FORCED)
 
+    def on_hangup() -> None:
+        if reload is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            fresh = reload()
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the running config", error=str(exc))
+            return
+        if fresh.server != config.server:
+            log.warning("server settings changed: they take effect at the next restart")
+        app[REGISTRY].reconfigure(fresh)
+        scheduler.reconfigure(fresh)
+        log.info("config reloaded", models=sorted(fresh.models))
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         try:
@@ -66,13 +91,32 @@ async def serve(config: Config) -> int:
             url=f"http://{settings.host}:{settings.port}",
             models=sorted(config.models),
         )
+        notifier.ready(f"listening on {settings.host}:{settings.port}")
+        status = asyncio.create_task(_report_status(notifier, scheduler), name="sd-status")
         await stop.wait()
+        status.cancel()
+        notifier.stopping()
+        notifier.status("draining requests, then stopping workers")
         scheduler.begin_shutdown()
         return 0
     finally:
         # Stops the listener, waits up to drain_timeout for handlers in flight, then runs the
         # app's cleanup: every worker stopped, the upstream pool closed.
         await runner.cleanup()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        pinger.cancel()
+        notifier.close()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         log.info("vllama stopped")
+
+
+async def _report_status(notifier: Notifier, scheduler: Scheduler) -> None:
+    """systemd's STATUS= line (`systemctl status`): the loaded models, when they change."""
+    last = ""
+    while True:
+        loaded = sorted(s.name for s in scheduler.slots() if s.worker.state is WorkerState.READY)
+        text = f"loaded: {', '.join(loaded)}" if loaded else "no model loaded"
+        if text != last:
+            notifier.status(text)
+            last = text
+        await asyncio.sleep(2.0)
