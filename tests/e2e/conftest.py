@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.component.fakes import worker_ports
-from tests.conftest import LONG_LIVED, assert_no_leftovers
-from tests.daemon import Daemon, free_port, write_config
+from tests.daemon import Daemon, write_config
+from tests.e2e.helpers import shared_daemon
 from vllama.defaults import DEMO_ARGS, DEMO_ENV
 from vllama.demo import ensure_demo_models
 
@@ -48,7 +47,6 @@ def vllama_daemon(
     One daemon serves every e2e module (each model load costs ~25 s on 2 cores);
     test_shutdown_e2e.py, which sorts last, stops it.
     """
-    started = time.time() - 1
     folder = tmp_path_factory.mktemp("e2e")
     config = write_config(
         folder / "vllama.toml",
@@ -69,11 +67,5 @@ def vllama_daemon(
             "tiny-embed": real_model(demo_models["embed"]),
         },
     )
-    daemon = Daemon(config, free_port(), folder / "vllama.log")
-    LONG_LIVED.add(daemon.proc.pid)
-    try:
+    with shared_daemon(config, folder / "vllama.log") as daemon:
         yield daemon
-    finally:
-        LONG_LIVED.discard(daemon.proc.pid)
-        daemon.kill()
-        assert_no_leftovers(started, settle=30)

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import psutil
 
-from tests.daemon import Daemon
+from tests.conftest import LONG_LIVED, assert_no_leftovers
+from tests.daemon import Daemon, free_port
+
+
+@contextlib.contextmanager
+def shared_daemon(config: Path, log: Path) -> Iterator[Daemon]:
+    """A daemon that outlives single tests (a module or session fixture's): the per-test leak
+    check leaves its tree alone, and leftovers are checked once it is stopped."""
+    started = time.time() - 1
+    daemon = Daemon(config, free_port(), log)
+    LONG_LIVED.add(daemon.proc.pid)
+    try:
+        yield daemon
+    finally:
+        LONG_LIVED.discard(daemon.proc.pid)
+        daemon.kill()
+        assert_no_leftovers(started, settle=30)
 
 
 def workers(daemon: Daemon) -> dict[str, psutil.Process]:

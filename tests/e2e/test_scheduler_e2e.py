@@ -16,10 +16,9 @@ import openai
 import pytest
 
 from tests.component.fakes import worker_ports
-from tests.conftest import LONG_LIVED, assert_no_leftovers
-from tests.daemon import Daemon, free_port, write_config
+from tests.daemon import Daemon, write_config
 from tests.e2e.conftest import real_model
-from tests.e2e.helpers import workers
+from tests.e2e.helpers import shared_daemon, workers
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +29,6 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 def tight_daemon(
     demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
-    started = time.time() - 1
     folder = tmp_path_factory.mktemp("tight")
     config = write_config(
         folder / "vllama.toml",
@@ -44,14 +42,9 @@ def tight_daemon(
         },
         {"one": real_model(demo_models["chat"]), "two": real_model(demo_models["chat"])},
     )
-    daemon = Daemon(config, free_port(), folder / "vllama.log")
-    LONG_LIVED.add(daemon.proc.pid)
-    try:
+    with shared_daemon(config, folder / "vllama.log") as daemon:
         yield daemon
-    finally:
-        LONG_LIVED.discard(daemon.proc.pid)
         assert daemon.terminate() == 0
-        assert_no_leftovers(started, settle=30)
 
 
 def chat(daemon: Daemon, model: str) -> str:

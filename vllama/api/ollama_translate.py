@@ -418,54 +418,46 @@ class OllamaStream:
             for index, call in sorted(self._tool_calls.items())
         ]
 
-    def _piece(self, text: str, thinking: str) -> dict[str, Any]:
-        obj = self._base(False)
+    def _object(
+        self,
+        done: bool,
+        text: str,
+        thinking: str = "",
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """One Ollama object: `response` for generate, `message` for chat."""
+        obj = self._base(done)
         if self.kind == "generate":
             obj["response"] = text
             if thinking:
                 obj["thinking"] = thinking
-        else:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if thinking:
-                message["thinking"] = thinking
-            obj["message"] = message
+            return obj
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        obj["message"] = message
         return obj
+
+    def _piece(self, text: str, thinking: str) -> dict[str, Any]:
+        return self._object(False, text, thinking)
 
     def pending_tool_calls(self) -> list[dict[str, Any]]:
         """Ollama sends tool calls as one chunk once they are complete (end of stream)."""
         if self.kind != "chat" or not self._tool_calls:
             return []
-        obj = self._base(False)
-        obj["message"] = {"role": "assistant", "content": "", "tool_calls": self.tool_calls()}
-        return [obj]
+        return [self._object(False, "", tool_calls=self.tool_calls())]
 
     def final(self, end: int | None = None) -> dict[str, Any]:
         """The last streamed object: done, with counts and measured durations (ns)."""
-        obj = self._base(True)
-        if self.kind == "generate":
-            obj["response"] = ""
-        else:
-            obj["message"] = {"role": "assistant", "content": ""}
-        obj |= self._metrics(end)
-        return obj
+        return self._object(True, "") | self._metrics(end)
 
     def whole(self, end: int | None = None) -> dict[str, Any]:
         """Everything as one object, for `stream: false`."""
-        obj = self._base(True)
+        calls = self.tool_calls() if self._tool_calls else None
         text, thinking = "".join(self.text), "".join(self.thinking)
-        if self.kind == "generate":
-            obj["response"] = text
-            if thinking:
-                obj["thinking"] = thinking
-        else:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if thinking:
-                message["thinking"] = thinking
-            if self._tool_calls:
-                message["tool_calls"] = self.tool_calls()
-            obj["message"] = message
-        obj |= self._metrics(end)
-        return obj
+        return self._object(True, text, thinking, calls) | self._metrics(end)
 
     def _metrics(self, end: int | None) -> dict[str, Any]:
         t = self.timing
