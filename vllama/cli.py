@@ -1,4 +1,5 @@
-"""`vllama` command line."""
+"""`vllama` command line: `serve` runs the daemon; the other commands talk to a running one
+(address from VLLAMA_HOST), as the `ollama` CLI does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama import __version__
+from vllama.cli_commands import add_commands, report_daemon_version, run_command
 from vllama.config import Config, ConfigError, load_config, read_toml
 from vllama.engine.kind import check_engine_support
 
@@ -22,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML config file (env VLLAMA_CONFIG)")
     serve.add_argument("--host", help="address to listen on (env VLLAMA_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (env VLLAMA_PORT)")
-    commands.add_parser("version", help="print the version")
+    commands.add_parser("version", help="print the version (and the running daemon's)")
+    add_commands(commands)
     return parser
 
 
@@ -42,8 +45,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
-        print(f"vllama {__version__}")
-        return 0
+        print(f"vllama {__version__}", flush=True)
+        return report_daemon_version()
+    if args.command != "serve":
+        return run_command(args)
     from vllama.logsetup import configure_logging
     from vllama.server import serve
 
@@ -54,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vllama: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.server.log_level, config.server.log_format)
-    return run(serve(config))
+    reload = (lambda: _reload(args)) if config.server.config else None
+    return run(serve(config, reload))
+
+
+def _reload(args: argparse.Namespace) -> Config:
+    """The configuration again, for SIGHUP (the same sources, re-read)."""
+    config = resolve_config(args)
+    check_engine_support(config)
+    return config
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
