@@ -107,9 +107,10 @@ class ServerSettings(BaseSettings):
     # Scheduling: memory budgets per device, caps, the wait queue, crash-loop handling.
     memory_limit_cpu: Bytes | None = None  # host RAM vllama's CPU workers may use (default: all)
     memory_limit_gpu: Bytes | None = None  # per GPU (default: the GPU's total)
-    # KV cache for CPU workers that set none (VLLM_CPU_KVCACHE_SPACE): unset, vLLM takes ~90%
-    # of host RAM for it, so no second model would fit.
-    cpu_kv_cache: Bytes = Field(default=4 << 30, ge=1 << 30)
+    # KV cache for workers that set none. On CPU it becomes VLLM_CPU_KVCACHE_SPACE (unset, vLLM
+    # takes ~90% of host RAM, so no second model would fit); on GPUs it is part of the share
+    # given with --gpu-memory-utilization.
+    kv_cache: Bytes = Field(default=4 << 30, ge=1 << 30)
     max_loaded_models: int | None = Field(default=None, ge=1)
     max_queue: int = Field(default=512, ge=1)  # requests waiting for a model, as Ollama's
     load_timeout: Seconds = Field(default=600.0, gt=0)  # how long a request waits for a load

@@ -80,8 +80,10 @@ class MemoryPlanner:
         """Bytes per device: the last measured footprint, else an estimate from the files."""
         if name in self._measured:
             return self._measured[name]
-        kv = kv_cache_bytes_from_args(spec.args, {**self._cpu_kv_env(spec), **spec.env}, self.kind)
-        kv = kv or 0
+        env = {**self._cpu_kv_env(spec), **spec.env}
+        kv = kv_cache_bytes_from_args(spec.args, env, self.kind)
+        if kv is None:  # a GPU worker with no KV size of its own gets `kv_cache` in its share
+            kv = 0 if _has_flag(spec.args, "--gpu-memory-utilization") else self._settings.kv_cache
         weights = self._weight_bytes(spec) // tensor_parallel_size(spec.args)
         return estimate_need(weights, kv, OVERHEAD[self.kind])
 
@@ -139,7 +141,7 @@ class MemoryPlanner:
             return {}
         if _has_flag(spec.args, "--kv-cache-memory-bytes", "--kv_cache_memory_bytes"):
             return {}
-        gib = -(-self._settings.cpu_kv_cache // (1 << 30))  # vLLM takes whole GiB
+        gib = -(-self._settings.kv_cache // (1 << 30))  # vLLM takes whole GiB
         return {"VLLM_CPU_KVCACHE_SPACE": str(gib)}
 
     async def wait_for_memory(self, devices: tuple[str, ...], need: int) -> bool:

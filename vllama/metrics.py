@@ -209,6 +209,10 @@ def _merge(texts: Iterable[str]) -> list[Metric]:
             log.warning("unparsable worker metrics", error=str(exc))
             continue
         for family in parsed:
+            # Only vLLM's own families carry `model_name`; the process_/python_/http_ families
+            # of several workers would collide into duplicate series.
+            if not family.name.startswith("vllm:"):
+                continue
             merged = families.setdefault(
                 family.name, Metric(family.name, family.documentation, family.type, family.unit)
             )

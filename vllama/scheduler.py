@@ -227,6 +227,7 @@ class Scheduler:
 
     async def _load(self, slot: ModelSlot, explicit: bool) -> None:
         worker = slot.worker
+        attempted = False
         try:
             for pending in (slot.sleep_task, slot.stop_task):  # a sleep or unload finishes first
                 if pending is not None:
@@ -244,11 +245,14 @@ class Scheduler:
                 args, env = placement.args, placement.env
                 if slot.spec.sleep_when_idle:
                     args, env = (*args, *SLEEP_MODE_ARGS), {**env, **SLEEP_MODE_ENV}
+                attempted = True
                 await worker.start(args, env)
                 slot.devices = placement.devices
                 await self.memory.measure(slot.name, worker.pids(), placement.devices)
             seconds = time.monotonic() - started
             log.info("model loaded", model=slot.name, seconds=round(seconds, 2))
+            if slot.waiting == 0 and slot.in_flight == 0:  # a preload: nobody will release it
+                self._arm_expiry(slot)
             if self.metrics is not None:
                 self.metrics.loads.labels(slot.name, "ok").inc()
                 self.metrics.load_seconds.labels(slot.name).observe(seconds)
@@ -256,7 +260,7 @@ class Scheduler:
                     self.metrics.restarts.labels(slot.name, _restart_kind(restart_after)).inc()
         except LoadError as error:
             log.error("model load failed", model=slot.name, reason=error.reason)
-            if self.metrics is not None:
+            if self.metrics is not None and attempted:  # a refusal is not a failed load
                 self.metrics.loads.labels(slot.name, "failed").inc()
             raise
         finally:

@@ -219,6 +219,9 @@ async def test_client_disconnect_closes_the_upstream_request(aiohttp_client: Cli
             break
         await asyncio.sleep(0.1)
     assert stats["aborted"] == 1 and stats["running"] == 0
+    # Counted as the client's doing (499, as nginx and Ollama), not as a server error.
+    metrics = await (await client.get("/metrics")).text()
+    assert 'status="499"' in metrics and 'status="500"' not in metrics
 
 
 async def test_idle_worker_is_stopped_after_keep_alive(aiohttp_client: ClientFactory) -> None:

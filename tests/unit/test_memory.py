@@ -15,7 +15,7 @@ def planner(gpus: tuple[int, ...] = (), **server: object) -> MemoryPlanner:
 
 
 def test_cpu_workers_get_a_bounded_kv_cache_unless_they_set_one() -> None:
-    cpu = planner(cpu_kv_cache="3GiB")
+    cpu = planner(kv_cache="3GiB")
     assert cpu.kind == "cpu"
     plain = ModelSpec(model="/m")
     assert cpu.placement(plain, ("cpu",), GiB).env == {"VLLM_CPU_KVCACHE_SPACE": "3"}
@@ -42,3 +42,12 @@ def test_tensor_parallel_size_forms() -> None:
     assert tensor_parallel_size(("--tensor-parallel-size", "4")) == 4
     assert tensor_parallel_size(("-tp", "2")) == 2
     assert tensor_parallel_size(("--tensor-parallel-size=8",)) == 8
+
+
+def test_gpu_estimates_include_a_kv_cache_share() -> None:
+    gpu = planner(gpus=(80 * GiB,), kv_cache="6GiB")
+    assert gpu.need("m", ModelSpec(model="/m")) == 2 * GiB + 6 * GiB + 1 * GiB
+    own = ModelSpec(model="/m", args=("--kv-cache-memory-bytes", "3G"))
+    assert gpu.need("m", own) == 2 * GiB + 3 * GiB + 1 * GiB
+    by_share = ModelSpec(model="/m", args=("--gpu-memory-utilization", "0.5"))
+    assert gpu.need("m", by_share) == 2 * GiB + 1 * GiB

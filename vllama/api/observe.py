@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -16,6 +17,7 @@ from vllama.metrics import CONTENT_TYPE
 log = structlog.get_logger("vllama.access")
 
 REQUEST_ID = "X-Request-Id"
+CLIENT_CLOSED = 499  # nginx's and Ollama's status for "client closed the request"
 # A client's own id is kept (so its logs and ours join up) if it is short and plain.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -35,6 +37,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED  # the client went away; not a server error
         raise
     finally:
         _record(request, status)
