@@ -129,6 +129,7 @@ class FakeVllm:
         self.aborted = 0
         self.running = 0
         self.last_request: JSON | None = None
+        self.access_log_enabled = not args.disable_uvicorn_access_log
         self.sleeping = False
         self.sleeps = 0
         self.wakes = 0
@@ -176,8 +177,9 @@ class FakeVllm:
             status = exc.status
             raise
         finally:
-            peer = request.remote or "-"
-            log(f'INFO:     {peer} - "{request.method} {request.path_qs} HTTP/1.1" {status}')
+            if self.access_log_enabled:
+                peer = request.remote or "-"
+                log(f'INFO:     {peer} - "{request.method} {request.path_qs} HTTP/1.1" {status}')
 
     def engine_dead(self) -> bool:
         return (
@@ -524,6 +526,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
     args, _unknown = parser.parse_known_args(argv)
     return args
 

@@ -69,6 +69,7 @@ def test_argv_is_a_list_of_items_never_shell_text() -> None:
         "--served-model-name", "m:latest",
         "--host", "127.0.0.1",
         "--port", "41000",
+        "--disable-uvicorn-access-log",
         "--dtype", "float32",
     ]  # fmt: skip
 

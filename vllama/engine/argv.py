@@ -34,6 +34,9 @@ def build_argv(
         host,
         "--port",
         str(port),
+        # vllama logs every request itself (with its request id); the worker's uvicorn access
+        # log would repeat each one, and relaying those lines costs the daemon CPU per request.
+        "--disable-uvicorn-access-log",
         *spec.args,
         *placement,
     ]
