@@ -138,7 +138,9 @@ class _LiveCollector(Collector):
             if text:
                 texts.append(text)
         self._usage = usage
-        self._worker_families = _merge(texts)
+        # vLLM's exposition runs to thousands of lines; parsing it is pure Python: not on the
+        # event loop, where it would stall every request for its duration.
+        self._worker_families = await asyncio.to_thread(_merge, texts)
 
     def collect(self) -> Iterator[Metric]:
         scheduler = self.scheduler

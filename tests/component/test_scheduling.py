@@ -1,7 +1,7 @@
 """The scheduler on a pretend GPU host: a fake NVML, fake workers, model sizes set by the test.
 
 The fake workers use no GPU memory, so placement runs on the scheduler's estimates (weights +
-1 GiB overhead per model), which is exactly the accounting under test.
+1 GiB KV cache + 1 GiB overhead per model), which is exactly the accounting under test.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ async def gpu_host(
     nvml: FakeNvml | None = None,
     **server: Any,
 ) -> Client:
-    config = fake_config(models, **server)
+    # 1 GiB of KV cache per model (the smallest allowed): each model needs weights + 2 GiB.
+    config = fake_config(models, **{"kv_cache": "1GiB", **server})
     app = build_app(
         config,
         devices=Devices(nvml=nvml or FakeNvml(*gpus)),
@@ -68,7 +69,7 @@ def cmdline(client: Client, name: str) -> list[str]:
 
 async def test_a_fourth_model_evicts_the_least_recently_used(aiohttp_client: Any) -> None:
     models = {name: {} for name in "abcd"}
-    client = await gpu_host(aiohttp_client, models, dict.fromkeys("abcd", 24))  # 25 GiB each
+    client = await gpu_host(aiohttp_client, models, dict.fromkeys("abcd", 24))  # 26 GiB each
     for name in "abc":
         assert await ask(client, name) == 200
     assert await ask(client, "a") == 200  # a is now the most recently used; b the least
@@ -77,7 +78,7 @@ async def test_a_fourth_model_evicts_the_least_recently_used(aiohttp_client: Any
     # Each worker was pinned to the GPU and told its share of it.
     line = cmdline(client, "d")
     share = float(line[line.index("--gpu-memory-utilization") + 1])
-    assert abs(share - 25 / 80) < 0.01
+    assert abs(share - 26 / 80) < 0.01
 
 
 async def test_pinned_models_stay_and_busy_ones_are_not_evicted(aiohttp_client: Any) -> None:
@@ -141,7 +142,7 @@ async def test_tensor_parallel_model_takes_two_gpus(aiohttp_client: Any) -> None
         ("gpu:0",),
         ("gpu:1",),
     }
-    assert await ask(client, "tp") == 200  # 51 GiB per GPU: both others had to go
+    assert await ask(client, "tp") == 200  # 52 GiB per GPU: both others had to go
     assert loaded(client) == {"tp"}
     slot = scheduler.slot("tp")
     assert slot is not None and slot.devices == ("gpu:0", "gpu:1")

@@ -33,7 +33,9 @@ _PASSED_HEADERS = ("Content-Type", "Cache-Control")
 
 def new_upstream_session() -> aiohttp.ClientSession:
     # limit=0: no connection cap, so concurrent requests are never queued behind each other here.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+    # keepalive_timeout under uvicorn's 5 s: a pooled connection the worker is about to close
+    # would fail the next request on it (it is retried, but that costs a health probe).
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
     return aiohttp.ClientSession(
         connector=connector, timeout=UPSTREAM_TIMEOUT, auto_decompress=False
     )
@@ -73,6 +75,11 @@ async def worker_request(
                         raise ApiError(
                             502, f"the model's worker did not answer: {exc}", code="worker_error"
                         ) from None
+                    log.warning(
+                        "worker connection failed before a response; retrying",
+                        model=slot,
+                        error=str(exc),
+                    )
                     unreachable = worker
                 else:
                     try:

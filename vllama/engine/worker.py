@@ -244,10 +244,10 @@ class Worker:
         process = self.process
         if not self.is_ready or process is None:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(process.wait()), 1.0)
         if process.returncode is None and await self._probe() == 200:
-            return
+            return  # alive and answering: the connection was only stale
+        with contextlib.suppress(TimeoutError):  # dying: give the exit a moment to land
+            await asyncio.wait_for(asyncio.shield(process.wait()), 1.0)
         if self._watch is not None:  # it exited or is failing: the watcher settles it
             await asyncio.shield(self._watch)
 
