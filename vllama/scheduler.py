@@ -29,6 +29,13 @@ from vllama.engine.worker import LoadError, Worker
 from vllama.memory import MemoryPlanner, Placement
 from vllama.metrics import Metrics
 from vllama.placement import LoadedModel, Place, Refuse, decide
+from vllama.restarts import (
+    RestartPolicy,
+    count_failure,
+    is_crash_loop,
+    restart_delay,
+    restart_kind,
+)
 
 log = structlog.get_logger("vllama.scheduler")
 
@@ -87,6 +94,13 @@ class Scheduler:
         self._slots: dict[str, ModelSlot] = {}
         self._closing = False
         self._load_lock = asyncio.Lock()
+        settings = self._settings
+        self._restarts = RestartPolicy(
+            backoff=settings.restart_backoff,
+            backoff_max=settings.restart_backoff_max,
+            limit=settings.crash_loop_failures,
+            window=settings.crash_loop_window,
+        )
         self._changed = asyncio.Event()  # set when a request ends or a worker stops
         self._queued = 0  # requests waiting for a model, all models together
         self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
@@ -257,7 +271,7 @@ class Scheduler:
                 self.metrics.loads.labels(slot.name, "ok").inc()
                 self.metrics.load_seconds.labels(slot.name).observe(seconds)
                 if restart_after is not None:
-                    self.metrics.restarts.labels(slot.name, _restart_kind(restart_after)).inc()
+                    self.metrics.restarts.labels(slot.name, restart_kind(restart_after)).inc()
         except LoadError as error:
             log.error("model load failed", model=slot.name, reason=error.reason)
             if self.metrics is not None and attempted:  # a refusal is not a failed load
@@ -273,8 +287,7 @@ class Scheduler:
             slot.fast_failures = 0
             return
         if worker.state is WorkerState.FATAL or (
-            worker.state is WorkerState.FAILED
-            and slot.fast_failures >= self._settings.crash_loop_failures
+            worker.state is WorkerState.FAILED and is_crash_loop(slot.fast_failures, self._restarts)
         ):
             reason = (
                 f"marked failed after {slot.fast_failures} failures in a row; an explicit load "
@@ -284,11 +297,8 @@ class Scheduler:
                 worker.enter_fatal(reason)
             last = worker.last_error
             raise LoadError(slot.name, reason, last.tail if last else worker.tail())
-        if slot.fast_failures and worker.state is WorkerState.FAILED:
-            delay = min(
-                self._settings.restart_backoff * 2 ** (slot.fast_failures - 1),
-                self._settings.restart_backoff_max,
-            )
+        delay = restart_delay(slot.fast_failures, self._restarts)
+        if delay and worker.state is WorkerState.FAILED:
             worker.enter_backoff(f"restart in {delay:g}s after {slot.fast_failures} failure(s)")
             await asyncio.sleep(delay)
 
@@ -348,9 +358,8 @@ class Scheduler:
         if slot is None:
             return
         if new is WorkerState.FAILED:
-            up_for = time.monotonic() - worker.ready_at if worker.ready_at else 0.0
-            fast = up_for < self._settings.crash_loop_window
-            slot.fast_failures = slot.fast_failures + 1 if fast else 1
+            up_for = time.monotonic() - worker.ready_at if worker.ready_at else None
+            slot.fast_failures = count_failure(slot.fast_failures, up_for, self._restarts)
         if new in (WorkerState.STOPPED, WorkerState.FAILED):
             self._notify()
 
@@ -503,17 +512,6 @@ class Scheduler:
     def kill_all_now(self) -> None:
         for slot in self._slots.values():
             slot.worker.kill_now()
-
-
-def _restart_kind(reason: str) -> str:
-    """A bounded label for why the previous worker went away."""
-    if "exited" in reason:
-        return "exited"
-    if "health" in reason:
-        return "unhealthy"
-    if "wake" in reason:
-        return "wake_failed"
-    return "load_failed"
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,46 @@
+"""Crash-loop policy, pure: how a failure counts, when to restart, when to give up.
+
+A failure soon after a worker's start (within `window`) is "fast"; fast failures in a row grow
+the restart delay exponentially, and `limit` of them mark the model FATAL until an explicit load
+or a config reload. A worker that ran longer than `window` before failing starts the count anew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    backoff: float  # seconds before the restart after the first fast failure
+    backoff_max: float
+    limit: int  # fast failures in a row that mark the model FATAL
+    window: float  # a failure within this many seconds of the start is fast
+
+
+def count_failure(previous: int, up_for: float | None, policy: RestartPolicy) -> int:
+    """Consecutive fast failures after one more failure; `up_for` None = it never got ready."""
+    fast = up_for is None or up_for < policy.window
+    return previous + 1 if fast else 1
+
+
+def is_crash_loop(failures: int, policy: RestartPolicy) -> bool:
+    return failures >= policy.limit
+
+
+def restart_delay(failures: int, policy: RestartPolicy) -> float:
+    """Seconds to wait before the next start: 0, then backoff, 2 x backoff, ... up to the max."""
+    if failures <= 0:
+        return 0.0
+    return float(min(policy.backoff * 2 ** (failures - 1), policy.backoff_max))
+
+
+def restart_kind(reason: str) -> str:
+    """A bounded label (for metrics) for why the previous worker went away."""
+    if "exited" in reason:
+        return "exited"
+    if "health" in reason:
+        return "unhealthy"
+    if "wake" in reason:
+        return "wake_failed"
+    return "load_failed"
