@@ -42,7 +42,7 @@ def parse_duration(value: object) -> float:
 def _parse_duration_string(text: str) -> float:
     sign = 1.0
     body = text
-    if body[:1] in "+-" and body:
+    if body and body[0] in "+-":
         sign = -1.0 if body[0] == "-" else 1.0
         body = body[1:]
     if not body:
