@@ -28,7 +28,7 @@ from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
 from vllama.memory import MemoryPlanner, Placement
 from vllama.metrics import Metrics
-from vllama.placement import LoadedModel, Place, Refuse, decide
+from vllama.placement import LoadedModel, Place, Refuse, Request, decide
 from vllama.restarts import (
     RestartPolicy,
     count_failure,
@@ -73,6 +73,9 @@ class ModelSlot:
     parallel: asyncio.Semaphore | None = None
     devices: tuple[str, ...] = ()  # where its worker runs
     fast_failures: int = 0  # consecutive failures soon after a start
+    # A load elsewhere waits for this busy model to finish: new requests queue instead of
+    # keeping it busy forever (they get it back once the other model has had its turn).
+    draining: bool = False
 
 
 class Scheduler:
@@ -180,9 +183,13 @@ class Scheduler:
         """Wait (bounded in number and time) for a parallel slot and a READY worker."""
         if self._closing:
             raise ShuttingDown("vllama is shutting down")
-        if slot.worker.is_ready and slot.parallel is None:
+        if slot.worker.is_ready and slot.parallel is None and not slot.draining:
             return  # the hot path: nothing to wait for, nothing to count
-        ready_now = slot.worker.is_ready and (slot.parallel is None or not slot.parallel.locked())
+        ready_now = (
+            slot.worker.is_ready
+            and not slot.draining
+            and (slot.parallel is None or not slot.parallel.locked())
+        )
         if not ready_now and self._queued >= self._settings.max_queue:
             raise QueueFull(
                 f"server busy: {self._queued} requests are already waiting for models "
@@ -217,7 +224,7 @@ class Scheduler:
         while True:
             if self._closing:
                 raise ShuttingDown("vllama is shutting down")
-            if slot.worker.is_ready:
+            if slot.worker.is_ready and not slot.draining:
                 return
             load = slot.load_task or self._start_load(slot, explicit)
             try:
@@ -253,6 +260,8 @@ class Scheduler:
             restart_after = worker.reason if worker.state is WorkerState.FAILED else None
             await self._crash_loop_guard(slot, explicit)
             async with self._load_lock:
+                if worker.is_ready:  # it was draining for another load, which has finished
+                    return
                 placement = await self._place(slot)
                 slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
                 started = time.monotonic()
@@ -306,6 +315,18 @@ class Scheduler:
         """Decide where the model goes, evicting idle models or waiting for busy ones."""
         request = self.memory.request(slot.name, slot.spec)
         deadline = time.monotonic() + self._settings.drain_wait
+        held: list[ModelSlot] = []
+        try:
+            return await self._place_loop(slot, request, deadline, held)
+        finally:
+            for other in held:
+                other.draining = False
+            if held:
+                self._notify()  # their queued requests may go on (or load them again)
+
+    async def _place_loop(
+        self, slot: ModelSlot, request: Request, deadline: float, held: list[ModelSlot]
+    ) -> Placement:
         while True:
             snapshot = await self.memory.snapshot(self._loaded_models(exclude=slot))
             decision = decide(snapshot, request)
@@ -326,6 +347,11 @@ class Scheduler:
                     [],
                 )
             log.info("load waits for busy models", model=slot.name, blocking=decision.blocking)
+            for name in decision.blocking:
+                other = self._slots.get(name)
+                if other is not None and not other.draining:
+                    other.draining = True
+                    held.append(other)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
 

@@ -292,3 +292,32 @@ async def test_ps_reports_measured_gpu_memory(aiohttp_client: Any) -> None:
     entry = (await (await client.get("/api/ps")).json())["models"][0]
     assert entry["size_vram"] == 5 * GiB
     assert entry["size"] > 5 * GiB  # plus the worker tree's host memory
+
+
+async def test_a_load_is_not_starved_by_a_model_that_stays_busy(aiohttp_client: Any) -> None:
+    # Two models that cannot share the GPU. "busy" gets a request stream that overlaps (it is
+    # never idle on its own); a request for "other" must still get its turn within drain_wait.
+    models: dict[str, dict[str, Any]] = {
+        "busy": {"env": {"FAKE_VLLM_TOKEN_DELAY": "0.05"}},
+        "other": {},
+    }
+    client = await gpu_host(aiohttp_client, models, {"busy": 40, "other": 40}, drain_wait=6)
+    assert await ask(client, "busy") == 200
+    stop = asyncio.Event()
+    statuses: list[int] = []
+
+    async def stream_of_requests(offset: float) -> None:
+        await asyncio.sleep(offset)  # staggered, so one of them is always in flight
+        while not stop.is_set():
+            statuses.append(await ask(client, "busy", tokens=6))  # ~0.3 s each
+
+    streams = [asyncio.create_task(stream_of_requests(i * 0.1)) for i in range(3)]
+    await asyncio.sleep(0.5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await ask(client, "other") == 200  # busy was drained, evicted, other loaded
+    assert loop.time() - began < 6
+    stop.set()
+    await asyncio.gather(*streams)
+    assert statuses and all(status == 200 for status in statuses)  # busy's queue was served too
+    assert loaded(client) == {"busy"}  # ... by loading it again once "other" was idle
