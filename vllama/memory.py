@@ -98,7 +98,10 @@ class MemoryPlanner:
 
     # -- devices -----------------------------------------------------------------------------
 
-    async def snapshot(self, loaded: tuple[LoadedModel, ...]) -> Snapshot:
+    async def snapshot(self, loaded: Callable[[], tuple[LoadedModel, ...]]) -> Snapshot:
+        """Devices measured now, and the loaded models as they are once that measurement is in
+        (`loaded` is called after the only await, so the caller can act on the snapshot before
+        any request changes it)."""
         memory = await self._devices.snapshot_async()
         states = []
         for device in memory:
@@ -112,7 +115,7 @@ class MemoryPlanner:
                 DeviceState(id=device.id, kind=device.kind, budget=budget, free=device.free)
             )
         return Snapshot(
-            devices=tuple(states), loaded=loaded, max_loaded=self._settings.max_loaded_models
+            devices=tuple(states), loaded=loaded(), max_loaded=self._settings.max_loaded_models
         )
 
     def placement(self, spec: ModelSpec, devices: tuple[str, ...], need: int) -> Placement:

@@ -328,13 +328,18 @@ class Scheduler:
         self, slot: ModelSlot, request: Request, deadline: float, held: list[ModelSlot]
     ) -> Placement:
         while True:
-            snapshot = await self.memory.snapshot(self._loaded_models(exclude=slot))
+            snapshot = await self.memory.snapshot(lambda: self._loaded_models(exclude=slot))
+            # From here to the unloads there is no await: the victims are idle as decided, and
+            # unloading closes their admission before any request can start on them.
             decision = decide(snapshot, request)
             if isinstance(decision, Refuse):
                 raise LoadError(slot.name, decision.reason, [])
             if isinstance(decision, Place):
-                for victim in decision.evict:
-                    await self._evict(victim, f"evicted to make room for {slot.name}", "memory")
+                reason = f"evicted to make room for {slot.name}"
+                stopping = [self.unload(victim, reason, "memory") for victim in decision.evict]
+                for task in stopping:
+                    if task is not None:
+                        await task
                 if decision.evict:
                     await self.memory.wait_for_memory(decision.devices, request.need)
                 return self.memory.placement(slot.spec, decision.devices, request.need)
@@ -373,11 +378,6 @@ class Scheduler:
                 )
             )
         return tuple(loaded)
-
-    async def _evict(self, name: str, reason: str, kind: str) -> None:
-        task = self.unload(name, reason, kind)
-        if task is not None:
-            await task
 
     def _on_state(self, worker: Worker, old: WorkerState, new: WorkerState, why: str) -> None:
         slot = self._slots.get(worker.name)
@@ -441,6 +441,7 @@ class Scheduler:
         if slot.worker.state not in running and slot.sleep_task is None:
             return None
         self._disarm_expiry(slot)
+        slot.draining = True  # no new request may start on a worker that is being stopped
         if self.metrics is not None:
             self.metrics.evictions.labels(name, kind).inc()
         slot.stop_task = asyncio.create_task(self._stop(slot, reason), name=f"stop-{name}")
@@ -463,6 +464,8 @@ class Scheduler:
         finally:
             slot.stop_task = None
             slot.devices = ()
+            slot.draining = False
+            self._notify()
 
     # -- config reload -----------------------------------------------------------------------
 

@@ -256,17 +256,20 @@ class Worker:
     async def stop(self, reason: str) -> StopReport | None:
         """Stop the worker and confirm its process tree is gone. Idempotent."""
         running = (WorkerState.READY, WorkerState.SLEEPING)
-        if self._watch is not None:
-            if self.state in running:
-                self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
         if self.state in running:
+            # STOPPING first, before any await: nothing may see this worker ready any more.
             self._set_state(WorkerState.STOPPING, reason)
+            if self._watch is not None:
+                self._watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch
+                self._watch = None
             report = await self._release_process()
             self._set_state(WorkerState.STOPPED, reason)
             return report
+        if self._watch is not None:  # a failure's cleanup may still be running: let it finish
+            await self._watch
+            self._watch = None
         if self.state in (WorkerState.FAILED, WorkerState.BACKOFF, WorkerState.FATAL):
             self._set_state(WorkerState.STOPPED, reason)
         return None
