@@ -101,7 +101,11 @@ class Registry:
 
     def files(self, resolved: Resolved) -> ModelFiles | None:
         """The model's files on disk (config.json etc.), or None for a repo not on disk yet."""
-        path = self._local_path(resolved.spec)
+        return self._files_of(resolved.spec)
+
+    def _files_of(self, spec: ModelSpec) -> ModelFiles | None:
+        """`read_model`, cached until the model's config.json changes."""
+        path = self._local_path(spec)
         if path is None:
             return None
         try:
@@ -128,13 +132,8 @@ class Registry:
 
     def weight_bytes(self, spec: ModelSpec) -> int:
         """Bytes of the model's files on disk (0 when not downloaded yet), for load estimates."""
-        path = self._local_path(spec)
-        if path is None:
-            return 0
-        try:
-            return read_model(path).size
-        except ModelFormatError:
-            return 0
+        files = self._files_of(spec)
+        return files.size if files is not None else 0
 
     def traits(self, resolved: Resolved, context_length: int | None) -> ModelTraits:
         files = self.files(resolved)
