@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
-from vllama.defaults import DEMO_ARGS, DEMO_ENV  # noqa: E402
-from vllama.demo import ensure_demo_models  # noqa: E402
+from vllama.demo.build import ensure_demo_models  # noqa: E402
+from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
 FAKE = [sys.executable, str(REPO / "tests" / "fake_vllm.py")]
 

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
-from vllama.config import VLLM_SERVER_MODULE  # noqa: E402
-from vllama.defaults import DEMO_ARGS, DEMO_ENV  # noqa: E402
-from vllama.demo import ensure_demo_models  # noqa: E402
+from vllama.config.settings import VLLM_SERVER_MODULE  # noqa: E402
+from vllama.demo.build import ensure_demo_models  # noqa: E402
+from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stream": True}
 

@@ -1,5 +1,5 @@
 import sys
 
-from vllama.cli import main
+from vllama.cli.main import main
 
 sys.exit(main())

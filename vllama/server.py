@@ -18,10 +18,10 @@ from aiohttp import web
 
 from vllama.api.app import build_app
 from vllama.api.keys import REGISTRY, SCHEDULER
-from vllama.config import Config, ConfigError
+from vllama.config.settings import Config, ConfigError
 from vllama.engine.states import WorkerState
-from vllama.scheduler import Scheduler
-from vllama.systemd import Notifier, watchdog_loop
+from vllama.ops.systemd import Notifier, watchdog_loop
+from vllama.scheduling.scheduler import Scheduler
 
 log = structlog.get_logger("vllama.server")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.conftest import FAKE_ENGINE_COMMAND
-from vllama.config import Config, load_config
+from vllama.config.settings import Config, load_config
 
 
 def worker_ports(span: int = 50) -> dict[str, int]:

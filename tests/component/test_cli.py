@@ -21,7 +21,8 @@ from tests.component.fakes import worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND, LONG_LIVED, assert_no_leftovers
 from tests.daemon import Daemon, free_port, write_config
 from vllama import __version__
-from vllama.cli_commands import (
+from vllama.cli.client import DEFAULT_URL, daemon_url, error_message
+from vllama.cli.commands import (
     ProgressPrinter,
     chat_loop,
     format_table,
@@ -40,7 +41,6 @@ from vllama.cli_commands import (
     until_text,
     verbose_stats,
 )
-from vllama.client import DEFAULT_URL, daemon_url, error_message
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 TOKENS = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "  # the fake's 8 default tokens

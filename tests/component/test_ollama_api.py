@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from tests.component.fakes import fake_config
 from vllama.api.app import build_app
 from vllama.api.keys import SCHEDULER
-from vllama.config import Config
+from vllama.config.settings import Config
 from vllama.engine.states import WorkerState
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]

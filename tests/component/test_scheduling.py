@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient
 from tests.component.fakes import FakeNvml, fake_config
 from vllama.api.app import build_app
 from vllama.api.keys import SCHEDULER
-from vllama.devices import Devices
 from vllama.engine.states import WorkerState
+from vllama.scheduling.devices import Devices
 
 GiB = 1 << 30
 Client = TestClient[web.Request, web.Application]

@@ -10,8 +10,8 @@ import pytest
 from tests.component.fakes import worker_ports
 from tests.daemon import Daemon, write_config
 from tests.e2e.helpers import shared_daemon
-from vllama.defaults import DEMO_ARGS, DEMO_ENV
-from vllama.demo import ensure_demo_models
+from vllama.demo.build import ensure_demo_models
+from vllama.demo.config import DEMO_ARGS, DEMO_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_CACHE = REPO / ".cache" / "test-models"

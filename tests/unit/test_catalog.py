@@ -11,7 +11,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from vllama.catalog import (
+from vllama.catalog.files import (
     DerivedModel,
     DerivedStore,
     ModelFormatError,
@@ -22,7 +22,7 @@ from vllama.catalog import (
     scan_hf_cache,
     scan_models_dir,
 )
-from vllama.demo import ensure_demo_models
+from vllama.demo.build import ensure_demo_models
 
 LLAMA_CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vllama.config import ConfigError, load_config, read_toml
+from vllama.config.settings import ConfigError, load_config, read_toml
 
 
 def test_defaults_bind_loopback_on_ollamas_port(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +106,7 @@ def test_read_toml_reports_syntax_errors(tmp_path: Path) -> None:
 
 
 def test_the_example_config_is_valid_and_documents_every_setting() -> None:
-    from vllama.config import ServerSettings
+    from vllama.config.settings import ServerSettings
 
     example = Path(__file__).resolve().parents[2] / "configs" / "vllama.example.toml"
     config = load_config(file_data=read_toml(example), base_dir=example.parent)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
-from vllama.devices import DeviceError, DeviceMemory, Devices, cuda_visible_devices
+from vllama.scheduling.devices import DeviceError, DeviceMemory, Devices, cuda_visible_devices
 
 G = 1 << 30
 ME = os.getpid()

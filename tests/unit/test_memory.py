@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from tests.component.fakes import FakeNvml
-from vllama.config import ModelSpec, load_config
-from vllama.devices import Devices
-from vllama.memory import MemoryPlanner, tensor_parallel_size
+from vllama.config.settings import ModelSpec, load_config
+from vllama.scheduling.devices import Devices
+from vllama.scheduling.memory import MemoryPlanner, tensor_parallel_size
 
 GiB = 1 << 30
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllama.api.ollama_translate import (
+from vllama.api.ollama.translate import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     IGNORED_OPTIONS,

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-METRICS_SOURCE = Path(__file__).resolve().parents[2] / "vllama" / "metrics.py"
+METRICS_SOURCE = Path(__file__).resolve().parents[2] / "vllama" / "ops" / "metrics.py"
 # vLLM's own metrics that the files use (merged into vllama's scrape).
 VLLM_METRICS = {
     "vllm:num_requests_running",

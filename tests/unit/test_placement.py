@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllama.placement import (
+from vllama.scheduling.placement import (
     DeviceState,
     GiB,
     Kind,

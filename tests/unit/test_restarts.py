@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllama.restarts import (
+from vllama.scheduling.restarts import (
     RestartPolicy,
     count_failure,
     is_crash_loop,

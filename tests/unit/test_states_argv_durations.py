@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from vllama.config import ModelSpec
-from vllama.durations import DurationError, parse_duration
+from vllama.config.settings import ModelSpec
+from vllama.config.units import DurationError, parse_duration
 from vllama.engine.argv import build_argv, build_env
 from vllama.engine.states import (
     ALLOWED_TRANSITIONS,

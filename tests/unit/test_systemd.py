@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vllama import systemd
-from vllama.systemd import Notifier, watchdog_loop
+from vllama.ops import systemd
+from vllama.ops.systemd import Notifier, watchdog_loop
 
 UNIT = Path(__file__).resolve().parents[2] / "configs" / "vllama.service"
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from vllama.api import ollama, ollama_models, openai
+from vllama.api import openai
 from vllama.api.errors import error_middleware
 from vllama.api.keys import (
     CONFIG,
@@ -19,12 +19,14 @@ from vllama.api.keys import (
     WEIGHT_BYTES,
 )
 from vllama.api.observe import add_request_id, metrics_endpoint, observe_middleware
+from vllama.api.ollama import inference as ollama
+from vllama.api.ollama import models as ollama_models
 from vllama.api.relay import new_upstream_session
-from vllama.config import Config, ModelSpec
-from vllama.devices import Devices
-from vllama.metrics import Metrics
-from vllama.registry import Registry
-from vllama.scheduler import Scheduler
+from vllama.catalog.registry import Registry
+from vllama.config.settings import Config, ModelSpec
+from vllama.ops.metrics import Metrics
+from vllama.scheduling.devices import Devices
+from vllama.scheduling.scheduler import Scheduler
 
 
 async def root(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from vllama.api.errors import ApiError, is_openai_path
 from vllama.api.keys import MODEL_KEY, REGISTRY, SCHEDULER
-from vllama.registry import Resolved
+from vllama.catalog.registry import Resolved
 
 
 async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:

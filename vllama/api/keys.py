@@ -7,11 +7,11 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from vllama.config import Config, ModelSpec
-from vllama.devices import Devices
-from vllama.metrics import Metrics
-from vllama.registry import Registry
-from vllama.scheduler import Scheduler
+from vllama.catalog.registry import Registry
+from vllama.config.settings import Config, ModelSpec
+from vllama.ops.metrics import Metrics
+from vllama.scheduling.devices import Devices
+from vllama.scheduling.scheduler import Scheduler
 
 CONFIG = web.AppKey("config", Config)
 SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from vllama.api.errors import Handler
 from vllama.api.keys import FIRST_BYTE_KEY, METRICS, MODEL_KEY, REQUEST_ID_KEY, STARTED_KEY
-from vllama.metrics import CONTENT_TYPE
+from vllama.ops.metrics import CONTENT_TYPE
 
 log = structlog.get_logger("vllama.access")
 

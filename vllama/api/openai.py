@@ -10,9 +10,9 @@ from aiohttp import web
 
 from vllama.api.common import read_json_object, requested_model, resolve_model
 from vllama.api.keys import SCHEDULER
-from vllama.api.ollama_translate import BadRequest, map_options
+from vllama.api.ollama.translate import BadRequest, map_options
 from vllama.api.relay import relay_response, worker_request
-from vllama.catalog import DerivedModel
+from vllama.catalog.files import DerivedModel
 
 _CREATED = int(time.time())
 

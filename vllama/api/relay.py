@@ -20,7 +20,7 @@ from vllama.api.errors import ApiError, openai_error_body
 from vllama.api.keys import METRICS, MODEL_KEY, REQUEST_ID_KEY, SCHEDULER, UPSTREAM
 from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.engine.worker import LoadError, Worker
-from vllama.scheduler import QueueFull, ShuttingDown
+from vllama.scheduling.scheduler import QueueFull, ShuttingDown
 
 log = structlog.get_logger("vllama.relay")
 

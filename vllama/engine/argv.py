@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from vllama.config import ModelSpec
+from vllama.config.settings import ModelSpec
 
 # Variables the daemon's environment may carry that must not reach a worker: systemd's notify socket
 # (a worker writing READY=1 there would confuse systemd about the daemon's own state) and its

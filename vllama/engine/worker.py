@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import aiohttp
 import structlog
 
-from vllama.config import ModelSpec, ServerSettings
+from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.argv import build_argv, build_env
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess

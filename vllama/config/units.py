@@ -1,6 +1,12 @@
-"""Ollama-style durations: a number is seconds, a string is Go's duration syntax.
+"""Units in vllama's own settings and in Ollama's requests: durations and byte sizes.
 
-`keep_alive` accepts both forms; a negative value means "forever", represented as `math.inf`.
+Durations are Ollama's: a number is seconds, a string is Go's duration syntax; `keep_alive` accepts
+both forms, and a negative value means "forever", represented as `math.inf`.
+
+Sizes ("1073741824", "1GiB", "4.5G", "512MiB", "1.5 GB") use binary units whatever the case
+(k = 2**10 ... t = 2**40), fractions allowed: operators write memory budgets, and "4g" meaning
+4 GiB is the least surprising reading. (vLLM's own flags read lowercase as decimal;
+`vllama.config.vllm_args` follows vLLM's rules for those.)
 """
 
 from __future__ import annotations
@@ -61,3 +67,29 @@ def _parse_duration_string(text: str) -> float:
     if pos != len(body):
         raise DurationError(f"invalid duration {text!r}: expected e.g. '300', '5m', '1h30m', '-1'")
     return sign * total
+
+
+# -- sizes --------------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)([bB]?)\s*$")
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+class SizeError(ValueError):
+    pass
+
+
+def parse_size(value: object) -> int:
+    """Bytes for an int or a size string; raises SizeError for anything else."""
+    if isinstance(value, bool):
+        raise SizeError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise SizeError(f"invalid size {value!r}: must not be negative")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            number, unit = float(match.group(1)), match.group(2).lower()
+            return int(number * (1024 ** _POWERS[unit]))
+    raise SizeError(f"invalid size {value!r}: expected bytes or e.g. '20GiB', '512MiB'")

@@ -19,7 +19,7 @@ from vllama.api.common import read_json_object, requested_model, resolve_model
 from vllama.api.errors import ApiError
 from vllama.api.keys import METRICS, MODEL_KEY, REGISTRY, SCHEDULER
 from vllama.api.observe import mark_first_byte
-from vllama.api.ollama_translate import (
+from vllama.api.ollama.translate import (
     BadRequest,
     Kind,
     OllamaStream,
@@ -31,10 +31,10 @@ from vllama.api.ollama_translate import (
     upstream_error_message,
 )
 from vllama.api.relay import scheduling_error, worker_request
-from vllama.durations import DurationError, parse_duration
+from vllama.catalog.registry import Resolved
+from vllama.config.units import DurationError, parse_duration
 from vllama.engine.worker import LoadError, Worker
-from vllama.registry import Resolved
-from vllama.scheduler import QueueFull, ShuttingDown
+from vllama.scheduling.scheduler import QueueFull, ShuttingDown
 
 NDJSON = "application/x-ndjson"
 

@@ -28,7 +28,7 @@ def demo_models_spec(chat_path: Path, embed_path: Path) -> dict[str, Any]:
 
 
 def demo_config_data(models_dir: Path) -> dict[str, Any]:
-    from vllama.demo import ensure_demo_models
+    from vllama.demo.build import ensure_demo_models
 
     paths = ensure_demo_models(models_dir)
     return {"models": demo_models_spec(paths["chat"], paths["embed"])}

@@ -21,15 +21,15 @@ from typing import Any
 import aiohttp
 import structlog
 
-from vllama.config import Config, ModelSpec
-from vllama.devices import Devices
+from vllama.config.settings import Config, ModelSpec
 from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
-from vllama.memory import MemoryPlanner, Placement
-from vllama.metrics import Metrics
-from vllama.placement import LoadedModel, Place, Refuse, Request, decide
-from vllama.restarts import (
+from vllama.ops.metrics import Metrics
+from vllama.scheduling.devices import Devices
+from vllama.scheduling.memory import MemoryPlanner, Placement
+from vllama.scheduling.placement import LoadedModel, Place, Refuse, Request, decide
+from vllama.scheduling.restarts import (
     RestartPolicy,
     count_failure,
     is_crash_loop,

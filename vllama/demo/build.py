@@ -91,7 +91,7 @@ def ensure_demo_models(models_dir: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vllama.demo",
+        prog="python -m vllama.demo.build",
         description="Build the tiny demo models (chat and embedding) that vLLM can serve.",
     )
     parser.add_argument("models_dir", type=Path, help="folder to build the models in")

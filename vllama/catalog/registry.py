@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vllama.api.ollama_translate import ModelTraits
-from vllama.catalog import (
+from vllama.api.ollama.translate import ModelTraits
+from vllama.catalog.files import (
     DerivedModel,
     DerivedStore,
     ModelFiles,
@@ -25,7 +25,7 @@ from vllama.catalog import (
     scan_hf_cache,
     scan_models_dir,
 )
-from vllama.config import Config, ModelSpec
+from vllama.config.settings import Config, ModelSpec
 
 Source = Literal["config", "derived", "models_dir", "hf_cache"]
 TOOL_FLAG = "--enable-auto-tool-choice"

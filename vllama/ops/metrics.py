@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from vllama.engine.states import WorkerState
 
 if TYPE_CHECKING:
-    from vllama.scheduler import Scheduler
+    from vllama.scheduling.scheduler import Scheduler
 
 log = structlog.get_logger("vllama.metrics")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from vllama import __version__
-from vllama.cli_commands import add_commands, report_daemon_version, run_command
-from vllama.config import Config, ConfigError, load_config, read_toml
-from vllama.engine.kind import check_engine_support
+from vllama.cli.commands import add_commands, report_daemon_version, run_command
+from vllama.config.settings import Config, ConfigError, load_config, read_toml
+from vllama.engine.support import check_engine_support
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if path_text:
         path = Path(path_text).expanduser()
         return load_config(flags, read_toml(path), base_dir=path.resolve().parent)
-    from vllama.defaults import demo_config_data
+    from vllama.demo.config import demo_config_data
 
     bare = load_config(flags)
     return load_config(flags, demo_config_data(bare.server.models_dir.expanduser()))
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_daemon_version()
     if args.command != "serve":
         return run_command(args)
-    from vllama.logsetup import configure_logging
+    from vllama.ops.logsetup import configure_logging
     from vllama.server import serve
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, distribution
 
-from vllama.config import VLLM_SERVER_MODULE, Config, ConfigError
+from vllama.config.settings import VLLM_SERVER_MODULE, Config, ConfigError
 
 
 def cpu_engine_installed() -> bool:

@@ -15,9 +15,9 @@ from typing import Literal
 
 import structlog
 
-from vllama.config import ModelSpec, ServerSettings
-from vllama.devices import Devices, cuda_visible_devices
-from vllama.placement import (
+from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.scheduling.devices import Devices, cuda_visible_devices
+from vllama.scheduling.placement import (
     DeviceState,
     LoadedModel,
     Request,

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from vllama import __version__
-from vllama.catalog import normalize_name
-from vllama.client import Client, DaemonError, DaemonUnreachable, daemon_url
+from vllama.catalog.files import normalize_name
+from vllama.cli.client import Client, DaemonError, DaemonUnreachable, daemon_url
 
 STOP_WAIT = 60.0  # seconds `vllama stop` waits for the model to leave /api/ps
 
@@ -200,7 +200,7 @@ def show_text(info: dict[str, Any], verbose: bool = False) -> str:
     parameters = str(details.get("parameter_size") or "")
     count = model_info.get("general.parameter_count")
     if not parameters and isinstance(count, int | float) and count > 0:
-        from vllama.catalog import format_parameter_count
+        from vllama.catalog.files import format_parameter_count
 
         parameters = format_parameter_count(int(count))
     rows = [["", "architecture", arch], ["", "parameters", parameters]]

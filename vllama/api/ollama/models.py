@@ -16,11 +16,11 @@ from vllama import __version__
 from vllama.api.common import read_json_object, requested_model
 from vllama.api.errors import ApiError
 from vllama.api.keys import REGISTRY, SCHEDULER
-from vllama.api.ollama import NDJSON, ndjson, stream_flag
-from vllama.api.ollama_translate import BadRequest, map_options
-from vllama.catalog import DerivedModel, ModelDetails, ModelFiles, normalize_name
-from vllama.pull import PullError, pull_progress
-from vllama.registry import Registry, Resolved
+from vllama.api.ollama.inference import NDJSON, ndjson, stream_flag
+from vllama.api.ollama.translate import BadRequest, map_options
+from vllama.catalog.files import DerivedModel, ModelDetails, ModelFiles, normalize_name
+from vllama.catalog.pull import PullError, pull_progress
+from vllama.catalog.registry import Registry, Resolved
 
 # The Ollama API level vllama matches (clients gate features on it); see docs/API.md.
 OLLAMA_API_VERSION = "0.12.0"

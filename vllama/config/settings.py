@@ -26,8 +26,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from vllama.durations import parse_duration
-from vllama.sizes import parse_size
+from vllama.config.units import parse_duration, parse_size
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
