@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
-from vllama.config.settings import VLLM_SERVER_MODULE  # noqa: E402
+from vllama.config.vllm_args import SERVER_MODULE  # noqa: E402
 from vllama.demo.build import ensure_demo_models  # noqa: E402
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
@@ -48,7 +48,7 @@ def first_token(url: str, model: str, began: float) -> float:
 
 def by_hand(model_path: Path) -> float:
     port = free_port()
-    argv = [sys.executable, "-m", VLLM_SERVER_MODULE, "--model", str(model_path)]
+    argv = [sys.executable, "-m", SERVER_MODULE, "--model", str(model_path)]
     argv += ["--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port)]
     argv += list(DEMO_ARGS)
     began = time.perf_counter()

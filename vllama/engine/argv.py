@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec
 
 # Variables the daemon's environment may carry that must not reach a worker: systemd's notify socket
@@ -21,34 +22,19 @@ def build_argv(
     spec: ModelSpec,
     host: str,
     port: int,
-    placement: Sequence[str] = (),
+    share: Sequence[str] = (),
 ) -> list[str]:
-    """`placement`: arguments the scheduler adds (a memory share), after the model's own."""
-    return [
-        *command,
-        "--model",
-        spec.model,
-        "--served-model-name",
-        name,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        # vllama logs every request itself (with its request id); the worker's uvicorn access
-        # log would repeat each one, and relaying those lines costs the daemon CPU per request.
-        "--disable-uvicorn-access-log",
-        *spec.args,
-        *placement,
-    ]
+    """`share`: arguments the scheduler adds (a memory share), after the model's own."""
+    return [*command, *vllm_args.server_args(spec.model, name, host, port), *spec.args, *share]
 
 
 def build_env(
-    base: Mapping[str, str], spec: ModelSpec, placement: Mapping[str, str] | None = None
+    base: Mapping[str, str], spec: ModelSpec, share: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """`placement`: what the scheduler pins (CUDA_VISIBLE_DEVICES); it wins over the model's."""
+    """`share`: what the scheduler pins (CUDA_VISIBLE_DEVICES); it wins over the model's."""
     env = {key: value for key, value in base.items() if key not in _NOT_INHERITED}
     # Python buffers a pipe's output; the supervisor reads it line by line for progress and errors.
     env["PYTHONUNBUFFERED"] = "1"
     env.update(spec.env)
-    env.update(placement or {})
+    env.update(share or {})
     return env

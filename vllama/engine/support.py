@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, distribution
 
-from vllama.config.settings import VLLM_SERVER_MODULE, Config, ConfigError
+from vllama.config import vllm_args
+from vllama.config.settings import Config, ConfigError
 
 
 def cpu_engine_installed() -> bool:
@@ -17,7 +18,7 @@ def cpu_engine_installed() -> bool:
 
 def check_engine_support(config: Config) -> None:
     """Refuse, at start, settings the installed engine cannot honour."""
-    default_engine = config.server.engine_command[1:] == ["-m", VLLM_SERVER_MODULE]
+    default_engine = config.server.engine_command[1:] == ["-m", vllm_args.SERVER_MODULE]
     if not (default_engine and cpu_engine_installed()):
         return
     for name, spec in config.models.items():

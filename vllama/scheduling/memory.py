@@ -15,16 +15,10 @@ from typing import Literal
 
 import structlog
 
+from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.scheduling.devices import Devices, cuda_visible_devices
-from vllama.scheduling.placement import (
-    DeviceState,
-    LoadedModel,
-    Request,
-    Snapshot,
-    estimate_need,
-    kv_cache_bytes_from_args,
-)
+from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot, estimate_need
 
 log = structlog.get_logger("vllama.memory")
 
@@ -36,25 +30,14 @@ _RECOVERY_POLL = 0.25
 
 
 @dataclass(frozen=True)
-class Placement:
+class Share:
+    """What a worker gets on its devices: where it runs, the bytes it may use on each, and the
+    arguments and environment that tell vLLM so."""
+
     devices: tuple[str, ...]
     need: int  # bytes per device
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-
-
-def tensor_parallel_size(args: tuple[str, ...]) -> int:
-    for i, arg in enumerate(args):
-        for flag in ("--tensor-parallel-size", "-tp"):
-            if arg == flag and i + 1 < len(args):
-                return max(int(args[i + 1]), 1)
-            if arg.startswith(flag + "="):
-                return max(int(arg.split("=", 1)[1]), 1)
-    return 1
-
-
-def _has_flag(args: tuple[str, ...], *flags: str) -> bool:
-    return any(arg.split("=", 1)[0] in flags for arg in args)
 
 
 class MemoryPlanner:
@@ -68,12 +51,13 @@ class MemoryPlanner:
         self._devices = devices
         self._weight_bytes = weight_bytes
         self._measured: dict[str, int] = {}  # model -> bytes per device, from its last load
+        self._totals: dict[str, int] = {}  # device -> total bytes, from the last snapshot
         self.kind: Literal["cpu", "gpu"] = "gpu" if devices.gpu_count() else "cpu"
 
     # -- what a model needs ------------------------------------------------------------------
 
     def request(self, name: str, spec: ModelSpec) -> Request:
-        count = tensor_parallel_size(spec.args) if self.kind == "gpu" else 1
+        count = vllm_args.tensor_parallel_size(spec.args) if self.kind == "gpu" else 1
         return Request(name=name, kind=self.kind, device_count=count, need=self.need(name, spec))
 
     def need(self, name: str, spec: ModelSpec) -> int:
@@ -81,10 +65,11 @@ class MemoryPlanner:
         if name in self._measured:
             return self._measured[name]
         env = {**self._cpu_kv_env(spec), **spec.env}
-        kv = kv_cache_bytes_from_args(spec.args, env, self.kind)
+        kv = vllm_args.kv_cache_bytes(spec.args, env, on_cpu=self.kind == "cpu")
         if kv is None:  # a GPU worker with no KV size of its own gets `kv_cache` in its share
-            kv = 0 if _has_flag(spec.args, "--gpu-memory-utilization") else self._settings.kv_cache
-        weights = self._weight_bytes(spec) // tensor_parallel_size(spec.args)
+            by_share = vllm_args.has_flag(spec.args, vllm_args.GPU_SHARE)
+            kv = 0 if by_share else self._settings.kv_cache
+        weights = self._weight_bytes(spec) // vllm_args.tensor_parallel_size(spec.args)
         return estimate_need(weights, kv, OVERHEAD[self.kind])
 
     async def measure(self, name: str, pids: list[int], devices: tuple[str, ...]) -> int:
@@ -103,6 +88,7 @@ class MemoryPlanner:
         (`loaded` is called after the only await, so the caller can act on the snapshot before
         any request changes it)."""
         memory = await self._devices.snapshot_async()
+        self._totals = {device.id: device.total for device in memory}
         states = []
         for device in memory:
             limit = (
@@ -118,10 +104,11 @@ class MemoryPlanner:
             devices=tuple(states), loaded=loaded(), max_loaded=self._settings.max_loaded_models
         )
 
-    def placement(self, spec: ModelSpec, devices: tuple[str, ...], need: int) -> Placement:
-        """Pin the worker to its devices and give it an explicit share of each GPU."""
+    def share(self, spec: ModelSpec, devices: tuple[str, ...], need: int) -> Share:
+        """Pin the worker to its devices and give it an explicit share of each GPU (sized
+        against the totals of the last `snapshot`, which every placement decision takes)."""
         if self.kind == "cpu":
-            return Placement(devices, need, env=self._cpu_kv_env(spec))
+            return Share(devices, need, env=self._cpu_kv_env(spec))
         indices = [int(device.split(":", 1)[1]) for device in devices]
         # PCI bus order is NVML's order; CUDA's default ("fastest first") may differ, and then
         # CUDA_VISIBLE_DEVICES would name other GPUs than the ones measured.
@@ -130,22 +117,20 @@ class MemoryPlanner:
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(indices),
         }
         args: tuple[str, ...] = ()
-        if not _has_flag(spec.args, "--gpu-memory-utilization", "--kv-cache-memory-bytes"):
-            total = min(d.total for d in self._devices.snapshot() if d.id in devices)
+        if not vllm_args.sets_memory_share(spec.args):
+            total = min(self._totals[device] for device in devices)
             # vLLM's utilization is the fraction of the whole GPU this instance may use; several
             # instances share a GPU only when each is told its own share.
-            share = min(max(need / total, 0.05), 0.95)
-            args = ("--gpu-memory-utilization", f"{share:.3f}")
-        return Placement(devices, need, args, env)
+            args = vllm_args.gpu_share_args(min(max(need / total, 0.05), 0.95))
+        return Share(devices, need, args, env)
 
     def _cpu_kv_env(self, spec: ModelSpec) -> dict[str, str]:
         """The CPU KV cache size, unless the model sets its own."""
-        if self.kind != "cpu" or "VLLM_CPU_KVCACHE_SPACE" in spec.env:
+        if self.kind != "cpu" or vllm_args.CPU_KV_CACHE_ENV in spec.env:
             return {}
-        if _has_flag(spec.args, "--kv-cache-memory-bytes", "--kv_cache_memory_bytes"):
+        if vllm_args.has_flag(spec.args, vllm_args.KV_CACHE_BYTES):
             return {}
-        gib = -(-self._settings.kv_cache // (1 << 30))  # vLLM takes whole GiB
-        return {"VLLM_CPU_KVCACHE_SPACE": str(gib)}
+        return vllm_args.cpu_kv_cache_env(self._settings.kv_cache)
 
     async def wait_for_memory(self, devices: tuple[str, ...], need: int) -> bool:
         """After evictions: wait until `need` bytes are measured free on each device.

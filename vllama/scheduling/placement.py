@@ -8,8 +8,7 @@ policy is tested without processes.
 from __future__ import annotations
 
 import itertools
-import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -143,49 +142,6 @@ def estimate_need(weight_bytes: int, kv_cache_bytes: int, overhead: int = GiB) -
     buffers for the largest batch, and, on cpu, the Python processes with torch imported.
     """
     return weight_bytes + kv_cache_bytes + overhead
-
-
-def kv_cache_bytes_from_args(args: Sequence[str], env: Mapping[str, str], kind: Kind) -> int | None:
-    """The KV cache size a vLLM worker will allocate, when its argv/env fix it; else None.
-
-    On cpu, vLLM (0.32) lets `VLLM_CPU_KVCACHE_SPACE` (GiB) override `--kv-cache-memory-bytes`.
-    With neither set it sizes the cache as a fraction (`--gpu-memory-utilization`) of the
-    device's total memory on both cpu and gpu, which depends on the host, hence None.
-    """
-    if kind == "cpu":
-        space = env.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
-        if space:
-            return int(space) * GiB if space.isdigit() and int(space) > 0 else None
-    value: str | None = None
-    for i, arg in enumerate(args):
-        # vLLM's parser accepts underscores for dashes; argparse keeps the last occurrence.
-        flag, eq, inline = arg.partition("=")
-        if flag.replace("_", "-") != "--kv-cache-memory-bytes":
-            continue
-        if eq:
-            value = inline
-        elif i + 1 < len(args):
-            value = args[i + 1]
-    return None if value is None else _parse_human_int(value)
-
-
-_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)(?:([kKmMgGtT])(i?)B?)?")
-_POWER = {"k": 1, "m": 2, "g": 3, "t": 4}
-
-
-def _parse_human_int(value: str) -> int | None:
-    """vLLM's human-readable ints: "1k" = 1000, "1K" = 1024 (lowercase decimal, uppercase
-    binary), plus the "Gi"/"GiB" forms (binary whatever the case). None when unreadable."""
-    match = _HUMAN_INT.fullmatch(value.strip())
-    if match is None:
-        return None
-    number, unit, binary = match.groups()
-    if unit is None:
-        return None if "." in number else int(number)
-    if binary or unit.isupper():
-        # vLLM refuses fractions of binary units.
-        return None if "." in number else int(number) * 1024 ** _POWER[unit.lower()]
-    return int(float(number) * 1000 ** _POWER[unit])
 
 
 # -- policy internals ------------------------------------------------------------------------

@@ -21,13 +21,14 @@ from typing import Any
 import aiohttp
 import structlog
 
+from vllama.config import vllm_args
 from vllama.config.settings import Config, ModelSpec
 from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
 from vllama.ops.metrics import Metrics
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.memory import MemoryPlanner, Placement
+from vllama.scheduling.memory import MemoryPlanner, Share
 from vllama.scheduling.placement import LoadedModel, Place, Refuse, Request, decide
 from vllama.scheduling.restarts import (
     RestartPolicy,
@@ -38,10 +39,6 @@ from vllama.scheduling.restarts import (
 )
 
 log = structlog.get_logger("vllama.scheduler")
-
-# vLLM's sleep endpoints exist only in its dev mode; level 1 keeps weights in host RAM.
-SLEEP_MODE_ARGS = ("--enable-sleep-mode",)
-SLEEP_MODE_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
 
 
 class ShuttingDown(Exception):
@@ -262,16 +259,17 @@ class Scheduler:
             async with self._load_lock:
                 if worker.is_ready:  # it was draining for another load, which has finished
                     return
-                placement = await self._place(slot)
+                share = await self._place(slot)
                 slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
                 started = time.monotonic()
-                args, env = placement.args, placement.env
+                args, env = share.args, share.env
                 if slot.spec.sleep_when_idle:
-                    args, env = (*args, *SLEEP_MODE_ARGS), {**env, **SLEEP_MODE_ENV}
+                    args = (*args, *vllm_args.SLEEP_MODE_ARGS)
+                    env = {**env, **vllm_args.SLEEP_MODE_ENV}
                 attempted = True
                 await worker.start(args, env)
-                slot.devices = placement.devices
-                await self.memory.measure(slot.name, worker.pids(), placement.devices)
+                slot.devices = share.devices
+                await self.memory.measure(slot.name, worker.pids(), share.devices)
             seconds = time.monotonic() - started
             log.info("model loaded", model=slot.name, seconds=round(seconds, 2))
             if slot.waiting == 0 and slot.in_flight == 0:  # a preload: nobody will release it
@@ -311,7 +309,7 @@ class Scheduler:
             worker.enter_backoff(f"restart in {delay:g}s after {slot.fast_failures} failure(s)")
             await asyncio.sleep(delay)
 
-    async def _place(self, slot: ModelSlot) -> Placement:
+    async def _place(self, slot: ModelSlot) -> Share:
         """Decide where the model goes, evicting idle models or waiting for busy ones."""
         request = self.memory.request(slot.name, slot.spec)
         deadline = time.monotonic() + self._settings.drain_wait
@@ -326,7 +324,7 @@ class Scheduler:
 
     async def _place_loop(
         self, slot: ModelSlot, request: Request, deadline: float, held: list[ModelSlot]
-    ) -> Placement:
+    ) -> Share:
         while True:
             snapshot = await self.memory.snapshot(lambda: self._loaded_models(exclude=slot))
             # From here to the unloads there is no await: the victims are idle as decided, and
@@ -342,7 +340,7 @@ class Scheduler:
                         await task
                 if decision.evict:
                     await self.memory.wait_for_memory(decision.devices, request.need)
-                return self.memory.placement(slot.spec, decision.devices, request.need)
+                return self.memory.share(slot.spec, decision.devices, request.need)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LoadError(

