@@ -19,9 +19,7 @@ from aiohttp import web
 from vllama.api.app import build_app
 from vllama.api.keys import REGISTRY, SCHEDULER
 from vllama.config.settings import Config, ConfigError
-from vllama.engine.states import WorkerState
-from vllama.ops.systemd import Notifier, watchdog_loop
-from vllama.scheduling.scheduler import Scheduler
+from vllama.ops.systemd import Notifier, StatusLine, watchdog_loop
 
 log = structlog.get_logger("vllama.server")
 
@@ -92,9 +90,10 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
             models=sorted(config.models),
         )
         notifier.ready(f"listening on {settings.host}:{settings.port}")
-        status = asyncio.create_task(_report_status(notifier, scheduler), name="sd-status")
+        status_line = StatusLine(notifier, scheduler.status)
+        scheduler.events.subscribe(status_line.listen)
+        status_line.update()
         await stop.wait()
-        status.cancel()
         notifier.stopping()
         notifier.status("draining requests, then stopping workers")
         scheduler.begin_shutdown()
@@ -108,15 +107,3 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         log.info("vllama stopped")
-
-
-async def _report_status(notifier: Notifier, scheduler: Scheduler) -> None:
-    """systemd's STATUS= line (`systemctl status`): the loaded models, when they change."""
-    last = ""
-    while True:
-        loaded = sorted(s.name for s in scheduler.slots() if s.worker.state is WorkerState.READY)
-        text = f"loaded: {', '.join(loaded)}" if loaded else "no model loaded"
-        if text != last:
-            notifier.status(text)
-            last = text
-        await asyncio.sleep(2.0)

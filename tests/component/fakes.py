@@ -6,8 +6,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from tests.conftest import FAKE_ENGINE_COMMAND
+from vllama.api.keys import SCHEDULER
 from vllama.config.settings import Config, load_config
+from vllama.engine.states import WorkerState
+from vllama.scheduling.events import Event, StateChanged
+from vllama.scheduling.status import ModelStatus
 
 
 def worker_ports(span: int = 50) -> dict[str, int]:
@@ -68,3 +74,49 @@ class FakeNvml:
 class _Process:
     pid: int
     usedGpuMemory: int
+
+
+class WorkerView:
+    """A model's worker as the scheduler's status view shows it, read afresh on every access
+    (tests look, they never reach into the scheduler's own state)."""
+
+    def __init__(self, app: web.Application, name: str) -> None:
+        self._app, self.name = app, name
+
+    @property
+    def status(self) -> ModelStatus:
+        status = self._app[SCHEDULER].model_status(self.name)
+        assert status is not None, f"{self.name} is not a scheduled model"
+        return status
+
+    @property
+    def state(self) -> WorkerState:
+        return self.status.state
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status.state is WorkerState.READY
+
+    @property
+    def base_url(self) -> str:
+        url = self.status.url
+        assert url is not None, f"{self.name} has no worker running"
+        return url
+
+    @property
+    def pid(self) -> int:
+        pid = self.status.pid
+        assert pid is not None, f"{self.name} has no worker running"
+        return pid
+
+
+def count_starts(app: web.Application) -> list[str]:
+    """Names of models whose worker starts from now on, one entry per start."""
+    starts: list[str] = []
+
+    def listen(event: Event) -> None:
+        if isinstance(event, StateChanged) and event.new is WorkerState.STARTING:
+            starts.append(event.model)
+
+    app[SCHEDULER].events.subscribe(listen)
+    return starts

@@ -14,9 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import fake_config
+from tests.component.fakes import WorkerView, count_starts, fake_config
 from vllama.api.app import build_app
-from vllama.api.keys import SCHEDULER
 from vllama.config.settings import Config
 from vllama.engine.states import WorkerState
 
@@ -37,8 +36,8 @@ def chat(model: str, stream: bool = False, max_tokens: int = 4) -> dict[str, Any
     }
 
 
-def worker_of(client: Client, name: str) -> Any:
-    return next(s.worker for s in client.app[SCHEDULER].slots() if s.name == name)
+def worker_of(client: Client, name: str) -> WorkerView:
+    return WorkerView(client.app, name)
 
 
 async def fake_stats(client: Client, name: str) -> dict[str, Any]:
@@ -64,23 +63,14 @@ async def test_first_request_loads_and_concurrent_ones_join_the_same_load(
     client = await start(
         aiohttp_client, fake_config({"a": {"env": {"FAKE_VLLM_START_DELAY": "1"}}})
     )
-    worker = worker_of(client, "a")
-    starts = 0
-    real_start = worker.start
-
-    async def counting_start(*args: Any, **kwargs: Any) -> None:
-        nonlocal starts
-        starts += 1
-        await real_start(*args, **kwargs)
-
-    worker.start = counting_start
+    starts = count_starts(client.app)
     responses = await asyncio.gather(
         *(client.post("/v1/chat/completions", json=chat("a")) for _ in range(8))
     )
     assert [r.status for r in responses] == [200] * 8
     bodies = [await r.json() for r in responses]
     assert all(b["choices"][0]["message"]["content"] == "tok0 tok1 tok2 tok3 " for b in bodies)
-    assert starts == 1
+    assert starts == ["a"]
     assert (await fake_stats(client, "a"))["requests"] == 8
 
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import fake_config
+from tests.component.fakes import WorkerView, fake_config
 from vllama.api.app import build_app
 from vllama.api.keys import SCHEDULER
 from vllama.config.settings import Config
@@ -81,8 +81,8 @@ async def start(aiohttp_client: ClientFactory, cfg: Config) -> Client:
     return await aiohttp_client(build_app(cfg), server_kwargs={"handler_cancellation": True})
 
 
-def worker_of(client: Client, name: str) -> Any:
-    return next(s.worker for s in client.app[SCHEDULER].slots() if s.name == name)
+def worker_of(client: Client, name: str) -> WorkerView:
+    return WorkerView(client.app, name)
 
 
 async def last_request(client: Client, name: str) -> dict[str, Any]:
@@ -490,7 +490,7 @@ async def test_name_latest_and_aliases_resolve(
         body = await json_of(await client.post("/api/generate", json=payload))
         assert body["model"] == name  # answers name the model as the client did
         assert (await last_request(client, "a"))["model"] == "a"
-    assert len(client.app[SCHEDULER].slots()) == 1
+    assert len(client.app[SCHEDULER].status().models) == 1
 
 
 async def test_worker_crash_mid_stream_ends_with_an_error_line(

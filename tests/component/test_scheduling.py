@@ -13,7 +13,7 @@ import psutil
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import FakeNvml, fake_config
+from tests.component.fakes import FakeNvml, WorkerView, fake_config
 from vllama.api.app import build_app
 from vllama.api.keys import SCHEDULER
 from vllama.engine.states import WorkerState
@@ -54,7 +54,7 @@ async def ask(client: Client, model: str, tokens: int = 1) -> int:
 
 
 def states(client: Client) -> dict[str, WorkerState]:
-    return {slot.name: slot.worker.state for slot in client.app[SCHEDULER].slots()}
+    return {model.name: model.state for model in client.app[SCHEDULER].status().models}
 
 
 def loaded(client: Client) -> set[str]:
@@ -62,9 +62,7 @@ def loaded(client: Client) -> set[str]:
 
 
 def cmdline(client: Client, name: str) -> list[str]:
-    slot = client.app[SCHEDULER].slot(name)
-    assert slot is not None and slot.worker.process is not None
-    return psutil.Process(slot.worker.process.pid).cmdline()
+    return psutil.Process(WorkerView(client.app, name).pid).cmdline()
 
 
 async def test_a_fourth_model_evicts_the_least_recently_used(aiohttp_client: Any) -> None:
@@ -137,16 +135,12 @@ async def test_tensor_parallel_model_takes_two_gpus(aiohttp_client: Any) -> None
     )
     assert await ask(client, "a") == 200
     assert await ask(client, "b") == 200  # the emptier GPU: one model per GPU
-    scheduler = client.app[SCHEDULER]
-    assert {scheduler.slot("a").devices, scheduler.slot("b").devices} == {  # type: ignore[union-attr]
-        ("gpu:0",),
-        ("gpu:1",),
-    }
+    a, b, tp = (WorkerView(client.app, name) for name in ("a", "b", "tp"))
+    assert {a.status.devices, b.status.devices} == {("gpu:0",), ("gpu:1",)}
     assert await ask(client, "tp") == 200  # 52 GiB per GPU: both others had to go
     assert loaded(client) == {"tp"}
-    slot = scheduler.slot("tp")
-    assert slot is not None and slot.devices == ("gpu:0", "gpu:1")
-    env = psutil.Process(slot.worker.process.pid).environ()  # type: ignore[union-attr]
+    assert tp.status.devices == ("gpu:0", "gpu:1")
+    env = psutil.Process(tp.pid).environ()
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
@@ -238,17 +232,16 @@ async def test_a_request_gives_up_after_the_load_timeout(aiohttp_client: Any) ->
 async def test_a_disconnected_waiter_leaves_the_queue(aiohttp_client: Any) -> None:
     models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "2"}}}
     client = await gpu_host(aiohttp_client, models, {"slow": 1})
-    scheduler = client.app[SCHEDULER]
+    slow = WorkerView(client.app, "slow")
     task = asyncio.create_task(ask(client, "slow"))
     await asyncio.sleep(0.3)
-    slot = scheduler.slot("slow")
-    assert slot is not None and slot.waiting == 1
+    assert slow.status.waiting == 1
     task.cancel()  # the client goes away while waiting for the load
     for _ in range(50):
-        if slot.waiting == 0:
+        if slow.status.waiting == 0:
             break
         await asyncio.sleep(0.05)
-    assert slot.waiting == 0
+    assert slow.status.waiting == 0
 
 
 async def test_preload_loads_at_start(aiohttp_client: Any) -> None:
@@ -271,12 +264,11 @@ async def test_sleep_mode_holds_traffic_and_warms_up(aiohttp_client: Any) -> Non
             break
         await asyncio.sleep(0.05)
     assert states(client)["sleepy"] is WorkerState.SLEEPING
-    slot = client.app[SCHEDULER].slot("sleepy")
-    assert slot is not None and slot.worker.process is not None  # still running, asleep
-    pid = slot.worker.process.pid
+    sleepy = WorkerView(client.app, "sleepy")
+    pid = sleepy.pid  # still running, asleep
     results = await asyncio.gather(*(ask(client, "sleepy") for _ in range(4)))
     assert results == [200] * 4
-    stats = await (await client.session.get(f"{slot.worker.base_url}/fake/stats")).json()
+    stats = await (await client.session.get(f"{sleepy.base_url}/fake/stats")).json()
     assert stats["pid"] == pid  # woken, not restarted
     assert stats["sleeps"] == 1 and stats["wakes"] == 1
     assert stats["hit_while_sleeping"] == 0  # no request reached the sleeping engine
@@ -286,9 +278,8 @@ async def test_ps_reports_measured_gpu_memory(aiohttp_client: Any) -> None:
     nvml = FakeNvml(80 * GiB)
     client = await gpu_host(aiohttp_client, {"a": {}}, {"a": 1}, nvml=nvml)
     assert await ask(client, "a") == 200
-    slot = client.app[SCHEDULER].slot("a")
-    assert slot is not None and slot.worker.process is not None
-    nvml.processes[0] = [(slot.worker.process.pid, 5 * GiB), (1, 7 * GiB)]  # pid 1: not ours
+    pid = WorkerView(client.app, "a").pid
+    nvml.processes[0] = [(pid, 5 * GiB), (1, 7 * GiB)]  # pid 1: not ours
     entry = (await (await client.get("/api/ps")).json())["models"][0]
     assert entry["size_vram"] == 5 * GiB
     assert entry["size"] > 5 * GiB  # plus the worker tree's host memory

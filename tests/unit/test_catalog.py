@@ -11,17 +11,10 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from vllama.catalog.files import (
-    DerivedModel,
-    DerivedStore,
-    ModelFormatError,
-    format_parameter_count,
-    hf_cache_dir,
-    normalize_name,
-    read_model,
-    scan_hf_cache,
-    scan_models_dir,
-)
+from vllama.catalog.derived import DerivedModel, DerivedStore
+from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
+from vllama.catalog.files import ModelFormatError, format_parameter_count, read_model
+from vllama.catalog.names import normalize_name
 from vllama.demo.build import ensure_demo_models
 
 LLAMA_CONFIG: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Ollama <-> OpenAI translation (vllama/api/ollama_translate.py): pure functions, no I/O."""
+"""Ollama <-> OpenAI translation (vllama/api/ollama/{options,request,response}.py): pure."""
 
 from __future__ import annotations
 
@@ -12,20 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllama.api.ollama.translate import (
-    CHAT_PATH,
-    COMPLETIONS_PATH,
-    IGNORED_OPTIONS,
-    BadRequest,
-    ModelTraits,
-    OllamaStream,
-    Timing,
-    chat_call,
-    generate_call,
-    load_response,
-    map_options,
-    upstream_error_message,
-)
+from vllama.api.errors import BadRequest, upstream_error_message
+from vllama.api.ollama.options import IGNORED_OPTIONS, map_options
+from vllama.api.ollama.request import CHAT_PATH, COMPLETIONS_PATH, chat_call, generate_call
+from vllama.api.ollama.response import OllamaStream, Timing, load_response
+from vllama.catalog.registry import ModelTraits
 
 PLAIN = ModelTraits(served_name="m", context_length=4096)
 THINKING = ModelTraits(served_name="m", capabilities=frozenset({"completion", "thinking"}))

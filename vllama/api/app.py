@@ -39,24 +39,26 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     """The upstream pool and the scheduler live exactly as long as the application.
 
     Cleanup runs after the runner has drained requests in flight: then every worker is stopped
-    (each tree confirmed gone) and the pool closed.
+    (each tree confirmed gone), NVML shut down and the pool closed.
     """
     upstream = new_upstream_session()
     app[UPSTREAM] = upstream
+    devices, metrics = app[DEVICES], app[METRICS]
     scheduler = Scheduler(
         app[CONFIG],
         upstream,
-        devices=app.get(DEVICES),
+        devices=devices,
         weight_bytes=app.get(WEIGHT_BYTES) or app[REGISTRY].weight_bytes,
-        metrics=app[METRICS],
     )
     app[SCHEDULER] = scheduler
-    app[METRICS].attach(scheduler)
-    sampler = asyncio.create_task(app[METRICS].sample_forever(upstream), name="metrics-sampler")
+    scheduler.events.subscribe(metrics.listen)
+    metrics.attach(scheduler.status, devices)
+    sampler = asyncio.create_task(metrics.sample_forever(upstream), name="metrics-sampler")
     scheduler.preload()
     yield
     sampler.cancel()
-    await app[SCHEDULER].stop_all()
+    await scheduler.stop_all()
+    devices.close()
     await upstream.close()
 
 
@@ -74,8 +76,7 @@ def build_app(
     app.on_response_prepare.append(add_request_id)
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    if devices is not None:
-        app[DEVICES] = devices
+    app[DEVICES] = devices if devices is not None else Devices()
     if weight_bytes is not None:
         app[WEIGHT_BYTES] = weight_bytes
     app[REGISTRY] = Registry(config)

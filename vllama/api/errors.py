@@ -1,8 +1,11 @@
-"""One error mapping for both envelopes.
+"""One error mapping for every endpoint and both envelopes.
 
 `/v1/*` speaks OpenAI's `{"error": {"message", "type", "param", "code"}}`; everything else speaks
-Ollama's `{"error": "..."}`. Handlers raise `ApiError`; a middleware renders it in the right shape,
-and also renders aiohttp's own HTTP errors (unknown route, wrong method, body too large).
+Ollama's `{"error": "..."}`. Handlers raise `ApiError` (or `BadRequest`, `WorkerFailed`) or let a
+domain error from below propagate (`ModelNotFound`, `LoadError`, `QueueFull`, `ShuttingDown`,
+`PullError`); `http_error` is the one place that turns either into a status and a message, and
+the middleware renders it in the path's envelope, aiohttp's own HTTP errors included (unknown
+route, wrong method, body too large).
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ import structlog
 from aiohttp import web
 
 from vllama.api.keys import CONFIG
+from vllama.catalog.pull import PullError
+from vllama.catalog.registry import ModelNotFound
+from vllama.engine.worker import LoadError
+from vllama.scheduling.errors import QueueFull, ShuttingDown
 
 log = structlog.get_logger("vllama.api")
 
@@ -43,8 +50,67 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class BadRequest(ApiError):
+    """The request is malformed or asks for something the model cannot do."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(400, message, param=param)
+
+
+class WorkerFailed(ApiError):
+    """The model's worker broke off (refused the connection, or failed mid-response)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message, code="worker_error")
+
+
 def is_openai_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
+
+
+def http_error(error: Exception, path: str) -> ApiError | None:
+    """The HTTP error for `error` on `path`; None for an exception that is a bug."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, ModelNotFound):
+        if is_openai_path(path):
+            message = f"The model `{error.name}` does not exist."
+        else:
+            message = f"model '{error.name}' not found"
+        return ApiError(404, message, code="model_not_found", param="model")
+    if isinstance(error, LoadError):
+        return ApiError(503, error.detail(), code="model_load_failed")
+    if isinstance(error, QueueFull):
+        return ApiError(503, str(error), code="queue_full", headers={"Retry-After": "1"})
+    if isinstance(error, ShuttingDown):
+        return ApiError(503, str(error), code="shutting_down")
+    if isinstance(error, PullError):
+        return ApiError(error.status, str(error))
+    return None
+
+
+def upstream_error_message(status: int, body: bytes) -> str:
+    """vLLM's error text from its JSON error body (either envelope), or the raw body."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body.decode("utf-8", "replace").strip() or f"worker answered HTTP {status}"
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if isinstance(data.get("message"), str):
+            return str(data["message"])
+    return json.dumps(data)
+
+
+def upstream_refusal(status: int, body: bytes) -> ApiError:
+    """A worker's error answer on a translated (Ollama) path: its message, a 400 for what vLLM
+    refused as a bad request, a 502 (as `WorkerFailed`) for its own failures."""
+    message = upstream_error_message(status, body)
+    return BadRequest(message) if status < 500 else WorkerFailed(message)
 
 
 def openai_error_body(
@@ -76,13 +142,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as error:
-        return error_response(request.path, error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = _http_message(exc, request)
         return error_response(request.path, ApiError(exc.status, message, headers=_allow(exc)))
+    except Exception as exc:
+        error = http_error(exc, request.path)
+        if error is None:
+            raise
+        return error_response(request.path, error)
 
 
 def _http_message(exc: web.HTTPException, request: web.Request) -> str:

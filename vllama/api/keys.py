@@ -25,4 +25,4 @@ METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 STARTED_KEY = web.RequestKey("started", float)
 FIRST_BYTE_KEY = web.RequestKey("first_byte", float)
-MODEL_KEY = web.RequestKey("model", str)  # the model's scheduler name: metrics label, access log
+MODEL_KEY = web.RequestKey("model", str)  # the model's served name: metrics label, access log

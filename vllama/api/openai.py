@@ -8,11 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
-from vllama.api.common import read_json_object, requested_model, resolve_model
+from vllama.api.common import read_json_object, requested_model, servable_model
+from vllama.api.errors import BadRequest
 from vllama.api.keys import SCHEDULER
-from vllama.api.ollama.translate import BadRequest, map_options
+from vllama.api.ollama.options import map_options
 from vllama.api.relay import relay_response, worker_request
-from vllama.catalog.files import DerivedModel
+from vllama.catalog.derived import DerivedModel
 
 _CREATED = int(time.time())
 
@@ -34,16 +35,17 @@ def apply_derived(payload: dict[str, Any], derived: DerivedModel) -> None:
 def _relay_handler(path: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         body, payload = await read_json_object(request)
-        resolved = resolve_model(request, requested_model(payload))
+        resolved = await servable_model(request, requested_model(payload))
+        served = resolved.served_name
         # The body goes upstream as received unless the worker must see something else: its own
         # served name (for an alias or `name:latest`) or a derived model's defaults.
-        if payload["model"] != resolved.slot or resolved.derived is not None:
-            payload["model"] = resolved.slot
+        if payload["model"] != served or resolved.derived is not None:
+            payload["model"] = served
             if resolved.derived is not None:
                 apply_derived(payload, resolved.derived)
             body = json.dumps(payload).encode()
-        async with worker_request(request, resolved.slot, path, lambda _: body) as (_, upstream):
-            return await relay_response(request, upstream)
+        async with worker_request(request, served, path, body) as leased:
+            return await relay_response(request, leased.response)
 
     return handler
 
@@ -58,14 +60,13 @@ def _model_card(name: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    scheduler = request.app[SCHEDULER]
-    data = [_model_card(slot.name) for slot in scheduler.slots()]
+    data = [_model_card(model.name) for model in request.app[SCHEDULER].status().models]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     requested = request.match_info["model"]
-    resolve_model(request, requested)
+    await servable_model(request, requested)
     return web.json_response(_model_card(requested))
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from vllama.api.errors import ApiError, openai_error_body
+from vllama.api.errors import WorkerFailed, openai_error_body
 from vllama.api.keys import METRICS, MODEL_KEY, REQUEST_ID_KEY, SCHEDULER, UPSTREAM
 from vllama.api.observe import REQUEST_ID, mark_first_byte
-from vllama.engine.worker import LoadError, Worker
-from vllama.scheduling.scheduler import QueueFull, ShuttingDown
+from vllama.scheduling.fleet import WorkerLike
 
 log = structlog.get_logger("vllama.relay")
 
@@ -41,15 +42,24 @@ def new_upstream_session() -> aiohttp.ClientSession:
     )
 
 
+@dataclass(frozen=True)
+class Leased:
+    """A worker's answer to one request, and when the request got the worker and went out."""
+
+    worker: WorkerLike
+    response: aiohttp.ClientResponse
+    sent_ns: int  # perf_counter_ns when the worker was leased (after any load) and the request sent
+
+
 @contextlib.asynccontextmanager
 async def worker_request(
     request: web.Request,
-    slot: str,
+    model: str,
     path: str,
-    build_body: Callable[[Worker], bytes],
+    body: bytes,
     keep_alive: float | None = None,
-) -> AsyncIterator[tuple[Worker, aiohttp.ClientResponse]]:
-    """Lease the model's worker, POST to it, and yield its response (status not checked).
+) -> AsyncIterator[Leased]:
+    """Lease the model's worker, POST `body` to it, and yield its response (status not checked).
 
     The lease covers the whole block, so the request counts as in flight until the response has
     been relayed. A worker that died since it was last seen fails the connection before anything
@@ -57,51 +67,36 @@ async def worker_request(
     once, which turns "the first request after a crash fails" into "it restarts the model".
     Closing the block before the response is complete closes the upstream connection, which
     makes vLLM abort the generation (a client that went away cancels its handler).
+    Scheduling refusals (`LoadError`, `QueueFull`, `ShuttingDown`) propagate as they are.
     """
     scheduler = request.app[SCHEDULER]
     session = request.app[UPSTREAM]
+    # vLLM takes X-Request-Id as its own request id: one id in both logs.
+    headers = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, "")}
     for attempt in range(2):
-        try:
-            async with scheduler.lease(slot, keep_alive) as worker:
-                body = build_body(worker)
-                # vLLM takes X-Request-Id as its own request id: one id in both logs.
-                headers = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, "")}
+        async with scheduler.lease(model, keep_alive) as worker:
+            sent = time.perf_counter_ns()
+            try:
+                upstream = await session.post(worker.base_url + path, data=body, headers=headers)
+            except aiohttp.ClientConnectionError as exc:
+                if attempt == 1:
+                    raise WorkerFailed(f"the model's worker did not answer: {exc}") from None
+                log.warning(
+                    "worker connection failed before a response; retrying",
+                    model=model,
+                    error=str(exc),
+                )
+                unreachable = worker
+            else:
                 try:
-                    upstream = await session.post(
-                        worker.base_url + path, data=body, headers=headers
-                    )
-                except aiohttp.ClientConnectionError as exc:
-                    if attempt == 1:
-                        raise ApiError(
-                            502, f"the model's worker did not answer: {exc}", code="worker_error"
-                        ) from None
-                    log.warning(
-                        "worker connection failed before a response; retrying",
-                        model=slot,
-                        error=str(exc),
-                    )
-                    unreachable = worker
-                else:
-                    try:
-                        yield worker, upstream
-                    finally:
-                        if upstream.content.is_eof():
-                            upstream.release()
-                        else:
-                            upstream.close()
-                    return
-        except (LoadError, QueueFull, ShuttingDown) as error:
-            raise scheduling_error(error) from None
+                    yield Leased(worker, upstream, sent)
+                finally:
+                    if upstream.content.is_eof():
+                        upstream.release()
+                    else:
+                        upstream.close()
+                return
         await unreachable.confirm_health()
-
-
-def scheduling_error(error: LoadError | QueueFull | ShuttingDown) -> ApiError:
-    """The one mapping of scheduler refusals to HTTP: all 503, the queue with Retry-After."""
-    if isinstance(error, LoadError):
-        return ApiError(503, error.detail(), code="model_load_failed")
-    if isinstance(error, QueueFull):
-        return ApiError(503, str(error), code="queue_full", headers={"Retry-After": "1"})
-    return ApiError(503, str(error), code="shutting_down")
 
 
 async def relay_response(
@@ -113,9 +108,7 @@ async def relay_response(
         try:
             payload = await upstream.read()
         except aiohttp.ClientError as exc:
-            raise ApiError(
-                502, f"the model's worker failed mid-response: {exc}", code="worker_error"
-            ) from None
+            raise WorkerFailed(f"the model's worker failed mid-response: {exc}") from None
         if upstream.status == 200:
             count_usage(request, _usage_of(payload))
         return web.Response(status=upstream.status, body=payload, headers=headers)

@@ -4,8 +4,6 @@ Everything is read from a model's own Hugging Face style files (config.json, saf
 tokenizer_config.json, chat_template.jinja, generation_config.json). Weights are never loaded:
 parameter counts come from the safetensors headers, and the digest hashes file metadata, so
 describing a multi-GB model costs a few small reads.
-
-Also home to the store of derived models that Ollama's /api/create and /api/copy produce.
 """
 
 from __future__ import annotations
@@ -13,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import struct
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -23,22 +19,11 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
+from vllama.catalog.capabilities import capabilities_of
+
 
 class ModelFormatError(ValueError):
     """A model folder (or the derived-model store) is missing or malformed."""
-
-
-def normalize_name(name: str) -> str:
-    """Ollama's `name:tag` form: `tiny` -> `tiny:latest`, `org/name` -> `org/name:latest`."""
-    if not name:
-        raise ValueError("a model name must not be empty")
-    # A colon before the last slash is part of a host ("host:port/name"), never a tag.
-    head, slash, tail = name.rpartition("/")
-    if tail.endswith(":"):
-        tail = tail[:-1]
-    if ":" not in tail:
-        tail += ":latest"
-    return head + slash + tail
 
 
 @dataclass(frozen=True)
@@ -115,15 +100,6 @@ _INFO_SKIP = frozenset({"model_type", "transformers_version", "_name_or_path"})
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 
 # Encoders without a language-model head: all they can serve is embeddings.
-_ENCODER_TYPES = frozenset(
-    {"bert", "roberta", "xlm-roberta", "nomic_bert", "distilbert", "mpnet", "electra"}
-    | {"deberta", "deberta-v2", "modernbert", "camembert", "new"}
-)
-_GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "ForSeq2SeqLM")
-_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification")
-# sentence-transformers ships these beside any model it wraps, decoder-based embedders included.
-_SENTENCE_TRANSFORMERS_FILES = ("config_sentence_transformers.json", "modules.json")
-
 _DTYPE_LEVELS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 _LEVEL_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
@@ -138,7 +114,7 @@ def read_model(path: Path) -> ModelFiles:
     if not config_file.is_file():
         raise ModelFormatError(f"{path}: no config.json, so not a Hugging Face model folder")
     config_bytes = config_file.read_bytes()
-    config = _json_object(config_bytes, config_file)
+    config = json_object(config_bytes, config_file)
     files = _regular_files(path)
     manifest = hashlib.sha256()
     for rel, stat in files:
@@ -164,7 +140,7 @@ def read_model(path: Path) -> ModelFiles:
         config=config,
         context_length=_context_length(config),
         template=template,
-        capabilities=_capabilities(path, config, template),
+        capabilities=capabilities_of(path, config, template),
         parameter_count=count,
         generation_config=_optional_json(path / "generation_config.json"),
     )
@@ -179,7 +155,7 @@ def format_parameter_count(count: int) -> str:
     return str(count)
 
 
-def _json_object(data: bytes, source: Path) -> dict[str, Any]:
+def json_object(data: bytes, source: Path) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -192,7 +168,7 @@ def _json_object(data: bytes, source: Path) -> dict[str, Any]:
 def _optional_json(file: Path) -> dict[str, Any]:
     """An auxiliary JSON file's object, or {}: a broken one must not hide the model."""
     try:
-        return _json_object(file.read_bytes(), file)
+        return json_object(file.read_bytes(), file)
     except (OSError, ModelFormatError):
         return {}
 
@@ -268,7 +244,7 @@ def _safetensors_counts(file: Path) -> dict[str, int]:
             (length,) = struct.unpack("<Q", raw)
             if length > _MAX_HEADER:
                 raise ModelFormatError(f"{file}: safetensors header of {length} bytes")
-            header = _json_object(handle.read(length), file)
+            header = json_object(handle.read(length), file)
     except OSError as exc:
         raise ModelFormatError(f"{file}: unreadable ({exc})") from exc
     counts: Counter[str] = Counter()
@@ -328,27 +304,6 @@ def _template(path: Path) -> str:
     return ""
 
 
-def _capabilities(path: Path, config: dict[str, Any], template: str) -> list[str]:
-    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
-    if any((path / f).is_file() for f in _SENTENCE_TRANSFORMERS_FILES):
-        return ["embedding"]
-    if any(a.endswith(_CLASSIFIER_SUFFIXES) for a in architectures):
-        return []  # rerankers and classifiers neither generate nor embed through Ollama's API
-    generative = any(a.endswith(_GENERATIVE_SUFFIXES) for a in architectures)
-    # A bare backbone (BertModel, LlamaModel) has no LM head: all it gives is hidden states.
-    backbone = any(a.endswith("Model") for a in architectures)
-    if not generative and (backbone or config.get("model_type") in _ENCODER_TYPES):
-        return ["embedding"]
-    capabilities = ["completion"]
-    if re.search(r"\btools\b", template):
-        capabilities.append("tools")
-    if isinstance(config.get("vision_config"), dict):
-        capabilities.append("vision")
-    if "enable_thinking" in template or "<think>" in template:
-        capabilities.append("thinking")
-    return capabilities
-
-
 def _is_scalar(value: object) -> bool:
     return isinstance(value, str | int | float | bool)
 
@@ -358,146 +313,3 @@ def _basename(path: Path) -> str:
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         return path.parent.parent.name.rsplit("--", 1)[-1]
     return path.name
-
-
-# --- finding models --------------------------------------------------------------------------
-
-
-def hf_cache_dir() -> Path:
-    """$HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path("~/.cache/huggingface/hub").expanduser()
-
-
-def scan_hf_cache(cache: Path) -> dict[str, Path]:
-    """Repo id -> snapshot with a config.json: the one refs/main names, else the newest."""
-    found: dict[str, Path] = {}
-    try:
-        repos = sorted(p for p in Path(cache).iterdir() if p.name.startswith("models--"))
-    except OSError:
-        return found
-    for repo in repos:
-        repo_id = repo.name.removeprefix("models--").replace("--", "/", 1)
-        snapshots = repo / "snapshots"
-        try:
-            main = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
-        except OSError:
-            main = ""
-        if main and (snapshots / main / "config.json").is_file():
-            found[repo_id] = snapshots / main
-            continue
-        try:
-            candidates = [s for s in snapshots.iterdir() if (s / "config.json").is_file()]
-        except OSError:
-            continue
-        if candidates:
-            found[repo_id] = max(candidates, key=lambda s: (s.stat().st_mtime, s.name))
-    return found
-
-
-def scan_models_dir(models_dir: Path) -> dict[str, Path]:
-    """Model folders one level down ("name") or two ("org/name"); hidden names are skipped."""
-    found: dict[str, Path] = {}
-    for child in _visible_dirs(Path(models_dir)):
-        if (child / "config.json").is_file():
-            found[child.name] = child
-            continue
-        for grandchild in _visible_dirs(child):
-            if (grandchild / "config.json").is_file():
-                found[f"{child.name}/{grandchild.name}"] = grandchild
-    return found
-
-
-def _visible_dirs(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
-    except OSError:
-        return []
-
-
-# --- derived models (/api/create, /api/copy) -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DerivedModel:
-    name: str
-    base: str
-    system: str | None = None
-    template: str | None = None
-    parameters: dict[str, object] = field(default_factory=dict)
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "name", normalize_name(self.name))
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "created_at": self.created_at.isoformat()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DerivedModel:
-        created = datetime.fromisoformat(data["created_at"])
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
-        name, base, parameters = data["name"], data["base"], data.get("parameters", {})
-        system, template = data.get("system"), data.get("template")
-        if not (isinstance(name, str) and isinstance(base, str) and isinstance(parameters, dict)):
-            raise TypeError("name and base must be strings, parameters an object")
-        if not all(value is None or isinstance(value, str) for value in (system, template)):
-            raise TypeError("system and template must be strings or null")
-        return cls(name, base, system, template, parameters, created)
-
-
-class DerivedStore:
-    """Derived models in one JSON file, rewritten atomically on every change."""
-
-    _VERSION = 1
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._models: dict[str, DerivedModel] = {}
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise ModelFormatError(f"{self.path}: unreadable ({exc})") from exc
-        data = _json_object(raw, self.path)
-        try:
-            models = [DerivedModel.from_json(item) for item in data["models"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFormatError(f"{self.path}: not a derived-model store ({exc!r})") from exc
-        self._models = {model.name: model for model in models}
-
-    def get(self, name: str) -> DerivedModel | None:
-        return self._models.get(normalize_name(name))
-
-    def all(self) -> list[DerivedModel]:
-        return [self._models[name] for name in sorted(self._models)]
-
-    def put(self, model: DerivedModel) -> None:
-        self._models[model.name] = model
-        self._save()
-
-    def delete(self, name: str) -> bool:
-        if self._models.pop(normalize_name(name), None) is None:
-            return False
-        self._save()
-        return True
-
-    def _save(self) -> None:
-        document = {"version": self._VERSION, "models": [m.to_json() for m in self.all()]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A crash mid-write leaves the old file whole: the new one appears only by rename.
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=2, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -1,46 +1,90 @@
-"""Which model a client's `model` names, and where its files are.
+"""Which model a client's `model` names, where its files are, and what it can do.
 
 Resolution order: configured names and aliases, then derived models (`/api/create`, `/api/copy`),
 then folders in the models folder, then repos in the Hugging Face cache. Ollama's `name:tag` form
 works throughout (`tiny` = `tiny:latest`). A request's model name is only ever a key into these
 tables: it never becomes a path itself.
+
+Nothing here touches the disk on the event loop: folders are scanned in a thread (`Discovery`),
+a name that is not found triggers at most one rescan per `RESCAN_INTERVAL`, and model files are
+read in a thread and cached until their config.json changes.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+import asyncio
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from vllama.api.ollama.translate import ModelTraits
-from vllama.catalog.files import (
-    DerivedModel,
-    DerivedStore,
-    ModelFiles,
-    ModelFormatError,
-    hf_cache_dir,
-    normalize_name,
-    read_model,
-    scan_hf_cache,
-    scan_models_dir,
-)
+from vllama.catalog.derived import DerivedModel, DerivedStore
+from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
+from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
+from vllama.catalog.names import normalize_name, strip_latest
 from vllama.config import vllm_args
 from vllama.config.settings import Config, ModelSpec
 
 Source = Literal["config", "derived", "models_dir", "hf_cache"]
+RESCAN_INTERVAL = 1.0  # seconds: unknown names cannot make vllama scan folders more often
+
+
+class ModelNotFound(LookupError):
+    """No configured, derived or on-disk model has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 @dataclass(frozen=True)
 class Resolved:
-    slot: str  # the scheduler's and the worker's name for the model that runs
+    served_name: str  # the name the model's worker serves it under (the scheduler's key)
     spec: ModelSpec
     source: Source
     derived: DerivedModel | None = None
 
 
-def strip_latest(name: str) -> str:
-    return name.removesuffix(":latest")
+@dataclass(frozen=True)
+class ModelTraits:
+    """What request translation needs to know about a model (from its files and its worker)."""
+
+    served_name: str
+    context_length: int | None = None
+    capabilities: frozenset[str] = frozenset({"completion"})
+    system: str | None = None  # a derived model's default system prompt
+    template: str | None = None  # a derived model's chat template
+    parameters: dict[str, Any] = field(default_factory=dict)  # a derived model's options
+
+
+class Discovery:
+    """The models folder and the Hugging Face cache, as of the last scan (run in a thread)."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+        self.models_dir_entries: dict[str, Path] = {}
+        self.hf_cache_entries: dict[str, Path] = {}
+        self._scanned_at = -RESCAN_INTERVAL
+        self._scan: asyncio.Task[None] | None = None
+
+    def scan(self) -> None:
+        """Blocking: call at start-up or from a thread."""
+        self.models_dir_entries = scan_models_dir(self.models_dir)
+        self.hf_cache_entries = scan_hf_cache(hf_cache_dir())
+        self._scanned_at = time.monotonic()
+
+    async def refresh(self, force: bool = False) -> None:
+        """Rescan in a thread, unless one ran within RESCAN_INTERVAL; callers share one scan."""
+        if self._scan is None:
+            if not force and time.monotonic() - self._scanned_at < RESCAN_INTERVAL:
+                return
+            self._scan = asyncio.create_task(asyncio.to_thread(self.scan))
+        scan = self._scan
+        try:
+            await asyncio.shield(scan)
+        finally:
+            if self._scan is scan and scan.done():
+                self._scan = None
 
 
 class Registry:
@@ -49,6 +93,8 @@ class Registry:
         self._names = config.names()
         self.models_dir = config.server.models_dir.expanduser()
         self.derived = DerivedStore(self.models_dir / "derived-models.json")
+        self.discovery = Discovery(self.models_dir)
+        self.discovery.scan()
         self._files: dict[Path, tuple[float, ModelFiles]] = {}
 
     def reconfigure(self, config: Config) -> None:
@@ -57,24 +103,31 @@ class Registry:
 
     # -- resolution --------------------------------------------------------------------------
 
-    def resolve(self, requested: str, _depth: int = 0) -> Resolved | None:
+    def resolve(self, requested: str, _depth: int = 0) -> Resolved:
+        """From what is known now (no disk access); `ModelNotFound` otherwise."""
         name = self._names.get(requested) or self._names.get(strip_latest(requested))
         if name is not None:
             return Resolved(name, self._config.models[name], "config")
         derived = self.derived.get(requested)
         if derived is not None and _depth < 4:
             base = self.resolve(derived.base, _depth + 1)
-            if base is None:
-                return None
-            return Resolved(base.slot, base.spec, base.source, derived)
+            return Resolved(base.served_name, base.spec, base.source, derived)
         key = strip_latest(requested)
-        folder = scan_models_dir(self.models_dir).get(key)
+        folder = self.discovery.models_dir_entries.get(key)
         if folder is not None:
             return Resolved(key, self._discovered_spec(folder), "models_dir")
-        snapshot = scan_hf_cache(hf_cache_dir()).get(key)
+        snapshot = self.discovery.hf_cache_entries.get(key)
         if snapshot is not None:
             return Resolved(key, self._discovered_spec(snapshot), "hf_cache")
-        return None
+        raise ModelNotFound(requested)
+
+    async def lookup(self, requested: str) -> Resolved:
+        """`resolve`, looking on disk again (rate-limited) for a name not known yet."""
+        try:
+            return self.resolve(requested)
+        except ModelNotFound:
+            await self.discovery.refresh()
+            return self.resolve(requested)
 
     def _discovered_spec(self, folder: Path) -> ModelSpec:
         settings = self._config.server
@@ -82,29 +135,31 @@ class Registry:
             model=str(folder), args=tuple(settings.default_args), env=dict(settings.default_env)
         )
 
-    def available(self) -> dict[str, Resolved]:
+    async def available(self) -> dict[str, Resolved]:
         """Every model a client can name, by Ollama-style name (for `/api/tags`)."""
+        await self.discovery.refresh(force=True)
         found: dict[str, Resolved] = {}
-        for key, snapshot in scan_hf_cache(hf_cache_dir()).items():
+        for key, snapshot in self.discovery.hf_cache_entries.items():
             found[normalize_name(key)] = Resolved(key, self._discovered_spec(snapshot), "hf_cache")
-        for key, folder in scan_models_dir(self.models_dir).items():
+        for key, folder in self.discovery.models_dir_entries.items():
             found[normalize_name(key)] = Resolved(key, self._discovered_spec(folder), "models_dir")
         for name, spec in self._config.models.items():
             found[normalize_name(name)] = Resolved(name, spec, "config")
         for derived in self.derived.all():
-            resolved = self.resolve(derived.name)
-            if resolved is not None:
-                found[derived.name] = resolved
+            try:
+                found[derived.name] = self.resolve(derived.name)
+            except ModelNotFound:
+                continue  # its base is gone: not servable, so not listed
         return found
 
     # -- what the model is -------------------------------------------------------------------
 
-    def files(self, resolved: Resolved) -> ModelFiles | None:
+    async def files(self, resolved: Resolved) -> ModelFiles | None:
         """The model's files on disk (config.json etc.), or None for a repo not on disk yet."""
-        return self._files_of(resolved.spec)
+        return await asyncio.to_thread(self.files_of, resolved.spec)
 
-    def _files_of(self, spec: ModelSpec) -> ModelFiles | None:
-        """`read_model`, cached until the model's config.json changes."""
+    def files_of(self, spec: ModelSpec) -> ModelFiles | None:
+        """Blocking: `read_model`, cached until the model's config.json changes."""
         path = self._local_path(spec)
         if path is None:
             return None
@@ -126,24 +181,28 @@ class Registry:
         path = Path(spec.model)
         if path.is_absolute():
             return path if path.is_dir() else None
-        with contextlib.suppress(OSError):
-            return scan_hf_cache(hf_cache_dir()).get(spec.model)
-        return None
+        return self.discovery.hf_cache_entries.get(spec.model)
 
     def weight_bytes(self, spec: ModelSpec) -> int:
-        """Bytes of the model's files on disk (0 when not downloaded yet), for load estimates."""
-        files = self._files_of(spec)
+        """Blocking: bytes of the model's files on disk (0 when not downloaded yet)."""
+        files = self.files_of(spec)
         return files.size if files is not None else 0
 
-    def traits(self, resolved: Resolved, context_length: int | None) -> ModelTraits:
-        files = self.files(resolved)
+    async def traits(self, resolved: Resolved, served_context: int | None) -> ModelTraits:
+        """`served_context`: the length its worker served when it last ran, if it has run."""
+        files = await self.files(resolved)
+        context_length = (
+            served_context
+            or vllm_args.max_model_len(resolved.spec.args)
+            or (files.context_length if files else None)
+        )
         capabilities = set(files.capabilities) if files is not None else {"completion"}
         if vllm_args.enables_tools(resolved.spec.args):  # the operator turned vLLM's tool parser on
             capabilities.add("tools")
         derived = resolved.derived
         return ModelTraits(
-            served_name=resolved.slot,
-            context_length=context_length or (files.context_length if files else None),
+            served_name=resolved.served_name,
+            context_length=context_length,
             capabilities=frozenset(capabilities),
             system=derived.system if derived else None,
             template=derived.template if derived else None,

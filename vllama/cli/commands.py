@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from vllama import __version__
-from vllama.catalog.files import normalize_name
+from vllama.catalog.names import normalize_name
 from vllama.cli.client import Client, DaemonError, DaemonUnreachable, daemon_url
 
 STOP_WAIT = 60.0  # seconds `vllama stop` waits for the model to leave /api/ps

@@ -90,6 +90,13 @@ def tensor_parallel_size(args: Sequence[str]) -> int:
         return 1  # vLLM itself refuses it at start, with its own message
 
 
+def max_model_len(args: Sequence[str]) -> int | None:
+    """The context length the args fix (`--max-model-len`), when a plain positive number."""
+    value = flag_value(args, "--max-model-len")
+    length = parse_human_int(value) if value is not None else None
+    return length if length is not None and length > 0 else None
+
+
 def sets_memory_share(args: Sequence[str]) -> bool:
     """Whether the model's args fix its GPU memory themselves (then vllama adds no share)."""
     return has_flag(args, GPU_SHARE, KV_CACHE_BYTES)

@@ -139,9 +139,6 @@ class WorkerProcess:
                         return True
         return False
 
-    def tree_pids(self) -> list[int]:
-        return [proc.pid for proc in self._tree()]
-
     def _signal_all(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)

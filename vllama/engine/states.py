@@ -36,6 +36,12 @@ ALLOWED_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
+# Named groups, so a test of "which states" is written once.
+RUNNING = frozenset({_S.READY, _S.SLEEPING})  # a live process holding the model
+HOLDS_MEMORY = frozenset({_S.STARTING, _S.READY})  # counted as loaded by placement
+DOWN = frozenset({_S.FAILED, _S.BACKOFF, _S.FATAL})  # broken; its tree already cleaned up
+
+
 class IllegalTransition(RuntimeError):
     def __init__(self, model: str, current: WorkerState, target: WorkerState) -> None:
         super().__init__(f"worker {model!r}: illegal transition {current.value} -> {target.value}")

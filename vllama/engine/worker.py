@@ -19,7 +19,7 @@ from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.argv import build_argv, build_env
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
-from vllama.engine.states import WorkerState, check_transition
+from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
 
 log = structlog.get_logger("vllama.worker")
 
@@ -76,7 +76,7 @@ class Worker:
         self.max_model_len: int | None = None  # the context vLLM serves, read once it is ready
         self._watch: asyncio.Task[None] | None = None
         self._warned_foreign_listener = False
-        self._placement: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+        self._share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self._log_tokens = float(_LOG_BURST)
         self._log_at = time.monotonic()
         self._log_suppressed = 0
@@ -95,6 +95,14 @@ class Worker:
         return self.state is WorkerState.READY
 
     @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def has_port(self) -> bool:
+        return self.port is not None
+
+    @property
     def base_url(self) -> str:
         if self.port is None:
             raise RuntimeError(f"worker {self.name!r} has no port")
@@ -107,7 +115,7 @@ class Worker:
     # -- start -------------------------------------------------------------------------------
 
     async def start(
-        self, placement_args: Sequence[str] = (), placement_env: Mapping[str, str] | None = None
+        self, share_args: Sequence[str] = (), share_env: Mapping[str, str] | None = None
     ) -> None:
         """Spawn the server and wait for `GET /health` = 200.
 
@@ -120,7 +128,7 @@ class Worker:
         self._set_state(WorkerState.STARTING, "load requested")
         self.last_error = None
         self.ready_at = None
-        self._placement = (tuple(placement_args), dict(placement_env or {}))
+        self._share = (tuple(share_args), dict(share_env or {}))
         self._warned_foreign_listener = False
         try:
             await self._spawn_and_wait()
@@ -145,7 +153,7 @@ class Worker:
         except NoFreePort as exc:
             raise LoadError(self.name, str(exc), []) from None
         command = self._settings.engine_command
-        extra_args, extra_env = self._placement
+        extra_args, extra_env = self._share
         argv = build_argv(command, self.name, self.spec, WORKER_HOST, self.port, extra_args)
         env = build_env(os.environ, self.spec, extra_env)
         log.info("worker spawn", model=self.name, port=self.port, argv=argv)
@@ -229,7 +237,7 @@ class Worker:
                 failures += 1
                 if failures >= _HEALTH_FAILURES_TO_FAIL:
                     reason = f"health check failed {failures} times in a row"
-        if self.state not in (WorkerState.READY, WorkerState.SLEEPING):
+        if self.state not in RUNNING:
             return
         self.last_error = LoadError(self.name, reason, process.tail(ERROR_TAIL_LINES))
         self._set_state(WorkerState.FAILED, reason)
@@ -255,8 +263,7 @@ class Worker:
 
     async def stop(self, reason: str) -> StopReport | None:
         """Stop the worker and confirm its process tree is gone. Idempotent."""
-        running = (WorkerState.READY, WorkerState.SLEEPING)
-        if self.state in running:
+        if self.state in RUNNING:
             # STOPPING first, before any await: nothing may see this worker ready any more.
             self._set_state(WorkerState.STOPPING, reason)
             if self._watch is not None:
@@ -270,7 +277,7 @@ class Worker:
         if self._watch is not None:  # a failure's cleanup may still be running: let it finish
             await self._watch
             self._watch = None
-        if self.state in (WorkerState.FAILED, WorkerState.BACKOFF, WorkerState.FATAL):
+        if self.state in DOWN:
             self._set_state(WorkerState.STOPPED, reason)
         return None
 
@@ -315,10 +322,6 @@ class Worker:
 
     def enter_fatal(self, reason: str) -> None:
         self._set_state(WorkerState.FATAL, reason)
-
-    def pids(self) -> list[int]:
-        """The worker's live process tree (for memory measurement)."""
-        return self.process.tree_pids() if self.process is not None else []
 
     def kill_now(self) -> None:
         if self.process is not None:

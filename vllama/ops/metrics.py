@@ -1,16 +1,16 @@
 """Prometheus metrics: vllama's own, its workers' vLLM metrics, and device memory, one scrape.
 
-Counters and histograms are updated where things happen (requests in the API middleware, loads,
-evictions and restarts in the scheduler). Gauges are read at scrape time from the scheduler's
-state and from the last background sample (device memory, each worker's own `/metrics`), so a
-scrape never waits on a worker or on NVML and answers while every worker is down or loading.
+Counters and histograms are updated where things happen: requests in the API middleware; loads,
+evictions and restarts from the scheduler's events (`listen`). Gauges are read at scrape time from
+the scheduler's status view and from the last background sample (device memory, each worker's own
+`/metrics`), so a scrape never waits on a worker or on NVML and answers while every worker is down
+or loading.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
 
 import aiohttp
 import structlog
@@ -20,9 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from vllama.engine.states import WorkerState
+from vllama.scheduling.devices import Devices
+from vllama.scheduling.events import Event, LoadFailed, ModelLoaded, ModelUnloaded
+from vllama.scheduling.status import SchedulerStatus
 
-if TYPE_CHECKING:
-    from vllama.scheduling.scheduler import Scheduler
+StatusSource = Callable[[], SchedulerStatus]
 
 log = structlog.get_logger("vllama.metrics")
 
@@ -89,8 +91,21 @@ class Metrics:
         self._live = _LiveCollector()
         r.register(self._live)
 
-    def attach(self, scheduler: Scheduler) -> None:
-        self._live.scheduler = scheduler
+    def attach(self, status: StatusSource, devices: Devices) -> None:
+        """Read gauges from `status` and sample `devices` (before the first scrape)."""
+        self._live.status, self._live.devices = status, devices
+
+    def listen(self, event: Event) -> None:
+        """The scheduler's events, as counters and histograms."""
+        if isinstance(event, ModelLoaded):
+            self.loads.labels(event.model, "ok").inc()
+            self.load_seconds.labels(event.model).observe(event.seconds)
+            if event.restarted_after is not None:
+                self.restarts.labels(event.model, event.restarted_after).inc()
+        elif isinstance(event, LoadFailed):
+            self.loads.labels(event.model, "failed").inc()
+        elif isinstance(event, ModelUnloaded):
+            self.evictions.labels(event.model, event.why).inc()
 
     def count_usage(self, model: str, prompt: int, generated: int) -> None:
         self.prompt_tokens.labels(model).inc(prompt)
@@ -114,27 +129,27 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    """Gauges read at scrape time from the scheduler and the last background sample."""
+    """Gauges read at scrape time from the status view and the last background sample."""
 
     def __init__(self) -> None:
-        self.scheduler: Scheduler | None = None
+        self.status: StatusSource | None = None
+        self.devices: Devices | None = None
         self._devices: list[tuple[str, int, int]] = []  # id, total, free
         self._usage: dict[str, dict[str, int]] = {}  # model -> device -> bytes
         self._worker_families: list[Metric] = []
 
     async def sample(self, http: aiohttp.ClientSession) -> None:
-        scheduler = self.scheduler
-        if scheduler is None:
+        if self.status is None or self.devices is None:
             return
-        memory = await scheduler.devices.snapshot_async()
+        memory = await self.devices.snapshot_async()
         self._devices = [(d.id, d.total, d.free) for d in memory]
         usage: dict[str, dict[str, int]] = {}
         texts: list[str] = []
-        for slot in scheduler.slots():
-            if slot.worker.state not in (WorkerState.READY, WorkerState.SLEEPING):
+        for model in self.status().models:
+            if not model.running or model.url is None or model.pid is None:
                 continue
-            usage[slot.name] = await scheduler.devices.usage_by_pids_async(slot.worker.pids())
-            text = await _fetch(http, slot.worker.base_url + "/metrics")
+            usage[model.name] = await self.devices.usage_by_tree_async(model.pid)
+            text = await _fetch(http, model.url + "/metrics")
             if text:
                 texts.append(text)
         self._usage = usage
@@ -143,9 +158,9 @@ class _LiveCollector(Collector):
         self._worker_families = await asyncio.to_thread(_merge, texts)
 
     def collect(self) -> Iterator[Metric]:
-        scheduler = self.scheduler
-        if scheduler is None:
+        if self.status is None:
             return
+        status = self.status()
         state = GaugeMetricFamily(
             "vllama_model_state",
             "1 for the state each model's worker is in",
@@ -157,16 +172,16 @@ class _LiveCollector(Collector):
         waiting = GaugeMetricFamily(
             "vllama_requests_waiting", "Requests waiting for their model", labels=["model"]
         )
-        for slot in scheduler.slots():
+        for model in status.models:
             for option in WorkerState:
-                state.add_metric([slot.name, option.value], float(slot.worker.state is option))
-            in_flight.add_metric([slot.name], slot.in_flight)
-            waiting.add_metric([slot.name], slot.waiting)
+                state.add_metric([model.name, option.value], float(model.state is option))
+            in_flight.add_metric([model.name], model.in_flight)
+            waiting.add_metric([model.name], model.waiting)
         yield state
         yield in_flight
         yield waiting
         yield GaugeMetricFamily(
-            "vllama_queue_depth", "Requests waiting for models, all models", value=scheduler.queued
+            "vllama_queue_depth", "Requests waiting for models, all models", value=status.queued
         )
         memory = GaugeMetricFamily(
             "vllama_model_memory_bytes",
@@ -174,10 +189,10 @@ class _LiveCollector(Collector):
             labels=["model", "device"],
         )
         share: dict[str, int] = {}
-        for model, devices in self._usage.items():
+        for name, devices in self._usage.items():
             for device, size in devices.items():
                 if size:
-                    memory.add_metric([model, device], size)
+                    memory.add_metric([name, device], size)
                     share[device] = share.get(device, 0) + size
         yield memory
         total = GaugeMetricFamily("vllama_device_memory_total_bytes", "", labels=["device"])

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 import structlog
+
+from vllama.scheduling.events import Event, StateChanged
+from vllama.scheduling.status import SchedulerStatus
 
 log = structlog.get_logger("vllama.systemd")
 
@@ -128,3 +131,23 @@ async def watchdog_loop(notifier: Notifier) -> None:
     while True:
         notifier.watchdog()
         await asyncio.sleep(interval)
+
+
+class StatusLine:
+    """systemd's STATUS= line (`systemctl status`): the loaded models, sent when they change."""
+
+    def __init__(self, notifier: Notifier, status: Callable[[], SchedulerStatus]) -> None:
+        self._notifier = notifier
+        self._status = status
+        self._last = ""
+
+    def listen(self, event: Event) -> None:
+        if isinstance(event, StateChanged):
+            self.update()
+
+    def update(self) -> None:
+        loaded = self._status().loaded()
+        text = f"loaded: {', '.join(loaded)}" if loaded else "no model loaded"
+        if text != self._last:
+            self._notifier.status(text)
+            self._last = text

@@ -124,11 +124,23 @@ class Devices:
                 continue  # gone since the caller listed it, or not ours to read
         return usage
 
+    def usage_by_tree(self, root: int) -> dict[str, int]:
+        """`usage_by_pids` for a process and all its descendants (a worker's tree)."""
+        try:
+            parent = psutil.Process(root)
+            pids = [root, *(child.pid for child in parent.children(recursive=True))]
+        except psutil.Error:
+            pids = []
+        return self.usage_by_pids(pids)
+
     async def snapshot_async(self) -> list[DeviceMemory]:
         return await asyncio.to_thread(self.snapshot)
 
     async def usage_by_pids_async(self, pids: Collection[int]) -> dict[str, int]:
         return await asyncio.to_thread(self.usage_by_pids, frozenset(pids))
+
+    async def usage_by_tree_async(self, root: int) -> dict[str, int]:
+        return await asyncio.to_thread(self.usage_by_tree, root)
 
     def close(self) -> None:
         """Shut NVML down; later snapshots see the host only. Call once queries have finished."""

@@ -72,9 +72,11 @@ class MemoryPlanner:
         weights = self._weight_bytes(spec) // vllm_args.tensor_parallel_size(spec.args)
         return estimate_need(weights, kv, OVERHEAD[self.kind])
 
-    async def measure(self, name: str, pids: list[int], devices: tuple[str, ...]) -> int:
+    async def measure(self, name: str, pid: int | None, devices: tuple[str, ...]) -> int:
         """Measure a ready worker's memory per device and remember it for the next load."""
-        usage = await self._devices.usage_by_pids_async(pids)
+        if pid is None:
+            return 0
+        usage = await self._devices.usage_by_tree_async(pid)
         per_device = max((usage.get(device, 0) for device in devices), default=0)
         if per_device > 0:
             self._measured[name] = per_device

@@ -14,13 +14,17 @@ from aiohttp import web
 
 from vllama import __version__
 from vllama.api.common import read_json_object, requested_model
-from vllama.api.errors import ApiError
-from vllama.api.keys import REGISTRY, SCHEDULER
-from vllama.api.ollama.inference import NDJSON, ndjson, stream_flag
-from vllama.api.ollama.translate import BadRequest, map_options
-from vllama.catalog.files import DerivedModel, ModelDetails, ModelFiles, normalize_name
-from vllama.catalog.pull import PullError, pull_progress
-from vllama.catalog.registry import Registry, Resolved
+from vllama.api.errors import ApiError, BadRequest
+from vllama.api.keys import DEVICES, REGISTRY, SCHEDULER
+from vllama.api.ollama.options import map_options, stream_flag
+from vllama.api.ollama.stream import respond_progress
+from vllama.catalog.derived import DerivedModel
+from vllama.catalog.files import ModelDetails, ModelFiles
+from vllama.catalog.names import normalize_name
+from vllama.catalog.pull import pull_progress
+from vllama.catalog.registry import ModelNotFound, Registry, Resolved
+from vllama.engine.states import WorkerState
+from vllama.scheduling.status import ModelStatus
 
 # The Ollama API level vllama matches (clients gate features on it); see docs/API.md.
 OLLAMA_API_VERSION = "0.12.0"
@@ -51,25 +55,20 @@ def _entry(name: str, resolved: Resolved, files: ModelFiles | None) -> dict[str,
         "modified_at": _iso(files.modified_at if files else datetime.now(UTC)),
         "size": files.size if files else 0,
         "digest": files.digest if files else "",
-        "details": _details(files, normalize_name(resolved.slot) if resolved.derived else ""),
+        "details": _details(files, _parent(resolved)),
     }
+
+
+def _parent(resolved: Resolved) -> str:
+    return normalize_name(resolved.served_name) if resolved.derived else ""
 
 
 async def tags(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    available = await asyncio.to_thread(registry.available)
     models = []
-    for name, resolved in sorted(available.items()):
-        files = await asyncio.to_thread(registry.files, resolved)
-        models.append(_entry(name, resolved, files))
+    for name, resolved in sorted((await registry.available()).items()):
+        models.append(_entry(name, resolved, await registry.files(resolved)))
     return web.json_response({"models": models})
-
-
-def _resolve(registry: Registry, requested: str) -> Resolved:
-    resolved = registry.resolve(requested)
-    if resolved is None:
-        raise ApiError(404, f"model '{requested}' not found")
-    return resolved
 
 
 def _parameters_text(parameters: dict[str, Any]) -> str:
@@ -84,11 +83,10 @@ async def show(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
     requested = requested_model(payload, "model", "name")
     registry = request.app[REGISTRY]
-    resolved = _resolve(registry, requested)
-    files = await asyncio.to_thread(registry.files, resolved)
-    slot = request.app[SCHEDULER].slot(resolved.slot)
-    served_len = slot.worker.max_model_len if slot is not None else None
-    traits = registry.traits(resolved, served_len)
+    resolved = await registry.lookup(requested)
+    files = await registry.files(resolved)
+    status = request.app[SCHEDULER].model_status(resolved.served_name)
+    traits = await registry.traits(resolved, status.context_length if status else None)
     derived = resolved.derived
     template = (derived.template if derived else None) or (files.template if files else "")
     parameters = dict(derived.parameters) if derived else {}
@@ -108,7 +106,7 @@ async def show(request: web.Request) -> web.Response:
         "modelfile": "\n".join(modelfile) + "\n",
         "parameters": _parameters_text(parameters),
         "template": template,
-        "details": _details(files, normalize_name(resolved.slot) if derived else ""),
+        "details": _details(files, _parent(resolved)),
         "model_info": model_info,
         "capabilities": sorted(traits.capabilities),
         "modified_at": _iso(files.modified_at if files else datetime.now(UTC)),
@@ -118,36 +116,43 @@ async def show(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def _expires(model: ModelStatus, now: datetime) -> datetime:
+    """When an idle model unloads; one in use, keep_alive after its last request ends. Ollama
+    shows "never" as a date ~292 years on, and so does any keep_alive past it."""
+    if model.expires_at is not None:
+        seconds = model.expires_at - now.timestamp()
+    else:
+        seconds = model.keep_alive
+    if math.isinf(seconds) or seconds >= (_FOREVER - now).total_seconds():
+        return _FOREVER
+    return now + timedelta(seconds=seconds)
+
+
 async def ps(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    scheduler = request.app[SCHEDULER]
+    devices = request.app[DEVICES]
     models = []
     now = datetime.now(UTC)
-    for slot in scheduler.slots():
-        if not slot.worker.is_ready:
+    for model in request.app[SCHEDULER].status().models:
+        if model.state is not WorkerState.READY:
             continue
-        resolved = registry.resolve(slot.name)
-        files = await asyncio.to_thread(registry.files, resolved) if resolved else None
-        if slot.expires_at is not None:
-            expires = datetime.fromtimestamp(slot.expires_at, UTC)
-        elif math.isinf(slot.keep_alive):
-            expires = _FOREVER
-        else:  # in use: it expires keep_alive after the last request ends
-            expires = now + timedelta(seconds=slot.keep_alive)
-        name = normalize_name(slot.name)
-        entry: dict[str, Any] = (
-            _entry(name, resolved, files) if resolved else {"name": name, "model": name}
-        )
+        name = normalize_name(model.name)
+        try:
+            resolved = registry.resolve(model.name)
+        except ModelNotFound:  # served from a folder that has gone since
+            entry: dict[str, Any] = {"name": name, "model": name}
+        else:
+            entry = _entry(name, resolved, await registry.files(resolved))
         entry.pop("modified_at", None)
-        usage = await scheduler.devices.usage_by_pids_async(slot.worker.pids())
+        usage = await devices.usage_by_tree_async(model.pid) if model.pid else {}
         vram = sum(used for device, used in usage.items() if device != "cpu")
         entry |= {
             # Ollama's size is the model's whole footprint and size_vram the part on GPUs;
             # here both are measured: the worker tree's host RSS plus its GPU memory (NVML).
             "size": usage.get("cpu", 0) + vram,
             "size_vram": vram,
-            "expires_at": _iso(expires),
-            "context_length": slot.worker.max_model_len,
+            "expires_at": _iso(_expires(model, now)),
+            "context_length": model.context_length,
         }
         models.append(entry)
     models.sort(key=lambda m: str(m["expires_at"]), reverse=True)
@@ -157,41 +162,26 @@ async def ps(request: web.Request) -> web.Response:
 # -- changes ----------------------------------------------------------------------------------
 
 
-async def _respond_progress(
-    request: web.Request, streaming: bool, updates: AsyncIterator[dict[str, Any]]
-) -> web.StreamResponse:
-    """Ollama's progress protocol: NDJSON updates, or just the last one with `stream: false`."""
-    if not streaming:
-        last: dict[str, Any] = {}
-        try:
-            async for update in updates:
-                last = update
-        except PullError as exc:
-            raise ApiError(exc.status, str(exc)) from None
-        return web.json_response(last)
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    first = True
-    try:
-        async for update in updates:
-            if first:
-                await response.prepare(request)
-                first = False
-            await response.write(ndjson(update))
-    except PullError as exc:
-        if first:  # nothing sent yet: a proper HTTP error
-            raise ApiError(exc.status, str(exc)) from None
-        await response.write(ndjson({"error": str(exc)}))
-    await response.write_eof()
-    return response
-
-
 async def pull(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload, "model", "name")
     registry = request.app[REGISTRY]
-    return await _respond_progress(
-        request, stream_flag(payload), pull_progress(requested, registry.models_dir)
+    return await respond_progress(
+        request,
+        stream_flag(payload),
+        _then_rescan(registry, pull_progress(requested, registry.models_dir)),
     )
+
+
+async def _then_rescan(
+    registry: Registry, updates: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    """A pull's updates; the models folder is rescanned before the last, so the new model
+    resolves by name as soon as the client sees `success`."""
+    async for update in updates:
+        if update.get("status") == "success":
+            await registry.discovery.refresh(force=True)
+        yield update
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -199,23 +189,22 @@ async def create(request: web.Request) -> web.StreamResponse:
     name = requested_model(payload)
     base = payload.get("from")
     if not isinstance(base, str) or not base:
-        raise ApiError(400, "from is required: vllama creates models from an existing model")
+        raise BadRequest("from is required: vllama creates models from an existing model")
     for unsupported in ("files", "adapters", "quantize"):
         if payload.get(unsupported):
-            raise ApiError(400, f"{unsupported} is not supported: vLLM loads Hugging Face folders")
+            raise BadRequest(f"{unsupported} is not supported: vLLM loads Hugging Face folders")
     registry = request.app[REGISTRY]
-    if registry.resolve(base) is None:
-        raise ApiError(404, f"model '{base}' not found")
+    await registry.lookup(base)
     system, template = payload.get("system"), payload.get("template")
     if not (system is None or isinstance(system, str)):
-        raise ApiError(400, "system must be a string")
+        raise BadRequest("system must be a string")
     if not (template is None or isinstance(template, str)):
-        raise ApiError(400, "template must be a string")
+        raise BadRequest("template must be a string")
     parameters = payload.get("parameters") or {}
     try:
         map_options(parameters, None)  # the same validation a request's options get
     except BadRequest as exc:
-        raise ApiError(400, f"parameters: {exc}") from None
+        raise BadRequest(f"parameters: {exc.message}") from None
     model = DerivedModel(
         name=name, base=base, system=system, template=template, parameters=parameters
     )
@@ -226,20 +215,18 @@ async def create(request: web.Request) -> web.StreamResponse:
         yield {"status": "writing manifest"}
         yield {"status": "success"}
 
-    return await _respond_progress(request, stream_flag(payload), updates())
+    return await respond_progress(request, stream_flag(payload), updates())
 
 
 async def copy(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
     source, destination = payload.get("source"), payload.get("destination")
     if not isinstance(source, str) or not source:
-        raise ApiError(400, "source is required")
+        raise BadRequest("source is required")
     if not isinstance(destination, str) or not destination:
-        raise ApiError(400, "destination is required")
+        raise BadRequest("destination is required")
     registry = request.app[REGISTRY]
-    resolved = registry.resolve(source)
-    if resolved is None:
-        raise ApiError(404, f'model "{source}" not found')
+    resolved = await registry.lookup(source)
     derived = resolved.derived
     model = DerivedModel(
         name=destination,
@@ -256,31 +243,22 @@ async def delete(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
     requested = requested_model(payload, "model", "name")
     registry = request.app[REGISTRY]
-    resolved = registry.resolve(requested)
-    if resolved is None:
-        raise ApiError(404, f"model '{requested}' not found")
+    resolved = await registry.lookup(requested)
     if resolved.derived is not None:
         await asyncio.to_thread(registry.derived.delete, requested)
         return web.Response(status=200)
     if resolved.source == "config":
-        raise ApiError(
-            400, f"model '{requested}' is configured in the config file; remove it there"
-        )
+        raise BadRequest(f"model '{requested}' is configured in the config file; remove it there")
     if resolved.source == "hf_cache":
-        raise ApiError(
-            400,
+        raise BadRequest(
             f"model '{requested}' is in the Hugging Face cache, shared with other tools; "
-            "remove it with `hf cache delete`",
+            "remove it with `hf cache delete`"
         )
-    scheduler = request.app[SCHEDULER]
-    stopping = (
-        scheduler.unload(resolved.slot, "model deleted", "deleted")
-        if scheduler.slot(resolved.slot)
-        else None
-    )
+    stopping = request.app[SCHEDULER].unload(resolved.served_name, "model deleted", "deleted")
     if stopping is not None:
         await stopping
     await asyncio.to_thread(shutil.rmtree, resolved.spec.model)
+    await registry.discovery.refresh(force=True)
     return web.Response(status=200)
 
 
@@ -288,15 +266,14 @@ async def logs(request: web.Request) -> web.Response:
     """vllama's own: the last output lines of a model's worker (for `vllama logs MODEL`)."""
     requested = request.query.get("model", "")
     if not requested:
-        raise ApiError(400, "model is required")
+        raise BadRequest("model is required")
     try:
         lines = int(request.query.get("lines", "100"))
     except ValueError:
-        raise ApiError(400, "lines must be an integer") from None
-    resolved = _resolve(request.app[REGISTRY], requested)
-    slot = request.app[SCHEDULER].slot(resolved.slot)
-    tail = slot.worker.tail(max(lines, 0)) if slot is not None else []
-    return web.json_response({"model": resolved.slot, "lines": tail})
+        raise BadRequest("lines must be an integer") from None
+    resolved = await request.app[REGISTRY].lookup(requested)
+    tail = request.app[SCHEDULER].log_tail(resolved.served_name, max(lines, 0))
+    return web.json_response({"model": resolved.served_name, "lines": tail})
 
 
 async def push(request: web.Request) -> web.Response:

@@ -1,0 +1,102 @@
+"""Ollama's request options and flags, validated and mapped to vLLM's sampling parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vllama.api.errors import BadRequest
+from vllama.config.units import DurationError, parse_duration
+
+_FLOAT_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repeat_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+_INT_OPTIONS = {"top_k": "top_k", "seed": "seed"}
+# Ollama runner settings with no vLLM per-request equivalent: accepted and ignored, as Ollama
+# ignores options a runner doesn't use (documented in docs/API.md).
+IGNORED_OPTIONS = frozenset(
+    {
+        "num_keep", "typical_p", "repeat_last_n", "num_batch", "num_gpu", "main_gpu",
+        "use_mmap", "use_mlock", "num_thread", "low_vram", "numa", "penalize_newline",
+        "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "draft_num_predict", "vocab_only",
+        "f16_kv", "logits_all", "embedding_only",
+    }
+)  # fmt: skip
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer()
+    )
+
+
+def map_options(options: object, context_length: int | None) -> dict[str, Any]:
+    """Ollama `options` -> vLLM sampling parameters. Unknown keys are ignored, as Ollama does."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise BadRequest("options must be a JSON object")
+    sampling: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in _FLOAT_OPTIONS:
+            if not _is_number(value):
+                raise BadRequest(f"option {key!r} must be a number, got {json.dumps(value)}")
+            sampling[_FLOAT_OPTIONS[key]] = float(value)
+        elif key in _INT_OPTIONS:
+            if not _is_int(value):
+                raise BadRequest(f"option {key!r} must be an integer, got {json.dumps(value)}")
+            sampling[_INT_OPTIONS[key]] = int(value)
+        elif key == "num_predict":
+            if not _is_int(value):
+                raise BadRequest(f"option 'num_predict' must be an integer, got {value!r}")
+            if int(value) > 0:  # -1 (infinite) and -2 (fill the context) mean "no limit" here
+                sampling["max_tokens"] = int(value)
+        elif key == "stop":
+            sampling["stop"] = _stop_list(value)
+        elif key == "num_ctx":
+            if not _is_int(value):
+                raise BadRequest(f"option 'num_ctx' must be an integer, got {value!r}")
+            if context_length is not None and int(value) > context_length:
+                raise BadRequest(
+                    f"num_ctx {int(value)} exceeds the model's context length {context_length} "
+                    "(set by vLLM's --max-model-len at load)"
+                )
+    return sampling
+
+
+def _stop_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise BadRequest("option 'stop' must be a string or a list of strings")
+
+
+def keep_alive_of(payload: dict[str, Any]) -> float | None:
+    """The request's `keep_alive` in seconds (`math.inf` = forever), or None when unset."""
+    if payload.get("keep_alive") is None:
+        return None
+    try:
+        return parse_duration(payload["keep_alive"])
+    except DurationError as exc:
+        raise BadRequest(f"keep_alive: {exc}") from None
+
+
+def stream_flag(payload: dict[str, Any]) -> bool:
+    value = payload.get("stream", True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise BadRequest("stream must be a boolean")
+    return value

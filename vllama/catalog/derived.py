@@ -1,0 +1,96 @@
+"""The store of derived models that Ollama's /api/create and /api/copy produce."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vllama.catalog.files import ModelFormatError, json_object
+from vllama.catalog.names import normalize_name
+
+
+@dataclass(frozen=True)
+class DerivedModel:
+    name: str
+    base: str
+    system: str | None = None
+    template: str | None = None
+    parameters: dict[str, object] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "created_at": self.created_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DerivedModel:
+        created = datetime.fromisoformat(data["created_at"])
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        name, base, parameters = data["name"], data["base"], data.get("parameters", {})
+        system, template = data.get("system"), data.get("template")
+        if not (isinstance(name, str) and isinstance(base, str) and isinstance(parameters, dict)):
+            raise TypeError("name and base must be strings, parameters an object")
+        if not all(value is None or isinstance(value, str) for value in (system, template)):
+            raise TypeError("system and template must be strings or null")
+        return cls(name, base, system, template, parameters, created)
+
+
+class DerivedStore:
+    """Derived models in one JSON file, rewritten atomically on every change."""
+
+    _VERSION = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._models: dict[str, DerivedModel] = {}
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ModelFormatError(f"{self.path}: unreadable ({exc})") from exc
+        data = json_object(raw, self.path)
+        try:
+            models = [DerivedModel.from_json(item) for item in data["models"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{self.path}: not a derived-model store ({exc!r})") from exc
+        self._models = {model.name: model for model in models}
+
+    def get(self, name: str) -> DerivedModel | None:
+        return self._models.get(normalize_name(name))
+
+    def all(self) -> list[DerivedModel]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    def put(self, model: DerivedModel) -> None:
+        self._models[model.name] = model
+        self._save()
+
+    def delete(self, name: str) -> bool:
+        if self._models.pop(normalize_name(name), None) is None:
+            return False
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        document = {"version": self._VERSION, "models": [m.to_json() for m in self.all()]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A crash mid-write leaves the old file whole: the new one appears only by rename.
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, indent=2, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

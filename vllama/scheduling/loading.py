@@ -1,0 +1,154 @@
+"""Loading one model: wake it, or back off after failures, make room, start it, measure it.
+
+Loads run one at a time (`_lock`): two vLLM servers starting together on one GPU mis-measure each
+other's memory, and each placement decision must see the memory the previous load really took.
+Making room is `placement.decide` over a snapshot, then the evictions it names, with no `await`
+between the decision and the unloads: the victims are idle as decided, and unloading closes their
+admission before any request can start on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from vllama.config import vllm_args
+from vllama.config.settings import ServerSettings
+from vllama.engine.states import WorkerState
+from vllama.engine.worker import LoadError
+from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
+from vllama.scheduling.fleet import Fleet, ModelSlot
+from vllama.scheduling.memory import MemoryPlanner, Share
+from vllama.scheduling.placement import Place, Refuse, decide
+from vllama.scheduling.restarts import RestartPolicy, is_crash_loop, restart_delay, restart_kind
+
+log = structlog.get_logger("vllama.scheduler")
+
+
+class Loader:
+    def __init__(
+        self,
+        fleet: Fleet,
+        settings: ServerSettings,
+        memory: MemoryPlanner,
+        restarts: RestartPolicy,
+        events: Events,
+    ) -> None:
+        self._fleet = fleet
+        self._settings = settings
+        self._memory = memory
+        self._restarts = restarts
+        self._events = events
+        self._lock = asyncio.Lock()
+
+    async def load(self, slot: ModelSlot, explicit: bool) -> None:
+        """Make `slot`'s worker READY; `LoadError` says why it could not be."""
+        worker = slot.worker
+        attempted = False
+        try:
+            for pending in (slot.sleep_task, slot.stop_task):  # a sleep or unload finishes first
+                if pending is not None:
+                    await pending
+            if worker.state is WorkerState.SLEEPING:
+                async with self._lock:  # waking takes GPU memory back, like a load
+                    await worker.wake()
+                return
+            restart_after = worker.reason if worker.state is WorkerState.FAILED else None
+            await self._crash_loop_guard(slot, explicit)
+            async with self._lock:
+                if worker.is_ready:  # it was draining for another load, which has finished
+                    return
+                share = await self._make_room(slot)
+                slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
+                started = time.monotonic()
+                args, env = share.args, share.env
+                if slot.spec.sleep_when_idle:
+                    args = (*args, *vllm_args.SLEEP_MODE_ARGS)
+                    env = {**env, **vllm_args.SLEEP_MODE_ENV}
+                # Its memory is spoken for from here: placement counts a starting model.
+                slot.devices, slot.footprint = share.devices, share.need
+                attempted = True
+                try:
+                    await worker.start(args, env)
+                except BaseException:
+                    slot.devices, slot.footprint = (), 0
+                    raise
+                measured = await self._memory.measure(slot.name, worker.pid, share.devices)
+                slot.footprint = measured or share.need
+            seconds = time.monotonic() - started
+            log.info("model loaded", model=slot.name, seconds=round(seconds, 2))
+            if slot.idle:  # a preload: nobody will release it
+                self._fleet.arm_expiry(slot)
+            after = restart_kind(restart_after) if restart_after is not None else None
+            self._events.emit(ModelLoaded(slot.name, seconds, after))
+        except LoadError as error:
+            log.error("model load failed", model=slot.name, reason=error.reason)
+            if attempted:  # a refusal is not a failed load
+                self._events.emit(LoadFailed(slot.name))
+            raise
+
+    async def _crash_loop_guard(self, slot: ModelSlot, explicit: bool) -> None:
+        """FATAL after repeated fast failures (until an explicit load); else back off."""
+        worker = slot.worker
+        if explicit:
+            slot.fast_failures = 0
+            return
+        if worker.state is WorkerState.FATAL or (
+            worker.state is WorkerState.FAILED and is_crash_loop(slot.fast_failures, self._restarts)
+        ):
+            reason = (
+                f"marked failed after {slot.fast_failures} failures in a row; an explicit load "
+                "(e.g. an empty /api/generate request) or a config reload retries it"
+            )
+            if worker.state is WorkerState.FAILED:
+                worker.enter_fatal(reason)
+            last = worker.last_error
+            raise LoadError(slot.name, reason, last.tail if last else worker.tail())
+        delay = restart_delay(slot.fast_failures, self._restarts)
+        if delay and worker.state is WorkerState.FAILED:
+            worker.enter_backoff(f"restart in {delay:g}s after {slot.fast_failures} failure(s)")
+            await asyncio.sleep(delay)
+
+    async def _make_room(self, slot: ModelSlot) -> Share:
+        """Decide where the model goes, evicting idle models or waiting for busy ones."""
+        # Reading the model's files for its estimate is disk I/O: in a thread.
+        request = await asyncio.to_thread(self._memory.request, slot.name, slot.spec)
+        deadline = time.monotonic() + self._settings.drain_wait
+        held: list[ModelSlot] = []
+        try:
+            while True:
+                snapshot = await self._memory.snapshot(lambda: self._fleet.loaded_models(slot))
+                decision = decide(snapshot, request)  # no await from here to the unloads
+                if isinstance(decision, Refuse):
+                    raise LoadError(slot.name, decision.reason, [])
+                if isinstance(decision, Place):
+                    reason = f"evicted to make room for {slot.name}"
+                    stopping = [self._fleet.unload(v, reason, "memory") for v in decision.evict]
+                    for task in stopping:
+                        if task is not None:
+                            await task
+                    if decision.evict:
+                        await self._memory.wait_for_memory(decision.devices, request.need)
+                    return self._memory.share(slot.spec, decision.devices, request.need)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LoadError(
+                        slot.name,
+                        f"does not fit while {', '.join(decision.blocking)} are busy; waited "
+                        f"{self._settings.drain_wait:g}s (drain_wait) for them to finish",
+                        [],
+                    )
+                log.info("load waits for busy models", model=slot.name, blocking=decision.blocking)
+                for name in decision.blocking:
+                    other = self._fleet.slots.get(name)
+                    if other is not None and not other.draining:
+                        other.draining = True
+                        held.append(other)
+                await self._fleet.changed(min(remaining, 1.0))
+        finally:
+            for other in held:
+                other.draining = False
+            if held:
+                self._fleet.notify()  # their queued requests may go on (or load them again)
