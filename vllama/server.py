@@ -1,4 +1,4 @@
-"""The daemon's lifecycle: listen, serve, and on a signal shut down in a fixed order.
+"""The daemon: read its configuration, build the parts, serve, and shut down in a fixed order.
 
 Shutdown order (first SIGTERM/SIGINT): refuse new work and abandon loads in flight, stop listening,
 let requests in flight finish up to `drain_timeout`, stop every worker (confirming each tree is
@@ -11,19 +11,63 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from vllama.api.app import build_app
 from vllama.api.keys import REGISTRY, SCHEDULER
-from vllama.config.settings import Config, ConfigError
+from vllama.config.settings import Config, ConfigError, load_config, read_toml
+from vllama.engine.support import check_engine_support
+from vllama.ops.logsetup import configure_logging
 from vllama.ops.systemd import Notifier, StatusLine, watchdog_loop
 
 log = structlog.get_logger("vllama.server")
 
 EXIT_FORCED = 130
+EXIT_BAD_CONFIG = 2
+
+
+def run_daemon(config_path: Path | None, host: str | None, port: int | None) -> int:
+    """`vllama serve`: flags > environment > file; with no file at all, the demo models."""
+    try:
+        config = resolve_config(config_path, host, port)
+    except ConfigError as exc:
+        print(f"vllama: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    configure_logging(config.server.log_level, config.server.log_format)
+    reload = (lambda: resolve_config(config_path, host, port)) if config.server.config else None
+    return _run(serve(config, reload))
+
+
+def resolve_config(config_path: Path | None, host: str | None, port: int | None) -> Config:
+    """The configuration from its sources, checked against the installed engine (also what a
+    SIGHUP re-reads)."""
+    flags: dict[str, Any] = {"host": host, "port": port, "config": config_path}
+    path_text = config_path or os.environ.get("VLLAMA_CONFIG")
+    if path_text:
+        path = Path(path_text).expanduser()
+        config = load_config(flags, read_toml(path), base_dir=path.resolve().parent)
+    else:
+        from vllama.demo.config import demo_config_data  # builds the demo models if needed
+
+        bare = load_config(flags)
+        config = load_config(flags, demo_config_data(bare.server.models_dir.expanduser()))
+    check_engine_support(config)
+    return config
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where installed (less CPU per relayed request), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)  # measured: docs/BENCHMARKS.md
 
 
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:

@@ -22,25 +22,22 @@ from tests.conftest import FAKE_ENGINE_COMMAND, LONG_LIVED, assert_no_leftovers
 from tests.daemon import Daemon, free_port, write_config
 from vllama import __version__
 from vllama.cli.client import DEFAULT_URL, daemon_url, error_message
-from vllama.cli.commands import (
-    ProgressPrinter,
-    chat_loop,
+from vllama.cli.commands import parse_parameters
+from vllama.cli.format import (
     format_table,
     go_duration,
     human_bytes,
     human_duration,
     human_time,
     list_rows,
-    parse_parameters,
     parse_time,
     processor_text,
-    progress_line,
     ps_rows,
-    read_message,
     show_text,
     until_text,
     verbose_stats,
 )
+from vllama.cli.interactive import ProgressPrinter, chat_loop, progress_line, read_message
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 TOKENS = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "  # the fake's 8 default tokens

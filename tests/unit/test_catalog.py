@@ -13,8 +13,9 @@ from safetensors.numpy import save_file
 
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
-from vllama.catalog.files import ModelFormatError, format_parameter_count, read_model
+from vllama.catalog.files import ModelFormatError, read_model
 from vllama.catalog.names import normalize_name
+from vllama.config.units import format_parameter_count
 from vllama.demo.build import ensure_demo_models
 
 LLAMA_CONFIG: dict[str, Any] = {

@@ -20,6 +20,7 @@ from stat import S_ISREG
 from typing import Any
 
 from vllama.catalog.capabilities import capabilities_of
+from vllama.config.units import format_parameter_count
 
 
 class ModelFormatError(ValueError):
@@ -144,15 +145,6 @@ def read_model(path: Path) -> ModelFiles:
         parameter_count=count,
         generation_config=_optional_json(path / "generation_config.json"),
     )
-
-
-def format_parameter_count(count: int) -> str:
-    """Ollama style: "8.0B", "135M", "1.2K"; one decimal below 100 units, none above."""
-    for unit, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if count >= scale:
-            value = count / scale
-            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
-    return str(count)
 
 
 def json_object(data: bytes, source: Path) -> dict[str, Any]:

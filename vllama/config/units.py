@@ -93,3 +93,12 @@ def parse_size(value: object) -> int:
             number, unit = float(match.group(1)), match.group(2).lower()
             return int(number * (1024 ** _POWERS[unit]))
     raise SizeError(f"invalid size {value!r}: expected bytes or e.g. '20GiB', '512MiB'")
+
+
+def format_parameter_count(count: int) -> str:
+    """Ollama style: "8.0B", "135M", "1.2K"; one decimal below 100 units, none above."""
+    for unit, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(count)
