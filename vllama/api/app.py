@@ -26,7 +26,8 @@ from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelSpec
 from vllama.ops.metrics import Metrics
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.scheduler import Scheduler
+from vllama.scheduling.memory import WeightBytes
+from vllama.scheduling.scheduler import Scheduler, process_workers
 
 
 async def root(request: web.Request) -> web.Response:
@@ -44,11 +45,14 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     upstream = new_upstream_session()
     app[UPSTREAM] = upstream
     devices, metrics = app[DEVICES], app[METRICS]
+    config = app[CONFIG]
+    given = app.get(WEIGHT_BYTES)
+    weight_bytes = _sizes(given) if given is not None else app[REGISTRY].weight_bytes
     scheduler = Scheduler(
-        app[CONFIG],
-        upstream,
+        config,
+        process_workers(config.server, upstream),
         devices=devices,
-        weight_bytes=app.get(WEIGHT_BYTES) or app[REGISTRY].weight_bytes,
+        weight_bytes=weight_bytes,
     )
     app[SCHEDULER] = scheduler
     scheduler.events.subscribe(metrics.listen)
@@ -60,6 +64,13 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     await scheduler.stop_all()
     devices.close()
     await upstream.close()
+
+
+def _sizes(weight_bytes: Callable[[ModelSpec], int]) -> WeightBytes:
+    async def sizes(spec: ModelSpec) -> int:
+        return weight_bytes(spec)
+
+    return sizes
 
 
 def build_app(

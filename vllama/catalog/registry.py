@@ -183,9 +183,9 @@ class Registry:
             return path if path.is_dir() else None
         return self.discovery.hf_cache_entries.get(spec.model)
 
-    def weight_bytes(self, spec: ModelSpec) -> int:
-        """Blocking: bytes of the model's files on disk (0 when not downloaded yet)."""
-        files = self.files_of(spec)
+    async def weight_bytes(self, spec: ModelSpec) -> int:
+        """Bytes of the model's files on disk (0 when not downloaded yet), read in a thread."""
+        files = await asyncio.to_thread(self.files_of, spec)
         return files.size if files is not None else 0
 
     async def traits(self, resolved: Resolved, served_context: int | None) -> ModelTraits:

@@ -74,6 +74,10 @@ class ModelSlot:
     permits: asyncio.Semaphore | None = None  # `max_parallel`
     in_flight: int = 0
     waiting: int = 0  # requests waiting for a load (or a permit)
+    # Waiters a finished load is kept for: they go ahead even if the model is draining by then,
+    # and placement counts them as busy, so another load cannot evict the model before the
+    # requests it was loaded for have run.
+    reserved: int = 0
     last_used: float = field(default_factory=time.monotonic)
     expiry: Expiry = field(default_factory=Expiry)
     load_task: asyncio.Task[None] | None = None
@@ -174,7 +178,7 @@ class Fleet:
                 name=slot.name,
                 devices=slot.devices,
                 footprint=slot.footprint,
-                in_flight=slot.in_flight,
+                in_flight=slot.in_flight + slot.reserved,
                 pinned=slot.spec.pinned,
                 last_used=slot.last_used,
                 starting=slot.worker.state is WorkerState.STARTING,

@@ -54,6 +54,7 @@ class Loader:
             if worker.state is WorkerState.SLEEPING:
                 async with self._lock:  # waking takes GPU memory back, like a load
                     await worker.wake()
+                    slot.reserved = slot.waiting
                 return
             restart_after = worker.reason if worker.state is WorkerState.FAILED else None
             await self._crash_loop_guard(slot, explicit)
@@ -77,6 +78,7 @@ class Loader:
                     raise
                 measured = await self._memory.measure(slot.name, worker.pid, share.devices)
                 slot.footprint = measured or share.need
+                slot.reserved = slot.waiting  # before the lock goes to the next load
             seconds = time.monotonic() - started
             log.info("model loaded", model=slot.name, seconds=round(seconds, 2))
             if slot.idle:  # a preload: nobody will release it
@@ -113,8 +115,7 @@ class Loader:
 
     async def _make_room(self, slot: ModelSlot) -> Share:
         """Decide where the model goes, evicting idle models or waiting for busy ones."""
-        # Reading the model's files for its estimate is disk I/O: in a thread.
-        request = await asyncio.to_thread(self._memory.request, slot.name, slot.spec)
+        request = await self._memory.request(slot.name, slot.spec)
         deadline = time.monotonic() + self._settings.drain_wait
         held: list[ModelSlot] = []
         try:

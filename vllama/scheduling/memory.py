@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +21,10 @@ from vllama.scheduling.devices import Devices, cuda_visible_devices
 from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot, estimate_need
 
 log = structlog.get_logger("vllama.memory")
+
+# Bytes of a model's weights on disk (0 when not downloaded yet); reading them is the caller's
+# effect to schedule (the registry reads files in a thread).
+WeightBytes = Callable[[ModelSpec], Awaitable[int]]
 
 # What a vLLM server costs beyond weights and KV cache, before its first load is measured:
 # the CPU engine's three Python processes with torch loaded (~1.9 GB measured for a 2 MB model),
@@ -45,7 +49,7 @@ class MemoryPlanner:
         self,
         settings: ServerSettings,
         devices: Devices,
-        weight_bytes: Callable[[ModelSpec], int],
+        weight_bytes: WeightBytes,
     ) -> None:
         self._settings = settings
         self._devices = devices
@@ -56,11 +60,12 @@ class MemoryPlanner:
 
     # -- what a model needs ------------------------------------------------------------------
 
-    def request(self, name: str, spec: ModelSpec) -> Request:
+    async def request(self, name: str, spec: ModelSpec) -> Request:
         count = vllm_args.tensor_parallel_size(spec.args) if self.kind == "gpu" else 1
-        return Request(name=name, kind=self.kind, device_count=count, need=self.need(name, spec))
+        need = await self.need(name, spec)
+        return Request(name=name, kind=self.kind, device_count=count, need=need)
 
-    def need(self, name: str, spec: ModelSpec) -> int:
+    async def need(self, name: str, spec: ModelSpec) -> int:
         """Bytes per device: the last measured footprint, else an estimate from the files."""
         if name in self._measured:
             return self._measured[name]
@@ -69,7 +74,7 @@ class MemoryPlanner:
         if kv is None:  # a GPU worker with no KV size of its own gets `kv_cache` in its share
             by_share = vllm_args.has_flag(spec.args, vllm_args.GPU_SHARE)
             kv = 0 if by_share else self._settings.kv_cache
-        weights = self._weight_bytes(spec) // vllm_args.tensor_parallel_size(spec.args)
+        weights = await self._weight_bytes(spec) // vllm_args.tensor_parallel_size(spec.args)
         return estimate_need(weights, kv, OVERHEAD[self.kind])
 
     async def measure(self, name: str, pid: int | None, devices: tuple[str, ...]) -> int:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
 import structlog
 
-from vllama.config.settings import Config, ModelSpec
+from vllama.config.settings import Config, ModelSpec, ServerSettings
 from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
@@ -28,7 +28,7 @@ from vllama.scheduling.errors import QueueFull, ShuttingDown
 from vllama.scheduling.events import Events
 from vllama.scheduling.fleet import Fleet, ModelSlot, StateListener, WorkerFactory, WorkerLike
 from vllama.scheduling.loading import Loader
-from vllama.scheduling.memory import MemoryPlanner
+from vllama.scheduling.memory import MemoryPlanner, WeightBytes
 from vllama.scheduling.reload import plan_reload
 from vllama.scheduling.restarts import RestartPolicy
 from vllama.scheduling.status import ModelStatus, SchedulerStatus
@@ -36,19 +36,28 @@ from vllama.scheduling.status import ModelStatus, SchedulerStatus
 log = structlog.get_logger("vllama.scheduler")
 
 
+def process_workers(settings: ServerSettings, http: aiohttp.ClientSession) -> WorkerFactory:
+    """Workers that run vLLM servers as child processes, on ports from the configured range."""
+    ports = PortAllocator(settings.worker_port_min, settings.worker_port_max)
+
+    def new_worker(name: str, spec: ModelSpec, on_state: StateListener) -> WorkerLike:
+        return Worker(name, spec, settings, http, ports, on_state)
+
+    return new_worker
+
+
 class Scheduler:
     def __init__(
         self,
         config: Config,
-        http: aiohttp.ClientSession,
-        devices: Devices | None = None,
-        weight_bytes: Callable[[ModelSpec], int] = lambda spec: 0,
-        new_worker: WorkerFactory | None = None,
+        new_worker: WorkerFactory,
+        devices: Devices,
+        weight_bytes: WeightBytes,
     ) -> None:
         self._config = config
         settings = self._settings = config.server
         self.events = Events()
-        self.devices = devices or Devices()
+        self.devices = devices
         self.memory = MemoryPlanner(settings, self.devices, weight_bytes)
         restarts = RestartPolicy(
             backoff=settings.restart_backoff,
@@ -56,12 +65,7 @@ class Scheduler:
             limit=settings.crash_loop_failures,
             window=settings.crash_loop_window,
         )
-        ports = PortAllocator(settings.worker_port_min, settings.worker_port_max)
-
-        def real_worker(name: str, spec: ModelSpec, on_state: StateListener) -> WorkerLike:
-            return Worker(name, spec, settings, http, ports, on_state)
-
-        self._fleet = Fleet(settings, restarts, self.events, new_worker or real_worker)
+        self._fleet = Fleet(settings, restarts, self.events, new_worker)
         self._loader = Loader(self._fleet, settings, self.memory, restarts, self.events)
         self._queued = 0  # requests waiting for a model, all models together
         self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
@@ -167,6 +171,7 @@ class Scheduler:
         finally:
             self._queued -= 1
             slot.waiting -= 1
+            slot.reserved = min(slot.reserved, slot.waiting)  # no reservation outlives its waiters
             if slot.idle and slot.worker.is_ready:
                 self._fleet.arm_expiry(slot)  # every waiter left before using the model
 
@@ -174,6 +179,9 @@ class Scheduler:
         while True:
             if self._fleet.closing:
                 raise ShuttingDown("vllama is shutting down")
+            if slot.worker.is_ready and slot.reserved:
+                slot.reserved -= 1  # a load finished for the waiters: go, even if draining
+                return
             if slot.worker.is_ready and not slot.draining:
                 return
             load = slot.load_task or self._start_load(slot, explicit)

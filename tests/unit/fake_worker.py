@@ -1,0 +1,128 @@
+"""A worker with no process, for testing the scheduler's decisions on their own.
+
+It keeps the real state machine (every change goes through `check_transition` and is reported to
+the scheduler's listener, as `Worker._set_state` does) and lets the test decide when a start
+finishes and whether it fails. Nothing here sleeps: a test opens `gate` when it wants the start
+to complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+from vllama.config.settings import ModelSpec
+from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
+from vllama.engine.worker import LoadError
+from vllama.scheduling.fleet import StateListener, WorkerLike
+
+
+class FakeWorker:
+    def __init__(self, name: str, spec: ModelSpec, on_state: StateListener) -> None:
+        self.name = name
+        self.spec = spec
+        self._on_state = on_state
+        self.state = WorkerState.STOPPED
+        self.reason = "never started"
+        self.ready_at: float | None = None
+        self.max_model_len: int | None = None
+        self.last_error: LoadError | None = None
+        self.gate = asyncio.Event()  # a start completes once this is set
+        self.gate.set()
+        self.fail_starts = 0  # the next this many starts fail
+        self.starts = 0
+        self.stops = 0
+        self.share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+        self.sleeps = self.wakes = 0
+
+    def _set(self, target: WorkerState, reason: str) -> None:
+        check_transition(self.name, self.state, target)
+        old, self.state, self.reason = self.state, target, reason
+        self._on_state(self, old, target, reason)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is WorkerState.READY
+
+    @property
+    def has_port(self) -> bool:
+        return self.state in RUNNING
+
+    @property
+    def base_url(self) -> str:
+        return f"http://fake/{self.name}"
+
+    @property
+    def pid(self) -> int | None:
+        return None  # nothing to measure: placement uses the share it gave
+
+    def tail(self, lines: int = 20) -> list[str]:
+        return [f"{self.name}: start {self.starts}"][-lines:] if lines else []
+
+    async def start(
+        self, share_args: Sequence[str] = (), share_env: Mapping[str, str] | None = None
+    ) -> None:
+        self._set(WorkerState.STARTING, "load requested")
+        self.starts += 1
+        self.share = (tuple(share_args), dict(share_env or {}))
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self._set(WorkerState.STOPPING, "load cancelled")
+            self._set(WorkerState.STOPPED, "load cancelled")
+            raise
+        if self.fail_starts:
+            self.fail_starts -= 1
+            self.last_error = LoadError(self.name, "exited with code 1 during start", ["boom"])
+            self._set(WorkerState.FAILED, self.last_error.reason)
+            raise self.last_error
+        self.ready_at = time.monotonic()
+        self.max_model_len = 2048
+        self._set(WorkerState.READY, "health check passed")
+
+    async def stop(self, reason: str) -> None:
+        if self.state in RUNNING:
+            self.stops += 1
+            self._set(WorkerState.STOPPING, reason)
+            self._set(WorkerState.STOPPED, reason)
+        elif self.state in DOWN:
+            self._set(WorkerState.STOPPED, reason)
+
+    def crash(self, reason: str = "worker exited with code 9") -> None:
+        """What the real worker's watcher does when its process dies while READY."""
+        self.last_error = LoadError(self.name, reason, ["killed"])
+        self._set(WorkerState.FAILED, reason)
+
+    async def sleep(self) -> bool:
+        self.sleeps += 1
+        self._set(WorkerState.SLEEPING, "idle for keep_alive (sleep mode)")
+        return True
+
+    async def wake(self) -> None:
+        self.wakes += 1
+        self._set(WorkerState.READY, "woken up")
+
+    async def confirm_health(self) -> None:
+        return None
+
+    def enter_backoff(self, reason: str) -> None:
+        self._set(WorkerState.BACKOFF, reason)
+
+    def enter_fatal(self, reason: str) -> None:
+        self._set(WorkerState.FATAL, reason)
+
+    def kill_now(self) -> None:
+        return None
+
+
+class FakeWorkers:
+    """The factory the scheduler calls, remembering every worker it made by model name."""
+
+    def __init__(self) -> None:
+        self.made: dict[str, FakeWorker] = {}
+
+    def __call__(self, name: str, spec: ModelSpec, on_state: StateListener) -> WorkerLike:
+        worker = FakeWorker(name, spec, on_state)
+        self.made[name] = worker
+        return worker

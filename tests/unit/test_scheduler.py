@@ -1,0 +1,292 @@
+"""The scheduler's decisions against workers with no processes (tests/unit/fake_worker.py).
+
+A pretend GPU host (a fake NVML) and model sizes set by the test; every start finishes when the
+test opens its gate. No process is spawned and nothing waits on a clock: `settle()` only lets the
+event loop run what is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.component.fakes import FakeNvml
+from tests.unit.fake_worker import FakeWorkers
+from vllama.config.settings import ModelSpec, load_config
+from vllama.engine.states import WorkerState
+from vllama.engine.worker import LoadError
+from vllama.scheduling.devices import DeviceMemory, Devices
+from vllama.scheduling.errors import QueueFull, ShuttingDown
+from vllama.scheduling.events import Event, LoadFailed, ModelLoaded, ModelUnloaded
+from vllama.scheduling.scheduler import Scheduler
+
+GiB = 1 << 30
+S = WorkerState
+
+
+def config_for(models: dict[str, dict[str, Any]], **server: Any) -> Any:
+    # 1 GiB of KV cache and 1 GiB of GPU overhead: each model needs its weights + 2 GiB.
+    table = {"kv_cache": "1GiB", "restart_backoff": 0, **server}
+    specs = {name: {"model": f"org/{name}", **spec} for name, spec in models.items()}
+    return load_config(file_data={"server": table, "models": specs})
+
+
+class FakeDevices(Devices):
+    """The NVML fake, answered on the event loop: no thread hops, so `settle()` suffices."""
+
+    async def snapshot_async(self) -> list[DeviceMemory]:
+        return self.snapshot()
+
+    async def usage_by_tree_async(self, root: int) -> dict[str, int]:
+        return {}
+
+
+def host(
+    models: dict[str, dict[str, Any]],
+    weights_gib: dict[str, int],
+    gpus: tuple[int, ...] = (10 * GiB,),
+    **server: Any,
+) -> tuple[Scheduler, FakeWorkers, list[Event]]:
+    workers = FakeWorkers()
+
+    async def weights(spec: ModelSpec) -> int:
+        return weights_gib[spec.model.removeprefix("org/")] * GiB
+
+    scheduler = Scheduler(
+        config_for(models, **server),
+        workers,
+        FakeDevices(nvml=FakeNvml(*gpus)),
+        weight_bytes=weights,
+    )
+    events: list[Event] = []
+    scheduler.events.subscribe(events.append)
+    return scheduler, workers, events
+
+
+async def settle(turns: int = 50) -> None:
+    """Let every task that can run, run (no clock involved)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def state(scheduler: Scheduler, name: str) -> WorkerState:
+    status = scheduler.model_status(name)
+    assert status is not None
+    return status.state
+
+
+@contextlib.asynccontextmanager
+async def held(scheduler: Scheduler, name: str, **kwargs: Any) -> AsyncIterator[None]:
+    async with scheduler.lease(name, **kwargs):
+        yield
+
+
+async def test_concurrent_requests_join_one_load() -> None:
+    scheduler, workers, events = host({"a": {}}, {"a": 1})
+    workers.made["a"].gate.clear()
+    leases = [asyncio.create_task(_use(scheduler, "a")) for _ in range(5)]
+    await settle()
+    assert state(scheduler, "a") is S.STARTING
+    assert scheduler.status().queued == 5 and scheduler.model_status("a").waiting == 5  # type: ignore[union-attr]
+    workers.made["a"].gate.set()
+    await asyncio.gather(*leases)
+    assert workers.made["a"].starts == 1
+    assert [type(e) for e in events if not _state_event(e)] == [ModelLoaded]
+    assert scheduler.status().queued == 0
+
+
+async def test_a_failed_start_fails_every_waiter_and_the_next_request_retries() -> None:
+    scheduler, workers, events = host({"a": {}}, {"a": 1})
+    worker = workers.made["a"]
+    worker.fail_starts = 1
+    tries = (_use(scheduler, "a") for _ in range(3))
+    results = await asyncio.gather(*tries, return_exceptions=True)
+    assert all(isinstance(r, LoadError) and "during start" in str(r) for r in results)
+    assert state(scheduler, "a") is S.FAILED
+    assert [type(e) for e in events if not _state_event(e)] == [LoadFailed]
+    await _use(scheduler, "a")
+    assert worker.starts == 2 and state(scheduler, "a") is S.READY
+    loaded = [e for e in events if isinstance(e, ModelLoaded)]
+    assert loaded[0].restarted_after == "exited"
+
+
+async def test_fast_failures_in_a_row_are_fatal_until_an_explicit_load() -> None:
+    scheduler, workers, _ = host({"a": {}}, {"a": 1}, crash_loop_failures=3)
+    worker = workers.made["a"]
+    worker.fail_starts = 3
+    for _ in range(3):
+        with pytest.raises(LoadError):
+            await _use(scheduler, "a")
+    with pytest.raises(LoadError, match="marked failed after 3 failures"):
+        await _use(scheduler, "a")
+    assert state(scheduler, "a") is S.FATAL and worker.starts == 3  # refused without a start
+    await _use(scheduler, "a", explicit=True)
+    assert state(scheduler, "a") is S.READY and worker.starts == 4
+
+
+async def test_an_idle_model_is_evicted_for_one_that_does_not_fit_beside_it() -> None:
+    scheduler, workers, events = host({"a": {}, "b": {}}, {"a": 4, "b": 4})  # 6 GiB each of 10
+    await _use(scheduler, "a")
+    await _use(scheduler, "b")
+    assert (state(scheduler, "a"), state(scheduler, "b")) == (S.STOPPED, S.READY)
+    assert [e.why for e in events if isinstance(e, ModelUnloaded)] == ["memory"]
+    # The share vLLM was told: 6 GiB of the 10 GiB GPU, pinned to that GPU.
+    args, env = workers.made["b"].share
+    assert args == ("--gpu-memory-utilization", "0.600")
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+async def test_a_busy_model_is_waited_for_and_each_model_gets_its_turn() -> None:
+    scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 4, "b": 4})  # never both at once
+    release = asyncio.Event()
+
+    async def long_request() -> None:
+        async with scheduler.lease("a"):
+            await release.wait()
+
+    first = asyncio.create_task(long_request())
+    await settle()
+    b = asyncio.create_task(_use(scheduler, "b"))
+    await settle()
+    assert state(scheduler, "a") is S.READY and workers.made["b"].starts == 0  # b waits
+    # Turn-taking: while b waits, a new request for a queues instead of keeping a busy.
+    late = asyncio.create_task(_use(scheduler, "a"))
+    await settle()
+    assert scheduler.model_status("a").waiting == 1  # type: ignore[union-attr]
+    assert not late.done()
+    release.set()
+    # Every request is served: b once a is idle, then a again for the late request; a model
+    # loaded for its waiters is not evicted before they have run (no endless ping-pong).
+    await asyncio.wait_for(asyncio.gather(first, b, late), 5)
+    assert (workers.made["a"].starts, workers.made["b"].starts) == (2, 1)
+    assert state(scheduler, "a") is S.READY and state(scheduler, "b") is S.STOPPED
+
+
+async def test_a_model_too_big_for_any_gpu_is_refused_with_the_numbers() -> None:
+    scheduler, workers, _ = host({"huge": {}}, {"huge": 20})
+    with pytest.raises(LoadError, match=r"needs 22\.0 GiB per device.*10\.0 GiB"):
+        await _use(scheduler, "huge")
+    assert workers.made["huge"].starts == 0
+
+
+async def test_the_wait_queue_is_bounded() -> None:
+    scheduler, workers, _ = host({"a": {}}, {"a": 1}, max_queue=2)
+    workers.made["a"].gate.clear()
+    waiting = [asyncio.create_task(_use(scheduler, "a")) for _ in range(2)]
+    await settle()
+    with pytest.raises(QueueFull, match="max_queue 2"):
+        await _use(scheduler, "a")
+    workers.made["a"].gate.set()
+    await asyncio.gather(*waiting)
+
+
+async def test_max_parallel_admits_one_request_at_a_time() -> None:
+    scheduler, _, _ = host({"a": {"max_parallel": 1}}, {"a": 1})
+    await _use(scheduler, "a")
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def request(tag: str) -> None:
+        async with scheduler.lease("a"):
+            order.append(f"{tag} in")
+            await release.wait()
+            order.append(f"{tag} out")
+
+    tasks = [asyncio.create_task(request(tag)) for tag in ("x", "y")]
+    await settle()
+    assert order == ["x in"]
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == ["x in", "x out", "y in", "y out"]
+
+
+async def test_keep_alive_zero_unloads_when_the_last_request_ends() -> None:
+    scheduler, _, events = host({"a": {}}, {"a": 1})
+    await _use(scheduler, "a", keep_alive=0)
+    await settle()
+    assert state(scheduler, "a") is S.STOPPED
+    assert [e.why for e in events if isinstance(e, ModelUnloaded)] == ["keep_alive"]
+
+
+async def test_expire_waits_for_requests_in_flight() -> None:
+    scheduler, _, _ = host({"a": {}}, {"a": 1})
+    async with scheduler.lease("a"):
+        scheduler.expire("a")
+        await settle()
+        assert state(scheduler, "a") is S.READY  # still serving
+    await settle()
+    assert state(scheduler, "a") is S.STOPPED
+
+
+async def test_sleep_mode_sleeps_when_idle_and_wakes_on_the_next_request() -> None:
+    scheduler, workers, _ = host({"a": {"sleep_when_idle": True, "keep_alive": 0}}, {"a": 1})
+    await _use(scheduler, "a")
+    await settle()
+    worker = workers.made["a"]
+    assert state(scheduler, "a") is S.SLEEPING and worker.sleeps == 1
+    assert "--enable-sleep-mode" in worker.share[0]
+    await _use(scheduler, "a", keep_alive=-1)
+    assert state(scheduler, "a") is S.READY and (worker.wakes, worker.starts) == (1, 1)
+
+
+async def test_a_crash_while_ready_restarts_on_the_next_request() -> None:
+    scheduler, workers, events = host({"a": {}}, {"a": 1})
+    await _use(scheduler, "a")
+    workers.made["a"].crash()
+    await _use(scheduler, "a")
+    assert workers.made["a"].starts == 2
+    assert [e.restarted_after for e in events if isinstance(e, ModelLoaded)] == [None, "exited"]
+
+
+async def test_a_reload_restarts_changed_stops_removed_and_adds_new_models() -> None:
+    scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 1, "b": 1, "c": 1}, gpus=(40 * GiB,))
+    await _use(scheduler, "a")
+    await _use(scheduler, "b")
+    old_a = workers.made["a"]
+    release = asyncio.Event()
+
+    async def long_request() -> None:
+        async with scheduler.lease("a"):
+            await release.wait()
+
+    busy = asyncio.create_task(long_request())
+    await settle()
+    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}, "c": {}}))
+    await settle()
+    assert old_a.state is S.READY  # finishing its request first
+    assert scheduler.model_status("b") is None and workers.made["b"].state is S.STOPPED
+    assert state(scheduler, "c") is S.STOPPED  # available, not loaded
+    release.set()
+    await busy
+    await settle(200)
+    assert old_a.state is S.STOPPED and workers.made["a"] is not old_a
+    assert state(scheduler, "a") is S.READY  # it was loaded, so the new spec loads again
+    assert scheduler.model_status("a").keep_alive == 3600  # type: ignore[union-attr]
+
+
+async def test_shutdown_refuses_new_leases_and_stops_every_worker() -> None:
+    scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 1, "b": 1}, gpus=(40 * GiB,))
+    await _use(scheduler, "a")
+    workers.made["b"].gate.clear()
+    loading = asyncio.create_task(_use(scheduler, "b"))
+    await settle()
+    scheduler.begin_shutdown()
+    with pytest.raises(ShuttingDown):
+        await _use(scheduler, "a")
+    with pytest.raises((ShuttingDown, asyncio.CancelledError)):
+        await loading
+    await scheduler.stop_all()
+    assert {m.state for m in scheduler.status().models} == {S.STOPPED}
+
+
+async def _use(scheduler: Scheduler, name: str, **kwargs: Any) -> None:
+    async with scheduler.lease(name, **kwargs):
+        pass
+
+
+def _state_event(event: Event) -> bool:
+    return type(event).__name__ == "StateChanged"
