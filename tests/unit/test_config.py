@@ -114,3 +114,11 @@ def test_the_example_config_is_valid_and_documents_every_setting() -> None:
     text = example.read_text()
     undocumented = [name for name in ServerSettings.model_fields if f"{name} =" not in text]
     assert undocumented in ([], ["config"]), undocumented
+
+
+def test_the_same_file_read_twice_gives_equal_settings() -> None:
+    # A SIGHUP compares them to warn about server settings that need a restart.
+    table = {"server": {"port": 1234, "keep_alive": "1m"}}
+    first, second = load_config(file_data=table), load_config(file_data=table)
+    assert first.server == second.server
+    assert load_config(file_data={"server": {"port": 1235}}).server != first.server

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,9 +147,9 @@ class ServerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Flags arrive as init kwargs and win over the environment; `load_config` adds the
-        # file's [server] table below both.
-        return (init_settings, env_settings)
+        # Flags arrive as init kwargs and win over the environment; the file's [server] table
+        # (set by `load_config` for the duration of one construction) comes below both.
+        return (init_settings, env_settings, _FileSource(settings_cls, _SERVER_TABLE.get()))
 
 
 class Config(BaseModel):
@@ -166,6 +167,10 @@ class Config(BaseModel):
             for alias in spec.aliases:
                 table[alias] = name
         return table
+
+
+# The config file's [server] table while `load_config` builds the settings from it.
+_SERVER_TABLE: ContextVar[dict[str, Any]] = ContextVar("server_table", default={})  # noqa: B039
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -212,22 +217,13 @@ def load_config(
     if not isinstance(models_data, dict):
         raise ConfigError("models: must be a table of [models.<name>] tables")
 
-    class _FromFile(ServerSettings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _FileSource(settings_cls, server_data))
-
+    token = _SERVER_TABLE.set(server_data)
     try:
-        server = _FromFile(**flags)
+        server = ServerSettings(**flags)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, prefix="server")) from None
+    finally:
+        _SERVER_TABLE.reset(token)
 
     models: dict[str, ModelSpec] = {}
     for name, table in models_data.items():
