@@ -11,7 +11,11 @@ taken in the same run mean anything):
    the engine's cost doesn't hide the relay's: the daemon's own CPU time (user + system, from
    /proc) divided by the number of relayed streams.
 
+With `--compare TREE` (another checkout of vllama, e.g. a `git worktree` of an older commit), the
+relay CPU measurement alternates between this tree and TREE, several rounds each, in one run.
+
 Usage: .venv/bin/python benchmarks/relay.py [--rounds 5] [--skip-engine] [--streams 2000]
+       .venv/bin/python benchmarks/relay.py --skip-engine --compare ../old-vllama [--cpu-rounds 5]
 """
 
 from __future__ import annotations
@@ -142,13 +146,16 @@ async def engine_benchmark(rounds: int, concurrency: int, tokens: int, folder: P
     print(f"  added median TTFT: median {statistics.median(added) * 1000:.2f} ms")
 
 
-async def cpu_benchmark(streams: int, concurrency: int, tokens: int, folder: Path) -> None:
+async def cpu_benchmark(
+    streams: int, concurrency: int, tokens: int, folder: Path, source: Path | None = None
+) -> float:
+    """The daemon's CPU milliseconds per relayed stream (printed, and returned)."""
     config = write_config(
         folder / "fake.toml",
         {"engine_command": FAKE, "health_interval": 3600},
         {"instant": {"model": "fake/instant", "keep_alive": -1}},
     )
-    with Daemon(config, free_port(), folder / "fake.log") as daemon:
+    with Daemon(config, free_port(), folder / "fake.log", source=source) as daemon:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             await load_round(session, daemon.url, "instant", concurrency, tokens)  # load, warm up
@@ -170,9 +177,27 @@ async def cpu_benchmark(streams: int, concurrency: int, tokens: int, folder: Pat
             direct_wall = time.perf_counter() - began
     done = (streams // concurrency) * concurrency
     cpu = (after.user - before.user) + (after.system - before.system)
-    print(f"relay CPU: {done} streams of {events / done:.0f} SSE events, {concurrency} at a time")
+    where = f" ({source})" if source else ""
+    shape = f"{done} streams of {events / done:.0f} SSE events, {concurrency} at a time"
+    print(f"relay CPU{where}: {shape}")
     print(f"  vllama CPU per relayed stream: {cpu / done * 1000:.3f} ms")
     print(f"  wall: through vllama {wall:.2f} s, direct {direct_wall:.2f} s")
+    return cpu / done * 1000
+
+
+async def compare_cpu(streams: int, tokens: int, folder: Path, other: Path, rounds: int) -> None:
+    """This tree and `other`, alternately, so both see the same machine conditions."""
+    mine: list[float] = []
+    theirs: list[float] = []
+    for _ in range(rounds):
+        mine.append(await cpu_benchmark(streams, 16, tokens, folder))
+        theirs.append(await cpu_benchmark(streams, 16, tokens, folder, source=other))
+    ratio = statistics.median(m / o for m, o in zip(mine, theirs, strict=True))
+    print(f"relay CPU per stream, median of {rounds} alternating rounds:")
+    print(
+        f"  this tree {statistics.median(mine):.3f} ms, {other} {statistics.median(theirs):.3f} ms"
+    )
+    print(f"  ratio this/other: median {ratio:.3f}")
 
 
 def main() -> None:
@@ -183,10 +208,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--skip-engine", action="store_true")
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--compare", type=Path, help="another vllama source tree to measure")
+    parser.add_argument("--cpu-rounds", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        if not args.skip_cpu:
+        if args.compare is not None:
+            other = args.compare.resolve()
+            asyncio.run(compare_cpu(args.streams, args.tokens, folder, other, args.cpu_rounds))
+        elif not args.skip_cpu:
             asyncio.run(cpu_benchmark(args.streams, 16, args.tokens, folder))
         if not args.skip_engine:
             asyncio.run(engine_benchmark(args.rounds, args.concurrency, args.tokens, folder))

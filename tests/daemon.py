@@ -49,12 +49,23 @@ def write_config(path: Path, server: dict[str, Any], models: dict[str, dict[str,
 class Daemon:
     """`vllama serve --config FILE` on a free port; waits for `/` to answer."""
 
-    def __init__(self, config: Path, port: int, log_path: Path, start_timeout: float = 30) -> None:
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        log_path: Path,
+        start_timeout: float = 30,
+        source: Path | None = None,
+    ) -> None:
+        """`source`: run vllama from this source tree instead of the installed one (benchmarks
+        compare two versions side by side)."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         env = {**os.environ, "VLLAMA_LOG_FORMAT": "json"}
+        if source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [*VLLAMA, "serve", "--config", str(config), "--port", str(port)],
             stdout=self._log,
