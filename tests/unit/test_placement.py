@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vllama.scheduling.devices import DeviceKind
 from vllama.scheduling.placement import (
     DeviceState,
     GiB,
-    Kind,
     LoadedModel,
     Place,
     Refuse,
@@ -49,12 +49,12 @@ def snap(
     states = []
     for d in devices:
         used = sum(m.footprint for m in loaded if d in m.devices) + (other or {}).get(d, 0)
-        kind: Kind = "cpu" if d == "cpu" else "gpu"
+        kind: DeviceKind = "cpu" if d == "cpu" else "gpu"
         states.append(DeviceState(d, kind, total, max(total - used, 0)))
     return Snapshot(tuple(states), loaded, max_loaded)
 
 
-def req(name: str = "new", need: int = 20 * G, count: int = 1, kind: Kind = "gpu") -> Request:
+def req(name: str = "new", need: int = 20 * G, count: int = 1, kind: DeviceKind = "gpu") -> Request:
     return Request(name, kind, count, need)
 
 
@@ -246,10 +246,10 @@ def scenarios(draw: st.DrawFn) -> tuple[Snapshot, Request]:
         used = sum(m.footprint for m in models if d in m.devices)
         other = draw(st.integers(0, 10)) * G
         budget = draw(st.sampled_from([total, total // 2]))
-        device_kind: Kind = "cpu" if d == "cpu" else "gpu"
+        device_kind: DeviceKind = "cpu" if d == "cpu" else "gpu"
         states.append(DeviceState(d, device_kind, budget, max(total - used - other, 0)))
     max_loaded = draw(st.none() | st.integers(1, 5))
-    kind: Kind = "gpu" if draw(st.booleans()) else "cpu"
+    kind: DeviceKind = "gpu" if draw(st.booleans()) else "cpu"
     count = 1 if kind == "cpu" else draw(st.integers(1, 3))
     name = draw(st.sampled_from(["new", "m0"]))
     request = Request(name, kind, count, draw(st.integers(0, 40)) * G)

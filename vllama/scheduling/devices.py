@@ -23,6 +23,9 @@ import structlog
 log = structlog.get_logger("vllama.devices")
 
 
+DeviceKind = Literal["cpu", "gpu"]
+
+
 class DeviceError(Exception):
     """An NVML query failed after NVML had started (a GPU lost, a driver reloaded)."""
 
@@ -30,7 +33,7 @@ class DeviceError(Exception):
 @dataclass(frozen=True)
 class DeviceMemory:
     id: str  # "cpu", "gpu:0", "gpu:1", ...
-    kind: Literal["cpu", "gpu"]
+    kind: DeviceKind
     index: int | None  # NVML index of a GPU; None for the host
     total: int  # bytes
     free: int  # bytes measured free now (host: "available", which counts reclaimable cache)

@@ -11,13 +11,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import structlog
 
 from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
-from vllama.scheduling.devices import Devices, cuda_visible_devices
+from vllama.scheduling.devices import DeviceKind, Devices, cuda_visible_devices
 from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot, estimate_need
 
 log = structlog.get_logger("vllama.memory")
@@ -56,7 +55,7 @@ class MemoryPlanner:
         self._weight_bytes = weight_bytes
         self._measured: dict[str, int] = {}  # model -> bytes per device, from its last load
         self._totals: dict[str, int] = {}  # device -> total bytes, from the last snapshot
-        self.kind: Literal["cpu", "gpu"] = "gpu" if devices.gpu_count() else "cpu"
+        self.kind: DeviceKind = "gpu" if devices.gpu_count() else "cpu"
 
     # -- what a model needs ------------------------------------------------------------------
 

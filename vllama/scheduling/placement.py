@@ -10,9 +10,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-Kind = Literal["cpu", "gpu"]
+from vllama.scheduling.devices import DeviceKind
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -22,7 +21,7 @@ GiB = 1 << 30
 @dataclass(frozen=True)
 class DeviceState:
     id: str
-    kind: Kind
+    kind: DeviceKind
     budget: int  # bytes vllama may use here: the operator's memory limit, or the total
     free: int  # measured free now: other tenants' usage is already taken out
 
@@ -41,7 +40,7 @@ class LoadedModel:
 @dataclass(frozen=True)
 class Request:
     name: str
-    kind: Kind
+    kind: DeviceKind
     device_count: int  # tensor_parallel_size; 1 on cpu
     need: int  # bytes per device
 
