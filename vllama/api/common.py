@@ -9,7 +9,7 @@ from aiohttp import web
 
 from vllama.api.errors import BadRequest
 from vllama.api.keys import MODEL_KEY, REGISTRY, SCHEDULER
-from vllama.catalog.registry import Resolved
+from vllama.catalog.registry import ModelTraits, Resolved
 
 
 async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
@@ -46,3 +46,19 @@ async def servable_model(request: web.Request, requested: str) -> Resolved:
     request.app[SCHEDULER].add_model(resolved.served_name, resolved.spec)
     request[MODEL_KEY] = resolved.served_name  # the metrics label and access-log field
     return resolved
+
+
+async def served_traits(request: web.Request, resolved: Resolved) -> ModelTraits:
+    """The model's traits, with the context length its worker served when it last ran."""
+    status = request.app[SCHEDULER].model_status(resolved.served_name)
+    served = status.context_length if status is not None else None
+    return await request.app[REGISTRY].traits(resolved, served)
+
+
+def check_capability(
+    traits: ModelTraits, requested: str, needs: frozenset[str], action: str
+) -> None:
+    """400 before any load when the model can do none of `needs` (Ollama's wording); a model
+    whose files are not on disk yet is let through (vLLM itself will say)."""
+    if traits.described and not needs & traits.capabilities:
+        raise BadRequest(f'"{requested}" does not support {action}', param="model")

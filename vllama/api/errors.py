@@ -1,10 +1,12 @@
-"""One error mapping for every endpoint and both envelopes.
+"""One error mapping for every endpoint, in each API's own envelope.
 
-`/v1/*` speaks OpenAI's `{"error": {"message", "type", "param", "code"}}`; everything else speaks
-Ollama's `{"error": "..."}`. Handlers raise `ApiError` (or `BadRequest`, `WorkerFailed`) or let a
-domain error from below propagate (`ModelNotFound`, `LoadError`, `QueueFull`, `ShuttingDown`,
-`PullError`); `http_error` is the one place that turns either into a status and a message, and
-the middleware renders it in the path's envelope, aiohttp's own HTTP errors included (unknown
+Each path speaks its API's envelope (`envelope_of`): Anthropic's `{"type": "error", "error":
+{"type", "message"}}` on `/v1/messages*`, OpenAI's `{"error": {"message", "type", "param",
+"code"}}` on the rest of `/v1/*` and on vLLM's own routes (`/tokenize`, `/rerank`, ...), and
+Ollama's `{"error": "..."}` everywhere else. Handlers raise `ApiError` (or `BadRequest`,
+`WorkerFailed`) or let a domain error from below propagate (`ModelNotFound`, `LoadError`,
+`QueueFull`, `ShuttingDown`, `PullError`); `http_error` is the one place that turns either into a
+status and a message, and the middleware renders it, aiohttp's own HTTP errors included (unknown
 route, wrong method, body too large).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -64,8 +67,30 @@ class WorkerFailed(ApiError):
         super().__init__(502, message, code="worker_error")
 
 
-def is_openai_path(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+Envelope = Literal["ollama", "openai", "anthropic"]
+
+# vLLM's routes outside /v1 that vllama relays; they answer in OpenAI's envelope.
+VLLM_NATIVE_PATHS = frozenset(
+    {"/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify", "/v2/rerank"}
+    | {"/v2/embed"}
+)
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def envelope_of(path: str) -> Envelope:
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    if path == "/v1" or path.startswith("/v1/") or path in VLLM_NATIVE_PATHS:
+        return "openai"
+    return "ollama"
 
 
 def http_error(error: Exception, path: str) -> ApiError | None:
@@ -73,7 +98,7 @@ def http_error(error: Exception, path: str) -> ApiError | None:
     if isinstance(error, ApiError):
         return error
     if isinstance(error, ModelNotFound):
-        if is_openai_path(path):
+        if envelope_of(path) != "ollama":
             message = f"The model `{error.name}` does not exist."
         else:
             message = f"model '{error.name}' not found"
@@ -106,6 +131,22 @@ def upstream_error_message(status: int, body: bytes) -> str:
     return json.dumps(data)
 
 
+def enveloped(path: str, status: int, body: bytes) -> bytes:
+    """A worker's error answer, relayed: kept when already in an error envelope, else (FastAPI's
+    `{"detail": ...}`, plain text) rewritten into the envelope of `path`'s API."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and ("error" in data or data.get("type") == "error"):
+        return body
+    message = upstream_error_message(status, body)
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if isinstance(detail, str):
+        message = detail
+    return json.dumps(error_body(path, status, message)).encode()
+
+
 def upstream_refusal(status: int, body: bytes) -> ApiError:
     """A worker's error answer on a translated (Ollama) path: its message, a 400 for what vLLM
     refused as a bad request, a 502 (as `WorkerFailed`) for its own failures."""
@@ -120,13 +161,22 @@ def openai_error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+def error_body(path: str, status: int, message: str, code: str | None = None) -> dict[str, object]:
+    """An error in the envelope of `path`'s API."""
+    envelope = envelope_of(path)
+    if envelope == "openai":
+        return openai_error_body(status, message, code, None)
+    if envelope == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"error": message}
+
+
 def error_response(path: str, error: ApiError) -> web.Response:
-    if is_openai_path(path):
-        body: dict[str, object] = openai_error_body(
-            error.status, error.message, error.code, error.param
-        )
+    if envelope_of(path) == "openai":
+        body = openai_error_body(error.status, error.message, error.code, error.param)
     else:
-        body = {"error": error.message}
+        body = error_body(path, error.status, error.message, error.code)
     return web.Response(
         status=error.status,
         body=json.dumps(body).encode(),

@@ -1,21 +1,70 @@
-"""OpenAI API: `/v1/*`, relayed to the model's worker unchanged."""
+"""Everything relayed to a worker as it came: the OpenAI API (`/v1/*`), and vLLM's other APIs that
+clients call by `model` (Anthropic Messages, OpenAI Responses, tokenize, pooling and scoring).
+
+Each route goes through the same lease, queue, metrics and request ids; the request body goes
+upstream as received (rewritten only to name the worker's served model, or to apply a derived
+model's defaults on chat and completions) and the answer comes back byte for byte. A model that
+cannot serve the route is refused before any load.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from vllama.api.common import read_json_object, requested_model, servable_model
+from vllama.api.common import (
+    check_capability,
+    read_json_object,
+    requested_model,
+    servable_model,
+    served_traits,
+)
 from vllama.api.errors import BadRequest
-from vllama.api.keys import SCHEDULER
+from vllama.api.keys import REGISTRY
 from vllama.api.ollama.options import map_options
 from vllama.api.relay import relay_response, worker_request
 from vllama.catalog.derived import DerivedModel
 
 _CREATED = int(time.time())
+GENERATES = frozenset({"completion"})
+EMBEDS = frozenset({"embedding"})
+SCORES = frozenset({"embedding", "rerank"})  # cross-encoders, or cosine over embeddings
+POOLS = frozenset({"embedding", "rerank"})
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    needs: frozenset[str] | None  # the model must have one of these; None: any model
+    action: str  # for "x does not support <action>"
+    derived_defaults: bool = False  # a derived model's system prompt and options apply
+
+
+ROUTES = (
+    Route("/v1/chat/completions", GENERATES, "chat", derived_defaults=True),
+    Route("/v1/completions", GENERATES, "completion", derived_defaults=True),
+    Route("/v1/embeddings", EMBEDS, "embeddings"),
+    Route("/v1/messages", GENERATES, "messages"),
+    Route("/v1/messages/count_tokens", GENERATES, "messages"),
+    Route("/v1/responses", GENERATES, "responses"),
+    Route("/tokenize", None, "tokenize"),
+    Route("/detokenize", None, "detokenize"),
+    Route("/pooling", POOLS, "pooling"),
+    Route("/classify", POOLS, "classify"),
+    Route("/score", SCORES, "score"),
+    Route("/v1/score", SCORES, "score"),
+    Route("/rerank", SCORES, "rerank"),
+    Route("/v1/rerank", SCORES, "rerank"),
+    Route("/v2/rerank", SCORES, "rerank"),
+    Route("/v2/embed", EMBEDS, "embeddings"),
+)
 
 
 def apply_derived(payload: dict[str, Any], derived: DerivedModel) -> None:
@@ -32,27 +81,82 @@ def apply_derived(payload: dict[str, Any], derived: DerivedModel) -> None:
             payload["messages"] = [{"role": "system", "content": derived.system}, *messages]
 
 
-def _relay_handler(path: str) -> Any:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def relay_handler(route: Route) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         body, payload = await read_json_object(request)
-        resolved = await servable_model(request, requested_model(payload))
+        requested = requested_model(payload)
+        resolved = await servable_model(request, requested)
+        if route.needs is not None:
+            traits = await served_traits(request, resolved)
+            check_capability(traits, requested, route.needs, route.action)
         served = resolved.served_name
-        # The body goes upstream as received unless the worker must see something else: its own
-        # served name (for an alias or `name:latest`) or a derived model's defaults.
-        if payload["model"] != served or resolved.derived is not None:
+        derived = resolved.derived if route.derived_defaults else None
+        if payload["model"] != served or derived is not None:
             payload["model"] = served
-            if resolved.derived is not None:
-                apply_derived(payload, resolved.derived)
+            if derived is not None:
+                apply_derived(payload, derived)
             body = json.dumps(payload).encode()
-        async with worker_request(request, served, path, body) as leased:
+        watch = _RESPONSE_IDS.watcher(served) if route.path == "/v1/responses" else None
+        async with worker_request(request, served, route.path, body) as leased:
+            return await relay_response(request, leased.response, watch)
+
+    return handler
+
+
+# -- the Responses API's stored responses, by id ----------------------------------------------
+
+_RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]{1,128})"')
+
+
+class ResponseIds:
+    """Which model made a response (`resp_...`), so GET and cancel by id reach its worker.
+
+    Bounded: the oldest ids are forgotten first. vLLM keeps responses only when its worker runs
+    with `VLLM_ENABLE_RESPONSES_API_STORE=1`; otherwise the worker itself answers 404.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._models: OrderedDict[str, str] = OrderedDict()
+        self._limit = limit
+
+    def watcher(self, model: str) -> Callable[[bytes], bool]:
+        """Looks for the id in the answer's bytes; returns True once found (then not called)."""
+
+        def watch(chunk: bytes) -> bool:
+            match = _RESPONSE_ID.search(chunk)
+            if match is None:
+                return False
+            self._models[match.group(1).decode()] = model
+            while len(self._models) > self._limit:
+                self._models.popitem(last=False)
+            return True
+
+        return watch
+
+    def model_of(self, response_id: str) -> str | None:
+        return self._models.get(response_id)
+
+
+_RESPONSE_IDS = ResponseIds()
+
+
+def _by_response_id(suffix: str, method: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response_id = request.match_info["response_id"]
+        model = _RESPONSE_IDS.model_of(response_id)
+        if model is None:
+            raise web.HTTPNotFound()
+        path = f"/v1/responses/{response_id}{suffix}"
+        async with worker_request(request, model, path, b"", method=method) as leased:
             return await relay_response(request, leased.response)
 
     return handler
 
 
-chat_completions = _relay_handler("/v1/chat/completions")
-completions = _relay_handler("/v1/completions")
-embeddings = _relay_handler("/v1/embeddings")
+# -- model listing ----------------------------------------------------------------------------
 
 
 def _model_card(name: str) -> dict[str, Any]:
@@ -60,8 +164,14 @@ def _model_card(name: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    data = [_model_card(model.name) for model in request.app[SCHEDULER].status().models]
-    return web.json_response({"object": "list", "data": data})
+    """Every servable model once: configured ones by their configured name, the rest (found on
+    disk, derived) by their Ollama name."""
+    available = await request.app[REGISTRY].available()
+    names = sorted(
+        resolved.served_name if resolved.source == "config" and not resolved.derived else name
+        for name, resolved in available.items()
+    )
+    return web.json_response({"object": "list", "data": [_model_card(n) for n in names]})
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -71,8 +181,9 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
+    for route in ROUTES:
+        app.router.add_post(route.path, relay_handler(route))
+    app.router.add_get("/v1/responses/{response_id}", _by_response_id("", "GET"))
+    app.router.add_post("/v1/responses/{response_id}/cancel", _by_response_id("/cancel", "POST"))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)

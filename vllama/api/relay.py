@@ -11,14 +11,20 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from vllama.api.errors import WorkerFailed, openai_error_body
+from vllama.api.errors import (
+    WorkerFailed,
+    envelope_of,
+    enveloped,
+    error_body,
+    openai_error_body,
+)
 from vllama.api.keys import METRICS, MODEL_KEY, REQUEST_ID_KEY, SCHEDULER, UPSTREAM
 from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.scheduling.fleet import WorkerLike
@@ -58,6 +64,7 @@ async def worker_request(
     path: str,
     body: bytes,
     keep_alive: float | None = None,
+    method: str = "POST",
 ) -> AsyncIterator[Leased]:
     """Lease the model's worker, POST `body` to it, and yield its response (status not checked).
 
@@ -77,7 +84,9 @@ async def worker_request(
         async with scheduler.lease(model, keep_alive) as worker:
             sent = time.perf_counter_ns()
             try:
-                upstream = await session.post(worker.base_url + path, data=body, headers=headers)
+                upstream = await session.request(
+                    method, worker.base_url + path, data=body, headers=headers
+                )
             except aiohttp.ClientConnectionError as exc:
                 if attempt == 1:
                     raise WorkerFailed(f"the model's worker did not answer: {exc}") from None
@@ -100,9 +109,12 @@ async def worker_request(
 
 
 async def relay_response(
-    request: web.Request, upstream: aiohttp.ClientResponse
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    watch: Callable[[bytes], bool] | None = None,
 ) -> web.StreamResponse:
-    """The worker's response to the client, byte for byte; SSE chunk by chunk."""
+    """The worker's response to the client, byte for byte; SSE chunk by chunk. `watch` sees the
+    bytes as they pass until it returns True (it must not keep them)."""
     headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
     if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
         try:
@@ -111,6 +123,11 @@ async def relay_response(
             raise WorkerFailed(f"the model's worker failed mid-response: {exc}") from None
         if upstream.status == 200:
             count_usage(request, _usage_of(payload))
+            if watch is not None:
+                watch(payload)
+        elif upstream.status >= 400:
+            payload = enveloped(request.path, upstream.status, payload)
+            headers["Content-Type"] = "application/json"
         return web.Response(status=upstream.status, body=payload, headers=headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
@@ -120,12 +137,15 @@ async def relay_response(
             chunk = await upstream.content.readany()
         except aiohttp.ClientError as exc:  # the worker went away mid-stream
             log.warning("upstream failed mid-stream", url=str(upstream.url), error=str(exc))
-            await response.write(sse_error_event(f"the model's worker failed mid-stream: {exc}"))
+            message = f"the model's worker failed mid-stream: {exc}"
+            await response.write(sse_error_event(request.path, message))
             break
         if not chunk:
             break
         # A client that went away makes this raise, and the lease's block closes the upstream.
         await response.write(chunk)
+        if watch is not None and watch(chunk):
+            watch = None
         if b'"usage"' in chunk:  # a stream with include_usage carries it in its last event
             count_usage(request, _usage_of_events(chunk))
     await response.write_eof()
@@ -163,6 +183,10 @@ def _usage_of_events(chunk: bytes) -> dict[str, object] | None:
     return None
 
 
-def sse_error_event(message: str) -> bytes:
+def sse_error_event(path: str, message: str) -> bytes:
+    """An in-band error event in the stream format of `path`'s API."""
+    if envelope_of(path) == "anthropic":
+        body = error_body(path, 502, message)
+        return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
     body = openai_error_body(502, message, "worker_error", None)
     return b"data: " + json.dumps(body).encode() + b"\n\n"

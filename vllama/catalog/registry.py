@@ -27,6 +27,7 @@ from vllama.config.settings import Config, ModelSpec
 
 Source = Literal["config", "derived", "models_dir", "hf_cache"]
 RESCAN_INTERVAL = 1.0  # seconds: unknown names cannot make vllama scan folders more often
+FILES_FRESH = 2.0  # seconds a model's description is used before its config.json is checked again
 
 
 class ModelNotFound(LookupError):
@@ -52,6 +53,7 @@ class ModelTraits:
     served_name: str
     context_length: int | None = None
     capabilities: frozenset[str] = frozenset({"completion"})
+    described: bool = True  # False for a model whose files are not on disk (nothing to check)
     system: str | None = None  # a derived model's default system prompt
     template: str | None = None  # a derived model's chat template
     parameters: dict[str, Any] = field(default_factory=dict)  # a derived model's options
@@ -69,7 +71,9 @@ class Discovery:
 
     def scan(self) -> None:
         """Blocking: call at start-up or from a thread."""
-        self.models_dir_entries = scan_models_dir(self.models_dir)
+        # Resolved here (in the thread) so they compare with configured folders, which are.
+        found = scan_models_dir(self.models_dir)
+        self.models_dir_entries = {key: path.resolve() for key, path in found.items()}
         self.hf_cache_entries = scan_hf_cache(hf_cache_dir())
         self._scanned_at = time.monotonic()
 
@@ -95,7 +99,8 @@ class Registry:
         self.derived = DerivedStore(self.models_dir / "derived-models.json")
         self.discovery = Discovery(self.models_dir)
         self.discovery.scan()
-        self._files: dict[Path, tuple[float, ModelFiles]] = {}
+        # path -> (when checked, config.json's mtime, what was read)
+        self._files: dict[Path, tuple[float, float, ModelFiles]] = {}
 
     def reconfigure(self, config: Config) -> None:
         self._config = config
@@ -138,11 +143,17 @@ class Registry:
     async def available(self) -> dict[str, Resolved]:
         """Every model a client can name, by Ollama-style name (for `/api/tags`)."""
         await self.discovery.refresh(force=True)
+        # A folder or repo that a configured model serves is listed once, by the configured name.
+        served = {spec.model for spec in self._config.models.values()}
         found: dict[str, Resolved] = {}
         for key, snapshot in self.discovery.hf_cache_entries.items():
-            found[normalize_name(key)] = Resolved(key, self._discovered_spec(snapshot), "hf_cache")
+            if key not in served and str(snapshot) not in served:
+                spec = self._discovered_spec(snapshot)
+                found[normalize_name(key)] = Resolved(key, spec, "hf_cache")
         for key, folder in self.discovery.models_dir_entries.items():
-            found[normalize_name(key)] = Resolved(key, self._discovered_spec(folder), "models_dir")
+            if str(folder) not in served:
+                spec = self._discovered_spec(folder)
+                found[normalize_name(key)] = Resolved(key, spec, "models_dir")
         for name, spec in self._config.models.items():
             found[normalize_name(name)] = Resolved(name, spec, "config")
         for derived in self.derived.all():
@@ -155,7 +166,12 @@ class Registry:
     # -- what the model is -------------------------------------------------------------------
 
     async def files(self, resolved: Resolved) -> ModelFiles | None:
-        """The model's files on disk (config.json etc.), or None for a repo not on disk yet."""
+        """The model's files on disk (config.json etc.), or None for a repo not on disk yet.
+        Recently checked descriptions come from memory: this is on every request's path."""
+        path = self._local_path(resolved.spec)
+        cached = self._files.get(path) if path is not None else None
+        if cached is not None and time.monotonic() - cached[0] < FILES_FRESH:
+            return cached[2]
         return await asyncio.to_thread(self.files_of, resolved.spec)
 
     def files_of(self, spec: ModelSpec) -> ModelFiles | None:
@@ -168,13 +184,14 @@ class Registry:
         except OSError:
             return None
         cached = self._files.get(path)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        try:
-            files = read_model(path)
-        except ModelFormatError:
-            return None
-        self._files[path] = (mtime, files)
+        if cached is not None and cached[1] == mtime:
+            files = cached[2]
+        else:
+            try:
+                files = read_model(path)
+            except ModelFormatError:
+                return None
+        self._files[path] = (time.monotonic(), mtime, files)
         return files
 
     def _local_path(self, spec: ModelSpec) -> Path | None:
@@ -196,15 +213,25 @@ class Registry:
             or vllm_args.max_model_len(resolved.spec.args)
             or (files.context_length if files else None)
         )
-        capabilities = set(files.capabilities) if files is not None else {"completion"}
+        if files is None:  # not on disk yet (vLLM downloads it): nothing to check against
+            capabilities = {"completion"}
+        else:
+            capabilities = set(files.capabilities)
         if vllm_args.enables_tools(resolved.spec.args):  # the operator turned vLLM's tool parser on
             capabilities.add("tools")
-        derived = resolved.derived
         return ModelTraits(
             served_name=resolved.served_name,
             context_length=context_length,
             capabilities=frozenset(capabilities),
-            system=derived.system if derived else None,
-            template=derived.template if derived else None,
-            parameters=dict(derived.parameters) if derived else {},
+            described=files is not None,
+            **self._derived(resolved),
         )
+
+    @staticmethod
+    def _derived(resolved: Resolved) -> dict[str, Any]:
+        derived = resolved.derived
+        return {
+            "system": derived.system if derived else None,
+            "template": derived.template if derived else None,
+            "parameters": dict(derived.parameters) if derived else {},
+        }

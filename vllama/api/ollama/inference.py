@@ -14,31 +14,32 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from vllama.api.common import read_json_object, requested_model, servable_model
+from vllama.api.common import (
+    check_capability,
+    read_json_object,
+    requested_model,
+    servable_model,
+    served_traits,
+)
 from vllama.api.errors import BadRequest, WorkerFailed, upstream_refusal
-from vllama.api.keys import METRICS, MODEL_KEY, REGISTRY, SCHEDULER
+from vllama.api.keys import METRICS, MODEL_KEY, SCHEDULER
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.options import keep_alive_of, stream_flag
 from vllama.api.ollama.request import Endpoint, chat_call, generate_call
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
 from vllama.api.ollama.stream import NDJSON, ndjson, sse_events
 from vllama.api.relay import worker_request
-from vllama.catalog.registry import ModelTraits, Resolved
+from vllama.catalog.registry import Resolved
 
 EMBEDDINGS_PATH = "/v1/embeddings"
+COMPLETION = frozenset({"completion"})
+EMBEDDING = frozenset({"embedding"})
 
 
 async def load_only(request: web.Request, model: str, keep_alive: float | None) -> int:
     """Load a model without a request to it (Ollama's empty prompt); returns when it was ready."""
     async with request.app[SCHEDULER].lease(model, keep_alive, explicit=True):
         return Timing.now()
-
-
-async def served_traits(request: web.Request, resolved: Resolved) -> ModelTraits:
-    """The model's traits, with the context length its worker served when it last ran."""
-    status = request.app[SCHEDULER].model_status(resolved.served_name)
-    served = status.context_length if status is not None else None
-    return await request.app[REGISTRY].traits(resolved, served)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -56,14 +57,15 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     model = resolved.served_name
     keep_alive = keep_alive_of(payload)
     streaming = stream_flag(payload)
+    traits = await served_traits(request, resolved)
+    check_capability(traits, requested, COMPLETION, endpoint)  # as Ollama: before any load
     if _is_load_request(payload, endpoint):
         if keep_alive == 0:
             request.app[SCHEDULER].expire(model)
             return web.json_response(load_response(requested, endpoint, "unload"))
         await load_only(request, model, keep_alive)
         return web.json_response(load_response(requested, endpoint, "load"))
-    build = generate_call if endpoint == "generate" else chat_call
-    call = build(payload, await served_traits(request, resolved), requested)
+    call = (generate_call if endpoint == "generate" else chat_call)(payload, traits, requested)
     body = json.dumps(call.body).encode()
     timing = Timing()
     translator = OllamaStream(endpoint, requested, timing)
@@ -143,6 +145,7 @@ async def embed(request: web.Request) -> web.StreamResponse:
         raise BadRequest("truncate must be a boolean")
     if truncate:
         body["truncate_prompt_tokens"] = -1  # vLLM: truncate to the model's maximum length
+    check_capability(await served_traits(request, resolved), requested, EMBEDDING, "embeddings")
     timing = Timing()
     if texts:
         vectors, prompt_tokens = await _embed_upstream(request, resolved, body, keep_alive, timing)
@@ -170,6 +173,7 @@ async def embeddings_legacy(request: web.Request) -> web.StreamResponse:
     prompt = payload.get("prompt", "")
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
+    check_capability(await served_traits(request, resolved), requested, EMBEDDING, "embeddings")
     if not prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
         await load_only(request, resolved.served_name, keep_alive)
         return web.json_response({"embedding": []})

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from vllama import __version__
-from vllama.api.common import read_json_object, requested_model
+from vllama.api.common import read_json_object, requested_model, served_traits
 from vllama.api.errors import ApiError, BadRequest
 from vllama.api.keys import DEVICES, REGISTRY, SCHEDULER
 from vllama.api.ollama.options import map_options, stream_flag
@@ -85,8 +85,7 @@ async def show(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     resolved = await registry.lookup(requested)
     files = await registry.files(resolved)
-    status = request.app[SCHEDULER].model_status(resolved.served_name)
-    traits = await registry.traits(resolved, status.context_length if status else None)
+    traits = await served_traits(request, resolved)
     derived = resolved.derived
     template = (derived.template if derived else None) or (files.template if files else "")
     parameters = dict(derived.parameters) if derived else {}

@@ -1,0 +1,129 @@
+"""Capabilities checked before any load, each API's error envelope, vLLM's other routes relayed by
+model, and one listing entry per model (against fake workers)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.component.fakes import WorkerView, fake_config
+from vllama.api.app import build_app
+from vllama.engine.states import WorkerState
+
+ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def folder(root: Path, name: str, config: dict[str, Any]) -> str:
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def chat_model(root: Path, name: str = "chatty") -> str:
+    return folder(root, name, {"architectures": ["LlamaForCausalLM"], "model_type": "llama"})
+
+
+def embed_model(root: Path, name: str = "embedder") -> str:
+    return folder(root, name, {"architectures": ["BertModel"], "model_type": "bert"})
+
+
+@pytest.fixture(autouse=True)
+def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "hf").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+async def start(aiohttp_client: ClientFactory, tmp_path: Path, **models: str) -> Client:
+    specs = {name: {"model": path} for name, path in models.items()}
+    config = fake_config(specs, models_dir=str(tmp_path / "models"))
+    return await aiohttp_client(build_app(config), server_kwargs={"handler_cancellation": True})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "model", "message", "envelope"),
+    [
+        ("/api/chat", CHAT, "e", '"e" does not support chat', "ollama"),
+        ("/api/generate", {"prompt": "hi"}, "e", '"e" does not support generate', "ollama"),
+        ("/api/generate", {}, "e", '"e" does not support generate', "ollama"),  # a load, too
+        ("/api/embed", {"input": "hi"}, "c", '"c" does not support embeddings', "ollama"),
+        ("/api/embeddings", {"prompt": "hi"}, "c", '"c" does not support embeddings', "ollama"),
+        ("/v1/chat/completions", CHAT, "e", '"e" does not support chat', "openai"),
+        ("/v1/completions", {"prompt": "hi"}, "e", '"e" does not support completion', "openai"),
+        ("/v1/embeddings", {"input": "hi"}, "c", '"c" does not support embeddings', "openai"),
+        ("/v1/responses", {"input": "hi"}, "e", '"e" does not support responses', "openai"),
+        ("/rerank", {"query": "q", "documents": ["d"]}, "c", "does not support rerank", "openai"),
+        ("/v1/messages", CHAT, "e", '"e" does not support messages', "anthropic"),
+    ],
+)
+async def test_a_model_that_cannot_serve_a_route_is_refused_before_any_load(
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    path: str,
+    body: dict[str, Any],
+    model: str,
+    message: str,
+    envelope: str,
+) -> None:
+    client = await start(aiohttp_client, tmp_path, c=chat_model(tmp_path), e=embed_model(tmp_path))
+    response = await client.post(path, json={"model": model, **body})
+    assert response.status == 400
+    answer = await response.json()
+    if envelope == "ollama":
+        assert answer == {"error": message}
+    elif envelope == "openai":
+        assert message in answer["error"]["message"]
+        assert answer["error"]["type"] == "invalid_request_error"
+    else:
+        assert answer["type"] == "error"
+        assert answer["error"] == {"type": "invalid_request_error", "message": message}
+    for name in ("c", "e"):
+        assert WorkerView(client.app, name).state is WorkerState.STOPPED
+
+
+async def test_unknown_models_get_each_apis_own_404(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(aiohttp_client, tmp_path, c=chat_model(tmp_path))
+    anthropic = await client.post("/v1/messages", json={"model": "nope", **CHAT})
+    assert anthropic.status == 404
+    assert (await anthropic.json())["error"]["type"] == "not_found_error"
+    tokenize = await client.post("/tokenize", json={"model": "nope", "prompt": "x"})
+    assert tokenize.status == 404
+    assert (await tokenize.json())["error"]["code"] == "model_not_found"
+
+
+async def test_vllms_other_routes_are_relayed_by_model_with_errors_in_the_envelope(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    # The fake worker has no /tokenize: its plain-text 404 comes back in OpenAI's envelope, the
+    # way a real worker's FastAPI `{"detail": "Not Found"}` does.
+    client = await start(aiohttp_client, tmp_path, c=chat_model(tmp_path))
+    response = await client.post("/tokenize", json={"model": "c", "prompt": "hello"})
+    assert response.status == 404
+    error = (await response.json())["error"]
+    assert "Not Found" in error["message"] and error["type"] == "invalid_request_error"
+    assert WorkerView(client.app, "c").state is WorkerState.READY  # routed, loaded, relayed
+    messages = await client.post("/v1/messages", json={"model": "c", **CHAT})
+    assert messages.status == 404
+    assert (await messages.json())["type"] == "error"  # Anthropic's envelope
+
+
+async def test_a_folder_a_configured_model_serves_is_listed_once(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    served = chat_model(tmp_path / "models", "served-folder")
+    chat_model(tmp_path / "models", "other-folder")
+    client = await start(aiohttp_client, tmp_path, tiny=served)
+    tags = [m["name"] for m in (await (await client.get("/api/tags")).json())["models"]]
+    assert tags == ["other-folder:latest", "tiny:latest"]
+    models = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
+    assert models == ["other-folder:latest", "tiny"]
