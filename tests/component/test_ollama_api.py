@@ -44,7 +44,7 @@ TOOLS = [
         },
     }
 ]
-TOOL_FLAG = ["--enable-auto-tool-choice"]
+TOOL_FLAG = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
 
 
 @pytest.fixture(autouse=True)

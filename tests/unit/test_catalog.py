@@ -15,6 +15,8 @@ from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.files import ModelFormatError, read_model
 from vllama.catalog.names import normalize_name
+from vllama.catalog.registry import parsers_for
+from vllama.config.settings import ModelSpec
 from vllama.config.units import format_parameter_count
 from vllama.demo.build import ensure_demo_models
 
@@ -199,10 +201,11 @@ def test_capabilities(tmp_path: Path) -> None:
     )
     assert plain.capabilities == ["completion"]
 
+    # The architecture's capabilities; tools and thinking come from the parsers (below).
     template = "{% if tools %}...{% endif %}{% if enable_thinking %}<think>{% endif %}"
     rich = {**LLAMA_CONFIG, "vision_config": {"model_type": "siglip", "hidden_size": 4}}
     model = read_model(make_model(tmp_path / "rich", rich, files={"chat_template.jinja": template}))
-    assert model.capabilities == ["completion", "tools", "vision", "thinking"]
+    assert model.capabilities == ["completion", "vision"]
     assert model.details.families == ["llama", "siglip"]
 
     assert read_model(make_model(tmp_path / "bert", BERT_CONFIG)).capabilities == ["embedding"]
@@ -212,7 +215,52 @@ def test_capabilities(tmp_path: Path) -> None:
     st = make_model(tmp_path / "st", LLAMA_CONFIG, files={"modules.json": "[]"})
     assert read_model(st).capabilities == ["embedding"]
     reranker = {"architectures": ["BertForSequenceClassification"], "model_type": "bert"}
-    assert read_model(make_model(tmp_path / "rr", reranker)).capabilities == []
+    assert read_model(make_model(tmp_path / "rr", reranker)).capabilities == ["rerank"]
+
+
+QWEN_LIKE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>"
+    "<tool_call>{...}</tool_call>{% endif %}"
+    "{% if enable_thinking is defined and enable_thinking %}<think>\n{% endif %}"
+)
+
+
+def test_parsers_follow_the_template_and_the_tokens_the_tokenizer_has(tmp_path: Path) -> None:
+    markers = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+    tokenizer_config = {
+        "eos_token": "</s>",
+        "added_tokens_decoder": {str(i): {"content": m} for i, m in enumerate(markers)},
+        "chat_template": QWEN_LIKE,
+    }
+    files = {"tokenizer_config.json": json.dumps(tokenizer_config)}
+    model = read_model(make_model(tmp_path / "q", LLAMA_CONFIG, files=files))
+    assert set(markers) | {"</s>"} <= model.special_tokens
+    parsers = parsers_for(ModelSpec(model=str(model.path)), model)
+    assert (parsers.tool_parser, parsers.reasoning_parser) == ("hermes", "qwen3")
+    assert parsers.engine_args() == (
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--reasoning-parser", "qwen3",
+    )  # fmt: skip
+    # Overrides: "none" turns a role off; explicit args win and are not repeated.
+    off = parsers_for(ModelSpec(model=str(model.path), reasoning_parser="none"), model)
+    assert off.reasoning_parser is None and off.tool_parser == "hermes"
+    given = ModelSpec(model=str(model.path), args=("--tool-call-parser", "pythonic"))
+    assert parsers_for(given, model).engine_args() == (
+        "--enable-auto-tool-choice", "--reasoning-parser", "qwen3",
+    )  # fmt: skip
+    # Without the think tokens in the vocabulary vLLM would not start: no reasoning parser.
+    bare = {"chat_template": QWEN_LIKE}
+    files = {"tokenizer_config.json": json.dumps(bare)}
+    plain = read_model(make_model(tmp_path / "bare", LLAMA_CONFIG, files=files))
+    assert parsers_for(ModelSpec(model=str(plain.path)), plain).reasoning_parser is None
+
+
+def test_parser_overrides_are_checked_when_the_config_loads() -> None:
+    assert ModelSpec(model="m", tool_parser="none").tool_parser == "none"
+    with pytest.raises(ValueError, match="unknown tool parser 'nope'"):
+        ModelSpec(model="m", tool_parser="nope")
+    with pytest.raises(ValueError, match="unknown reasoning parser"):
+        ModelSpec(model="m", reasoning_parser="hermes")
 
 
 def test_model_info(tmp_path: Path) -> None:

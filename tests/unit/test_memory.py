@@ -8,25 +8,21 @@ from vllama.scheduling.memory import MemoryPlanner
 GiB = 1 << 30
 
 
-async def two_gib(spec: ModelSpec) -> int:
-    return 2 * GiB
-
-
 def planner(gpus: tuple[int, ...] = (), **server: object) -> MemoryPlanner:
     settings = load_config(file_data={"server": dict(server)}).server
     devices = Devices(nvml=FakeNvml(*gpus)) if gpus else Devices(use_gpus=False)
-    return MemoryPlanner(settings, devices, two_gib)
+    return MemoryPlanner(settings, devices)
 
 
-async def test_cpu_workers_get_a_bounded_kv_cache_unless_they_set_one() -> None:
+def test_cpu_workers_get_a_bounded_kv_cache_unless_they_set_one() -> None:
     cpu = planner(kv_cache="3GiB")
     assert cpu.kind == "cpu"
     plain = ModelSpec(model="/m")
     assert cpu.share(plain, ("cpu",), GiB).env == {"VLLM_CPU_KVCACHE_SPACE": "3"}
-    assert await cpu.need("m", plain) == 2 * GiB + 3 * GiB + 2 * GiB  # weights + KV + overhead
+    assert cpu.need("m", plain, 2 * GiB) == 2 * GiB + 3 * GiB + 2 * GiB  # weights + KV + overhead
     own_env = ModelSpec(model="/m", env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     assert cpu.share(own_env, ("cpu",), GiB).env == {}
-    assert await cpu.need("m", own_env) == 2 * GiB + 1 * GiB + 2 * GiB
+    assert cpu.need("m", own_env, 2 * GiB) == 2 * GiB + 1 * GiB + 2 * GiB
     own_flag = ModelSpec(model="/m", args=("--kv-cache-memory-bytes", "2G"))
     assert cpu.share(own_flag, ("cpu",), GiB).env == {}
 
@@ -42,10 +38,10 @@ async def test_gpu_workers_are_pinned_and_given_their_share_of_the_measured_tota
     assert gpu.share(own, ("gpu:0",), 20 * GiB).args == ()
 
 
-async def test_gpu_estimates_include_a_kv_cache_share() -> None:
+def test_gpu_estimates_include_a_kv_cache_share() -> None:
     gpu = planner(gpus=(80 * GiB,), kv_cache="6GiB")
-    assert await gpu.need("m", ModelSpec(model="/m")) == 2 * GiB + 6 * GiB + 1 * GiB
+    assert gpu.need("m", ModelSpec(model="/m"), 2 * GiB) == 2 * GiB + 6 * GiB + 1 * GiB
     own = ModelSpec(model="/m", args=("--kv-cache-memory-bytes", "3G"))
-    assert await gpu.need("m", own) == 2 * GiB + 3 * GiB + 1 * GiB
+    assert gpu.need("m", own, 2 * GiB) == 2 * GiB + 3 * GiB + 1 * GiB
     by_share = ModelSpec(model="/m", args=("--gpu-memory-utilization", "0.5"))
-    assert await gpu.need("m", by_share) == 2 * GiB + 1 * GiB
+    assert gpu.need("m", by_share, 2 * GiB) == 2 * GiB + 1 * GiB

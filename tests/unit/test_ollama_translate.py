@@ -323,19 +323,17 @@ def test_derived_model_defaults_apply_and_request_options_override() -> None:
     traits = ModelTraits(
         served_name="base",
         system="You are a pirate.",
-        template="{{ messages }}",
         parameters={"temperature": 0.1, "top_k": 3, "stop": ["x"]},
     )
     call = generate_call({"prompt": "hi", "options": {"temperature": 0.9}}, traits, "pirate")
     body = call.body
     assert body["model"] == "base"
     assert body["messages"][0] == {"role": "system", "content": "You are a pirate."}
-    assert body["chat_template"] == "{{ messages }}"
+    assert "chat_template" not in body
     assert (body["temperature"], body["top_k"], body["stop"]) == (0.9, 3, ["x"])
-    # A request's own system prompt and template win over the derived model's.
-    call = generate_call({"prompt": "hi", "system": "Be a robot.", "template": "T"}, traits, "p")
+    # A request's own system prompt wins over the derived model's.
+    call = generate_call({"prompt": "hi", "system": "Be a robot."}, traits, "p")
     assert call.body["messages"][0]["content"] == "Be a robot."
-    assert call.body["chat_template"] == "T"
     # Chat: the derived system prompt is added only when the conversation has none.
     chat = chat_call({"messages": [{"role": "user", "content": "hi"}]}, traits, "p")
     assert chat.body["messages"][0] == {"role": "system", "content": "You are a pirate."}
@@ -838,3 +836,107 @@ def test_upstream_error_message_survives_invalid_bytes_and_odd_json() -> None:
 @given(st.binary(max_size=200))
 def test_upstream_error_message_never_raises(body: bytes) -> None:
     assert isinstance(upstream_error_message(500, body), str)
+
+
+# -- fields vLLM honours differently, or cannot --------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [generate_call, chat_call])
+def test_a_request_template_is_refused_before_any_load(build: Any) -> None:
+    payload = {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "template": "T"}
+    with pytest.raises(BadRequest, match="template is not supported"):
+        build(payload, PLAIN, "m")
+
+
+def test_truncate_is_vllms_prompt_truncation_and_shift_is_refused() -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert chat_call(chat | {"truncate": True}, PLAIN, "m").body["truncate_prompt_tokens"] == -1
+    for truncate in (False, None):
+        body = chat_call(chat | {"truncate": truncate}, PLAIN, "m").body
+        assert "truncate_prompt_tokens" not in body
+    assert "truncate_prompt_tokens" not in chat_call(chat | {"shift": False}, PLAIN, "m").body
+    with pytest.raises(BadRequest, match="shift is not supported"):
+        chat_call(chat | {"shift": True}, PLAIN, "m")
+    with pytest.raises(BadRequest, match="truncate must be a boolean"):
+        generate_call({"prompt": "x", "truncate": "yes"}, PLAIN, "m")
+
+
+def test_logprobs_in_vllms_chat_and_completions_forms() -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    body = chat_call(chat | {"logprobs": True, "top_logprobs": 3}, PLAIN, "m").body
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 3)
+    assert "logprobs" not in chat_call(chat | {"logprobs": False}, PLAIN, "m").body
+    raw = generate_call({"prompt": "x", "raw": True, "logprobs": True}, PLAIN, "m").body
+    assert raw["logprobs"] == 0
+    for bad in (21, -1, "3", True):
+        with pytest.raises(BadRequest, match="top_logprobs must be between 0 and 20"):
+            chat_call(chat | {"logprobs": True, "top_logprobs": bad}, PLAIN, "m")
+
+
+def test_logprobs_come_back_in_ollamas_shape_streamed_and_whole() -> None:
+    stream = OllamaStream("chat", "m", Timing())
+    entry = {
+        "token": "hi",
+        "logprob": -0.5,
+        "bytes": [104, 105],
+        "top_logprobs": [{"token": "hi", "logprob": -0.5, "bytes": [104, 105]}],
+    }
+    chunk = {"choices": [{"delta": {"content": "hi"}, "logprobs": {"content": [entry]}}]}
+    (piece,) = stream.on_chunk(chunk)
+    assert piece["logprobs"] == [entry]
+    assert stream.whole()["logprobs"] == [entry]
+    raw = OllamaStream("generate", "m", Timing())
+    completion = {
+        "choices": [
+            {
+                "text": "a",
+                "logprobs": {
+                    "tokens": ["a"],
+                    "token_logprobs": [-1.0],
+                    "top_logprobs": [{"a": -1.0}],
+                },
+            }
+        ]
+    }
+    (piece,) = raw.on_chunk(completion)
+    assert piece["logprobs"] == [
+        {
+            "token": "a",
+            "logprob": -1.0,
+            "bytes": [97],
+            "top_logprobs": [{"token": "a", "logprob": -1.0, "bytes": [97]}],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("switch", "always", "think", "expected"),
+    [
+        ("enable_thinking", False, True, {"chat_template_kwargs": {"enable_thinking": True}}),
+        ("thinking", False, False, {"chat_template_kwargs": {"thinking": False}}),
+        (
+            "enable_thinking",
+            False,
+            "low",
+            {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "low"},
+        ),
+        ("reasoning_effort", False, "max", {"reasoning_effort": "high"}),
+        ("reasoning_effort", False, True, {"reasoning_effort": "medium"}),
+        ("reasoning_effort", False, False, {"reasoning_effort": "low"}),
+        (None, True, False, {}),  # always thinks: nothing to switch off
+        (None, True, "high", {"reasoning_effort": "high"}),
+    ],
+)
+def test_think_uses_the_switch_the_model_reads(
+    switch: str | None, always: bool, think: object, expected: dict[str, Any]
+) -> None:
+    traits = ModelTraits(
+        served_name="m",
+        capabilities=frozenset({"completion", "thinking"}),
+        thinking_switch=switch,
+        always_thinks=always,
+    )
+    body = chat_call({"messages": [], "think": think}, traits, "m").body
+    assert {
+        k: body[k] for k in ("chat_template_kwargs", "reasoning_effort") if k in body
+    } == expected

@@ -16,7 +16,7 @@ import pytest
 
 from tests.component.fakes import FakeNvml
 from tests.unit.fake_worker import FakeWorkers
-from vllama.config.settings import ModelSpec, load_config
+from vllama.config.settings import ModelFacts, ModelSpec, load_config
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.devices import DeviceMemory, Devices
@@ -53,14 +53,14 @@ def host(
 ) -> tuple[Scheduler, FakeWorkers, list[Event]]:
     workers = FakeWorkers()
 
-    async def weights(spec: ModelSpec) -> int:
-        return weights_gib[spec.model.removeprefix("org/")] * GiB
+    async def facts(spec: ModelSpec) -> ModelFacts:
+        return ModelFacts(weights_gib[spec.model.removeprefix("org/")] * GiB)
 
     scheduler = Scheduler(
         config_for(models, **server),
         workers,
         FakeDevices(nvml=FakeNvml(*gpus)),
-        weight_bytes=weights,
+        facts=facts,
     )
     events: list[Event] = []
     scheduler.events.subscribe(events.append)

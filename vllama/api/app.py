@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -23,10 +24,10 @@ from vllama.api.ollama import inference as ollama
 from vllama.api.ollama import models as ollama_models
 from vllama.api.relay import new_upstream_session
 from vllama.catalog.registry import Registry
-from vllama.config.settings import Config, ModelSpec
+from vllama.config.settings import Config, ModelFacts, ModelSpec
 from vllama.ops.metrics import Metrics
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.memory import WeightBytes
+from vllama.scheduling.loading import FactsSource
 from vllama.scheduling.scheduler import Scheduler, process_workers
 
 
@@ -46,13 +47,13 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = upstream
     devices, metrics = app[DEVICES], app[METRICS]
     config = app[CONFIG]
-    given = app.get(WEIGHT_BYTES)
-    weight_bytes = _sizes(given) if given is not None else app[REGISTRY].weight_bytes
+    registry, given = app[REGISTRY], app.get(WEIGHT_BYTES)
+    facts = _with_sizes(registry.facts, given) if given is not None else registry.facts
     scheduler = Scheduler(
         config,
         process_workers(config.server, upstream),
         devices=devices,
-        weight_bytes=weight_bytes,
+        facts=facts,
     )
     app[SCHEDULER] = scheduler
     scheduler.events.subscribe(metrics.listen)
@@ -66,11 +67,13 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     await upstream.close()
 
 
-def _sizes(weight_bytes: Callable[[ModelSpec], int]) -> WeightBytes:
-    async def sizes(spec: ModelSpec) -> int:
-        return weight_bytes(spec)
+def _with_sizes(facts: FactsSource, weight_bytes: Callable[[ModelSpec], int]) -> FactsSource:
+    """A test's model sizes in place of the files' (a pretend GPU host with big models)."""
 
-    return sizes
+    async def sized(spec: ModelSpec) -> ModelFacts:
+        return replace(await facts(spec), weight_bytes=weight_bytes(spec))
+
+    return sized
 
 
 def build_app(

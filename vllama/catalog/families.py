@@ -15,20 +15,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from vllama.catalog import family_markers as fm
-from vllama.catalog.family_markers import REASONING_PARSERS, TOOL_PARSERS, ThinkingSwitch
+from vllama.catalog.family_markers import ThinkingSwitch
 from vllama.config import vllm_args
+from vllama.config.vllm_args import REASONING_PARSERS, TOOL_PARSERS
 
 __all__ = ["REASONING_PARSERS", "TOOL_PARSERS", "Parsers", "ThinkingSwitch", "choose", "detect"]
 
 AUTO_TOOLS = vllm_args.AUTO_TOOL_CHOICE
 NO_AUTO_TOOLS = "--no-enable-auto-tool-choice"  # vLLM's boolean flags have a --no- form
-TOOL_FLAG = "--tool-call-parser"
-REASONING_FLAG = "--reasoning-parser"
+TOOL_FLAG = vllm_args.TOOL_PARSER
+REASONING_FLAG = vllm_args.REASONING_PARSER
 NONE = "none"  # in the config table: turn that role off
 
 
 @dataclass(frozen=True)
 class Parsers:
+    """What one model gets: its parsers, and how its thinking is switched."""
+
     family: str  # short label for docs and logs
     tool_parser: str | None  # a registered --tool-call-parser name
     reasoning_parser: str | None  # a registered --reasoning-parser name
@@ -184,10 +187,11 @@ _BY_ARCH = {
 
 
 def _mistral_native(file_names: frozenset[str]) -> str | None:
-    """ "tools"/"plain" for a folder vLLM serves with the mistral tokenizer, else None.
+    """Whether vLLM serves this folder with the mistral tokenizer: "tools" when that tokenizer
+    has tool tokens (v3 on; tekken is v3 or later), "plain" when older, None when not at all.
 
     vLLM's rule (tokenizers/registry.py): consolidated*.safetensors plus tekken.json or
-    tokenizer.model.v*. Tool tokens arrived with v3 (tekken is v3 or later).
+    tokenizer.model.v*.
     """
     if not any(n.startswith("consolidated") and n.endswith(".safetensors") for n in file_names):
         return None
@@ -302,7 +306,7 @@ def _from_markers(model: _Model) -> Parsers:
         tool = "llama3_json" if has("<|python_tag|>") or fm.uses_var(m.template, "tools") else None
         return _parsers("llama3", tool, *_think_tags(m))
     if (
-        has("[INST]")
+        (has("[INST]") and not has("<<SYS>>"))  # <<SYS>>: Llama 2, which has no tools
         or _TOOLS_MARKERS.search(m.template)
         or m.arch("Mistral", "Mixtral", "Pixtral")
     ):

@@ -58,6 +58,11 @@ class ModelFiles:
     capabilities: list[str]
     parameter_count: int = 0
     generation_config: dict[str, Any] = field(default_factory=dict)
+    # What parser detection reads (catalog.families): the tokenizer's special and added tokens,
+    # the top-level file names, tokenizer_config.json.
+    special_tokens: frozenset[str] = frozenset()
+    file_names: frozenset[str] = frozenset()
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
 
     def model_info(self) -> dict[str, object]:
         family = self.details.family
@@ -132,6 +137,7 @@ def read_model(path: Path) -> ModelFiles:
         quantization_level=level,
     )
     template = _template(path)
+    tokenizer_config = _optional_json(path / "tokenizer_config.json")
     return ModelFiles(
         path=path,
         size=sum(stat.st_size for _, stat in files),
@@ -141,10 +147,41 @@ def read_model(path: Path) -> ModelFiles:
         config=config,
         context_length=_context_length(config),
         template=template,
-        capabilities=capabilities_of(path, config, template),
+        capabilities=capabilities_of(path, config),
         parameter_count=count,
         generation_config=_optional_json(path / "generation_config.json"),
+        special_tokens=_special_tokens(path, tokenizer_config),
+        file_names=frozenset(rel for rel, _ in files if "/" not in rel),
+        tokenizer_config=tokenizer_config,
     )
+
+
+def _special_tokens(path: Path, tokenizer_config: dict[str, Any]) -> frozenset[str]:
+    """Every added or special token the tokenizer knows, by text (vLLM's parsers look tokens up
+    by text and refuse to start without theirs)."""
+    found: set[str] = set()
+    for key, value in tokenizer_config.items():
+        if key.endswith("_token"):
+            found.update(_token_texts([value]))
+    decoder = tokenizer_config.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        found.update(_token_texts(decoder.values()))
+    found.update(_token_texts(_optional_json(path / "tokenizer.json").get("added_tokens") or []))
+    # A Mistral-native folder's tokenizer (tekken.json) lists its control tokens itself.
+    found.update(_token_texts(_optional_json(path / "tekken.json").get("special_tokens") or []))
+    return frozenset(found)
+
+
+def _token_texts(items: Any) -> list[str]:
+    texts = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict):
+            text = item.get("content", item.get("token_str"))
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
 
 
 def json_object(data: bytes, source: Path) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from typing import Any, Literal
 
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
+from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, detect
 from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.config import vllm_args
-from vllama.config.settings import Config, ModelSpec
+from vllama.config.settings import Config, ModelFacts, ModelSpec
 
 Source = Literal["config", "derived", "models_dir", "hf_cache"]
 RESCAN_INTERVAL = 1.0  # seconds: unknown names cannot make vllama scan folders more often
@@ -54,8 +55,11 @@ class ModelTraits:
     context_length: int | None = None
     capabilities: frozenset[str] = frozenset({"completion"})
     described: bool = True  # False for a model whose files are not on disk (nothing to check)
+    # How a request turns thinking on and off: a chat_template_kwargs key, or the top-level
+    # `reasoning_effort` (gpt-oss); `always_thinks` when it cannot be turned off.
+    thinking_switch: ThinkingSwitch | None = "enable_thinking"
+    always_thinks: bool = False
     system: str | None = None  # a derived model's default system prompt
-    template: str | None = None  # a derived model's chat template
     parameters: dict[str, Any] = field(default_factory=dict)  # a derived model's options
 
 
@@ -200,10 +204,13 @@ class Registry:
             return path if path.is_dir() else None
         return self.discovery.hf_cache_entries.get(spec.model)
 
-    async def weight_bytes(self, spec: ModelSpec) -> int:
-        """Bytes of the model's files on disk (0 when not downloaded yet), read in a thread."""
+    async def facts(self, spec: ModelSpec) -> ModelFacts:
+        """What starting the model's worker needs from its files: their size, and the vLLM
+        arguments for its parsers (read in a thread)."""
         files = await asyncio.to_thread(self.files_of, spec)
-        return files.size if files is not None else 0
+        if files is None:  # not on disk yet: vLLM downloads it; only explicit overrides apply
+            return ModelFacts(0, parsers_for(spec, None).engine_args())
+        return ModelFacts(files.size, parsers_for(spec, files).engine_args())
 
     async def traits(self, resolved: Resolved, served_context: int | None) -> ModelTraits:
         """`served_context`: the length its worker served when it last ran, if it has run."""
@@ -213,17 +220,20 @@ class Registry:
             or vllm_args.max_model_len(resolved.spec.args)
             or (files.context_length if files else None)
         )
-        if files is None:  # not on disk yet (vLLM downloads it): nothing to check against
-            capabilities = {"completion"}
-        else:
-            capabilities = set(files.capabilities)
-        if vllm_args.enables_tools(resolved.spec.args):  # the operator turned vLLM's tool parser on
+        # Not on disk yet (vLLM downloads it): nothing to check against but the overrides.
+        capabilities = set(files.capabilities) if files is not None else {"completion"}
+        parsers = parsers_for(resolved.spec, files)
+        if parsers.tool_parser:
             capabilities.add("tools")
+        if parsers.reasoning_parser:
+            capabilities.add("thinking")
         return ModelTraits(
             served_name=resolved.served_name,
             context_length=context_length,
             capabilities=frozenset(capabilities),
             described=files is not None,
+            thinking_switch=parsers.thinking_switch,
+            always_thinks=parsers.always_thinks,
             **self._derived(resolved),
         )
 
@@ -232,6 +242,20 @@ class Registry:
         derived = resolved.derived
         return {
             "system": derived.system if derived else None,
-            "template": derived.template if derived else None,
             "parameters": dict(derived.parameters) if derived else {},
         }
+
+
+def parsers_for(spec: ModelSpec, files: ModelFiles | None) -> Parsers:
+    """The parsers a model gets: detected from its files, then the config's overrides, then
+    its explicit args (docs/MODELS.md). Pure over what was read."""
+    detected = UNKNOWN
+    if files is not None:
+        detected = detect(
+            files.config,
+            files.template,
+            files.special_tokens,
+            files.file_names,
+            files.tokenizer_config,
+        )
+    return choose(detected, spec.tool_parser, spec.reasoning_parser, spec.args)

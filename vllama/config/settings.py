@@ -11,6 +11,7 @@ import re
 import sys
 import tomllib
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,12 +60,26 @@ class ModelSpec(BaseModel):
     pinned: bool = False  # never evicted to make room for another model
     preload: bool = False  # loaded at start-up
     sleep_when_idle: bool = False  # GPU only: vLLM sleep mode (level 1) instead of stopping
+    # vLLM's parsers, chosen from the model's files unless set here ("none" turns one off);
+    # explicit `args` win over both (docs/MODELS.md).
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
 
     @field_validator("args")
     @classmethod
     def _no_reserved_args(cls, args: tuple[str, ...]) -> tuple[str, ...]:
         vllm_args.check_user_args(args)
         return args
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _known_tool_parser(cls, name: str | None) -> str | None:
+        return _known(name, vllm_args.TOOL_PARSERS, "tool parser")
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_reasoning_parser(cls, name: str | None) -> str | None:
+        return _known(name, vllm_args.REASONING_PARSERS, "reasoning parser")
 
     @field_validator("aliases")
     @classmethod
@@ -77,6 +92,20 @@ class ModelSpec(BaseModel):
     @property
     def is_local(self) -> bool:
         return self.model.startswith(("/", "./", "../", "~"))
+
+
+def _known(name: str | None, known: frozenset[str], role: str) -> str | None:
+    if name is None or name == "none" or name in known:
+        return name
+    raise ValueError(f"unknown {role} {name!r} (vLLM 0.32 has: none, {', '.join(sorted(known))})")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the catalog reads from a model's files that starting its worker needs."""
+
+    weight_bytes: int = 0  # on disk; 0 when not downloaded yet
+    engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (its parsers)
 
 
 class ServerSettings(BaseSettings):

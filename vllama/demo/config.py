@@ -12,23 +12,33 @@ from typing import Any
 
 DEMO_CHAT_MODEL = "tiny"
 DEMO_EMBED_MODEL = "tiny-embed"
+DEMO_RERANK_MODEL = "tiny-rerank"
 
 # Eager mode skips torch.compile (about half of a CPU start-up); float32 is the checkpoints' own
 # dtype (vLLM's "auto" picks bf16/fp16 on CPU and warns per weight); a 1 GiB KV cache is plenty
 # for these toys and keeps each worker near 3 GB of host RAM on the CPU engine.
-DEMO_ARGS = ("--enforce-eager", "--dtype", "float32")
+# Thinking is off unless a request asks for it: with random weights the model never closes its
+# <think> block, so a thinking default would leave every answer's content empty.
+DEMO_ARGS = (
+    "--enforce-eager",
+    "--dtype",
+    "float32",
+    "--default-chat-template-kwargs",
+    '{"enable_thinking": false}',
+)
 DEMO_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-def demo_models_spec(chat_path: Path, embed_path: Path) -> dict[str, Any]:
+def demo_models_spec(paths: dict[str, Path]) -> dict[str, Any]:
+    """`paths`: what `ensure_demo_models` built, by kind."""
+    names = {"chat": DEMO_CHAT_MODEL, "embed": DEMO_EMBED_MODEL, "rerank": DEMO_RERANK_MODEL}
     return {
-        DEMO_CHAT_MODEL: {"model": str(chat_path), "args": list(DEMO_ARGS), "env": DEMO_ENV},
-        DEMO_EMBED_MODEL: {"model": str(embed_path), "args": list(DEMO_ARGS), "env": DEMO_ENV},
+        names[kind]: {"model": str(path), "args": list(DEMO_ARGS), "env": dict(DEMO_ENV)}
+        for kind, path in paths.items()
     }
 
 
 def demo_config_data(models_dir: Path) -> dict[str, Any]:
     from vllama.demo.build import ensure_demo_models
 
-    paths = ensure_demo_models(models_dir)
-    return {"models": demo_models_spec(paths["chat"], paths["embed"])}
+    return {"models": demo_models_spec(ensure_demo_models(models_dir))}

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from vllama.config import vllm_args
-from vllama.config.settings import ServerSettings
+from vllama.config.settings import ModelFacts, ModelSpec, ServerSettings
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
@@ -26,6 +27,10 @@ from vllama.scheduling.restarts import RestartPolicy, is_crash_loop, restart_del
 
 log = structlog.get_logger("vllama.scheduler")
 
+# What the catalog knows about a model's files (weights, the parsers chosen for it); reading them
+# is its effect to schedule (the registry reads files in a thread).
+FactsSource = Callable[[ModelSpec], Awaitable[ModelFacts]]
+
 
 class Loader:
     def __init__(
@@ -35,12 +40,14 @@ class Loader:
         memory: MemoryPlanner,
         restarts: RestartPolicy,
         events: Events,
+        facts: FactsSource,
     ) -> None:
         self._fleet = fleet
         self._settings = settings
         self._memory = memory
         self._restarts = restarts
         self._events = events
+        self._facts = facts
         self._lock = asyncio.Lock()
 
     async def load(self, slot: ModelSlot, explicit: bool) -> None:
@@ -61,10 +68,11 @@ class Loader:
             async with self._lock:
                 if worker.is_ready:  # it was draining for another load, which has finished
                     return
-                share = await self._make_room(slot)
+                facts = await self._facts(slot.spec)
+                share = await self._make_room(slot, facts.weight_bytes)
                 slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
                 started = time.monotonic()
-                args, env = share.args, share.env
+                args, env = (*facts.engine_args, *share.args), share.env
                 if slot.spec.sleep_when_idle:
                     args = (*args, *vllm_args.SLEEP_MODE_ARGS)
                     env = {**env, **vllm_args.SLEEP_MODE_ENV}
@@ -113,9 +121,9 @@ class Loader:
             worker.enter_backoff(f"restart in {delay:g}s after {slot.fast_failures} failure(s)")
             await asyncio.sleep(delay)
 
-    async def _make_room(self, slot: ModelSlot) -> Share:
+    async def _make_room(self, slot: ModelSlot, weight_bytes: int) -> Share:
         """Decide where the model goes, evicting idle models or waiting for busy ones."""
-        request = await self._memory.request(slot.name, slot.spec)
+        request = self._memory.request(slot.name, slot.spec, weight_bytes)
         deadline = time.monotonic() + self._settings.drain_wait
         held: list[ModelSlot] = []
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -21,9 +21,6 @@ from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snaps
 
 log = structlog.get_logger("vllama.memory")
 
-# Bytes of a model's weights on disk (0 when not downloaded yet); reading them is the caller's
-# effect to schedule (the registry reads files in a thread).
-WeightBytes = Callable[[ModelSpec], Awaitable[int]]
 
 # What a vLLM server costs beyond weights and KV cache, before its first load is measured:
 # the CPU engine's three Python processes with torch loaded (~1.9 GB measured for a 2 MB model),
@@ -48,23 +45,21 @@ class MemoryPlanner:
         self,
         settings: ServerSettings,
         devices: Devices,
-        weight_bytes: WeightBytes,
     ) -> None:
         self._settings = settings
         self._devices = devices
-        self._weight_bytes = weight_bytes
         self._measured: dict[str, int] = {}  # model -> bytes per device, from its last load
         self._totals: dict[str, int] = {}  # device -> total bytes, from the last snapshot
         self.kind: DeviceKind = "gpu" if devices.gpu_count() else "cpu"
 
     # -- what a model needs ------------------------------------------------------------------
 
-    async def request(self, name: str, spec: ModelSpec) -> Request:
+    def request(self, name: str, spec: ModelSpec, weight_bytes: int) -> Request:
         count = vllm_args.tensor_parallel_size(spec.args) if self.kind == "gpu" else 1
-        need = await self.need(name, spec)
+        need = self.need(name, spec, weight_bytes)
         return Request(name=name, kind=self.kind, device_count=count, need=need)
 
-    async def need(self, name: str, spec: ModelSpec) -> int:
+    def need(self, name: str, spec: ModelSpec, weight_bytes: int) -> int:
         """Bytes per device: the last measured footprint, else an estimate from the files."""
         if name in self._measured:
             return self._measured[name]
@@ -73,7 +68,7 @@ class MemoryPlanner:
         if kv is None:  # a GPU worker with no KV size of its own gets `kv_cache` in its share
             by_share = vllm_args.has_flag(spec.args, vllm_args.GPU_SHARE)
             kv = 0 if by_share else self._settings.kv_cache
-        weights = await self._weight_bytes(spec) // vllm_args.tensor_parallel_size(spec.args)
+        weights = weight_bytes // vllm_args.tensor_parallel_size(spec.args)
         return estimate_need(weights, kv, OVERHEAD[self.kind])
 
     async def measure(self, name: str, pid: int | None, devices: tuple[str, ...]) -> int:

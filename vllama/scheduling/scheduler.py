@@ -27,8 +27,8 @@ from vllama.scheduling.devices import Devices
 from vllama.scheduling.errors import QueueFull, ShuttingDown
 from vllama.scheduling.events import Events
 from vllama.scheduling.fleet import Fleet, ModelSlot, StateListener, WorkerFactory, WorkerLike
-from vllama.scheduling.loading import Loader
-from vllama.scheduling.memory import MemoryPlanner, WeightBytes
+from vllama.scheduling.loading import FactsSource, Loader
+from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.reload import plan_reload
 from vllama.scheduling.restarts import RestartPolicy
 from vllama.scheduling.status import ModelStatus, SchedulerStatus
@@ -52,13 +52,13 @@ class Scheduler:
         config: Config,
         new_worker: WorkerFactory,
         devices: Devices,
-        weight_bytes: WeightBytes,
+        facts: FactsSource,
     ) -> None:
         self._config = config
         settings = self._settings = config.server
         self.events = Events()
         self.devices = devices
-        self.memory = MemoryPlanner(settings, self.devices, weight_bytes)
+        self.memory = MemoryPlanner(settings, self.devices)
         restarts = RestartPolicy(
             backoff=settings.restart_backoff,
             backoff_max=settings.restart_backoff_max,
@@ -66,7 +66,7 @@ class Scheduler:
             window=settings.crash_loop_window,
         )
         self._fleet = Fleet(settings, restarts, self.events, new_worker)
-        self._loader = Loader(self._fleet, settings, self.memory, restarts, self.events)
+        self._loader = Loader(self._fleet, settings, self.memory, restarts, self.events, facts)
         self._queued = 0  # requests waiting for a model, all models together
         self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
         for name, spec in config.models.items():

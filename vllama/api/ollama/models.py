@@ -197,16 +197,17 @@ async def create(request: web.Request) -> web.StreamResponse:
     system, template = payload.get("system"), payload.get("template")
     if not (system is None or isinstance(system, str)):
         raise BadRequest("system must be a string")
-    if not (template is None or isinstance(template, str)):
-        raise BadRequest("template must be a string")
+    if template:
+        raise BadRequest(
+            "template is not supported: vLLM renders the model's own Jinja chat template "
+            "(Ollama's Go templates do not apply); see docs/API.md"
+        )
     parameters = payload.get("parameters") or {}
     try:
         map_options(parameters, None)  # the same validation a request's options get
     except BadRequest as exc:
         raise BadRequest(f"parameters: {exc.message}") from None
-    model = DerivedModel(
-        name=name, base=base, system=system, template=template, parameters=parameters
-    )
+    model = DerivedModel(name=name, base=base, system=system, parameters=parameters)
 
     async def updates() -> AsyncIterator[dict[str, Any]]:
         yield {"status": f"using existing model {normalize_name(base)}"}

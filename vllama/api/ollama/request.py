@@ -46,6 +46,7 @@ def _format(value: object) -> dict[str, Any] | None:
 
 
 def _think(value: object, traits: ModelTraits, requested: str) -> dict[str, Any]:
+    """Ollama's `think` in the switch this model's template reads (see docs/MODELS.md)."""
     if value is None:
         return {}
     if not isinstance(value, bool) and value not in ("low", "medium", "high", "max"):
@@ -54,10 +55,54 @@ def _think(value: object, traits: ModelTraits, requested: str) -> dict[str, Any]
         if value is False:
             return {}
         raise BadRequest(f'"{requested}" does not support thinking')
-    extra: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": value is not False}}
-    if isinstance(value, str):
-        extra["reasoning_effort"] = "high" if value == "max" else value
+    effort = ("high" if value == "max" else value) if isinstance(value, str) else None
+    switch = traits.thinking_switch
+    if switch == "reasoning_effort":  # gpt-oss: always reasons; the effort is all it takes
+        return {"reasoning_effort": effort or ("low" if value is False else "medium")}
+    if traits.always_thinks or switch is None:
+        return {"reasoning_effort": effort} if effort else {}
+    extra: dict[str, Any] = {"chat_template_kwargs": {switch: value is not False}}
+    if effort:
+        extra["reasoning_effort"] = effort
     return extra
+
+
+def _logprobs(payload: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """Ollama's `logprobs` and `top_logprobs` (0-20) in vLLM's chat or completions form."""
+    wanted = payload.get("logprobs")
+    top = payload.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise BadRequest("logprobs must be a boolean")
+    if top is not None and (
+        not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20
+    ):
+        raise BadRequest("top_logprobs must be between 0 and 20")
+    if not wanted and not top:
+        return {}
+    if chat:
+        return {"logprobs": True, "top_logprobs": top or 0}
+    return {"logprobs": top or 0}
+
+
+def _refused_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fields vLLM cannot honour are refused before any load; `truncate: true` is vLLM's
+    truncation of the prompt to the model's length (the oldest tokens go)."""
+    if payload.get("template"):
+        raise BadRequest(
+            "template is not supported: vLLM renders the model's own Jinja chat template "
+            "(Ollama's Go templates do not apply); see docs/API.md"
+        )
+    shift, truncate = payload.get("shift"), payload.get("truncate")
+    if shift is not None and not isinstance(shift, bool):
+        raise BadRequest("shift must be a boolean")
+    if shift:
+        raise BadRequest(
+            "shift is not supported: vLLM does not shift the context; a generation that "
+            'reaches the context length stops with done_reason "length"'
+        )
+    if truncate is not None and not isinstance(truncate, bool):
+        raise BadRequest("truncate must be a boolean")
+    return {"truncate_prompt_tokens": -1} if truncate else {}
 
 
 def _image_part(image: object) -> dict[str, Any]:
@@ -98,7 +143,6 @@ def generate_call(payload: dict[str, Any], traits: ModelTraits, requested: str) 
     """`/api/generate` -> a vLLM request (chat when templated, completions when raw)."""
     prompt = _optional_str(payload, "prompt") or ""
     system = _optional_str(payload, "system")
-    template = _optional_str(payload, "template")
     raw = payload.get("raw", False)
     if not isinstance(raw, bool):
         raise BadRequest("raw must be a boolean")
@@ -111,25 +155,22 @@ def generate_call(payload: dict[str, Any], traits: ModelTraits, requested: str) 
             "context (the deprecated token memory of /api/generate) is not supported; "
             "use /api/chat with the conversation's messages"
         )
+    if raw and (payload.get("template") or system):
+        raise BadRequest("raw mode does not support template, system, or context")
     body: dict[str, Any] = {"model": traits.served_name, **_sampling(payload, traits)}
-    body |= _stream_settings()
+    body |= _stream_settings() | _refused_fields(payload)
     if raw:
-        if template or system:
-            raise BadRequest("raw mode does not support template, system, or context")
         if payload.get("images"):
             raise BadRequest("raw mode does not support images")
         body["prompt"] = prompt
-        return UpstreamCall(COMPLETIONS_PATH, body)
+        return UpstreamCall(COMPLETIONS_PATH, body | _logprobs(payload, chat=False))
     messages: list[dict[str, Any]] = []
     system = system if system is not None else traits.system
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": _content(prompt, payload.get("images"))})
     body["messages"] = messages
-    body |= _think(payload.get("think"), traits, requested)
-    template = template or traits.template
-    if template:
-        body["chat_template"] = template
+    body |= _think(payload.get("think"), traits, requested) | _logprobs(payload, chat=True)
     return UpstreamCall(CHAT_PATH, body)
 
 
@@ -146,7 +187,7 @@ def chat_call(payload: dict[str, Any], traits: ModelTraits, requested: str) -> U
         converted.insert(0, {"role": "system", "content": traits.system})
     _link_tool_results(converted)
     body: dict[str, Any] = {"model": traits.served_name, "messages": converted}
-    body |= _sampling(payload, traits) | _stream_settings()
+    body |= _sampling(payload, traits) | _stream_settings() | _refused_fields(payload)
     tools = payload.get("tools")
     if tools:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
@@ -154,9 +195,7 @@ def chat_call(payload: dict[str, Any], traits: ModelTraits, requested: str) -> U
         if "tools" not in traits.capabilities:
             raise BadRequest(f'"{requested}" does not support tools')
         body["tools"] = [tool if "type" in tool else {"type": "function", **tool} for tool in tools]
-    body |= _think(payload.get("think"), traits, requested)
-    if traits.template:
-        body["chat_template"] = traits.template
+    body |= _think(payload.get("think"), traits, requested) | _logprobs(payload, chat=True)
     return UpstreamCall(CHAT_PATH, body)
 
 

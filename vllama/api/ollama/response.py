@@ -56,6 +56,8 @@ class OllamaStream:
         self._tool_calls: dict[int, dict[str, Any]] = {}
         self.text: list[str] = []
         self.thinking: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []  # every token's, for `stream: false`
+        self._unsent_logprobs: list[dict[str, Any]] = []  # of tokens with no text (yet)
 
     def _base(self, done: bool) -> dict[str, Any]:
         return {"model": self.model, "created_at": created_at(), "done": done}
@@ -69,6 +71,9 @@ class OllamaStream:
         for choice in chunk.get("choices") or []:
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+            logprobs = ollama_logprobs(choice.get("logprobs"))
+            self.logprobs += logprobs
+            self._unsent_logprobs += logprobs
             if self.endpoint == "generate" and "text" in choice:
                 text, thinking = choice.get("text") or "", ""
             else:
@@ -83,7 +88,10 @@ class OllamaStream:
                 self._stamp_token()
                 self.text.append(text)
                 self.thinking.append(thinking)
-                out.append(self._piece(text, thinking))
+                piece = self._piece(text, thinking)
+                if self._unsent_logprobs:
+                    piece["logprobs"], self._unsent_logprobs = self._unsent_logprobs, []
+                out.append(piece)
         return out
 
     def _stamp_token(self) -> None:
@@ -148,13 +156,19 @@ class OllamaStream:
 
     def final(self, end: int | None = None) -> dict[str, Any]:
         """The last streamed object: done, with counts and measured durations (ns)."""
-        return self._object(True, "") | self._metrics(end)
+        last = self._object(True, "") | self._metrics(end)
+        if self._unsent_logprobs:
+            last["logprobs"], self._unsent_logprobs = self._unsent_logprobs, []
+        return last
 
     def whole(self, end: int | None = None) -> dict[str, Any]:
         """Everything as one object, for `stream: false`."""
         calls = self.tool_calls() if self._tool_calls else None
         text, thinking = "".join(self.text), "".join(self.thinking)
-        return self._object(True, text, thinking, calls) | self._metrics(end)
+        whole = self._object(True, text, thinking, calls) | self._metrics(end)
+        if self.logprobs:
+            whole["logprobs"] = self.logprobs
+        return whole
 
     def _metrics(self, end: int | None) -> dict[str, Any]:
         t = self.timing
@@ -173,6 +187,48 @@ class OllamaStream:
             "eval_count": self.completion_tokens,
             "eval_duration": max(last - first, 0),
         }
+
+
+def ollama_logprobs(logprobs: object) -> list[dict[str, Any]]:
+    """vLLM's logprobs of one chunk as Ollama's `[{token, logprob, bytes, top_logprobs}]`.
+
+    Chat chunks carry OpenAI's `{"content": [{token, logprob, bytes, top_logprobs}]}` (Ollama's
+    shape already); completion chunks carry `{"tokens", "token_logprobs", "top_logprobs"}`.
+    """
+    if not isinstance(logprobs, dict):
+        return []
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        return [_entry(item) for item in content if isinstance(item, dict)]
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    entries = []
+    for i, token in enumerate(tokens):
+        entry = _token(str(token), values[i] if i < len(values) else None)
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        entry["top_logprobs"] = [_token(str(k), v) for k, v in top.items()]
+        entries.append(entry)
+    return entries
+
+
+def _entry(item: dict[str, Any]) -> dict[str, Any]:
+    entry = _token(str(item.get("token", "")), item.get("logprob"), item.get("bytes"))
+    tops = item.get("top_logprobs") or []
+    entry["top_logprobs"] = [
+        _token(str(t.get("token", "")), t.get("logprob"), t.get("bytes"))
+        for t in tops
+        if isinstance(t, dict)
+    ]
+    return entry
+
+
+def _token(token: str, logprob: object, raw: object = None) -> dict[str, Any]:
+    value = float(logprob) if isinstance(logprob, int | float) else None
+    if value is not None and value != value:  # NaN: not JSON
+        value = None
+    data = raw if isinstance(raw, list) else list(token.encode())
+    return {"token": token, "logprob": value if value is not None else -9999.0, "bytes": data}
 
 
 def load_response(
