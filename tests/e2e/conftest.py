@@ -63,8 +63,9 @@ def vllama_daemon(
                 **real_model(demo_models["chat"]),
                 "args": [*DEMO_ARGS, *TOOLS_AND_JSON_ARGS],
             },
-            "tiny2": real_model(demo_models["chat"]),
+            "tiny2": real_model(demo_models["chat"], reasoning_parser="none"),
             "tiny-embed": real_model(demo_models["embed"]),
+            "tiny-rerank": real_model(demo_models["rerank"]),
         },
     )
     with shared_daemon(config, folder / "vllama.log") as daemon:

@@ -50,8 +50,10 @@ def test_show_reads_the_models_own_files(vllama_daemon: Daemon) -> None:
     assert shown.capabilities is not None and "completion" in shown.capabilities
     assert shown.modelinfo is not None and shown.modelinfo["general.architecture"] == "llama"
     assert shown.modelinfo["llama.embedding_length"] == 128
+    assert {"tools", "thinking"} <= set(shown.capabilities)  # from its parsers
     embed = client(vllama_daemon).show("tiny-embed")
     assert embed.capabilities == ["embedding"]
+    assert client(vllama_daemon).show("tiny-rerank").capabilities == ["rerank"]
     with pytest.raises(ollama.ResponseError) as info:
         client(vllama_daemon).show("no-such-model")
     assert info.value.status_code == 404
@@ -152,13 +154,14 @@ def test_raw_generate_and_unsupported_fields(vllama_daemon: Daemon) -> None:
     api = client(vllama_daemon)
     reply = api.generate(model="tiny", prompt=PROMPT, raw=True, options=GREEDY)
     assert reply.response and reply.eval_count == 16
-    for kwargs, fragment in (
-        ({"suffix": "end"}, "insert"),
-        ({"think": True}, "does not support thinking"),
-        ({"raw": True, "system": "x"}, "raw mode"),
+    for model, kwargs, fragment in (
+        ("tiny", {"suffix": "end"}, "insert"),
+        ("tiny2", {"think": True}, "does not support thinking"),  # reasoning_parser = "none"
+        ("tiny", {"raw": True, "system": "x"}, "raw mode"),
+        ("tiny", {"template": "{{ .Prompt }}"}, "template is not supported"),
     ):
         with pytest.raises(ollama.ResponseError) as info:
-            api.generate(model="tiny", prompt=PROMPT, **kwargs)  # type: ignore[arg-type]
+            api.generate(model=model, prompt=PROMPT, **kwargs)  # type: ignore[arg-type]
         assert info.value.status_code == 400 and fragment in str(info.value)
 
 
@@ -205,9 +208,11 @@ def test_tools_are_accepted_and_calls_come_back_as_objects(vllama_daemon: Daemon
     assert reply.done
     for call in reply.message.tool_calls or []:  # a random model rarely calls a tool itself
         assert isinstance(call.function.arguments, dict)
-    with pytest.raises(ollama.ResponseError) as info:  # no tool parser configured for "tiny"
-        api.chat(model="tiny", messages=messages, tools=[weather])
-    assert info.value.status_code == 400 and "does not support tools" in str(info.value)
+    # The demo model's parsers are chosen from its own files: tools work on plain "tiny" too.
+    assert api.chat(model="tiny", messages=messages, tools=[weather], options=GREEDY).done
+    with pytest.raises(ollama.ResponseError) as info:  # an embedding model cannot chat
+        api.chat(model="tiny-embed", messages=messages, tools=[weather])
+    assert info.value.status_code == 400 and '"tiny-embed" does not support chat' in str(info.value)
 
 
 def test_embed_and_legacy_embeddings(vllama_daemon: Daemon) -> None:

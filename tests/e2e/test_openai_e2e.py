@@ -25,7 +25,7 @@ def client(daemon: Daemon) -> openai.OpenAI:
 
 def test_models_lists_every_configured_model(vllama_daemon: Daemon) -> None:
     ids = [model.id for model in client(vllama_daemon).models.list()]
-    assert ids == ["tiny", "tiny-tools", "tiny2", "tiny-embed"]
+    assert ids == ["tiny", "tiny-embed", "tiny-rerank", "tiny-tools", "tiny2"]
 
 
 def test_chat_loads_the_model_on_demand(vllama_daemon: Daemon) -> None:

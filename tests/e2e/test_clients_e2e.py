@@ -1,0 +1,177 @@
+"""The clients people run today, against real vLLM through vllama: Open WebUI's first chat (with
+its tools), coding agents' APIs (Anthropic Messages, OpenAI Responses) through the official SDKs,
+rerank and score on a cross-encoder, Ollama's logprobs and think.
+
+The models have random weights: every check is on the shape and the protocol, never on meaning.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.daemon import Daemon
+from tests.e2e.helpers import workers
+
+pytestmark = pytest.mark.e2e
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Daemon) -> None:
+    # The request Open WebUI 0.12 sends for a new chat on an Ollama connection: the model's
+    # Ollama name, streamed, its built-in tools attached, options and keep_alive.
+    body = {
+        "model": "tiny:latest",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the weather in Paris?"},
+        ],
+        "stream": True,
+        "tools": [WEATHER],
+        "options": {"num_predict": 12},
+        "keep_alive": "5m",
+    }
+    lines = []
+    with httpx.stream("POST", vllama_daemon.url + "/api/chat", json=body, timeout=300) as answer:
+        assert answer.status_code == 200, answer.read()
+        assert answer.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in answer.iter_lines() if line.strip()]
+    assert "error" not in lines[-1], lines[-1]
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] > 0
+    assert all(line["model"] == "tiny:latest" for line in lines)
+    shown = ollama.Client(host=vllama_daemon.url).show("tiny")
+    assert {"completion", "tools", "thinking"} <= set(shown.capabilities or [])
+
+
+def test_anthropic_sdk_create_stream_count_tokens_and_errors(vllama_daemon: Daemon) -> None:
+    client = anthropic.Anthropic(base_url=vllama_daemon.url, api_key="unused", timeout=300)
+    messages = [{"role": "user", "content": "Hello there"}]
+    reply = client.messages.create(model="tiny", max_tokens=8, messages=messages)  # type: ignore[arg-type]
+    assert reply.type == "message" and reply.role == "assistant"
+    assert reply.content and reply.content[0].type == "text"
+    assert reply.usage.output_tokens == 8 and reply.stop_reason == "max_tokens"
+    with client.messages.stream(model="tiny", max_tokens=8, messages=messages) as stream:  # type: ignore[arg-type]
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(pieces) == "".join(b.text for b in final.content if b.type == "text")
+    assert final.usage.output_tokens == 8
+    counted = client.messages.count_tokens(model="tiny", messages=messages)  # type: ignore[arg-type]
+    assert counted.input_tokens > 0
+    with pytest.raises(anthropic.NotFoundError) as info:
+        client.messages.create(model="no-such-model", max_tokens=8, messages=messages)  # type: ignore[arg-type]
+    assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+def test_anthropic_sdk_tools_come_back_as_tool_use_blocks(vllama_daemon: Daemon) -> None:
+    client = anthropic.Anthropic(base_url=vllama_daemon.url, api_key="unused", timeout=300)
+    tool = {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": WEATHER["function"]["parameters"],  # type: ignore[index]
+    }
+    # tool_choice "any" makes vLLM constrain the output to a call, so even random weights call.
+    reply = client.messages.create(
+        model="tiny-tools",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "any"},
+    )
+    calls = [block for block in reply.content if block.type == "tool_use"]
+    assert calls and calls[0].name == "get_weather" and isinstance(calls[0].input, dict)
+    assert reply.stop_reason == "tool_use"
+
+
+def test_openai_responses_api_streamed_and_not(vllama_daemon: Daemon) -> None:
+    client = openai.OpenAI(base_url=vllama_daemon.url + "/v1", api_key="unused", timeout=300)
+    response = client.responses.create(model="tiny", input="Hello", max_output_tokens=8)
+    assert response.id.startswith("resp_") and response.status == "completed"
+    assert response.output_text
+    kinds = [event.type for event in client.responses.create(
+        model="tiny", input="Hello", max_output_tokens=8, stream=True
+    )]  # fmt: skip
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+
+
+def test_openai_tool_choice_required_returns_a_call(vllama_daemon: Daemon) -> None:
+    client = openai.OpenAI(base_url=vllama_daemon.url + "/v1", api_key="unused", timeout=300)
+    reply = client.chat.completions.create(
+        model="tiny-tools",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        max_tokens=64,
+    )
+    calls = reply.choices[0].message.tool_calls or []
+    assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert isinstance(json.loads(calls[0].function.arguments), dict)  # type: ignore[union-attr]
+
+
+def test_rerank_and_score_on_a_cross_encoder(vllama_daemon: Daemon) -> None:
+    url = vllama_daemon.url
+    documents = ["blue sky", "red sea", "green grass"]
+    body = {"model": "tiny-rerank", "query": "sky", "documents": documents, "top_n": 2}
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        answer = httpx.post(url + path, json=body, timeout=300)
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert len(results) == 2 and {r["index"] for r in results} <= {0, 1, 2}
+        scores = [r["relevance_score"] for r in results]
+        assert scores == sorted(scores, reverse=True)
+    score = httpx.post(
+        url + "/score",
+        json={"model": "tiny-rerank", "text_1": "sky", "text_2": documents},
+        timeout=300,
+    )
+    assert score.status_code == 200 and len(score.json()["data"]) == 3
+    # Chat on a reranker is refused before anything else, in OpenAI's envelope.
+    chat = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": "tiny-rerank", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert chat.status_code == 400
+    assert chat.json()["error"]["message"] == '"tiny-rerank" does not support chat'
+    assert "tiny-rerank" in workers(vllama_daemon)  # loaded by the rerank, not by the chat
+
+
+def test_ollama_logprobs_and_think(vllama_daemon: Daemon) -> None:
+    api = ollama.Client(host=vllama_daemon.url, timeout=300)
+    messages = [{"role": "user", "content": "Hello"}]
+    reply = api.chat(
+        model="tiny", messages=messages, logprobs=True, top_logprobs=2, options={"num_predict": 4}
+    )
+    logprobs = reply.logprobs or []
+    assert len(logprobs) == 4
+    assert all(len(entry.top_logprobs or []) == 2 and entry.logprob <= 0 for entry in logprobs)
+    streamed = [
+        entry
+        for part in api.chat(
+            model="tiny", messages=messages, logprobs=True, stream=True, options={"num_predict": 4}
+        )
+        for entry in part.logprobs or []
+    ]
+    assert len(streamed) == 4
+    # think: the demo model reasons when asked (its <think> block never closes: all thinking).
+    thought = api.chat(model="tiny", messages=messages, think=True, options={"num_predict": 6})
+    assert thought.message.thinking and thought.done
+    plain = api.chat(model="tiny", messages=messages, think=False, options={"num_predict": 6})
+    assert plain.message.content and not plain.message.thinking
