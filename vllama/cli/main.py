@@ -23,8 +23,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # `vllama run MODEL --verbose PROMPT` as ollama takes it: argparse gives a `*` positional
+    # only the words before the first flag, and leaves the prompt's other words over.
+    if extra and args.command == "run" and not any(word.startswith("-") for word in extra):
+        args.prompt = [*args.prompt, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(argv)
     if args.command == "version":
         print(f"vllama {__version__}", flush=True)
         return report_daemon_version()
