@@ -10,7 +10,7 @@ import pytest
 from tests.component.fakes import worker_ports
 from tests.daemon import Daemon, write_config
 from tests.e2e.helpers import shared_daemon
-from vllama.demo.build import ensure_demo_models
+from vllama.demo.build import build_lora_adapter, ensure_demo_models
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,8 +19,10 @@ MODELS_CACHE = REPO / ".cache" / "test-models"
 
 @pytest.fixture(scope="session")
 def demo_models() -> dict[str, Path]:
-    """The tiny chat and embedding models, built once and cached across runs."""
-    return ensure_demo_models(MODELS_CACHE)
+    """The tiny demo models and a LoRA adapter for the chat model, built once and cached."""
+    models = ensure_demo_models(MODELS_CACHE)
+    models["lora"] = build_lora_adapter(MODELS_CACHE / "vllama-tiny-lora", models["chat"])
+    return models
 
 
 def real_model(path: Path, **extra: object) -> dict[str, object]:
@@ -66,6 +68,9 @@ def vllama_daemon(
             "tiny2": real_model(demo_models["chat"], reasoning_parser="none"),
             "tiny-embed": real_model(demo_models["embed"]),
             "tiny-rerank": real_model(demo_models["rerank"]),
+            "tiny-lora": real_model(
+                demo_models["chat"], adapters={"tiny-adapter": str(demo_models["lora"])}
+            ),
         },
     )
     with shared_daemon(config, folder / "vllama.log") as daemon:

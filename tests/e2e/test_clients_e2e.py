@@ -190,3 +190,27 @@ def test_ollama_logprobs_and_think(vllama_daemon: Daemon) -> None:
     assert thought.message.thinking and thought.done
     plain = api.chat(model="tiny", messages=messages, think=False, options={"num_predict": 6})
     assert plain.message.content and not plain.message.thinking
+
+
+def test_lora_adapters_share_their_base_models_worker(
+    vllama_daemon: Daemon, demo_models: dict[str, object]
+) -> None:
+    api = ollama.Client(host=vllama_daemon.url, timeout=300)
+    # A derived model with an adapter (before the base loads: one start serves all three).
+    api.create(model="my-lora", from_="tiny-lora", adapters={"mine": str(demo_models["lora"])})
+    greedy = {"temperature": 0, "num_predict": 8}
+
+    def complete(model: str) -> str:
+        return api.generate(model=model, prompt="hello world", raw=True, options=greedy).response
+
+    base, configured, derived = complete("tiny-lora"), complete("tiny-adapter"), complete("my-lora")
+    assert configured == derived  # the same adapter weights, under two names
+    assert configured != base  # the adapter is applied: random LoRA weights change the tokens
+    served = [name for name in workers(vllama_daemon) if name.startswith(("tiny-lora", "tiny-ad"))]
+    assert served == ["tiny-lora"]  # one worker for the base and its adapters
+    listed = {m.model for m in api.list().models}
+    assert {"tiny-lora:latest", "tiny-adapter:latest", "my-lora:latest"} <= listed
+    assert "ADAPTER" in (api.show("tiny-adapter").modelfile or "")
+    with pytest.raises(ollama.ResponseError) as info:
+        api.create(model="bad", from_="tiny-lora", adapters={"x": "/nonexistent"})
+    assert info.value.status_code == 400 and "PEFT" in str(info.value)

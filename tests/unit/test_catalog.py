@@ -11,12 +11,13 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.files import ModelFormatError, read_model
 from vllama.catalog.names import normalize_name
-from vllama.catalog.registry import parsers_for
-from vllama.config.settings import ModelSpec
+from vllama.catalog.registry import Registry, parsers_for
+from vllama.config.settings import ConfigError, ModelSpec, load_config
 from vllama.config.units import format_parameter_count
 from vllama.demo.build import ensure_demo_models
 
@@ -444,3 +445,43 @@ def test_demo_models(tmp_path: Path) -> None:
     embed = read_model(paths["embed"])
     assert embed.capabilities == ["embedding"]
     assert embed.details.family == "bert"
+
+
+def write_adapter(folder: Path, rank: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_adapters_resolve_to_their_base_models_worker(tmp_path: Path) -> None:
+    base = make_model(tmp_path / "base", LLAMA_CONFIG)
+    adapter = write_adapter(tmp_path / "adapter", rank=4)
+    config = load_config(
+        file_data={
+            "server": {"models_dir": str(tmp_path / "models")},
+            "models": {"base": {"model": str(base), "adapters": {"ad": str(adapter)}}},
+        }
+    )
+    registry = Registry(config)
+    resolved = registry.resolve("ad:latest")
+    assert (resolved.served_name, resolved.adapter, resolved.upstream_model) == ("base", "ad", "ad")
+    assert registry.resolve("base").upstream_model == "base"
+    registry.derived.put(DerivedModel(name="mine", base="base", adapter=str(adapter)))
+    mine = registry.resolve("mine")
+    assert (mine.served_name, mine.upstream_model) == ("base", "mine")
+    args = registry._lora_args(config.models["base"])
+    assert args[:5] == ("--enable-lora", "--max-lora-rank", "8", "--max-loras", "2")
+    assert {json.loads(a)["name"] for a in args[6:]} == {"ad", "mine"}
+
+
+def test_adapter_folders_are_checked(tmp_path: Path) -> None:
+    assert adapter_rank(write_adapter(tmp_path / "ok", rank=16)) == 16
+    with pytest.raises(ModelFormatError, match="not a PEFT adapter"):
+        adapter_rank(tmp_path)
+    prefix = write_adapter(tmp_path / "prefix")
+    (prefix / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING"}))
+    with pytest.raises(ModelFormatError, match="vLLM serves LoRA"):
+        adapter_rank(prefix)
+    with pytest.raises(ConfigError, match=r"adapters\.ad: local folder"):
+        load_config(file_data={"models": {"b": {"model": "org/b", "adapters": {"ad": "/nope"}}}})

@@ -74,3 +74,21 @@ def test_kv_cache_bytes_follow_vllms_rules(
     args: list[str], env: dict[str, str], on_cpu: bool, expected: int | None
 ) -> None:
     assert vllm_args.kv_cache_bytes(args, env, on_cpu) == expected
+
+
+def test_lora_arguments_for_a_workers_adapters() -> None:
+    assert vllm_args.lora_args({}, 8) == ()
+    args = vllm_args.lora_args({"b": "/p/b", "a": "/p=a,x"}, 12)
+    assert args[:6] == (
+        "--enable-lora",
+        "--max-lora-rank",
+        "16",
+        "--max-loras",
+        "2",
+        "--lora-modules",
+    )
+    assert args[6:] == (
+        '{"name": "a", "path": "/p=a,x"}',  # JSON keeps `=` and `,` in paths intact
+        '{"name": "b", "path": "/p/b"}',
+    )
+    assert vllm_args.lora_args({"a": "/a"}, 1000)[2] == "512"

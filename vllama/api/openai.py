@@ -92,10 +92,10 @@ def relay_handler(route: Route) -> Handler:
         if route.needs is not None:
             traits = await served_traits(request, resolved)
             check_capability(traits, requested, route.needs, route.action)
-        served = resolved.served_name
+        served, upstream = resolved.served_name, resolved.upstream_model
         derived = resolved.derived if route.derived_defaults else None
-        if payload["model"] != served or derived is not None:
-            payload["model"] = served
+        if payload["model"] != upstream or derived is not None:
+            payload["model"] = upstream
             if derived is not None:
                 apply_derived(payload, derived)
             body = json.dumps(payload).encode()
@@ -168,7 +168,7 @@ async def list_models(request: web.Request) -> web.Response:
     disk, derived) by their Ollama name."""
     available = await request.app[REGISTRY].available()
     names = sorted(
-        resolved.served_name if resolved.source == "config" and not resolved.derived else name
+        resolved.upstream_model if resolved.source == "config" and not resolved.derived else name
         for name, resolved in available.items()
     )
     return web.json_response({"object": "list", "data": [_model_card(n) for n in names]})

@@ -22,6 +22,7 @@ class DerivedModel:
     template: str | None = None
     parameters: dict[str, object] = field(default_factory=dict)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    adapter: str | None = None  # a local PEFT folder: a LoRA on its base model's worker
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", normalize_name(self.name))
@@ -36,11 +37,17 @@ class DerivedModel:
             created = created.replace(tzinfo=UTC)
         name, base, parameters = data["name"], data["base"], data.get("parameters", {})
         system, template = data.get("system"), data.get("template")
+        adapter = data.get("adapter")
         if not (isinstance(name, str) and isinstance(base, str) and isinstance(parameters, dict)):
             raise TypeError("name and base must be strings, parameters an object")
-        if not all(value is None or isinstance(value, str) for value in (system, template)):
-            raise TypeError("system and template must be strings or null")
-        return cls(name, base, system, template, parameters, created)
+        if not all(v is None or isinstance(v, str) for v in (system, template, adapter)):
+            raise TypeError("system, template and adapter must be strings or null")
+        return cls(name, base, system, template, parameters, created, adapter)
+
+    @property
+    def lora_name(self) -> str:
+        """The name its base model's worker serves the adapter under."""
+        return self.name.removesuffix(":latest")
 
 
 class DerivedStore:

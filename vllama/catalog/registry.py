@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
+
+from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, detect
@@ -25,6 +28,8 @@ from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.config import vllm_args
 from vllama.config.settings import Config, ModelFacts, ModelSpec
+
+log = structlog.get_logger("vllama.registry")
 
 Source = Literal["config", "derived", "models_dir", "hf_cache"]
 RESCAN_INTERVAL = 1.0  # seconds: unknown names cannot make vllama scan folders more often
@@ -45,6 +50,12 @@ class Resolved:
     spec: ModelSpec
     source: Source
     derived: DerivedModel | None = None
+    adapter: str | None = None  # a LoRA adapter's name on that worker, for an adapter model
+
+    @property
+    def upstream_model(self) -> str:
+        """The `model` a request to the worker names: the adapter, else the base model."""
+        return self.adapter or self.served_name
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class Registry:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._names = config.names()
+        self._adapters = config.adapters()
         self.models_dir = config.server.models_dir.expanduser()
         self.derived = DerivedStore(self.models_dir / "derived-models.json")
         self.discovery = Discovery(self.models_dir)
@@ -109,6 +121,7 @@ class Registry:
     def reconfigure(self, config: Config) -> None:
         self._config = config
         self._names = config.names()
+        self._adapters = config.adapters()
 
     # -- resolution --------------------------------------------------------------------------
 
@@ -117,10 +130,16 @@ class Registry:
         name = self._names.get(requested) or self._names.get(strip_latest(requested))
         if name is not None:
             return Resolved(name, self._config.models[name], "config")
+        for adapter in (requested, strip_latest(requested)):
+            if adapter in self._adapters:
+                base_name = self._adapters[adapter][0]
+                spec = self._config.models[base_name]
+                return Resolved(base_name, spec, "config", adapter=adapter)
         derived = self.derived.get(requested)
         if derived is not None and _depth < 4:
             base = self.resolve(derived.base, _depth + 1)
-            return Resolved(base.served_name, base.spec, base.source, derived)
+            on = derived.lora_name if derived.adapter else base.adapter
+            return Resolved(base.served_name, base.spec, base.source, derived, on)
         key = strip_latest(requested)
         folder = self.discovery.models_dir_entries.get(key)
         if folder is not None:
@@ -160,6 +179,8 @@ class Registry:
                 found[normalize_name(key)] = Resolved(key, spec, "models_dir")
         for name, spec in self._config.models.items():
             found[normalize_name(name)] = Resolved(name, spec, "config")
+            for adapter in spec.adapters:
+                found[normalize_name(adapter)] = Resolved(name, spec, "config", adapter=adapter)
         for derived in self.derived.all():
             try:
                 found[derived.name] = self.resolve(derived.name)
@@ -208,9 +229,32 @@ class Registry:
         """What starting the model's worker needs from its files: their size, and the vLLM
         arguments for its parsers (read in a thread)."""
         files = await asyncio.to_thread(self.files_of, spec)
-        if files is None:  # not on disk yet: vLLM downloads it; only explicit overrides apply
-            return ModelFacts(0, parsers_for(spec, None).engine_args())
-        return ModelFacts(files.size, parsers_for(spec, files).engine_args())
+        lora = await asyncio.to_thread(self._lora_args, spec)
+        parsers = parsers_for(spec, files).engine_args()
+        # Not on disk yet (vLLM downloads it): size 0; only explicit overrides apply.
+        return ModelFacts(files.size if files else 0, (*parsers, *lora))
+
+    def _lora_args(self, spec: ModelSpec) -> tuple[str, ...]:
+        """Blocking: vLLM's LoRA arguments for the adapters this model serves, configured and
+        derived (`/api/create` with `adapters`). An unreadable adapter is left out, loudly."""
+        adapters = dict(spec.adapters)
+        for derived in self.derived.all():
+            if derived.adapter is None:
+                continue
+            try:
+                base = self.resolve(derived.base)
+            except ModelNotFound:
+                continue
+            if base.spec == spec:
+                adapters[derived.lora_name] = derived.adapter
+        ranks = {}
+        for name, folder in adapters.items():
+            try:
+                ranks[name] = adapter_rank(Path(folder))
+            except ModelFormatError as exc:
+                log.warning("adapter left out", adapter=name, error=str(exc))
+        served = {name: adapters[name] for name in ranks}
+        return vllm_args.lora_args(served, max(ranks.values(), default=1))
 
     async def traits(self, resolved: Resolved, served_context: int | None) -> ModelTraits:
         """`served_context`: the length its worker served when it last ran, if it has run."""
@@ -228,7 +272,7 @@ class Registry:
         if parsers.reasoning_parser:
             capabilities.add("thinking")
         return ModelTraits(
-            served_name=resolved.served_name,
+            served_name=resolved.upstream_model,
             context_length=context_length,
             capabilities=frozenset(capabilities),
             described=files is not None,

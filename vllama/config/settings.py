@@ -64,6 +64,9 @@ class ModelSpec(BaseModel):
     # explicit `args` win over both (docs/MODELS.md).
     tool_parser: str | None = None
     reasoning_parser: str | None = None
+    # LoRA adapters served by this model's worker: name -> a local PEFT folder. Each name is a
+    # model clients can ask for; all of them share the one base worker.
+    adapters: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("args")
     @classmethod
@@ -88,6 +91,14 @@ class ModelSpec(BaseModel):
             if not MODEL_NAME.match(alias):
                 raise ValueError(f"invalid alias {alias!r}")
         return aliases
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, adapters: dict[str, str]) -> dict[str, str]:
+        for name in adapters:
+            if not MODEL_NAME.match(name):
+                raise ValueError(f"invalid adapter name {name!r}")
+        return adapters
 
     @property
     def is_local(self) -> bool:
@@ -197,6 +208,14 @@ class Config(BaseModel):
                 table[alias] = name
         return table
 
+    def adapters(self) -> dict[str, tuple[str, str]]:
+        """Every configured LoRA adapter's name -> (its base model's name, its folder)."""
+        return {
+            adapter: (name, path)
+            for name, spec in self.models.items()
+            for adapter, path in spec.adapters.items()
+        }
+
 
 # The config file's [server] table while `load_config` builds the settings from it.
 _SERVER_TABLE: ContextVar[dict[str, Any]] = ContextVar("server_table", default={})  # noqa: B039
@@ -272,26 +291,32 @@ def load_config(
 
 
 def _resolve_local(name: str, spec: ModelSpec, base_dir: Path | None) -> ModelSpec:
-    if not spec.is_local:
-        return spec
-    path = Path(spec.model).expanduser()
-    if not path.is_absolute():
-        path = (base_dir or Path.cwd()) / path
-    path = path.resolve()
-    if not path.is_dir():
-        raise ConfigError(f"models.{name}.model: local folder {path} does not exist")
-    return spec.model_copy(update={"model": str(path)})
+    def folder(text: str, key: str) -> str:
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        path = path.resolve()
+        if not path.is_dir():
+            raise ConfigError(f"models.{name}.{key}: local folder {path} does not exist")
+        return str(path)
+
+    adapters = {
+        adapter: folder(path, f"adapters.{adapter}") for adapter, path in spec.adapters.items()
+    }
+    model = folder(spec.model, "model") if spec.is_local else spec.model
+    return spec.model_copy(update={"model": model, "adapters": adapters})
 
 
 def _check_unique_names(config: Config) -> None:
     seen: dict[str, str] = {name: f"models.{name}" for name in config.models}
     for name, spec in config.models.items():
-        for alias in spec.aliases:
-            if alias in seen:
-                raise ConfigError(
-                    f"models.{name}.aliases: {alias!r} is already used by {seen[alias]}"
-                )
-            seen[alias] = f"models.{name}.aliases"
+        for key, names in (("aliases", spec.aliases), ("adapters", tuple(spec.adapters))):
+            for other in names:
+                if other in seen:
+                    raise ConfigError(
+                        f"models.{name}.{key}: {other!r} is already used by {seen[other]}"
+                    )
+                seen[other] = f"models.{name}.{key}"
 
 
 def _describe(exc: ValidationError, prefix: str) -> str:

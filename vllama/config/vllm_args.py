@@ -8,6 +8,7 @@ once. Nothing here does I/O.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 
@@ -130,6 +131,29 @@ def gpu_share_args(fraction: float) -> tuple[str, ...]:
 
 def enables_tools(args: Sequence[str]) -> bool:
     return has_flag(args, AUTO_TOOL_CHOICE)
+
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
+
+
+def lora_args(adapters: Mapping[str, str], max_rank: int) -> tuple[str, ...]:
+    """A worker serving these LoRA adapters (name -> folder); each name is a model it serves.
+
+    The JSON form of `--lora-modules` keeps names and paths with `=` or `,` intact.
+    """
+    if not adapters:
+        return ()
+    rank = next((r for r in LORA_RANKS if r >= max_rank), LORA_RANKS[-1])
+    modules = [json.dumps({"name": name, "path": path}) for name, path in sorted(adapters.items())]
+    return (
+        "--enable-lora",
+        "--max-lora-rank",
+        str(rank),
+        "--max-loras",
+        str(min(len(adapters), 8)),  # adapters in one batch; more wait their turn
+        "--lora-modules",
+        *modules,
+    )
 
 
 def cpu_kv_cache_env(size: int) -> dict[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,6 +35,8 @@ RERANK_MODEL_DIRNAME = "vllama-tiny-rerank"
 _CHAT_FORMAT = "vllama-tiny-chat/2"
 _EMBED_FORMAT = "vllama-tiny-embed/1"
 _RERANK_FORMAT = "vllama-tiny-rerank/1"
+_LORA_FORMAT = "vllama-tiny-lora/1"
+_LORA_RANK = 8
 
 _VOCAB_SIZE = 1000
 _CHAT_MAX_POSITIONS = 2048
@@ -98,6 +101,13 @@ def build_rerank_model(dest: Path) -> Path:
     """Build (once) a tiny BERT cross-encoder (one relevance score per query and document)."""
     head = "BertForSequenceClassification"
     return build_once(Path(dest), _RERANK_FORMAT, lambda folder: _write_bert(folder, head))
+
+
+def build_lora_adapter(dest: Path, base: Path) -> Path:
+    """Build (once) a PEFT LoRA adapter for the tiny chat model at `base` (rank 8 on the query
+    and value projections). Its weights are random, not zero as PEFT starts them, so a worker
+    serving it answers differently from the base model: that difference proves it is applied."""
+    return build_once(Path(dest), _LORA_FORMAT, lambda folder: _write_lora(folder, Path(base)))
 
 
 def ensure_demo_models(models_dir: Path) -> dict[str, Path]:
@@ -257,6 +267,40 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(previous)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _write_lora(folder: Path, base: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads((base / "config.json").read_text())
+    hidden = int(config["hidden_size"])
+    head_dim = hidden // int(config["num_attention_heads"])
+    outputs = {"q_proj": hidden, "v_proj": head_dim * int(config["num_key_value_heads"])}
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(base),
+        "r": _LORA_RANK,
+        "lora_alpha": 2 * _LORA_RANK,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": sorted(outputs),
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+
+    def weights() -> dict[str, Any]:
+        tensors = {}
+        for layer in range(int(config["num_hidden_layers"])):
+            for module, out in outputs.items():
+                prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+                tensors[f"{prefix}.lora_A.weight"] = torch.randn(_LORA_RANK, hidden) * 0.5
+                tensors[f"{prefix}.lora_B.weight"] = torch.randn(out, _LORA_RANK) * 0.5
+        return tensors
+
+    save_file(_seeded(weights, torch), str(folder / "adapter_model.safetensors"))
 
 
 def _untyped(module: str) -> Any:

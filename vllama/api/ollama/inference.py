@@ -134,7 +134,7 @@ async def embed(request: web.Request) -> web.StreamResponse:
         texts = [texts]
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise BadRequest("input must be a string or a list of strings")
-    body: dict[str, Any] = {"model": resolved.served_name, "input": texts}
+    body: dict[str, Any] = {"model": resolved.upstream_model, "input": texts}
     dimensions = payload.get("dimensions")
     if dimensions is not None:
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
@@ -177,7 +177,7 @@ async def embeddings_legacy(request: web.Request) -> web.StreamResponse:
     if not prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
         await load_only(request, resolved.served_name, keep_alive)
         return web.json_response({"embedding": []})
-    body = {"model": resolved.served_name, "input": [prompt]}
+    body = {"model": resolved.upstream_model, "input": [prompt]}
     vectors, _ = await _embed_upstream(request, resolved, body, keep_alive, Timing())
     return web.json_response({"embedding": vectors[0]})
 

@@ -8,6 +8,7 @@ import math
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -18,8 +19,9 @@ from vllama.api.errors import ApiError, BadRequest
 from vllama.api.keys import DEVICES, REGISTRY, SCHEDULER
 from vllama.api.ollama.options import map_options, stream_flag
 from vllama.api.ollama.stream import respond_progress
+from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel
-from vllama.catalog.files import ModelDetails, ModelFiles
+from vllama.catalog.files import ModelDetails, ModelFiles, ModelFormatError
 from vllama.catalog.names import normalize_name
 from vllama.catalog.pull import pull_progress
 from vllama.catalog.registry import ModelNotFound, Registry, Resolved
@@ -91,6 +93,9 @@ async def show(request: web.Request) -> web.Response:
     parameters = dict(derived.parameters) if derived else {}
     system = traits.system or ""
     modelfile = [f"FROM {resolved.spec.model}"]
+    adapter = derived.adapter if derived else resolved.spec.adapters.get(resolved.adapter or "")
+    if adapter:
+        modelfile.append(f"ADAPTER {adapter}")
     if template:
         modelfile.append(f'TEMPLATE """{template}"""')
     if system:
@@ -189,11 +194,12 @@ async def create(request: web.Request) -> web.StreamResponse:
     base = payload.get("from")
     if not isinstance(base, str) or not base:
         raise BadRequest("from is required: vllama creates models from an existing model")
-    for unsupported in ("files", "adapters", "quantize"):
+    for unsupported in ("files", "quantize"):
         if payload.get(unsupported):
             raise BadRequest(f"{unsupported} is not supported: vLLM loads Hugging Face folders")
     registry = request.app[REGISTRY]
-    await registry.lookup(base)
+    resolved = await registry.lookup(base)
+    adapter = await _adapter_folder(payload.get("adapters"))
     system, template = payload.get("system"), payload.get("template")
     if not (system is None or isinstance(system, str)):
         raise BadRequest("system must be a string")
@@ -207,15 +213,39 @@ async def create(request: web.Request) -> web.StreamResponse:
         map_options(parameters, None)  # the same validation a request's options get
     except BadRequest as exc:
         raise BadRequest(f"parameters: {exc.message}") from None
-    model = DerivedModel(name=name, base=base, system=system, parameters=parameters)
+    model = DerivedModel(
+        name=name, base=base, system=system, parameters=parameters, adapter=adapter
+    )
 
     async def updates() -> AsyncIterator[dict[str, Any]]:
         yield {"status": f"using existing model {normalize_name(base)}"}
         await asyncio.to_thread(registry.derived.put, model)
+        if adapter is not None:
+            # The base model's worker serves its adapters from its start: a running one
+            # restarts with the new adapter once its requests are done.
+            request.app[SCHEDULER].expire(resolved.served_name)
+            yield {"status": "using adapter"}
         yield {"status": "writing manifest"}
         yield {"status": "success"}
 
     return await respond_progress(request, stream_flag(payload), updates())
+
+
+async def _adapter_folder(adapters: object) -> str | None:
+    """`adapters`, as vllama takes it: one entry whose value is a local PEFT LoRA folder
+    (Ollama's blob digests have no vLLM counterpart)."""
+    if not adapters:
+        return None
+    if not isinstance(adapters, dict) or len(adapters) != 1:
+        raise BadRequest('adapters must be one entry, {"<name>": "/path/to/peft-lora-folder"}')
+    (folder,) = adapters.values()
+    if not isinstance(folder, str) or not Path(folder).is_absolute():
+        raise BadRequest("adapters: the value must be an absolute path to a PEFT LoRA folder")
+    try:
+        await asyncio.to_thread(adapter_rank, Path(folder))
+    except ModelFormatError as exc:
+        raise BadRequest(f"adapters: {exc}") from None
+    return folder
 
 
 async def copy(request: web.Request) -> web.Response:
@@ -234,6 +264,7 @@ async def copy(request: web.Request) -> web.Response:
         system=derived.system if derived else None,
         template=derived.template if derived else None,
         parameters=dict(derived.parameters) if derived else {},
+        adapter=derived.adapter if derived else None,
     )
     await asyncio.to_thread(registry.derived.put, model)
     return web.Response(status=200)
