@@ -114,6 +114,9 @@ def test_the_example_config_is_valid_and_documents_every_setting() -> None:
     text = example.read_text()
     undocumented = [name for name in ServerSettings.model_fields if f"{name} =" not in text]
     assert undocumented in ([], ["config"]), undocumented
+    from vllama.config.settings import ModelSpec
+
+    assert [name for name in ModelSpec.model_fields if f"{name} =" not in text] == []
 
 
 def test_the_same_file_read_twice_gives_equal_settings() -> None:
