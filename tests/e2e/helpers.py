@@ -12,6 +12,20 @@ import psutil
 from tests.conftest import LONG_LIVED, assert_no_leftovers
 from tests.daemon import Daemon, free_port
 
+# An OpenAI/Ollama tool, as clients send it.
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
 
 @contextlib.contextmanager
 def shared_daemon(config: Path, log: Path) -> Iterator[Daemon]:

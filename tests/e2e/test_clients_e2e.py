@@ -16,22 +16,11 @@ import openai
 import pytest
 
 from tests.daemon import Daemon
-from tests.e2e.helpers import workers
+from tests.e2e.helpers import WEATHER_TOOL, workers
 
 pytestmark = pytest.mark.e2e
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = WEATHER_TOOL
 
 
 def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Daemon) -> None:

@@ -14,7 +14,7 @@ import ollama
 import pytest
 
 from tests.daemon import Daemon
-from tests.e2e.helpers import workers
+from tests.e2e.helpers import WEATHER_TOOL, workers
 
 pytestmark = pytest.mark.e2e
 
@@ -182,18 +182,7 @@ def test_json_schema_format_parses(vllama_daemon: Daemon) -> None:
 
 
 def test_tools_are_accepted_and_calls_come_back_as_objects(vllama_daemon: Daemon) -> None:
-    weather = {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
+    weather = WEATHER_TOOL
     api = client(vllama_daemon)
     messages = [
         {"role": "user", "content": "Weather in Paris?"},

@@ -143,12 +143,7 @@ async def test_an_idle_model_is_evicted_for_one_that_does_not_fit_beside_it() ->
 async def test_a_busy_model_is_waited_for_and_each_model_gets_its_turn() -> None:
     scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 4, "b": 4})  # never both at once
     release = asyncio.Event()
-
-    async def long_request() -> None:
-        async with scheduler.lease("a"):
-            await release.wait()
-
-    first = asyncio.create_task(long_request())
+    first = asyncio.create_task(_use(scheduler, "a", until=release))
     await settle()
     b = asyncio.create_task(_use(scheduler, "b"))
     await settle()
@@ -248,12 +243,7 @@ async def test_a_reload_restarts_changed_stops_removed_and_adds_new_models() -> 
     await _use(scheduler, "b")
     old_a = workers.made["a"]
     release = asyncio.Event()
-
-    async def long_request() -> None:
-        async with scheduler.lease("a"):
-            await release.wait()
-
-    busy = asyncio.create_task(long_request())
+    busy = asyncio.create_task(_use(scheduler, "a", until=release))
     await settle()
     scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}, "c": {}}))
     await settle()
@@ -283,9 +273,13 @@ async def test_shutdown_refuses_new_leases_and_stops_every_worker() -> None:
     assert {m.state for m in scheduler.status().models} == {S.STOPPED}
 
 
-async def _use(scheduler: Scheduler, name: str, **kwargs: Any) -> None:
+async def _use(
+    scheduler: Scheduler, name: str, until: asyncio.Event | None = None, **kwargs: Any
+) -> None:
+    """One request: a lease held until `until` is set (at once without it)."""
     async with scheduler.lease(name, **kwargs):
-        pass
+        if until is not None:
+            await until.wait()
 
 
 def _state_event(event: Event) -> bool:
