@@ -528,6 +528,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--disable-uvicorn-access-log", action="store_true")
     args, _unknown = parser.parse_known_args(argv)
+    if args.max_model_len == -1:  # auto-fit, as vLLM: the fake's whole (default) context fits
+        args.max_model_len = 2048
     return args
 
 
@@ -616,7 +618,14 @@ async def serve(args: argparse.Namespace) -> int:
 def main() -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    sys.exit(asyncio.run(serve(parse_args(sys.argv[1:]))))
+    args = parse_args(sys.argv[1:])
+    marker = os.environ.get("FAKE_VLLM_PORT_TAKEN_ONCE")  # a file: absent the first time
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        log(f"OSError: [Errno 98] error while attempting to bind on address "
+            f"('{args.host}', {args.port}): address already in use")  # fmt: skip
+        sys.exit(1)
+    sys.exit(asyncio.run(serve(args)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from vllama.scheduling.status import ModelStatus
 def worker_ports(span: int = 50) -> dict[str, int]:
     """A random worker port range, so concurrent test runs (and a developer's own daemon on the
     default range) rarely race for the same ports."""
-    low = random.randrange(42000, 60000 - span)
+    low = random.randrange(20000, 32000 - span)  # below the ephemeral range (32768-60999)
     return {"worker_port_min": low, "worker_port_max": low + span - 1}
 
 

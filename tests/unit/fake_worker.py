@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
+from tests.unit.fake_gpu import EngineRefused, FakeGpuHost, FakeModel
 from vllama.config.settings import ModelSpec
 from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
 from vllama.engine.worker import LoadError
@@ -19,10 +20,19 @@ from vllama.scheduling.fleet import StateListener, WorkerLike
 
 
 class FakeWorker:
-    def __init__(self, name: str, spec: ModelSpec, on_state: StateListener) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: ModelSpec,
+        on_state: StateListener,
+        host: FakeGpuHost | None = None,
+        model: FakeModel | None = None,
+    ) -> None:
         self.name = name
         self.spec = spec
         self._on_state = on_state
+        self.host, self.model = host, model  # with a host, starts obey vLLM's memory rules
+        self._pid: int | None = None
         self.state = WorkerState.STOPPED
         self.reason = "never started"
         self.ready_at: float | None = None
@@ -30,6 +40,8 @@ class FakeWorker:
         self.last_error: LoadError | None = None
         self.gate = asyncio.Event()  # a start completes once this is set
         self.gate.set()
+        self.sleep_gate = asyncio.Event()  # and a sleep, once this is
+        self.sleep_gate.set()
         self.fail_starts = 0  # the next this many starts fail
         self.starts = 0
         self.stops = 0
@@ -55,7 +67,7 @@ class FakeWorker:
 
     @property
     def pid(self) -> int | None:
-        return None  # nothing to measure: placement uses the share it gave
+        return self._pid  # None without a host: nothing to measure
 
     def tail(self, lines: int = 20) -> list[str]:
         return [f"{self.name}: start {self.starts}"][-lines:] if lines else []
@@ -77,14 +89,31 @@ class FakeWorker:
             self.last_error = LoadError(self.name, "exited with code 1 during start", ["boom"])
             self._set(WorkerState.FAILED, self.last_error.reason)
             raise self.last_error
-        self.ready_at = time.monotonic()
         self.max_model_len = 2048
+        if self.host is not None and self.model is not None:
+            try:
+                # The engine sees what a real worker's argv and environment hold: the model's own
+                # args and env, then the scheduler's.
+                self._pid, self.max_model_len = self.host.start(
+                    self.model,
+                    (*self.spec.args, *share_args),
+                    {**self.spec.env, **(share_env or {})},
+                    self.name,
+                )
+            except EngineRefused as refused:
+                self.last_error = LoadError(self.name, f"exited: {refused}", [str(refused)])
+                self._set(WorkerState.FAILED, self.last_error.reason)
+                raise self.last_error from None
+        self.ready_at = time.monotonic()
         self._set(WorkerState.READY, "health check passed")
 
     async def stop(self, reason: str) -> None:
         if self.state in RUNNING:
             self.stops += 1
             self._set(WorkerState.STOPPING, reason)
+            if self.host is not None and self._pid is not None:
+                self.host.stop(self._pid, self.name)
+            self._pid = None
             self._set(WorkerState.STOPPED, reason)
         elif self.state in DOWN:
             self._set(WorkerState.STOPPED, reason)
@@ -96,11 +125,22 @@ class FakeWorker:
 
     async def sleep(self) -> bool:
         self.sleeps += 1
+        await self.sleep_gate.wait()
+        if self.host is not None and self._pid is not None:
+            self.host.sleep(self._pid)
         self._set(WorkerState.SLEEPING, "idle for keep_alive (sleep mode)")
         return True
 
-    async def wake(self) -> None:
+    async def wake(self, warm_up: tuple[str, Mapping[str, object]] | None = None) -> None:
         self.wakes += 1
+        self.warm_up = warm_up
+        if self.host is not None and self._pid is not None:
+            try:
+                self.host.wake(self._pid)
+            except EngineRefused as refused:
+                self.last_error = LoadError(self.name, str(refused), [])
+                self._set(WorkerState.FAILED, str(refused))
+                raise self.last_error from None
         self._set(WorkerState.READY, "woken up")
 
     async def confirm_health(self) -> None:
@@ -117,12 +157,16 @@ class FakeWorker:
 
 
 class FakeWorkers:
-    """The factory the scheduler calls, remembering every worker it made by model name."""
+    """The factory the scheduler calls, remembering every worker it made by model name; with a
+    host, each model's engine obeys vLLM's memory rules on it (`models` by model name)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, host: FakeGpuHost | None = None, models: Mapping[str, FakeModel] | None = None
+    ) -> None:
         self.made: dict[str, FakeWorker] = {}
+        self.host, self.models = host, dict(models or {})
 
     def __call__(self, name: str, spec: ModelSpec, on_state: StateListener) -> WorkerLike:
-        worker = FakeWorker(name, spec, on_state)
+        worker = FakeWorker(name, spec, on_state, self.host, self.models.get(name))
         self.made[name] = worker
         return worker

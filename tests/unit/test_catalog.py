@@ -16,6 +16,7 @@ from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.files import ModelFormatError, read_model
 from vllama.catalog.names import normalize_name
+from vllama.catalog.pull import loaded_weight_bytes
 from vllama.catalog.registry import Registry, parsers_for
 from vllama.config.settings import ConfigError, ModelSpec, load_config
 from vllama.config.units import format_parameter_count
@@ -485,3 +486,25 @@ def test_adapter_folders_are_checked(tmp_path: Path) -> None:
         adapter_rank(prefix)
     with pytest.raises(ConfigError, match=r"adapters\.ad: local folder"):
         load_config(file_data={"models": {"b": {"model": "org/b", "adapters": {"ad": "/nope"}}}})
+
+
+def test_the_weights_vllm_loads_are_counted_once() -> None:
+    listing = {
+        "model-00001-of-00002.safetensors": 5,
+        "model-00002-of-00002.safetensors": 3,
+        "consolidated.safetensors": 8,  # Mistral's copy of the same weights
+        "original/consolidated.00.pth": 8,  # Meta's copy
+        "pytorch_model.bin": 9,
+        "config.json": 1,
+    }
+    assert loaded_weight_bytes(listing) == 8
+    assert loaded_weight_bytes({"pytorch_model.bin": 9, "original/x.pth": 9}) == 9
+    assert loaded_weight_bytes({"config.json": 1}) is None
+
+
+def test_local_weights_count_only_what_vllm_loads(tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "m", LLAMA_CONFIG)
+    (folder / "original").mkdir()
+    (folder / "original" / "consolidated.00.pth").write_text("x" * 1000)
+    model = read_model(folder)
+    assert model.size > model.weight_bytes > 0  # the .pth copy is on disk, not loaded

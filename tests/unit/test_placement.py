@@ -18,7 +18,6 @@ from vllama.scheduling.placement import (
     Snapshot,
     Wait,
     decide,
-    estimate_need,
     format_bytes,
 )
 
@@ -195,8 +194,6 @@ def test_helpers() -> None:
     assert format_bytes(12 * G) == "12.0 GiB"
     assert format_bytes(512 << 20) == "512 MiB"
     assert format_bytes(3) == "3 B"
-    assert estimate_need(10, 20) == 30 + G
-    assert estimate_need(10, 20, overhead=0) == 30
 
 
 # -- properties ------------------------------------------------------------------------------

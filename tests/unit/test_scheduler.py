@@ -54,7 +54,10 @@ def host(
     workers = FakeWorkers()
 
     async def facts(spec: ModelSpec) -> ModelFacts:
-        return ModelFacts(weights_gib[spec.model.removeprefix("org/")] * GiB)
+        weights = weights_gib[spec.model.removeprefix("org/")] * GiB
+        return ModelFacts(
+            weights, warm_up=("/v1/completions", (("prompt", "hi"), ("max_tokens", 1)))
+        )
 
     scheduler = Scheduler(
         config_for(models, **server),
@@ -136,7 +139,7 @@ async def test_an_idle_model_is_evicted_for_one_that_does_not_fit_beside_it() ->
     assert [e.why for e in events if isinstance(e, ModelUnloaded)] == ["memory"]
     # The share vLLM was told: 6 GiB of the 10 GiB GPU, pinned to that GPU.
     args, env = workers.made["b"].share
-    assert args == ("--gpu-memory-utilization", "0.600")
+    assert args == ("--gpu-memory-utilization", "0.600", "--max-model-len", "-1")
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
 
 
@@ -163,7 +166,7 @@ async def test_a_busy_model_is_waited_for_and_each_model_gets_its_turn() -> None
 
 async def test_a_model_too_big_for_any_gpu_is_refused_with_the_numbers() -> None:
     scheduler, workers, _ = host({"huge": {}}, {"huge": 20})
-    with pytest.raises(LoadError, match=r"needs 22\.0 GiB per device.*10\.0 GiB"):
+    with pytest.raises(LoadError, match=r"needs 23\.0 GiB per device.*10\.0 GiB"):
         await _use(scheduler, "huge")
     assert workers.made["huge"].starts == 0
 
@@ -218,14 +221,15 @@ async def test_expire_waits_for_requests_in_flight() -> None:
 
 
 async def test_sleep_mode_sleeps_when_idle_and_wakes_on_the_next_request() -> None:
-    scheduler, workers, _ = host({"a": {"sleep_when_idle": True, "keep_alive": 0}}, {"a": 1})
-    await _use(scheduler, "a")
+    scheduler, workers, _ = host({"a": {"sleep_when_idle": True, "keep_alive": "1h"}}, {"a": 1})
+    await _use(scheduler, "a", keep_alive=0)  # idle at once: to sleep, for the model's 1h
     await settle()
     worker = workers.made["a"]
     assert state(scheduler, "a") is S.SLEEPING and worker.sleeps == 1
     assert "--enable-sleep-mode" in worker.share[0]
     await _use(scheduler, "a", keep_alive=-1)
     assert state(scheduler, "a") is S.READY and (worker.wakes, worker.starts) == (1, 1)
+    assert worker.warm_up == ("/v1/completions", {"prompt": "hi", "max_tokens": 1})
 
 
 async def test_a_crash_while_ready_restarts_on_the_next_request() -> None:

@@ -65,7 +65,7 @@ def test_reload_diff() -> None:
         (1, 0, WorkerState.READY, False, False, "nothing"),
         (0, 1, WorkerState.READY, False, False, "nothing"),
         (0, 0, WorkerState.STARTING, False, False, "nothing"),
-        (0, 0, WorkerState.SLEEPING, True, False, "nothing"),
+        (0, 0, WorkerState.SLEEPING, True, False, "unload"),  # asleep a keep_alive: stopped
     ],
 )
 def test_keep_alive_expiry(

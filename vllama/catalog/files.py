@@ -57,6 +57,7 @@ class ModelFiles:
     template: str
     capabilities: list[str]
     parameter_count: int = 0
+    weight_bytes: int = 0  # the weight files vLLM loads (`size` counts every file)
     generation_config: dict[str, Any] = field(default_factory=dict)
     # What parser detection reads (catalog.families): the tokenizer's special and added tokens,
     # the top-level file names, tokenizer_config.json.
@@ -128,7 +129,7 @@ def read_model(path: Path) -> ModelFiles:
     manifest.update(config_bytes)
     newest = max(stat.st_mtime for _, stat in files)
 
-    count, level, fmt = _weights(path, config, files)
+    count, level, fmt, weight_bytes = _weights(path, config, files)
     details = ModelDetails(
         format=fmt,
         family=_family(config),
@@ -149,6 +150,7 @@ def read_model(path: Path) -> ModelFiles:
         template=template,
         capabilities=capabilities_of(path, config),
         parameter_count=count,
+        weight_bytes=weight_bytes,
         generation_config=_optional_json(path / "generation_config.json"),
         special_tokens=_special_tokens(path, tokenizer_config),
         file_names=frozenset(rel for rel, _ in files if "/" not in rel),
@@ -222,8 +224,10 @@ def _regular_files(root: Path) -> list[tuple[str, os.stat_result]]:
 
 def _weights(
     path: Path, config: dict[str, Any], files: list[tuple[str, os.stat_result]]
-) -> tuple[int, str, str]:
-    """(parameter count, quantization level, format); format "" when there are no weights."""
+) -> tuple[int, str, str, int]:
+    """(parameter count, quantization level, format, bytes vLLM loads); format "" when there are
+    no weights. Only the weights vLLM loads count: an index's shards, else the top-level files
+    (never an `original/` copy or a consolidated twin)."""
     quant = config.get("quantization_config")
     method = quant.get("quant_method") if isinstance(quant, dict) else None
     quant_level = str(method).upper() if method else ""
@@ -236,7 +240,8 @@ def _weights(
                 per_dtype[dtype] += elements
         dominant = max(sorted(per_dtype), key=lambda d: per_dtype[d]) if per_dtype else ""
         level = quant_level or ("FP8" if dominant.startswith("F8") else dominant)
-        return sum(per_dtype.values()), level, "safetensors"
+        size = sum(shard.stat().st_size for shard in shards)
+        return sum(per_dtype.values()), level, "safetensors", size
 
     pickled = [
         stat.st_size
@@ -248,8 +253,8 @@ def _weights(
         level = _DTYPE_LEVELS.get(str(torch_dtype), "")
         # Without a header to read, estimate; half precision is the common case when unstated.
         count = sum(pickled) // _LEVEL_BYTES.get(level, 2)
-        return count, quant_level or level, "pytorch"
-    return 0, quant_level, ""
+        return count, quant_level or level, "pytorch", sum(pickled)
+    return 0, quant_level, "", 0
 
 
 def _safetensors_shards(path: Path, files: list[tuple[str, os.stat_result]]) -> list[Path]:

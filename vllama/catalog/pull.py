@@ -75,3 +75,37 @@ async def pull_progress(requested: str, models_dir: Path) -> AsyncIterator[dict[
     yield {"status": "verifying sha256 digest"}
     yield {"status": "writing manifest"}
     yield {"status": "success"}
+
+
+async def remote_weight_bytes(repo_id: str, revision: str = "main") -> int | None:
+    """The size of the weights vLLM would download for a Hub repo (top-level safetensors, else
+    top-level .bin; never `original/` copies), from the Hub's metadata; None when the Hub does
+    not answer (offline) or the repo has no weights."""
+    try:
+        repo, revision = parse_repo(repo_id)
+    except PullError:
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        info = await asyncio.wait_for(
+            asyncio.to_thread(
+                HfApi().model_info, repo, revision=revision, files_metadata=True, timeout=10
+            ),
+            METADATA_TIMEOUT,
+        )
+    except Exception:  # offline, gated, missing: the start will say why
+        return None
+    return loaded_weight_bytes({s.rfilename: s.size or 0 for s in info.siblings or []})
+
+
+def loaded_weight_bytes(sizes: dict[str, int]) -> int | None:
+    """Of a repo's files (path -> bytes), the size of the weights vLLM loads: the top-level
+    safetensors (`model*` ones when a consolidated copy sits beside them, as in Mistral's
+    repos), else the top-level .bin files; never `original/` copies."""
+    top = {name: size for name, size in sizes.items() if "/" not in name}
+    safetensors = {n: s for n, s in top.items() if n.endswith(".safetensors")}
+    if any(name.startswith("model") for name in safetensors):
+        safetensors = {n: s for n, s in safetensors.items() if n.startswith("model")}
+    shards = list(safetensors.values()) or [s for n, s in top.items() if n.endswith(".bin")]
+    return sum(shards) if shards else None

@@ -26,6 +26,8 @@ from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, detect
 from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
 from vllama.catalog.names import normalize_name, strip_latest
+from vllama.catalog.pull import remote_weight_bytes
+from vllama.catalog.sizing import kv_bytes_per_token
 from vllama.config import vllm_args
 from vllama.config.settings import Config, ModelFacts, ModelSpec
 
@@ -230,9 +232,19 @@ class Registry:
         arguments for its parsers (read in a thread)."""
         files = await asyncio.to_thread(self.files_of, spec)
         lora = await asyncio.to_thread(self._lora_args, spec)
-        parsers = parsers_for(spec, files).engine_args()
-        # Not on disk yet (vLLM downloads it): size 0; only explicit overrides apply.
-        return ModelFacts(files.size if files else 0, (*parsers, *lora))
+        args = (*parsers_for(spec, files).engine_args(), *lora)
+        if files is None:  # not on disk yet: vLLM downloads it; the Hub says how big it is
+            weights = await remote_weight_bytes(spec.model) if "/" in spec.model else None
+            if not weights:
+                log.warning("model size unknown; its share is a guess", model=spec.model)
+            return ModelFacts(weights or 0, args)
+        return ModelFacts(
+            weight_bytes=files.weight_bytes,
+            engine_args=args,
+            kv_bytes_per_token=kv_bytes_per_token(files.config),
+            context_length=files.context_length,
+            warm_up=_warm_up(files.capabilities),
+        )
 
     def _lora_args(self, spec: ModelSpec) -> tuple[str, ...]:
         """Blocking: vLLM's LoRA arguments for the adapters this model serves, configured and
@@ -303,3 +315,13 @@ def parsers_for(spec: ModelSpec, files: ModelFiles | None) -> Parsers:
             files.tokenizer_config,
         )
     return choose(detected, spec.tool_parser, spec.reasoning_parser, spec.args)
+
+
+def _warm_up(capabilities: list[str]) -> tuple[str, tuple[tuple[str, object], ...]] | None:
+    """One small request the model serves (after a wake from sleep mode): a 1-token completion,
+    or an embedding; rerankers and classifiers need none."""
+    if "completion" in capabilities:
+        return "/v1/completions", (("prompt", "hi"), ("max_tokens", 1))
+    if "embedding" in capabilities:
+        return "/v1/embeddings", (("input", "hi"),)
+    return None

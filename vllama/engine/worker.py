@@ -25,6 +25,7 @@ log = structlog.get_logger("vllama.worker")
 
 WORKER_HOST = "127.0.0.1"
 ERROR_TAIL_LINES = 20
+PORT_TAKEN = "address already in use"  # uvicorn's bind error, in the worker's output
 _READY_POLL = 0.25
 _HEALTH_TIMEOUT = 10.0
 _HEALTH_FAILURES_TO_FAIL = 3  # a busy 2-core host can answer /health slowly; a 503 fails at once
@@ -148,6 +149,18 @@ class Worker:
         self._watch = asyncio.create_task(self._watch_ready(), name=f"watch-{self.name}")
 
     async def _spawn_and_wait(self) -> None:
+        try:
+            await self._spawn_on_a_port()
+        except LoadError as error:
+            if not any(PORT_TAKEN in line for line in error.tail):
+                raise
+            # Between the free-port check and vLLM's bind (seconds later) another process
+            # took the port: once more, on the next port.
+            log.warning("worker port taken before the worker bound it; retrying", port=self.port)
+            await self._release_process()
+            await self._spawn_on_a_port()
+
+    async def _spawn_on_a_port(self) -> None:
         try:
             self.port = self._ports.acquire()
         except NoFreePort as exc:
@@ -290,16 +303,20 @@ class Worker:
         self._set_state(WorkerState.SLEEPING, "idle for keep_alive (sleep mode)")
         return True
 
-    async def wake(self) -> None:
-        """Wake and warm up with one token before any request reaches the engine.
+    async def wake(self, warm_up: tuple[str, Mapping[str, object]] | None = None) -> None:
+        """Wake and warm up with one small request (`warm_up`: a path and body the model
+        serves) before any request reaches the engine.
 
         vLLM has crashed or hung when a request reached a sleeping or half-woken engine, so
         traffic is held (the scheduler treats SLEEPING as not ready) until this returns.
         """
         if self.state is not WorkerState.SLEEPING:
             return
-        warm_up = {"model": self.name, "prompt": "hi", "max_tokens": 1}
-        if await self._post("/wake_up") and await self._post("/v1/completions", warm_up):
+        woke = await self._post("/wake_up")
+        if woke and warm_up is not None:
+            path, body = warm_up
+            woke = await self._post(path, {"model": self.name, **body})
+        if woke:
             self._set_state(WorkerState.READY, "woken up")
             return
         self.last_error = LoadError(self.name, "failed to wake from sleep mode", self.tail())

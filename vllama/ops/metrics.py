@@ -148,7 +148,11 @@ class _LiveCollector(Collector):
         for model in self.status().models:
             if not model.running or model.url is None or model.pid is None:
                 continue
-            usage[model.name] = await self.devices.usage_by_tree_async(model.pid)
+            measured = await self.devices.usage_by_tree_async(model.pid)
+            for device in model.devices:  # NVML sees no pid of ours (a container)
+                if device != "cpu" and not measured.get(device):
+                    measured[device] = model.footprint
+            usage[model.name] = measured
             text = await _fetch(http, model.url + "/metrics")
             if text:
                 texts.append(text)

@@ -22,6 +22,7 @@ from vllama.scheduling.events import Events, ModelUnloaded, StateChanged
 from vllama.scheduling.keepalive import Expiry, on_expiry
 from vllama.scheduling.placement import LoadedModel
 from vllama.scheduling.restarts import RestartPolicy, count_failure
+from vllama.scheduling.sizing import GPU_CONTEXT
 from vllama.scheduling.status import ModelStatus
 
 log = structlog.get_logger("vllama.scheduler")
@@ -51,7 +52,7 @@ class WorkerLike(Protocol):
     ) -> None: ...
     async def stop(self, reason: str) -> object: ...
     async def sleep(self) -> bool: ...
-    async def wake(self) -> None: ...
+    async def wake(self, warm_up: tuple[str, Mapping[str, object]] | None = None) -> None: ...
     async def confirm_health(self) -> None: ...
     def enter_backoff(self, reason: str) -> None: ...
     def enter_fatal(self, reason: str) -> None: ...
@@ -102,6 +103,7 @@ class ModelSlot:
             state=worker.state,
             reason=worker.reason,
             devices=self.devices,
+            footprint=self.footprint,
             in_flight=self.in_flight,
             waiting=self.waiting,
             keep_alive=self.keep_alive,
@@ -127,6 +129,11 @@ class Fleet:
         self.slots: dict[str, ModelSlot] = {}
         self.closing = False
         self._changed = asyncio.Event()  # set when a request ends or a worker stops
+        # Every change of what holds device memory (a load, a wake, a sleep, a stop) takes this
+        # lock, so none happens while vLLM profiles memory during a start (vLLM #56830): memory
+        # freed under it makes vLLM size its KV cache wrong or assert. Evictions a load decides
+        # run inside that load's hold.
+        self.changes = asyncio.Lock()
 
     def add(self, name: str, spec: ModelSpec) -> ModelSlot:
         slot = self.slots.get(name)
@@ -203,25 +210,40 @@ class Fleet:
             sleeping=slot.sleep_task is not None,
         )
         if action == "sleep":
+            # Admission closes first: a request reaching the engine while /sleep runs is
+            # aborted or hangs in the paused engine. Requests that come now queue, and wake it.
+            slot.draining = True
             slot.sleep_task = asyncio.create_task(self._sleep(slot), name=f"sleep-{slot.name}")
         elif action == "unload":
             self.unload(slot.name, "keep_alive expired", "keep_alive")
 
     async def _sleep(self, slot: ModelSlot) -> None:
+        slept = False
         try:
-            if not await slot.worker.sleep():
-                log.warning("sleep refused; stopping instead", model=slot.name)
-                await slot.worker.stop("keep_alive expired (sleep failed)")
+            async with self.changes:
+                slept = await slot.worker.sleep()
+                if slept:  # level 1 frees the share; the CUDA context stays on the GPU
+                    slot.footprint = min(slot.footprint, GPU_CONTEXT)
+                else:
+                    log.warning("sleep refused; stopping instead", model=slot.name)
+                    await slot.worker.stop("keep_alive expired (sleep failed)")
         finally:
             slot.sleep_task = None
+            slot.draining = False
+            if slept:  # asleep for the model's own keep_alive, then stopped
+                slot.keep_alive = slot.default_keep_alive
+                self.arm_expiry(slot)
             self.notify()
 
     # -- unloading ---------------------------------------------------------------------------
 
-    def unload(self, name: str, reason: str, why: str) -> asyncio.Task[None] | None:
+    def unload(
+        self, name: str, reason: str, why: str, in_load: bool = False
+    ) -> asyncio.Task[None] | None:
         """Begin stopping a worker; returns the stop task (None if nothing runs).
 
         `why` is the bounded reason for metrics: memory, keep_alive, requested, deleted.
+        `in_load`: an eviction decided by a load, which already holds `changes`.
         """
         slot = self.slots[name]
         if slot.stop_task is not None:
@@ -231,7 +253,7 @@ class Fleet:
         slot.expiry.disarm()
         slot.draining = True  # no new request may start on a worker that is being stopped
         self._events.emit(ModelUnloaded(name, why))
-        slot.stop_task = asyncio.create_task(self._stop(slot, reason), name=f"stop-{name}")
+        slot.stop_task = asyncio.create_task(self._stop(slot, reason, in_load), name=f"stop-{name}")
         return slot.stop_task
 
     def unload_when_idle(self, name: str) -> None:
@@ -243,11 +265,15 @@ class Fleet:
         else:
             slot.unload_when_idle = True
 
-    async def _stop(self, slot: ModelSlot, reason: str) -> None:
+    async def _stop(self, slot: ModelSlot, reason: str, in_load: bool) -> None:
         try:
             if slot.sleep_task is not None:
                 await slot.sleep_task
-            await slot.worker.stop(reason)
+            if in_load:  # an eviction: the load that decided it holds `changes`
+                await slot.worker.stop(reason)
+            else:
+                async with self.changes:
+                    await slot.worker.stop(reason)
         finally:
             slot.stop_task = None
             slot.devices = ()

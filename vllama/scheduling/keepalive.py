@@ -19,8 +19,13 @@ Action = Literal["nothing", "sleep", "unload"]
 def on_expiry(
     *, in_flight: int, waiting: int, state: WorkerState, sleep_when_idle: bool, sleeping: bool
 ) -> Action:
-    """What an expired keep-alive does: nothing while the model is used or not ready."""
-    if in_flight or waiting or state is not WorkerState.READY:
+    """What an expired keep-alive does: nothing while the model is used or not loaded; a sleeping
+    model's second keep-alive stops it, so sleep is a step on the way to unloaded."""
+    if in_flight or waiting:
+        return "nothing"
+    if state is WorkerState.SLEEPING:
+        return "nothing" if sleeping else "unload"
+    if state is not WorkerState.READY:
         return "nothing"
     if sleep_when_idle:
         return "nothing" if sleeping else "sleep"

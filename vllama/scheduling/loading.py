@@ -1,6 +1,7 @@
 """Loading one model: wake it, or back off after failures, make room, start it, measure it.
 
-Loads run one at a time (`_lock`): two vLLM servers starting together on one GPU mis-measure each
+Loads run one at a time (`Fleet.changes`, which stops and sleeps take too): two vLLM servers
+starting together on one GPU mis-measure each
 other's memory, and each placement decision must see the memory the previous load really took.
 Making room is `placement.decide` over a snapshot, then the evictions it names, with no `await`
 between the decision and the unloads: the victims are idle as decided, and unloading closes their
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import structlog
 
@@ -48,7 +50,6 @@ class Loader:
         self._restarts = restarts
         self._events = events
         self._facts = facts
-        self._lock = asyncio.Lock()
 
     async def load(self, slot: ModelSlot, explicit: bool) -> None:
         """Make `slot`'s worker READY; `LoadError` says why it could not be."""
@@ -59,17 +60,15 @@ class Loader:
                 if pending is not None:
                     await pending
             if worker.state is WorkerState.SLEEPING:
-                async with self._lock:  # waking takes GPU memory back, like a load
-                    await worker.wake()
-                    slot.reserved = slot.waiting
+                await self._wake(slot)
                 return
             restart_after = worker.reason if worker.state is WorkerState.FAILED else None
             await self._crash_loop_guard(slot, explicit)
-            async with self._lock:
+            async with self._fleet.changes:
                 if worker.is_ready:  # it was draining for another load, which has finished
                     return
                 facts = await self._facts(slot.spec)
-                share = await self._make_room(slot, facts.weight_bytes)
+                share = await self._make_room(slot, facts)
                 slot.keep_alive = slot.default_keep_alive  # a new worker starts from the default
                 started = time.monotonic()
                 args, env = (*facts.engine_args, *share.args), share.env
@@ -79,12 +78,15 @@ class Loader:
                 # Its memory is spoken for from here: placement counts a starting model.
                 slot.devices, slot.footprint = share.devices, share.need
                 attempted = True
+                free_before = await self._memory.free_now(share.devices)
                 try:
                     await worker.start(args, env)
                 except BaseException:
                     slot.devices, slot.footprint = (), 0
                     raise
-                measured = await self._memory.measure(slot.name, worker.pid, share.devices)
+                measured = await self._memory.measure(
+                    slot.name, worker.pid, share.devices, free_before
+                )
                 slot.footprint = measured or share.need
                 slot.reserved = slot.waiting  # before the lock goes to the next load
             seconds = time.monotonic() - started
@@ -98,6 +100,17 @@ class Loader:
             if attempted:  # a refusal is not a failed load
                 self._events.emit(LoadFailed(slot.name))
             raise
+
+    async def _wake(self, slot: ModelSlot) -> None:
+        """A sleeping worker takes its GPU memory back where its process lives: make room there
+        first, as for a load."""
+        async with self._fleet.changes:
+            facts = await self._facts(slot.spec)
+            share = await self._make_room(slot, facts, on=slot.devices)
+            warm_up = (facts.warm_up[0], dict(facts.warm_up[1])) if facts.warm_up else None
+            await slot.worker.wake(warm_up)
+            slot.footprint = share.need
+            slot.reserved = slot.waiting
 
     async def _crash_loop_guard(self, slot: ModelSlot, explicit: bool) -> None:
         """FATAL after repeated fast failures (until an explicit load); else back off."""
@@ -121,9 +134,12 @@ class Loader:
             worker.enter_backoff(f"restart in {delay:g}s after {slot.fast_failures} failure(s)")
             await asyncio.sleep(delay)
 
-    async def _make_room(self, slot: ModelSlot, weight_bytes: int) -> Share:
-        """Decide where the model goes, evicting idle models or waiting for busy ones."""
-        request = self._memory.request(slot.name, slot.spec, weight_bytes)
+    async def _make_room(
+        self, slot: ModelSlot, facts: ModelFacts, on: tuple[str, ...] | None = None
+    ) -> Share:
+        """Decide where the model goes (on the devices `on`, if given), evicting idle models
+        or waiting for busy ones."""
+        request = replace(self._memory.request(slot.name, slot.spec, facts), on=on)
         deadline = time.monotonic() + self._settings.drain_wait
         held: list[ModelSlot] = []
         try:
@@ -134,13 +150,16 @@ class Loader:
                     raise LoadError(slot.name, decision.reason, [])
                 if isinstance(decision, Place):
                     reason = f"evicted to make room for {slot.name}"
-                    stopping = [self._fleet.unload(v, reason, "memory") for v in decision.evict]
+                    stopping = [
+                        self._fleet.unload(v, reason, "memory", in_load=True)
+                        for v in decision.evict
+                    ]
                     for task in stopping:
                         if task is not None:
                             await task
                     if decision.evict:
                         await self._memory.wait_for_memory(decision.devices, request.need)
-                    return self._memory.share(slot.spec, decision.devices, request.need)
+                    return self._memory.share(slot.spec, facts, decision.devices, request.need)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise LoadError(

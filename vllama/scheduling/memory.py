@@ -8,6 +8,7 @@ event loop: measurements run in a thread.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,17 +16,14 @@ from dataclasses import dataclass, field
 import structlog
 
 from vllama.config import vllm_args
-from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.config.settings import ModelFacts, ModelSpec, ServerSettings
 from vllama.scheduling.devices import DeviceKind, Devices, cuda_visible_devices
-from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot, estimate_need
+from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot
+from vllama.scheduling.sizing import Estimate, estimate, gpu_share
 
 log = structlog.get_logger("vllama.memory")
 
 
-# What a vLLM server costs beyond weights and KV cache, before its first load is measured:
-# the CPU engine's three Python processes with torch loaded (~1.9 GB measured for a 2 MB model),
-# or a CUDA context plus activations on a GPU.
-OVERHEAD = {"cpu": 2 << 30, "gpu": 1 << 30}
 _RECOVERY_POLL = 0.25
 
 
@@ -54,29 +52,58 @@ class MemoryPlanner:
 
     # -- what a model needs ------------------------------------------------------------------
 
-    def request(self, name: str, spec: ModelSpec, weight_bytes: int) -> Request:
-        count = vllm_args.tensor_parallel_size(spec.args) if self.kind == "gpu" else 1
-        need = self.need(name, spec, weight_bytes)
-        return Request(name=name, kind=self.kind, device_count=count, need=need)
+    def estimate(self, spec: ModelSpec, facts: ModelFacts) -> Estimate:
+        return estimate(spec, facts, self.kind, self._settings.kv_cache)
 
-    def need(self, name: str, spec: ModelSpec, weight_bytes: int) -> int:
-        """Bytes per device: the last measured footprint, else an estimate from the files."""
+    def request(self, name: str, spec: ModelSpec, facts: ModelFacts) -> Request:
+        planned = self.estimate(spec, facts)
+        return Request(
+            name=name,
+            kind=self.kind,
+            device_count=planned.devices,
+            need=self.need(name, spec, facts),
+        )
+
+    def need(self, name: str, spec: ModelSpec, facts: ModelFacts) -> int:
+        """Bytes per device: the last measured footprint, else the estimate."""
         if name in self._measured:
             return self._measured[name]
-        env = {**self._cpu_kv_env(spec), **spec.env}
-        kv = vllm_args.kv_cache_bytes(spec.args, env, on_cpu=self.kind == "cpu")
-        if kv is None:  # a GPU worker with no KV size of its own gets `kv_cache` in its share
-            by_share = vllm_args.has_flag(spec.args, vllm_args.GPU_SHARE)
-            kv = 0 if by_share else self._settings.kv_cache
-        weights = weight_bytes // vllm_args.tensor_parallel_size(spec.args)
-        return estimate_need(weights, kv, OVERHEAD[self.kind])
+        planned = self.estimate(spec, facts)
+        operator_share = vllm_args.flag_value(spec.args, vllm_args.GPU_SHARE)
+        if self.kind == "gpu" and operator_share is not None and self._totals:
+            try:  # the operator's own utilization, of the largest GPU (uniform on most hosts)
+                share = math.ceil(float(operator_share) * max(self._totals.values()))
+            except ValueError:
+                share = planned.share
+            return share + planned.outside
+        return planned.need
 
-    async def measure(self, name: str, pid: int | None, devices: tuple[str, ...]) -> int:
-        """Measure a ready worker's memory per device and remember it for the next load."""
+    async def free_now(self, devices: tuple[str, ...]) -> dict[str, int]:
+        """Free bytes on these devices now (before a load, for `measure`)."""
+        return {d.id: d.free for d in await self._devices.snapshot_async() if d.id in devices}
+
+    async def measure(
+        self, name: str, pid: int | None, devices: tuple[str, ...], free_before: dict[str, int]
+    ) -> int:
+        """A ready worker's memory per device, remembered for its next load.
+
+        NVML's per-process figures, when it can see the worker's processes; in a container
+        with its own PID namespace it cannot, and then the drop in free memory across the load
+        is the measurement (loads on a device are serialized, so nothing else moved it).
+        0 means unknown, never "uses nothing".
+        """
         if pid is None:
             return 0
         usage = await self._devices.usage_by_tree_async(pid)
         per_device = max((usage.get(device, 0) for device in devices), default=0)
+        if per_device == 0 and self.kind == "gpu":
+            after = await self.free_now(devices)
+            drops = [free_before[d] - after[d] for d in devices if d in free_before and d in after]
+            per_device = max(drops, default=0)
+            if per_device > 0:
+                log.info(
+                    "memory measured by free-memory drop (NVML sees no worker pids)", model=name
+                )
         if per_device > 0:
             self._measured[name] = per_device
             log.info("model footprint measured", model=name, bytes=per_device, devices=devices)
@@ -105,9 +132,12 @@ class MemoryPlanner:
             devices=tuple(states), loaded=loaded(), max_loaded=self._settings.max_loaded_models
         )
 
-    def share(self, spec: ModelSpec, devices: tuple[str, ...], need: int) -> Share:
-        """Pin the worker to its devices and give it an explicit share of each GPU (sized
-        against the totals of the last `snapshot`, which every placement decision takes)."""
+    def share(
+        self, spec: ModelSpec, facts: ModelFacts, devices: tuple[str, ...], need: int
+    ) -> Share:
+        """Pin the worker to its devices and tell vLLM its share of each GPU, sized against the
+        totals of the last `snapshot` (every placement decision takes one), and let it fit the
+        context to the KV cache that leaves unless the operator fixed a length."""
         if self.kind == "cpu":
             return Share(devices, need, env=self._cpu_kv_env(spec))
         indices = [int(device.split(":", 1)[1]) for device in devices]
@@ -117,12 +147,15 @@ class MemoryPlanner:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(indices),
         }
+        planned = self.estimate(spec, facts)
         args: tuple[str, ...] = ()
-        if not vllm_args.sets_memory_share(spec.args):
+        if not vllm_args.has_flag(spec.args, vllm_args.GPU_SHARE):
+            # Always a share, even with --kv-cache-memory-bytes: vLLM checks free memory against
+            # its utilization (0.92 by default) at start, and a second model would fail that.
             total = min(self._totals[device] for device in devices)
-            # vLLM's utilization is the fraction of the whole GPU this instance may use; several
-            # instances share a GPU only when each is told its own share.
-            args = vllm_args.gpu_share_args(min(max(need / total, 0.05), 0.95))
+            args = vllm_args.gpu_share_args(gpu_share(planned, total))
+        if planned.auto_fit:
+            args = (*args, *vllm_args.auto_fit_args())
         return Share(devices, need, args, env)
 
     def _cpu_kv_env(self, spec: ModelSpec) -> dict[str, str]:

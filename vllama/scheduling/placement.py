@@ -41,8 +41,10 @@ class LoadedModel:
 class Request:
     name: str
     kind: DeviceKind
-    device_count: int  # tensor_parallel_size; 1 on cpu
+    device_count: int  # GPUs one worker spans; 1 on cpu
     need: int  # bytes per device
+    # Only these devices will do: a sleeping worker wakes where its process lives.
+    on: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.device_count < 1:
@@ -133,16 +135,6 @@ def format_bytes(n: int) -> str:
     return f"{sign}{n} B"
 
 
-def estimate_need(weight_bytes: int, kv_cache_bytes: int, overhead: int = GiB) -> int:
-    """Bytes per device before a model's first load (afterwards its measured footprint is used).
-
-    `overhead` covers what is neither weights nor KV cache and cannot be read from the files: the
-    CUDA context and allocator slack (hundreds of MiB per process), activations and sampling
-    buffers for the largest batch, and, on cpu, the Python processes with torch imported.
-    """
-    return weight_bytes + kv_cache_bytes + overhead
-
-
 # -- policy internals ------------------------------------------------------------------------
 
 
@@ -187,6 +179,8 @@ def _best_plan(
 ) -> _Plan | None:
     best: tuple[tuple[object, ...], _Plan] | None = None
     for combo in itertools.combinations(devices, request.device_count):
+        if request.on is not None and {d.id for d in combo} != set(request.on):
+            continue
         evict = _evictions_for(combo, loaded, request.need, pool, must_evict)
         if evict is None:
             continue

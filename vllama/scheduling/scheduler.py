@@ -257,7 +257,8 @@ class Scheduler:
                 await self._fleet.changed()
         if slot.stop_task is not None:
             await slot.stop_task
-        await slot.worker.stop("config reloaded")
+        async with self._fleet.changes:  # not while another model loads on the GPU
+            await slot.worker.stop("config reloaded")
         self._fleet.slots.pop(slot.name, None)
         if spec is None:
             log.info("model removed by config reload", model=slot.name)

@@ -18,6 +18,8 @@ class ModelStatus:
     state: WorkerState
     reason: str  # why it is in that state (the last transition's reason)
     devices: tuple[str, ...]  # where its worker runs; () when none runs
+    footprint: int  # bytes per device it holds: measured (NVML, or the load's drop in free
+    # memory where NVML sees no pid), else estimated; 0 when none runs
     in_flight: int
     waiting: int  # requests waiting for it to be ready (or for a max_parallel permit)
     keep_alive: float  # seconds; math.inf = never unloaded

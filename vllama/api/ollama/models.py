@@ -150,6 +150,9 @@ async def ps(request: web.Request) -> web.Response:
         entry.pop("modified_at", None)
         usage = await devices.usage_by_tree_async(model.pid) if model.pid else {}
         vram = sum(used for device, used in usage.items() if device != "cpu")
+        gpus = [device for device in model.devices if device != "cpu"]
+        if vram == 0 and gpus:  # NVML sees no pid of ours (a container): what the load took
+            vram = model.footprint * len(gpus)
         entry |= {
             # Ollama's size is the model's whole footprint and size_vram the part on GPUs;
             # here both are measured: the worker tree's host RSS plus its GPU memory (NVML).

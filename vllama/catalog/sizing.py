@@ -1,0 +1,36 @@
+"""How much memory a model's KV cache takes per token, read from its config.json: what a GPU share
+must hold for one request of the model's context (vLLM refuses to start otherwise)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "float8_e4m3fn": 1}
+
+
+def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
+    """Bytes of KV cache one token takes across all layers, at the model's dtype (vLLM's
+    default KV dtype); None when the config does not say enough. An upper bound for models with
+    sliding-window layers, which is the safe side for placement."""
+    text = config.get("text_config")
+    merged = {**config, **text} if isinstance(text, dict) else config
+    layers = _int(merged.get("num_hidden_layers"))
+    dtype = merged.get("torch_dtype") or merged.get("dtype") or config.get("torch_dtype")
+    size = _DTYPE_BYTES.get(str(dtype), 2)
+    if layers is None:
+        return None
+    lora_rank = _int(merged.get("kv_lora_rank"))
+    if lora_rank is not None:  # multi-head latent attention (DeepSeek V2/V3): one latent
+        rope = _int(merged.get("qk_rope_head_dim")) or 0
+        return layers * (lora_rank + rope) * size
+    heads = _int(merged.get("num_attention_heads"))
+    kv_heads = _int(merged.get("num_key_value_heads")) or heads
+    hidden = _int(merged.get("hidden_size"))
+    head_dim = _int(merged.get("head_dim")) or (hidden // heads if hidden and heads else None)
+    if kv_heads is None or head_dim is None:
+        return None
+    return 2 * layers * kv_heads * head_dim * size
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
