@@ -106,3 +106,17 @@ def test_durations(value: object, seconds: float) -> None:
 def test_bad_durations(value: object) -> None:
     with pytest.raises(DurationError):
         parse_duration(value)
+
+
+def test_workers_never_report_usage_unless_the_operator_says_so() -> None:
+    env = build_env({"PATH": "/bin"}, ModelSpec(model="a/b"))
+    assert (env["VLLM_NO_USAGE_STATS"], env["DO_NOT_TRACK"]) == ("1", "1")
+    own = build_env({"DO_NOT_TRACK": "0"}, ModelSpec(model="a/b", env={"VLLM_NO_USAGE_STATS": "0"}))
+    assert (own["VLLM_NO_USAGE_STATS"], own["DO_NOT_TRACK"]) == ("0", "0")
+
+
+def test_durations_past_any_timer_mean_forever() -> None:
+    assert parse_duration(10**400) == math.inf
+    assert parse_duration(1e300) == math.inf
+    assert parse_duration("-5m") == math.inf
+    assert parse_duration(3600) == 3600.0

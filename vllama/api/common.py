@@ -19,7 +19,9 @@ async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]
         raise BadRequest("missing request body")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of more than 4300 digits
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")

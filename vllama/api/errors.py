@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from vllama.api.keys import CONFIG
+from vllama.catalog.names import InvalidName
 from vllama.catalog.pull import PullError
 from vllama.catalog.registry import ModelNotFound
 from vllama.engine.worker import LoadError
@@ -111,6 +112,8 @@ def http_error(error: Exception, path: str) -> ApiError | None:
         return ApiError(503, str(error), code="shutting_down")
     if isinstance(error, PullError):
         return ApiError(error.status, str(error))
+    if isinstance(error, InvalidName):
+        return BadRequest(str(error), param="model")
     return None
 
 

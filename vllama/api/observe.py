@@ -41,6 +41,11 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     except asyncio.CancelledError:
         status = CLIENT_CLOSED  # the client went away; not a server error
         raise
+    except ConnectionResetError:
+        # The client went away while its answer was being written: a 499 in the access log,
+        # not a 500 with a traceback. Nothing of this response will reach anyone.
+        status = CLIENT_CLOSED
+        return web.Response(status=CLIENT_CLOSED)
     finally:
         _record(request, status)
 

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from vllama.catalog.names import check_name
+
 # A Hugging Face repo id: `org/name`, optionally with `:revision` (Ollama's tag; `latest` = main).
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 METADATA_TIMEOUT = 20.0
@@ -26,6 +28,7 @@ class PullError(Exception):
 
 def parse_repo(requested: str) -> tuple[str, str]:
     """`org/name[:tag]` -> (repo id, revision)."""
+    check_name(requested)  # the revision, too, is checked like a tag
     repo, _, tag = requested.partition(":")
     if not _REPO.match(repo) or ".." in repo:
         raise PullError(

@@ -190,6 +190,15 @@ class Registry:
                 continue  # its base is gone: not servable, so not listed
         return found
 
+    def configured_users(self, folder: Path) -> list[str]:
+        """Configured models whose model or adapter folder is `folder`."""
+        path = str(folder)
+        return sorted(
+            name
+            for name, spec in self._config.models.items()
+            if spec.model == path or path in spec.adapters.values()
+        )
+
     # -- what the model is -------------------------------------------------------------------
 
     async def files(self, resolved: Resolved) -> ModelFiles | None:

@@ -26,6 +26,9 @@ _UNIT_SECONDS = {
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 
+FOREVER_AFTER = 1e10  # seconds
+
+
 class DurationError(ValueError):
     pass
 
@@ -34,15 +37,22 @@ def parse_duration(value: object) -> float:
     """Seconds for an Ollama duration; negative durations become `math.inf` (never expire)."""
     if isinstance(value, bool):
         raise DurationError(f"invalid duration {value!r}: expected a number or a string like '5m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = _parse_duration_string(value.strip())
-    else:
-        raise DurationError(f"invalid duration {value!r}: expected a number or a string like '5m'")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = _parse_duration_string(value.strip())
+        else:
+            raise DurationError(
+                f"invalid duration {value!r}: expected a number or a string like '5m'"
+            )
+    except OverflowError:  # an integer too large for a float
+        seconds = math.inf
     if math.isnan(seconds):
         raise DurationError(f"invalid duration {value!r}")
-    return math.inf if seconds < 0 else seconds
+    # Negative means forever, as in Ollama; so does anything past ~317 years, which no timer,
+    # date or deadline downstream could represent.
+    return math.inf if seconds < 0 or seconds > FOREVER_AFTER else seconds
 
 
 def _parse_duration_string(text: str) -> float:

@@ -35,6 +35,10 @@ def build_env(
     env = {key: value for key, value in base.items() if key not in _NOT_INHERITED}
     # Python buffers a pipe's output; the supervisor reads it line by line for progress and errors.
     env["PYTHONUNBUFFERED"] = "1"
+    # vLLM reports usage to its authors unless told not to; a daemon's workers never phone
+    # home on their own. The operator's environment or the model's `env` may say otherwise.
+    for name in ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK"):
+        env.setdefault(name, "1")
     env.update(spec.env)
     env.update(share or {})
     return env

@@ -75,9 +75,19 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
 
 
 def _is_load_request(payload: dict[str, Any], endpoint: Endpoint) -> bool:
+    """An empty prompt (or no messages) only loads the model; anything else of the wrong type
+    is a 400, never taken for a load."""
     if endpoint == "generate":
-        return not payload.get("prompt") and not payload.get("images")
-    return payload.get("messages") in (None, [])
+        prompt, images = payload.get("prompt"), payload.get("images")
+        if prompt is not None and not isinstance(prompt, str):
+            raise BadRequest("prompt must be a string")
+        if images is not None and not isinstance(images, list):
+            raise BadRequest("images must be a list of base64 strings")
+        return not prompt and not images
+    messages = payload.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise BadRequest("messages must be a list")
+    return not messages
 
 
 async def _relay_translated(
@@ -103,6 +113,8 @@ async def _relay_translated(
             for obj in translator.on_chunk(chunk):
                 mark_first_byte(request)
                 await response.write(ndjson(obj))
+    except ConnectionResetError:
+        raise  # the client went away (aiohttp's own reset error is also a ClientError)
     except aiohttp.ClientError as exc:
         await response.write(ndjson({"error": f"the model's worker failed mid-stream: {exc}"}))
         await response.write_eof()

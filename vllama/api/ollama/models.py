@@ -22,7 +22,7 @@ from vllama.api.ollama.stream import respond_progress
 from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel
 from vllama.catalog.files import ModelDetails, ModelFiles, ModelFormatError
-from vllama.catalog.names import normalize_name
+from vllama.catalog.names import check_name, normalize_name
 from vllama.catalog.pull import pull_progress
 from vllama.catalog.registry import ModelNotFound, Registry, Resolved
 from vllama.engine.states import WorkerState
@@ -30,7 +30,11 @@ from vllama.scheduling.status import ModelStatus
 
 # The Ollama API level vllama matches (clients gate features on it); see docs/API.md.
 OLLAMA_API_VERSION = "0.12.0"
-_FOREVER = datetime(2318, 1, 1, tzinfo=UTC)  # how Ollama shows "never expires" (~292 years on)
+_FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
+# Bounds on what /api/create stores (the derived-model store is one file, rewritten on change).
+MAX_SYSTEM = 256 * 1024  # characters
+MAX_PARAMETERS = 64 * 1024  # bytes of JSON
+MAX_DERIVED = 1000  # how Ollama shows "never expires" (~292 years on)
 _NO_DETAILS = ModelDetails(
     format="", family="", families=[], parameter_size="", quantization_level=""
 )
@@ -83,7 +87,7 @@ def _parameters_text(parameters: dict[str, Any]) -> str:
 
 async def show(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
-    requested = requested_model(payload, "model", "name")
+    requested = check_name(requested_model(payload, "model", "name"))
     registry = request.app[REGISTRY]
     resolved = await registry.lookup(requested)
     files = await registry.files(resolved)
@@ -193,10 +197,11 @@ async def _then_rescan(
 
 async def create(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
-    name = requested_model(payload)
+    name = check_name(requested_model(payload))
     base = payload.get("from")
     if not isinstance(base, str) or not base:
         raise BadRequest("from is required: vllama creates models from an existing model")
+    check_name(base)
     for unsupported in ("files", "quantize"):
         if payload.get(unsupported):
             raise BadRequest(f"{unsupported} is not supported: vLLM loads Hugging Face folders")
@@ -206,12 +211,18 @@ async def create(request: web.Request) -> web.StreamResponse:
     system, template = payload.get("system"), payload.get("template")
     if not (system is None or isinstance(system, str)):
         raise BadRequest("system must be a string")
+    if system is not None and len(system) > MAX_SYSTEM:
+        raise BadRequest(f"system is longer than {MAX_SYSTEM} characters")
+    if len(registry.derived.all()) >= MAX_DERIVED and registry.derived.get(name) is None:
+        raise BadRequest(f"there are {MAX_DERIVED} derived models already; delete some first")
     if template:
         raise BadRequest(
             "template is not supported: vLLM renders the model's own Jinja chat template "
             "(Ollama's Go templates do not apply); see docs/API.md"
         )
     parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict) or len(json.dumps(parameters)) > MAX_PARAMETERS:
+        raise BadRequest(f"parameters must be an object of at most {MAX_PARAMETERS} bytes")
     try:
         map_options(parameters, None)  # the same validation a request's options get
     except BadRequest as exc:
@@ -258,6 +269,8 @@ async def copy(request: web.Request) -> web.Response:
         raise BadRequest("source is required")
     if not isinstance(destination, str) or not destination:
         raise BadRequest("destination is required")
+    check_name(source)
+    check_name(destination)
     registry = request.app[REGISTRY]
     resolved = await registry.lookup(source)
     derived = resolved.derived
@@ -275,7 +288,7 @@ async def copy(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
-    requested = requested_model(payload, "model", "name")
+    requested = check_name(requested_model(payload, "model", "name"))
     registry = request.app[REGISTRY]
     resolved = await registry.lookup(requested)
     if resolved.derived is not None:
@@ -288,12 +301,31 @@ async def delete(request: web.Request) -> web.Response:
             f"model '{requested}' is in the Hugging Face cache, shared with other tools; "
             "remove it with `hf cache delete`"
         )
+    folder = Path(resolved.spec.model)
+    inside = await asyncio.to_thread(_inside, folder, registry.models_dir)
+    if not inside:  # a symlink out of the models folder: its target is not vllama's to delete
+        raise BadRequest(f"model '{requested}' is outside the models folder; not deleting it")
+    users = registry.configured_users(folder)
+    if users:
+        raise BadRequest(
+            f"model '{requested}' is the folder of configured model(s) {', '.join(users)}; "
+            "remove them from the config file first"
+        )
     stopping = request.app[SCHEDULER].unload(resolved.served_name, "model deleted", "deleted")
     if stopping is not None:
         await stopping
     await asyncio.to_thread(shutil.rmtree, resolved.spec.model)
     await registry.discovery.refresh(force=True)
     return web.Response(status=200)
+
+
+def _inside(folder: Path, root: Path) -> bool:
+    """Blocking: whether `folder`, links followed, lies inside `root` (and is not `root`)."""
+    try:
+        resolved, base = folder.resolve(strict=True), root.resolve()
+    except OSError:
+        return False
+    return resolved != base and resolved.is_relative_to(base) and not folder.is_symlink()
 
 
 async def logs(request: web.Request) -> web.Response:

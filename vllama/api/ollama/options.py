@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from vllama.api.errors import BadRequest
@@ -29,14 +30,27 @@ IGNORED_OPTIONS = frozenset(
 )  # fmt: skip
 
 
+# Options are bounded so that no value can overflow a conversion here or in vLLM (int64 there).
+_LIMIT = 2**63 - 1
+
+
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= _LIMIT
+    return math.isfinite(value) and abs(value) <= _LIMIT
 
 
 def _is_int(value: object) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, float) and value.is_integer()
-    )
+    if isinstance(value, bool) or not _is_number(value):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, int) else str(value)[:24]
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def map_options(options: object, context_length: int | None) -> dict[str, Any]:
@@ -51,22 +65,22 @@ def map_options(options: object, context_length: int | None) -> dict[str, Any]:
             continue
         if key in _FLOAT_OPTIONS:
             if not _is_number(value):
-                raise BadRequest(f"option {key!r} must be a number, got {json.dumps(value)}")
+                raise BadRequest(f"option {key!r} must be a number, got {_shown(value)}")
             sampling[_FLOAT_OPTIONS[key]] = float(value)
         elif key in _INT_OPTIONS:
             if not _is_int(value):
-                raise BadRequest(f"option {key!r} must be an integer, got {json.dumps(value)}")
+                raise BadRequest(f"option {key!r} must be an integer, got {_shown(value)}")
             sampling[_INT_OPTIONS[key]] = int(value)
         elif key == "num_predict":
             if not _is_int(value):
-                raise BadRequest(f"option 'num_predict' must be an integer, got {value!r}")
+                raise BadRequest(f"option 'num_predict' must be an integer, got {_shown(value)}")
             if int(value) > 0:  # -1 (infinite) and -2 (fill the context) mean "no limit" here
                 sampling["max_tokens"] = int(value)
         elif key == "stop":
             sampling["stop"] = _stop_list(value)
         elif key == "num_ctx":
             if not _is_int(value):
-                raise BadRequest(f"option 'num_ctx' must be an integer, got {value!r}")
+                raise BadRequest(f"option 'num_ctx' must be an integer, got {_shown(value)}")
             if context_length is not None and int(value) > context_length:
                 raise BadRequest(
                     f"num_ctx {int(value)} exceeds the model's context length {context_length} "

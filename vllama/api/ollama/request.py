@@ -116,10 +116,10 @@ def _image_part(image: object) -> dict[str, Any]:
 
 
 def _content(text: str, images: object) -> str | list[dict[str, Any]]:
+    if images is not None and not isinstance(images, list):
+        raise BadRequest("images must be a list of base64 strings")
     if not images:
         return text
-    if not isinstance(images, list):
-        raise BadRequest("images must be a list of base64 strings")
     return [{"type": "text", "text": text}, *(_image_part(image) for image in images)]
 
 
@@ -189,9 +189,11 @@ def chat_call(payload: dict[str, Any], traits: ModelTraits, requested: str) -> U
     body: dict[str, Any] = {"model": traits.served_name, "messages": converted}
     body |= _sampling(payload, traits) | _stream_settings() | _refused_fields(payload)
     tools = payload.get("tools")
+    if tools is not None and (
+        not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)
+    ):
+        raise BadRequest("tools must be a list of tool objects")
     if tools:
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise BadRequest("tools must be a list of tool objects")
         if "tools" not in traits.capabilities:
             raise BadRequest(f'"{requested}" does not support tools')
         body["tools"] = [tool if "type" in tool else {"type": "function", **tool} for tool in tools]
