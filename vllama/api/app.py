@@ -23,6 +23,7 @@ from vllama.api.observe import add_request_id, metrics_endpoint, observe_middlew
 from vllama.api.ollama import inference as ollama
 from vllama.api.ollama import models as ollama_models
 from vllama.api.relay import new_upstream_session
+from vllama.api.security import Access, cors_headers, security_middleware
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelFacts, ModelSpec
 from vllama.ops.metrics import Metrics
@@ -83,11 +84,13 @@ def build_app(
 ) -> web.Application:
     """`devices` and `weight_bytes` replace the real NVML/psutil boundary and the size of the
     model's files, for tests that play a GPU host."""
+    access = Access.from_settings(config.server)
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware],
+        middlewares=[observe_middleware, security_middleware(access), error_middleware],
         client_max_size=config.server.max_request_bytes,
     )
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(cors_headers(access))
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[DEVICES] = devices if devices is not None else Devices()

@@ -89,8 +89,10 @@ class Client:
     """Requests to one daemon. Streams wait as long as the daemon takes (a model load can take
     minutes); plain requests time out after `timeout` seconds (None: never)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
+        """`api_key`: sent as a Bearer token (VLLAMA_API_KEY for the CLI)."""
         self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         # A proxy from the environment must never see requests to this machine's own daemon.
         handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
@@ -103,6 +105,8 @@ class Client:
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        if self._api_key:
+            request.add_header("Authorization", f"Bearer {self._api_key}")
         try:
             response: http.client.HTTPResponse = self._opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:

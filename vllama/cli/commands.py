@@ -277,7 +277,7 @@ def run_command(args: argparse.Namespace, environ: dict[str, str] | None = None)
     """Runs a client command; errors become `Error: ...` on stderr and exit status 1."""
     env = os.environ if environ is None else environ
     try:
-        client = Client(daemon_url(env.get("VLLAMA_HOST")))
+        client = Client(daemon_url(env.get("VLLAMA_HOST")), env.get("VLLAMA_API_KEY"))
         code: int = args.handler(client, args)
         return code
     except DaemonUnreachable as exc:
@@ -302,7 +302,7 @@ def report_daemon_version(environ: dict[str, str] | None = None) -> int:
     url = env.get("VLLAMA_HOST") or ""
     try:
         url = daemon_url(url)
-        data = Client(url).get("/api/version", timeout=3) or {}
+        data = Client(url, env.get("VLLAMA_API_KEY")).get("/api/version", timeout=3) or {}
     except (DaemonUnreachable, DaemonError, ValueError):
         print(f"Warning: could not connect to a running vllama at {url}", file=sys.stderr)
         print(f"Warning: client version is {__version__}", file=sys.stderr)

@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from vllama.config import vllm_args
+from vllama.config.access import ApiKey
 from vllama.config.units import parse_duration, parse_size
 
 DEFAULT_HOST = "127.0.0.1"
@@ -169,6 +170,12 @@ class ServerSettings(BaseSettings):
     default_args: list[str] = Field(default_factory=list)
     default_env: dict[str, str] = Field(default_factory=dict)
     log_tail_lines: int = Field(default=200, ge=10)
+    # Access (docs/OPERATIONS.md, Security): keys, and what browsers may reach.
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    api_key: str | None = Field(default=None, min_length=16, repr=False)  # VLLAMA_API_KEY: admin
+    metrics_public: bool = False  # /metrics without a key (when keys are set)
+    allowed_origins: list[str] = Field(default_factory=list)  # added to the loopback ones; "*"
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host names a loopback bind accepts
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 
