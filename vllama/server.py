@@ -21,7 +21,8 @@ from aiohttp import web
 
 from vllama.api.app import build_app
 from vllama.api.keys import REGISTRY, SCHEDULER
-from vllama.config.settings import Config, ConfigError, load_config, read_toml
+from vllama.config.settings import Config, ConfigError, ServerSettings, load_config, read_toml
+from vllama.engine.leftovers import Leftovers
 from vllama.engine.support import check_engine_support
 from vllama.ops.logsetup import configure_logging
 from vllama.ops.systemd import Notifier, StatusLine, watchdog_loop
@@ -42,6 +43,15 @@ def run_daemon(config_path: Path | None, host: str | None, port: int | None) -> 
     configure_logging(config.server.log_level, config.server.log_format)
     reload = (lambda: resolve_config(config_path, host, port)) if config.server.config else None
     return _run(serve(config, reload))
+
+
+def runtime_dir(settings: ServerSettings) -> Path:
+    """Where the daemon keeps its runtime state: `[server] runtime_dir`, else systemd's
+    RuntimeDirectory (/run/vllama with the shipped unit), else ~/.vllama/run."""
+    if settings.runtime_dir is not None:
+        return settings.runtime_dir.expanduser()
+    systemd = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(systemd) if systemd else Path("~/.vllama/run").expanduser()
 
 
 def resolve_config(config_path: Path | None, host: str | None, port: int | None) -> Config:
@@ -74,7 +84,10 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     """Run until SIGTERM/SIGINT. `reload` re-reads the configuration, for SIGHUP."""
     settings = config.server
     loop = asyncio.get_running_loop()
-    app = build_app(config)
+    # Before anything loads: stop what a previous daemon on this port left running.
+    leftovers = Leftovers(runtime_dir(settings) / f"workers-{settings.port}.json")
+    await asyncio.to_thread(leftovers.reap)
+    app = build_app(config, leftovers=leftovers)
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # upstream request so vLLM stops generating, even before the first byte is due.
     runner = web.AppRunner(

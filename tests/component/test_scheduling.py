@@ -268,10 +268,11 @@ async def test_sleep_mode_holds_traffic_and_warms_up(aiohttp_client: Any) -> Non
     assert states(client)["sleepy"] is WorkerState.SLEEPING
     sleepy = WorkerView(client.app, "sleepy")
     pid = sleepy.pid  # still running, asleep
+    server = (await (await client.session.get(f"{sleepy.base_url}/fake/stats")).json())["pid"]
     results = await asyncio.gather(*(ask(client, "sleepy") for _ in range(4)))
     assert results == [200] * 4
     stats = await (await client.session.get(f"{sleepy.base_url}/fake/stats")).json()
-    assert stats["pid"] == pid  # woken, not restarted
+    assert (sleepy.pid, stats["pid"]) == (pid, server)  # woken, not restarted
     assert stats["sleeps"] == 1 and stats["wakes"] == 1
     assert stats["hit_while_sleeping"] == 0  # no request reached the sleeping engine
 

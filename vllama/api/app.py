@@ -13,6 +13,7 @@ from vllama.api.errors import error_middleware
 from vllama.api.keys import (
     CONFIG,
     DEVICES,
+    LEFTOVERS,
     METRICS,
     REGISTRY,
     SCHEDULER,
@@ -26,6 +27,7 @@ from vllama.api.relay import new_upstream_session
 from vllama.api.security import Access, cors_headers, security_middleware
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelFacts, ModelSpec
+from vllama.engine.leftovers import Leftovers
 from vllama.ops.metrics import Metrics
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.loading import FactsSource
@@ -52,7 +54,7 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     facts = _with_sizes(registry.facts, given) if given is not None else registry.facts
     scheduler = Scheduler(
         config,
-        process_workers(config.server, upstream),
+        process_workers(config.server, upstream, app.get(LEFTOVERS)),
         devices=devices,
         facts=facts,
     )
@@ -81,6 +83,7 @@ def build_app(
     config: Config,
     devices: Devices | None = None,
     weight_bytes: Callable[[ModelSpec], int] | None = None,
+    leftovers: Leftovers | None = None,
 ) -> web.Application:
     """`devices` and `weight_bytes` replace the real NVML/psutil boundary and the size of the
     model's files, for tests that play a GPU host."""
@@ -97,6 +100,8 @@ def build_app(
     if weight_bytes is not None:
         app[WEIGHT_BYTES] = weight_bytes
     app[REGISTRY] = Registry(config)
+    if leftovers is not None:
+        app[LEFTOVERS] = leftovers
     app.cleanup_ctx.append(_supervision)
     app.router.add_get("/", root)  # add_get also answers HEAD
     app.router.add_get("/metrics", metrics_endpoint)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelSpec
+from vllama.engine.leftovers import Leftovers
 from vllama.ops.metrics import Metrics
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.scheduler import Scheduler
@@ -20,6 +21,7 @@ REGISTRY = web.AppKey("registry", Registry)
 DEVICES = web.AppKey("devices", Devices)
 WEIGHT_BYTES: web.AppKey[Callable[[ModelSpec], int]] = web.AppKey("weight_bytes")
 METRICS = web.AppKey("metrics", Metrics)
+LEFTOVERS = web.AppKey("leftovers", Leftovers)
 
 # Per-request values, set by the observability middleware and the handlers.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)

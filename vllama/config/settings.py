@@ -133,6 +133,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     config: Path | None = None
     models_dir: Path = DEFAULT_MODELS_DIR
+    runtime_dir: Path | None = None  # default: systemd's RuntimeDirectory, else ~/.vllama/run
     keep_alive: Seconds = 300.0
     load_stall_timeout: Seconds = Field(default=300.0, gt=0)
     stop_timeout: Seconds = Field(default=20.0, gt=0)

@@ -5,6 +5,8 @@ Model names and user arguments only ever become argv items: nothing here goes th
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping, Sequence
 
 from vllama.config import vllm_args
@@ -26,6 +28,12 @@ def build_argv(
 ) -> list[str]:
     """`share`: arguments the scheduler adds (a memory share), after the model's own."""
     return [*command, *vllm_args.server_args(spec.model, name, host, port), *spec.args, *share]
+
+
+def guarded(argv: Sequence[str]) -> list[str]:
+    """`argv` run under the worker guard (engine/guard.py), which ties the worker's process group
+    to this daemon's life. The same interpreter: the guard is part of vllama."""
+    return [sys.executable, "-m", "vllama.engine.guard", str(os.getpid()), "--", *argv]
 
 
 def build_env(

@@ -16,7 +16,8 @@ import aiohttp
 import structlog
 
 from vllama.config.settings import ModelSpec, ServerSettings
-from vllama.engine.argv import build_argv, build_env
+from vllama.engine.argv import build_argv, build_env, guarded
+from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
 from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
@@ -60,8 +61,10 @@ class Worker:
         http: aiohttp.ClientSession,
         ports: PortAllocator,
         on_state: StateListener | None = None,
+        leftovers: Leftovers | None = None,
     ) -> None:
         self.name = name
+        self._leftovers = leftovers  # where running groups are recorded, for a next daemon
         self.spec = spec
         self._settings = settings
         self._http = http
@@ -172,10 +175,12 @@ class Worker:
         log.info("worker spawn", model=self.name, port=self.port, argv=argv)
         try:
             self.process = await WorkerProcess.spawn(
-                argv, env, self._settings.log_tail_lines, self._log_line
+                guarded(argv), env, self._settings.log_tail_lines, self._log_line
             )
         except OSError as exc:
             raise LoadError(self.name, f"could not start {argv[0]!r}: {exc}", []) from None
+        if self._leftovers is not None:
+            await asyncio.to_thread(self._leftovers.record, self.process.pgid)
         await self._wait_ready(self.process)
 
     async def _wait_ready(self, process: WorkerProcess) -> None:
@@ -359,6 +364,8 @@ class Worker:
                     escalated=report.escalated,
                 )
             self._last_process = process
+            if self._leftovers is not None and not report.survivors:
+                await asyncio.to_thread(self._leftovers.forget, process.pgid)
         if self.port is not None:
             self._ports.release(self.port)
             self.port = None

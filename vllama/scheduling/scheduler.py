@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 
 from vllama.config.settings import Config, ModelSpec, ServerSettings
+from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
@@ -36,12 +37,15 @@ from vllama.scheduling.status import ModelStatus, SchedulerStatus
 log = structlog.get_logger("vllama.scheduler")
 
 
-def process_workers(settings: ServerSettings, http: aiohttp.ClientSession) -> WorkerFactory:
-    """Workers that run vLLM servers as child processes, on ports from the configured range."""
+def process_workers(
+    settings: ServerSettings, http: aiohttp.ClientSession, leftovers: Leftovers | None = None
+) -> WorkerFactory:
+    """Workers that run vLLM servers as child processes, on ports from the configured range;
+    their process groups recorded in `leftovers` while they run."""
     ports = PortAllocator(settings.worker_port_min, settings.worker_port_max)
 
     def new_worker(name: str, spec: ModelSpec, on_state: StateListener) -> WorkerLike:
-        return Worker(name, spec, settings, http, ports, on_state)
+        return Worker(name, spec, settings, http, ports, on_state, leftovers)
 
     return new_worker
 

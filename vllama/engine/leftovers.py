@@ -1,0 +1,102 @@
+"""Workers a previous daemon left behind, found and stopped before a new one serves.
+
+A daemon killed with SIGKILL cannot stop its workers; each worker's guard (engine/guard.py) then
+stops its group through Linux's parent-death signal. Where even that cannot happen (the guard was
+killed as well, a container was torn down oddly), this file of the daemon's worker process groups
+and their start times lets the next daemon on the same port stop them first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import structlog
+
+from vllama.engine.process import group_members
+
+log = structlog.get_logger("vllama.leftovers")
+
+
+class Leftovers:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._groups: dict[int, float] = {}  # pgid -> its leader's start time
+
+    def record(self, pgid: int) -> None:
+        """Blocking: a worker group started."""
+        with contextlib.suppress(psutil.Error):
+            self._groups[pgid] = psutil.Process(pgid).create_time()
+        self._save()
+
+    def forget(self, pgid: int) -> None:
+        """Blocking: a worker group is gone."""
+        if self._groups.pop(pgid, None) is not None:
+            self._save()
+
+    def reap(self, wait: float = 10.0) -> list[int]:
+        """Blocking, at start-up: stop every group a previous daemon recorded; the pids stopped."""
+        try:
+            recorded = json.loads(self.path.read_text())["groups"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        now = time.time()
+        stopped: list[int] = []
+        for entry in recorded:
+            try:
+                pgid, since = int(entry["pgid"]), float(entry["since"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            # Members of the recorded group, started after its leader and before this daemon:
+            # never a stranger that reused the number.
+            members = [pid for pid in group_members(pgid) if _started_between(pid, since, now)]
+            if members:
+                log.warning("stopping workers a previous vllama left", pgid=pgid, pids=members)
+                _stop(pgid, members, wait)
+                stopped += members
+        self._groups = {}
+        self._save()
+        return stopped
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        groups = [{"pgid": pgid, "since": since} for pgid, since in self._groups.items()]
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"groups": groups}, handle)
+        os.replace(tmp, self.path)
+
+
+def _started_between(pid: int, since: float, before: float) -> bool:
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return False
+    return since - 1.0 <= created <= before
+
+
+def _stop(pgid: int, members: list[int], wait: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not any(psutil.pid_exists(pid) and _alive(pid) for pid in members):
+                return
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
