@@ -200,6 +200,7 @@ async def test_a_crash_loop_marks_the_model_failed_and_others_keep_serving(
     )
     assert response.status == 503
     assert "marked failed after 3 failures" in (await response.json())["error"]["message"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 10  # vllama's own retry is due then
     assert states(client)["broken"] is WorkerState.FATAL
     assert await ask(client, "fine") == 200  # the other model is unaffected
     # An explicit load (Ollama's empty prompt) tries again.

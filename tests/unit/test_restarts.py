@@ -5,6 +5,7 @@ import pytest
 from vllama.scheduling.restarts import (
     RestartPolicy,
     count_failure,
+    fatal_retry_delay,
     is_crash_loop,
     restart_delay,
     restart_kind,
@@ -42,3 +43,8 @@ def test_backoff_doubles_up_to_the_max(failures: int, delay: float) -> None:
 )
 def test_restart_kinds_are_bounded(reason: str, kind: str) -> None:
     assert restart_kind(reason) == kind
+
+
+def test_a_fatal_model_is_retried_later_each_time_up_to_a_cap() -> None:
+    policy = RestartPolicy(backoff=1, backoff_max=60, limit=3, window=5)
+    assert [fatal_retry_delay(n, policy) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]

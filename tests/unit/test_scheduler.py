@@ -131,6 +131,29 @@ async def test_fast_failures_in_a_row_are_fatal_until_an_explicit_load() -> None
     assert state(scheduler, "a") is S.READY and worker.starts == 4
 
 
+async def test_a_fatal_model_is_retried_on_its_own_later_each_time() -> None:
+    # The one test here that waits on a clock: vllama's own retry timer (50 ms, then 100 ms).
+    scheduler, workers, _ = host(
+        {"a": {}}, {"a": 1}, crash_loop_failures=2, fatal_retry_backoff="50ms"
+    )
+    worker = workers.made["a"]
+    worker.fail_starts = 2
+    for _ in range(2):
+        with pytest.raises(LoadError):
+            await _use(scheduler, "a")
+    with pytest.raises(LoadError) as refused:
+        await _use(scheduler, "a")
+    assert state(scheduler, "a") is S.FATAL
+    assert refused.value.retry_after is not None and refused.value.retry_after >= 1  # a header
+    for _ in range(100):  # vllama's own retry, with no request at all
+        if worker.starts == 3:
+            break
+        await asyncio.sleep(0.01)
+    await settle()
+    assert worker.starts == 3 and state(scheduler, "a") is S.READY
+    await _use(scheduler, "a")  # serving again
+
+
 async def test_an_idle_model_is_evicted_for_one_that_does_not_fit_beside_it() -> None:
     scheduler, workers, events = host({"a": {}, "b": {}}, {"a": 4, "b": 4})  # 6 GiB each of 10
     await _use(scheduler, "a")

@@ -13,6 +13,7 @@ route, wrong method, body too large).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -105,7 +106,8 @@ def http_error(error: Exception, path: str) -> ApiError | None:
             message = f"model '{error.name}' not found"
         return ApiError(404, message, code="model_not_found", param="model")
     if isinstance(error, LoadError):
-        return ApiError(503, error.detail(), code="model_load_failed")
+        retry = {"Retry-After": str(math.ceil(error.retry_after))} if error.retry_after else {}
+        return ApiError(503, error.detail(), code="model_load_failed", headers=retry)
     if isinstance(error, QueueFull):
         return ApiError(503, str(error), code="queue_full", headers={"Retry-After": "1"})
     if isinstance(error, ShuttingDown):

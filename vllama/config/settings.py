@@ -154,7 +154,10 @@ class ServerSettings(BaseSettings):
     restart_backoff: Seconds = Field(default=1.0, ge=0)  # doubled per consecutive fast failure
     restart_backoff_max: Seconds = Field(default=60.0, ge=0)
     crash_loop_failures: int = Field(default=3, ge=1)  # fast failures in a row -> FATAL
-    crash_loop_window: Seconds = Field(default=60.0, gt=0)  # "fast": failed within this of start
+    # "Fast": failed before READY or within this long after (supervisord's startsecs is 1 s).
+    crash_loop_window: Seconds = Field(default=5.0, gt=0)
+    fatal_retry_backoff: Seconds = Field(default=10.0, gt=0)  # a FATAL model retried after this,
+    fatal_retry_backoff_max: Seconds = Field(default=300.0, gt=0)  # doubling up to this
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Below Linux's ephemeral range (32768-60999), so no outgoing connection takes a worker's
     # port between its check and vLLM's bind.

@@ -37,11 +37,14 @@ _LOG_RATE = 20.0  # lines per second after the burst
 class LoadError(Exception):
     """A worker failed to start; carries the reason and the worker's last output lines."""
 
-    def __init__(self, model: str, reason: str, tail: list[str]) -> None:
+    def __init__(
+        self, model: str, reason: str, tail: list[str], retry_after: float | None = None
+    ) -> None:
         super().__init__(f"model {model!r} failed to load: {reason}")
         self.model = model
         self.reason = reason
         self.tail = tail
+        self.retry_after = retry_after  # seconds until vllama tries it again on its own
 
     def detail(self) -> str:
         if not self.tail:

@@ -21,7 +21,7 @@ from vllama.engine.worker import LoadError
 from vllama.scheduling.events import Events, ModelUnloaded, StateChanged
 from vllama.scheduling.keepalive import Expiry, on_expiry
 from vllama.scheduling.placement import LoadedModel
-from vllama.scheduling.restarts import RestartPolicy, count_failure
+from vllama.scheduling.restarts import RestartPolicy, count_failure, fatal_retry_delay
 from vllama.scheduling.sizing import GPU_CONTEXT
 from vllama.scheduling.status import ModelStatus
 
@@ -88,6 +88,9 @@ class ModelSlot:
     devices: tuple[str, ...] = ()  # where its worker runs
     footprint: int = 0  # bytes per device its worker holds (measured, else its share)
     fast_failures: int = 0  # consecutive failures soon after a start
+    fatal_retries: int = 0  # times it was marked FATAL since it last ran a while
+    retry_at: float | None = None  # monotonic time of vllama's own next try of a FATAL model
+    retry_timer: asyncio.TimerHandle | None = None
     # A load elsewhere waits for this busy model to finish: new requests queue instead of
     # keeping it busy forever (they get it back once the other model has had its turn).
     draining: bool = False
@@ -134,6 +137,8 @@ class Fleet:
         # freed under it makes vLLM size its KV cache wrong or assert. Evictions a load decides
         # run inside that load's hold.
         self.changes = asyncio.Lock()
+        # Starts a load of a FATAL model on vllama's own (set by the scheduler).
+        self.retry: Callable[[ModelSlot], object] | None = None
 
     def add(self, name: str, spec: ModelSpec) -> ModelSlot:
         slot = self.slots.get(name)
@@ -174,6 +179,12 @@ class Fleet:
         if new is WorkerState.FAILED:
             up_for = time.monotonic() - worker.ready_at if worker.ready_at else None
             slot.fast_failures = count_failure(slot.fast_failures, up_for, self._restarts)
+            if up_for is not None and up_for >= self._restarts.window:
+                slot.fatal_retries = 0  # it ran a while: a crash loop starts over
+        if new is WorkerState.FATAL:
+            self._schedule_retry(slot)
+        elif new is WorkerState.STARTING:
+            self.cancel_retry(slot)
         self._events.emit(StateChanged(worker.name, old, new, why))
         if new in (WorkerState.STOPPED, WorkerState.FAILED):
             self.notify()
@@ -193,6 +204,30 @@ class Fleet:
             for slot in self.slots.values()
             if slot is not exclude and slot.worker.state in HOLDS_MEMORY
         )
+
+    # -- crash loops ---------------------------------------------------------------------------
+
+    def _schedule_retry(self, slot: ModelSlot) -> None:
+        """A FATAL model is tried again on its own, later each time (as CrashLoopBackOff)."""
+        self.cancel_retry(slot)
+        if self.closing or self.retry is None:
+            return
+        delay = fatal_retry_delay(slot.fatal_retries, self._restarts)
+        slot.fatal_retries += 1
+        slot.retry_at = time.monotonic() + delay
+        slot.retry_timer = asyncio.get_running_loop().call_later(delay, self.retry, slot)
+        log.warning("model failed repeatedly; retrying later", model=slot.name, seconds=delay)
+
+    def cancel_retry(self, slot: ModelSlot) -> None:
+        if slot.retry_timer is not None:
+            slot.retry_timer.cancel()
+        slot.retry_timer = slot.retry_at = None
+
+    def retry_after(self, slot: ModelSlot) -> float | None:
+        """Seconds until vllama's own next try of this model, when one is planned."""
+        if slot.retry_at is None:
+            return None
+        return max(slot.retry_at - time.monotonic(), 1.0)
 
     # -- keep-alive --------------------------------------------------------------------------
 

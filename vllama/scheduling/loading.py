@@ -96,9 +96,11 @@ class Loader:
             after = restart_kind(restart_after) if restart_after is not None else None
             self._events.emit(ModelLoaded(slot.name, seconds, after))
         except LoadError as error:
-            log.error("model load failed", model=slot.name, reason=error.reason)
-            if attempted:  # a refusal is not a failed load
+            if attempted:  # a refusal is not a failed load, and not worth a line per request
+                log.error("model load failed", model=slot.name, reason=error.reason)
                 self._events.emit(LoadFailed(slot.name))
+            else:
+                log.debug("model load refused", model=slot.name, reason=error.reason)
             raise
 
     async def _wake(self, slot: ModelSlot) -> None:
@@ -128,7 +130,12 @@ class Loader:
             if worker.state is WorkerState.FAILED:
                 worker.enter_fatal(reason)
             last = worker.last_error
-            raise LoadError(slot.name, reason, last.tail if last else worker.tail())
+            raise LoadError(
+                slot.name,
+                reason,
+                last.tail if last else worker.tail(),
+                retry_after=self._fleet.retry_after(slot),
+            )
         delay = restart_delay(slot.fast_failures, self._restarts)
         if delay and worker.state is WorkerState.FAILED:
             worker.enter_backoff(f"restart in {delay:g}s after {slot.fast_failures} failure(s)")

@@ -15,7 +15,9 @@ class RestartPolicy:
     backoff: float  # seconds before the restart after the first fast failure
     backoff_max: float
     limit: int  # fast failures in a row that mark the model FATAL
-    window: float  # a failure within this many seconds of the start is fast
+    window: float  # a failure before READY or within this many seconds after it is fast
+    fatal_backoff: float = 10.0  # a FATAL model is retried on its own after this...
+    fatal_backoff_max: float = 300.0  # ...doubling per retry up to this (CrashLoopBackOff)
 
 
 def count_failure(previous: int, up_for: float | None, policy: RestartPolicy) -> int:
@@ -33,6 +35,11 @@ def restart_delay(failures: int, policy: RestartPolicy) -> float:
     if failures <= 0:
         return 0.0
     return float(min(policy.backoff * 2 ** (failures - 1), policy.backoff_max))
+
+
+def fatal_retry_delay(retries: int, policy: RestartPolicy) -> float:
+    """Seconds a FATAL model waits before vllama retries it on its own (`retries` so far)."""
+    return float(min(policy.fatal_backoff * 2 ** max(retries, 0), policy.fatal_backoff_max))
 
 
 def restart_kind(reason: str) -> str:

@@ -68,9 +68,12 @@ class Scheduler:
             backoff_max=settings.restart_backoff_max,
             limit=settings.crash_loop_failures,
             window=settings.crash_loop_window,
+            fatal_backoff=settings.fatal_retry_backoff,
+            fatal_backoff_max=settings.fatal_retry_backoff_max,
         )
         self._fleet = Fleet(settings, restarts, self.events, new_worker)
         self._loader = Loader(self._fleet, settings, self.memory, restarts, self.events, facts)
+        self._fleet.retry = lambda slot: self._start_load(slot, explicit=True)
         self._queued = 0  # requests waiting for a model, all models together
         self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
         for name, spec in config.models.items():
@@ -279,6 +282,7 @@ class Scheduler:
         self._fleet.closing = True
         for slot in self._fleet.slots.values():
             slot.expiry.disarm()
+            self._fleet.cancel_retry(slot)
             if slot.load_task is not None:
                 slot.load_task.cancel()
 
