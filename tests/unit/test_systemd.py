@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -243,3 +244,25 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # and friends), whose own complaints on a host without systemd running are not ours.
     ours = [line for line in output.splitlines() if "vllama.service" in line]
     assert result.returncode == 0 and not ours, output
+
+
+def test_unit_file_is_hardened(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not on PATH (install systemd to run this check)")
+    copy = tmp_path / "vllama.service"
+    copy.write_text(UNIT.read_text())
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for vllama\.service: (\d+\.\d)", result.stdout)
+    assert found is not None, result.stdout + result.stderr
+    assert float(found.group(1)) <= 4.0, result.stdout
+    # What vLLM needs stays allowed: the GPUs, /dev/shm, JIT-compiled code.
+    settings = [line for line in UNIT.read_text().splitlines() if not line.startswith("#")]
+    for forbidden in ("PrivateDevices=yes", "MemoryDenyWriteExecute=yes", "ProcSubset=pid"):
+        assert forbidden not in settings
