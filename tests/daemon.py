@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -56,11 +57,13 @@ class Daemon:
         log_path: Path,
         start_timeout: float = 30,
         source: Path | None = None,
+        scheme: str = "http",
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         """`source`: run vllama from this source tree instead of the installed one (benchmarks
         compare two versions side by side)."""
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         env = {**os.environ, "VLLAMA_LOG_FORMAT": "json"}
@@ -77,7 +80,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vllama exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/", timeout=1, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

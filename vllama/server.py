@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -43,6 +44,15 @@ def run_daemon(config_path: Path | None, host: str | None, port: int | None) -> 
     configure_logging(config.server.log_level, config.server.log_format)
     reload = (lambda: resolve_config(config_path, host, port)) if config.server.config else None
     return _run(serve(config, reload))
+
+
+def _tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """HTTPS with the configured certificate chain and key, or None for plain HTTP."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert.expanduser(), settings.tls_key.expanduser())
+    return context
 
 
 def runtime_dir(settings: ServerSettings) -> Path:
@@ -135,15 +145,17 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
         try:
+            tls = _tls_context(settings)
+            site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
             await site.start()
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:
             log.error("cannot listen", host=settings.host, port=settings.port, error=str(exc))
             return 1
+        scheme = "https" if tls is not None else "http"
         log.info(
             "vllama listening",
-            url=f"http://{settings.host}:{settings.port}",
+            url=f"{scheme}://{settings.host}:{settings.port}",
             models=sorted(config.models),
         )
         notifier.ready(f"listening on {settings.host}:{settings.port}")

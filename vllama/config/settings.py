@@ -178,6 +178,8 @@ class ServerSettings(BaseSettings):
     api_keys: list[ApiKey] = Field(default_factory=list)
     api_key: str | None = Field(default=None, min_length=16, repr=False)  # VLLAMA_API_KEY: admin
     metrics_public: bool = False  # /metrics without a key (when keys are set)
+    tls_cert: Path | None = None  # with tls_key: HTTPS on the same port (a PEM chain)
+    tls_key: Path | None = None
     allowed_origins: list[str] = Field(default_factory=list)  # added to the loopback ones; "*"
     allowed_hosts: list[str] = Field(default_factory=list)  # Host names a loopback bind accepts
     log_level: str = "info"
@@ -193,6 +195,11 @@ class ServerSettings(BaseSettings):
     def _port_range(self) -> ServerSettings:
         if self.worker_port_min > self.worker_port_max:
             raise ValueError("worker_port_min must not exceed worker_port_max")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"{path} does not exist")
         return self
 
     @classmethod
