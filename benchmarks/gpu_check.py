@@ -114,7 +114,7 @@ def run(out: Path | None) -> int:
     # + 1 GiB context (vllama's estimates), so KV = total / 3.3 - 2 GiB.
     kv_gib = max(int(total / 3.3 / GiB) - 2, 1)
     begin_free = free_memory(pynvml, 0)
-    check.record("device", True, name=str(name), gpus=gpus, total=total, free=begin_free)
+    check.record("device", True, gpu=str(name), gpus=gpus, total=total, free=begin_free)
     folder = Path(tempfile.mkdtemp(prefix="vllama-gpu-check-"))
     port = 21434
     config = write_config(folder, 23000, kv_gib)

@@ -41,7 +41,6 @@ class Engine:
         self.utilization = utilization
         self.blocks: list[torch.Tensor] = []
         for device in self.devices:
-            torch.cuda.init()
             torch.empty(1, device=f"cuda:{device}")  # the CUDA context, outside the share
         for device in self.devices:
             free, total = torch.cuda.mem_get_info(device)

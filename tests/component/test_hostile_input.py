@@ -72,6 +72,23 @@ async def test_wrong_types_are_400_not_a_load(
     assert WorkerView(client.app, "a").state is WorkerState.STOPPED  # not taken for a load
 
 
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("options", "u"), ("think", 3952766840), ("format", 5), ("logprobs", "x"), ("truncate", 1)],
+)
+async def test_a_load_request_is_checked_field_by_field(
+    aiohttp_client: ClientFactory, tmp_path: Path, path: str, field: str, value: object
+) -> None:
+    """No prompt or messages means a load, as in Ollama, yet a bad field is still a 400 (found
+    by the schemathesis fuzz in test_openapi.py)."""
+    client = await start(aiohttp_client, tmp_path)
+    response = await client.post(path, json={"model": "a", field: value})
+    assert response.status == 400
+    assert field in (await response.json())["error"]
+    assert WorkerView(client.app, "a").state is WorkerState.STOPPED
+
+
 async def test_tools_of_the_wrong_type_are_400(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:

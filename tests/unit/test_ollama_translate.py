@@ -390,7 +390,6 @@ def test_chat_messages_pass_through_with_images() -> None:
     ("messages", "fragment"),
     [
         ("hello", "messages must be a list"),
-        (None, "messages must be a list"),
         (["hi"], r"messages\[0\] must be an object"),
         ([{"role": "robot", "content": "x"}], r"messages\[0\]\.role"),
         ([{"content": "x"}], r"messages\[0\]\.role"),

@@ -23,6 +23,7 @@ from vllama.api.keys import (
 from vllama.api.observe import add_request_id, metrics_endpoint, observe_middleware
 from vllama.api.ollama import inference as ollama
 from vllama.api.ollama import models as ollama_models
+from vllama.api.openapi import openapi_json
 from vllama.api.relay import new_upstream_session
 from vllama.api.security import Access, cors_headers, security_middleware
 from vllama.catalog.registry import Registry
@@ -105,6 +106,7 @@ def build_app(
     app.cleanup_ctx.append(_supervision)
     app.router.add_get("/", root)  # add_get also answers HEAD
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_json)
     openai.add_routes(app)
     ollama.add_routes(app)
     ollama_models.add_routes(app)

@@ -59,13 +59,15 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     streaming = stream_flag(payload)
     traits = await served_traits(request, resolved)
     check_capability(traits, requested, COMPLETION, endpoint)  # as Ollama: before any load
-    if _is_load_request(payload, endpoint):
+    load_request = _is_load_request(payload, endpoint)
+    # Translated even for a load: every field is checked (a 400) as Ollama's decoder would.
+    call = (generate_call if endpoint == "generate" else chat_call)(payload, traits, requested)
+    if load_request:
         if keep_alive == 0:
             request.app[SCHEDULER].expire(model)
             return web.json_response(load_response(requested, endpoint, "unload"))
         await load_only(request, model, keep_alive)
         return web.json_response(load_response(requested, endpoint, "load"))
-    call = (generate_call if endpoint == "generate" else chat_call)(payload, traits, requested)
     body = json.dumps(call.body).encode()
     timing = Timing()
     translator = OllamaStream(endpoint, requested, timing)

@@ -180,6 +180,8 @@ _ROLES = ("system", "user", "assistant", "tool")
 def chat_call(payload: dict[str, Any], traits: ModelTraits, requested: str) -> UpstreamCall:
     """`/api/chat` -> a vLLM chat completion request."""
     messages = payload.get("messages")
+    if messages is None:
+        messages = []  # no messages: a load (Ollama's), still checked field by field
     if not isinstance(messages, list):
         raise BadRequest("messages must be a list")
     converted = [_message(m, i) for i, m in enumerate(messages)]

@@ -1,0 +1,313 @@
+"""The OpenAPI document of vllama's own API, served at `/openapi.json`.
+
+Bodies that vLLM answers (the OpenAI, Anthropic and vLLM routes vllama relays) are described as
+objects whose details are vLLM's; what vllama itself answers (Ollama's API, model listings,
+errors) is described field by field. `docs/openapi.json` is this document, written out by
+`python -m vllama.api.openapi > docs/openapi.json` (a test keeps the two the same).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from vllama import __version__
+from vllama.api.openai import ROUTES
+
+Schema = dict[str, Any]
+
+OBJECT: Schema = {"type": "object"}
+OLLAMA_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+OPENAI_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": ["string", "null"]},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "integer", "null"]},
+            },
+        }
+    },
+}
+ANTHROPIC_ERROR: Schema = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+MODEL = {"type": "string", "description": "a model name (`name`, `name:tag`, `org/name`)"}
+DURATION = {"type": ["string", "number"], "description": 'seconds, or "5m"; negative: forever'}
+OLLAMA_MODEL_ENTRY: Schema = {
+    "type": "object",
+    "required": ["name", "model"],
+    "properties": {
+        "name": {"type": "string"},
+        "model": {"type": "string"},
+        "modified_at": {"type": "string"},
+        "size": {"type": "integer"},
+        "digest": {"type": "string"},
+        "details": OBJECT,
+        "expires_at": {"type": "string"},
+        "size_vram": {"type": "integer"},
+        "context_length": {"type": ["integer", "null"]},
+    },
+}
+NDJSON_OR_JSON = {
+    "application/json": {"schema": OBJECT},
+    "application/x-ndjson": {"schema": {"type": "string"}},
+}
+
+
+def _json(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+ERRORS = {"Ollama": OLLAMA_ERROR, "OpenAI": OPENAI_ERROR, "Anthropic": ANTHROPIC_ERROR}
+STATUS_TEXT = {
+    400: "bad input, or a model that cannot do this (nothing is loaded)",
+    401: "an API key is required, or it is wrong",
+    403: "an origin, host or key scope that may not do this",
+    404: "unknown model or route",
+    413: "body over max_request_bytes",
+    501: "not supported by vllama",
+    502: "the model's worker failed",
+    503: "the model could not load, the queue is full, or vllama is stopping",
+}
+
+
+def _error_responses() -> dict[str, Any]:
+    """One shared response per API's error envelope and status, referred to by operations."""
+    return {
+        f"{api}{status}": {
+            "description": text,
+            "content": _json({"$ref": f"#/components/schemas/{api}Error"}),
+        }
+        for api in ERRORS
+        for status, text in STATUS_TEXT.items()
+    }
+
+
+def _errors(api: str, *statuses: int) -> dict[str, Any]:
+    return {str(s): {"$ref": f"#/components/responses/{api}{s}"} for s in statuses}
+
+
+def _operation(
+    summary: str,
+    api: str,
+    ok: dict[str, Any],
+    body: Schema | None = None,
+    statuses: tuple[int, ...] = (400, 401, 403, 404, 413, 502, 503),
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"200": {"description": "OK", "content": ok}, **_errors(api, *statuses)},
+    }
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": _json(body)}
+    return operation
+
+
+def _nullable(schema: Schema) -> Schema:
+    kinds = schema.get("type")
+    if kinds is None:
+        return schema
+    listed = kinds if isinstance(kinds, list) else [kinds]
+    return {**schema, "type": [*listed, "null"]}
+
+
+def _ollama(summary: str, properties: Schema, required: list[str], ok: Any = None) -> Any:
+    # Ollama's Go decoder takes null for any field as its zero value; so does vllama.
+    nullable = {name: _nullable(schema) for name, schema in properties.items()}
+    body = {"type": "object", "required": required, "properties": nullable}
+    return {"post": _operation(summary, "Ollama", ok or _json(OBJECT), body)}
+
+
+def _relayed(summary: str, api: str) -> dict[str, Any]:
+    body = {"type": "object", "required": ["model"], "properties": {"model": MODEL}}
+    ok = {"application/json": {"schema": OBJECT}, "text/event-stream": {"schema": {}}}
+    return {"post": _operation(summary + " (relayed to vLLM by `model`)", api, ok, body)}
+
+
+def _ollama_paths() -> dict[str, Any]:
+    generate = {
+        "model": MODEL,
+        "prompt": {"type": "string"},
+        "system": {"type": "string"},
+        "raw": {"type": "boolean"},
+        "format": {"type": ["string", "object"]},
+        "options": OBJECT,
+        "stream": {"type": "boolean"},
+        "keep_alive": DURATION,
+        "images": {"type": "array", "items": {"type": "string"}},
+        "think": {"type": ["boolean", "string"]},
+        "logprobs": {"type": "boolean"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+    }
+    chat = {**generate, "messages": {"type": "array", "items": OBJECT}, "tools": {"type": "array"}}
+    for key in ("prompt", "system", "raw", "images"):
+        chat.pop(key)
+    models = {"type": "array", "items": OLLAMA_MODEL_ENTRY}
+    tags = _json({"type": "object", "properties": {"models": models}})
+    create = {
+        "model": MODEL,
+        "from": MODEL,
+        "system": {"type": "string"},
+        "parameters": OBJECT,
+        "adapters": OBJECT,
+    }
+    named = {"type": "object", "required": ["model"], "properties": {"model": MODEL}}
+    listing = (401, 403)
+    return {
+        "/api/version": {
+            "get": _operation("Ollama API level", "Ollama", _json(OBJECT), None, listing)
+        },
+        "/api/tags": {"get": _operation("every servable model", "Ollama", tags, None, listing)},
+        "/api/ps": {"get": _operation("loaded models", "Ollama", tags, None, listing)},
+        "/api/show": _ollama("a model's details", {"model": MODEL}, ["model"]),
+        "/api/generate": _ollama("generate", generate, ["model"], NDJSON_OR_JSON),
+        "/api/chat": _ollama("chat", chat, ["model"], NDJSON_OR_JSON),
+        "/api/embed": _ollama(
+            "embeddings", {"model": MODEL, "input": {"type": ["string", "array"]}}, ["model"]
+        ),
+        "/api/embeddings": _ollama(
+            "embeddings (older)", {"model": MODEL, "prompt": {"type": "string"}}, ["model"]
+        ),
+        "/api/pull": _ollama(
+            "download a Hugging Face repo",
+            {"model": MODEL, "stream": {"type": "boolean"}},
+            ["model"],
+            NDJSON_OR_JSON,
+        ),
+        "/api/create": _ollama("a derived model", create, ["model", "from"], NDJSON_OR_JSON),
+        "/api/copy": _ollama(
+            "a new name", {"source": MODEL, "destination": MODEL}, ["source", "destination"], {}
+        ),
+        "/api/delete": {"delete": _operation("delete a model", "Ollama", {}, named)},
+        "/api/push": {"post": _operation("not supported", "Ollama", {}, None, (401, 403, 501))},
+        "/api/vllama/logs": {
+            "get": {
+                **_operation(
+                    "a worker's last output lines",
+                    "Ollama",
+                    _json(OBJECT),
+                    None,
+                    (400, 401, 403, 404),
+                ),
+                "parameters": [_query("model", True), _query("lines", False)],
+            }
+        },
+    }
+
+
+def _query(name: str, required: bool) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": {"type": "string"}}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _relayed_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        anthropic = route.path.startswith("/v1/messages")
+        paths[route.path] = _relayed(route.action, "Anthropic" if anthropic else "OpenAI")
+    by_id = _operation(
+        "a stored response (relayed to the worker that made it)",
+        "OpenAI",
+        _json(OBJECT),
+        None,
+        (401, 403, 404),
+    )
+    paths["/v1/responses/{response_id}"] = {"get": {**by_id, "parameters": [_path("response_id")]}}
+    paths["/v1/responses/{response_id}/cancel"] = {
+        "post": {**by_id, "parameters": [_path("response_id")]}
+    }
+    return paths
+
+
+def document() -> dict[str, Any]:
+    """vllama's API as OpenAPI 3.1."""
+    paths: dict[str, Any] = {
+        "/": {"get": {"summary": "liveness", "responses": {"200": {"description": "running"}}}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("Ollama", 401, 403),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": _json(OBJECT)}},
+            }
+        },
+        "/v1/models": {
+            "get": _operation("every servable model", "OpenAI", _json(OBJECT), None, (401, 403))
+        },
+        "/v1/models/{model}": {
+            "get": {
+                **_operation("one model", "OpenAI", _json(OBJECT), None, (401, 403, 404)),
+                "parameters": [_path("model")],
+            }
+        },
+        **_ollama_paths(),
+        **_relayed_paths(),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vllama",
+            "version": __version__,
+            "description": "Ollama's API, the OpenAI API, Anthropic's Messages API and vLLM's "
+            "own APIs on one port, in front of one vLLM server per model. Field by field: "
+            "docs/API.md.",
+        },
+        "components": {
+            "schemas": {f"{api}Error": schema for api, schema in ERRORS.items()},
+            "responses": _error_responses(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+        },
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
+        "paths": paths,
+    }
+
+
+def text() -> str:
+    """The document as `docs/openapi.json` holds it."""
+    return json.dumps(document(), indent=2) + "\n"
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+if __name__ == "__main__":
+    sys.stdout.write(text())
