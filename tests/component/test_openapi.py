@@ -4,10 +4,13 @@ content types and error envelopes, and bodies that break the schema refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from tests.component.fakes import fake_config, worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND
@@ -28,8 +31,9 @@ CHECKS = ",".join(
 
 
 def test_docs_hold_the_served_document() -> None:
-    assert (ROOT / "docs" / "openapi.json").read_text() == openapi.text(), (
-        "regenerate: python -m vllama.api.openapi > docs/openapi.json"
+    written = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+    assert written == json.loads(json.dumps(openapi.document())), (
+        "regenerate: python -m vllama.api.openapi > docs/openapi.yaml"
     )
 
 

@@ -2,13 +2,12 @@
 
 Bodies that vLLM answers (the OpenAI, Anthropic and vLLM routes vllama relays) are described as
 objects whose details are vLLM's; what vllama itself answers (Ollama's API, model listings,
-errors) is described field by field. `docs/openapi.json` is this document, written out by
-`python -m vllama.api.openapi > docs/openapi.json` (a test keeps the two the same).
+errors) is described field by field. `docs/openapi.yaml` is this document, written out by
+`python -m vllama.api.openapi > docs/openapi.yaml` (a test keeps the two the same).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -300,14 +299,11 @@ def document() -> dict[str, Any]:
     }
 
 
-def text() -> str:
-    """The document as `docs/openapi.json` holds it."""
-    return json.dumps(document(), indent=2) + "\n"
-
-
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(document())
 
 
 if __name__ == "__main__":
-    sys.stdout.write(text())
+    import yaml  # PyYAML comes with vLLM; the daemon itself serves JSON
+
+    yaml.safe_dump(document(), sys.stdout, sort_keys=False, width=100, allow_unicode=True)
