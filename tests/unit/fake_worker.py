@@ -17,6 +17,7 @@ from vllama.config.settings import ModelSpec
 from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
 from vllama.engine.worker import LoadError
 from vllama.scheduling.fleet import StateListener, WorkerLike
+from vllama.scheduling.scheduler import Scheduler
 
 
 class FakeWorker:
@@ -170,3 +171,15 @@ class FakeWorkers:
         worker = FakeWorker(name, spec, on_state, self.host, self.models.get(name))
         self.made[name] = worker
         return worker
+
+
+async def settle(turns: int = 50) -> None:
+    """Let every task that can run, run (no clock involved)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def state(scheduler: Scheduler, name: str) -> WorkerState:
+    status = scheduler.model_status(name)
+    assert status is not None
+    return status.state

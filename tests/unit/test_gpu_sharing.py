@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.unit.fake_gpu import CONTEXT, EngineRefused, FakeGpuDevices, FakeGpuHost, FakeModel
-from tests.unit.fake_worker import FakeWorkers
+from tests.unit.fake_worker import FakeWorkers, settle, state
 from vllama.config import vllm_args
 from vllama.config.settings import ModelFacts, ModelSpec, load_config
 from vllama.engine.states import WorkerState
@@ -47,17 +47,6 @@ def gpu_host(
 async def use(scheduler: Scheduler, name: str, **kwargs: Any) -> None:
     async with scheduler.lease(name, **kwargs):
         pass
-
-
-async def settle(turns: int = 50) -> None:
-    for _ in range(turns):
-        await asyncio.sleep(0)
-
-
-def state(scheduler: Scheduler, name: str) -> WorkerState:
-    status = scheduler.model_status(name)
-    assert status is not None
-    return status.state
 
 
 async def test_the_worked_example_a_second_model_on_an_h100() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.component.fakes import FakeNvml
-from tests.unit.fake_worker import FakeWorkers
+from tests.unit.fake_worker import FakeWorkers, settle, state
 from vllama.config.settings import ModelFacts, ModelSpec, load_config
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
@@ -68,18 +68,6 @@ def host(
     events: list[Event] = []
     scheduler.events.subscribe(events.append)
     return scheduler, workers, events
-
-
-async def settle(turns: int = 50) -> None:
-    """Let every task that can run, run (no clock involved)."""
-    for _ in range(turns):
-        await asyncio.sleep(0)
-
-
-def state(scheduler: Scheduler, name: str) -> WorkerState:
-    status = scheduler.model_status(name)
-    assert status is not None
-    return status.state
 
 
 @contextlib.asynccontextmanager
