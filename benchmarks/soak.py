@@ -22,28 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
+from tests.e2e.helpers import workers  # noqa: E402  (the API servers: what the soak kills)
 from vllama.demo.build import ensure_demo_models  # noqa: E402
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
 MODELS = ("tiny-a", "tiny-b")
-
-
-def workers(daemon: Daemon) -> dict[str, psutil.Process]:
-    found = {}
-    for child in psutil.Process(daemon.proc.pid).children():
-        try:
-            line = child.cmdline()
-        except psutil.Error:
-            continue
-        if "--served-model-name" in line:
-            found[line[line.index("--served-model-name") + 1]] = child
-    return found
 
 
 def traffic(url: str, model: str, stop: threading.Event, log: list[tuple[float, int]]) -> None:
@@ -87,19 +75,21 @@ def run(minutes: float, out: Path | None) -> int:
             thread.start()
         began = time.monotonic()
         end = began + minutes * 60
-        while time.monotonic() < end - 60:
-            time.sleep(random.uniform(45, 90))
-            running = workers(daemon)
-            if running:
-                name, victim = random.choice(sorted(running.items()))
-                victim.send_signal(signal.SIGKILL)
-                kills.append((time.monotonic() - began, name))
-                print(f"{time.monotonic() - began:6.0f} s: killed {name}", flush=True)
-        while time.monotonic() < end:
-            time.sleep(1)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        try:
+            while time.monotonic() < end - 60:
+                time.sleep(random.uniform(45, 90))
+                running = workers(daemon)
+                if running:
+                    name, victim = random.choice(sorted(running.items()))
+                    victim.send_signal(signal.SIGKILL)
+                    kills.append((time.monotonic() - began, name))
+                    print(f"{time.monotonic() - began:6.0f} s: killed {name}", flush=True)
+            while time.monotonic() < end:
+                time.sleep(1)
+        finally:  # also on Ctrl-C: the traffic threads must end for the daemon to be stopped
+            stop.set()
+            for thread in threads:
+                thread.join()
         finished = time.monotonic()
     last_kill = began + (kills[-1][0] if kills else 0)
     report: dict[str, Any] = {"minutes": minutes, "kills": kills, "models": {}}

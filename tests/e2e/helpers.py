@@ -43,16 +43,22 @@ def shared_daemon(config: Path, log: Path) -> Iterator[Daemon]:
 
 
 def workers(daemon: Daemon) -> dict[str, psutil.Process]:
-    """The daemon's vLLM API-server children, by served model name."""
+    """Each model's vLLM API server (under its guard, vllama/engine/guard.py), by served name."""
     found = {}
-    for child in psutil.Process(daemon.proc.pid).children():
+    for child in psutil.Process(daemon.proc.pid).children(recursive=True):
         try:
             cmdline = child.cmdline()
         except psutil.Error:  # exited (a zombie until reaped): not a worker any more
             continue
-        if "--served-model-name" in cmdline:
+        if "vllm.entrypoints.openai.api_server" in cmdline and "--served-model-name" in cmdline:
             found[cmdline[cmdline.index("--served-model-name") + 1]] = child
     return found
+
+
+def worker_tree(server: psutil.Process) -> list[psutil.Process]:
+    """A worker's processes: its guard, the API server, and vLLM's engine processes."""
+    guard = server.parent()
+    return [*([guard] if guard is not None else []), server, *server.children(recursive=True)]
 
 
 def alive(proc: psutil.Process) -> bool:

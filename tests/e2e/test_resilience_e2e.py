@@ -14,7 +14,7 @@ import pytest
 from tests.component.fakes import worker_ports
 from tests.daemon import Daemon, write_config
 from tests.e2e.conftest import real_model
-from tests.e2e.helpers import alive, shared_daemon, workers
+from tests.e2e.helpers import alive, shared_daemon, worker_tree, workers
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +81,7 @@ def test_a_model_in_a_crash_loop_serves_again_on_its_own(daemon: Daemon) -> None
 
 def test_killing_the_daemon_leaves_no_worker(daemon: Daemon) -> None:
     assert complete(daemon).status_code == 200
-    tree = [p for w in workers(daemon).values() for p in [w, *w.children(recursive=True)]]
+    tree = [p for server in workers(daemon).values() for p in worker_tree(server)]
     assert len(tree) >= 3  # guard, API server, EngineCore
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(10)
