@@ -32,6 +32,7 @@ from vllama.demo.build import ensure_demo_models  # noqa: E402
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
 MODELS = ("tiny-a", "tiny-b")
+RECOVERY = 150  # seconds kept free of kills at the end: a restart takes 25-80 s on 2 busy cores
 
 
 def traffic(url: str, model: str, stop: threading.Event, log: list[tuple[float, int]]) -> None:
@@ -76,8 +77,10 @@ def run(minutes: float, out: Path | None) -> int:
         began = time.monotonic()
         end = began + minutes * 60
         try:
-            while time.monotonic() < end - 60:
+            while True:
                 time.sleep(random.uniform(45, 90))
+                if time.monotonic() > end - RECOVERY:
+                    break  # the last kill leaves time for a restart under load
                 running = workers(daemon)
                 if running:
                     name, victim = random.choice(sorted(running.items()))
