@@ -22,8 +22,16 @@ SESSION_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
 os.environ["TEST_VLLAMA_SESSION"] = SESSION_MARK
 
 # What a leaked worker looks like: the fake server (and its fake EngineCore grandchild), a real vLLM
-# server or engine, or a vllama daemon started by a test.
-_LEAK_MARKERS = ("fake_vllm", "vllm.entrypoints", "VLLM::", "vllama serve")
+# server or engine, or a vllama process started by a test: a daemon (`vllama serve`) or a CLI
+# command (`python -m vllama run ...`, or the `vllama` console script).
+_LEAK_MARKERS = (
+    "fake_vllm",
+    "vllm.entrypoints",
+    "VLLM::",
+    "vllama serve",
+    "-m vllama",
+    "bin/vllama",
+)
 
 
 # Daemons that a module-scoped fixture keeps running across tests: they and their workers are

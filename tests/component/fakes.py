@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -14,6 +18,38 @@ from vllama.config.settings import Config, load_config
 from vllama.engine.states import WorkerState
 from vllama.scheduling.events import Event, StateChanged
 from vllama.scheduling.status import ModelStatus
+
+T = TypeVar("T")
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T]], within: float = 10, what: str = ""
+) -> T:
+    """Wait until `condition()` (a plain or an async function) returns something truthy, and
+    return it; fail the test if it has not within `within` seconds. For tests, instead of a
+    sleep that hopes something has happened by then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = condition()
+        result = cast(T, await value if inspect.isawaitable(value) else value)
+        if result:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError(f"not within {within:g}s: {what or condition}")
+        await asyncio.sleep(0.02)
+
+
+def eventually_blocking(condition: Callable[[], T], within: float = 10, what: str = "") -> T:
+    """`eventually` for tests that drive a daemon process from plain threads."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {within:g}s: {what or condition}")
+        time.sleep(0.02)
 
 
 def worker_ports(span: int = 50) -> dict[str, int]:

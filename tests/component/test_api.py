@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, count_starts, fake_config
+from tests.component.fakes import WorkerView, count_starts, eventually, fake_config
 from vllama.api.app import build_app
 from vllama.config.settings import Config
 from vllama.engine.states import WorkerState
@@ -203,11 +203,12 @@ async def test_client_disconnect_closes_the_upstream_request(aiohttp_client: Cli
     response = await client.post("/v1/chat/completions", json=chat("a", True, max_tokens=100))
     await response.content.readany()
     response.close()  # the client goes away mid-generation
-    for _ in range(50):
+
+    async def aborted() -> dict[str, Any] | None:
         stats = await fake_stats(client, "a")
-        if stats["aborted"] == 1:
-            break
-        await asyncio.sleep(0.1)
+        return stats if stats["aborted"] == 1 else None
+
+    stats = await eventually(aborted, what="the worker saw the upstream request aborted")
     assert stats["aborted"] == 1 and stats["running"] == 0
     # Counted as the client's doing (499, as nginx and Ollama), not as a server error.
     metrics = await (await client.get("/metrics")).text()
@@ -220,11 +221,7 @@ async def test_idle_worker_is_stopped_after_keep_alive(aiohttp_client: ClientFac
     assert (await client.post("/v1/chat/completions", json=chat("b"))).status == 200
     worker = worker_of(client, "a")
     assert worker.is_ready
-    for _ in range(60):
-        if worker.state is WorkerState.STOPPED:
-            break
-        await asyncio.sleep(0.1)
-    assert worker.state is WorkerState.STOPPED
+    await eventually(lambda: worker.state is WorkerState.STOPPED, what="keep_alive expiry")
     assert worker_of(client, "b").is_ready  # default keep_alive (5 minutes) not reached
     # And it loads again on demand.
     assert (await client.post("/v1/chat/completions", json=chat("a"))).status == 200
@@ -244,11 +241,11 @@ async def test_max_parallel_bounds_requests_per_model(aiohttp_client: ClientFact
     await client.post("/v1/chat/completions", json=chat("a", max_tokens=1))
     peak = 0
 
-    async def watch() -> None:
+    async def watch() -> None:  # samples the worker's own count while the requests run
         nonlocal peak
         while True:
             peak = max(peak, (await fake_stats(client, "a"))["running"])
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a sampling period, not a wait for anything
 
     watcher = asyncio.create_task(watch())
     responses = await asyncio.gather(

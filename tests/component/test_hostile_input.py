@@ -4,7 +4,6 @@ models folder, and a client that goes away is a 499."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, fake_config
+from tests.component.fakes import WorkerView, eventually, fake_config
 from vllama.api.app import build_app
 from vllama.engine.states import WorkerState
 
@@ -179,10 +178,14 @@ async def test_a_client_leaving_an_ollama_stream_is_a_499_without_a_traceback(
         response = await client.post("/api/generate", json={"model": "a", "prompt": "hi"})
         await response.content.readline()  # the first token arrived
         response.close()  # the client goes away mid-stream
-    await asyncio.sleep(1)
-    metrics = await (await client.get("/metrics")).text()
-    statuses = [line for line in metrics.splitlines() if line.startswith("vllama_requests_total{")]
-    assert any('status="499"' in line and "/api/generate" in line for line in statuses), statuses
+
+    async def all_three_recorded() -> list[str] | None:
+        metrics = await (await client.get("/metrics")).text()
+        lines = [line for line in metrics.splitlines() if line.startswith("vllama_requests_total{")]
+        left = [line for line in lines if 'status="499"' in line and "/api/generate" in line]
+        return lines if left and float(left[0].split()[-1]) == 3 else None
+
+    statuses = await eventually(all_three_recorded, what="three 499s counted on /api/generate")
     assert not any('status="500"' in line for line in statuses), statuses
     assert "Error handling request" not in caplog.text
 

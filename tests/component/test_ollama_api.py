@@ -321,7 +321,11 @@ async def test_keep_alive_zero_does_not_stick_to_the_next_load(
     await json_of(await client.post("/api/generate", json=once | {"keep_alive": 0}))
     await wait_for_state(worker, WorkerState.STOPPED)  # unloaded right after, as asked
     await json_of(await client.post("/api/generate", json=once))  # default keep_alive: 5m
-    await asyncio.sleep(0.5)
+    # Its unload is planned 5 minutes out (a keep_alive 0 that stuck would plan it for now).
+    running = (await json_of(await client.get("/api/ps")))["models"]
+    assert len(running) == 1, "unloaded right after the request: the keep_alive 0 stuck"
+    left = (parse_time(running[0]["expires_at"]) - datetime.now(UTC)).total_seconds()
+    assert 290 < left <= 300
     assert worker.state is WorkerState.READY
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.component.fakes import worker_ports
+from tests.component.fakes import eventually_blocking, worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import Daemon, free_port, write_config
 
@@ -71,7 +72,9 @@ def test_sd_notify_ready_watchdog_status_stopping(tmp_path: Path) -> None:
         config = write_config(tmp_path / "v.toml", server_table(), {"a": {"model": "fake/a"}})
         with Daemon(config, free_port(), tmp_path / "v.log") as daemon:
             assert complete(daemon, "a").status_code == 200
-            time.sleep(2.5)  # a STATUS update (every 2 s) with the loaded model
+            # A STATUS update (every 2 s) with the loaded model, and the watchdog pinging on.
+            eventually_blocking(lambda: any("loaded: a" in m for m in messages), within=10)
+            eventually_blocking(lambda: sum(m == "WATCHDOG=1" for m in messages) >= 5)
             pid = worker_pid(daemon, "a")
             assert pid is not None
             inherited = psutil.Process(pid).environ()
@@ -79,7 +82,10 @@ def test_sd_notify_ready_watchdog_status_stopping(tmp_path: Path) -> None:
             assert daemon.terminate() == 0
     finally:
         del os.environ["NOTIFY_SOCKET"], os.environ["WATCHDOG_USEC"]
-        time.sleep(0.5)
+        # Let the reader take in what the daemon sent before it exited, STOPPING=1 last
+        # (checked below; not here, where a failure would hide the test's own).
+        with contextlib.suppress(AssertionError):
+            eventually_blocking(lambda: any(m.startswith("STOPPING=1") for m in messages))
         done.set()
         reader.join()
         sock.close()
@@ -114,8 +120,7 @@ def test_sighup_reloads_changed_models_and_keeps_the_rest(tmp_path: Path) -> Non
         # An invalid file is refused and the running config stays.
         path.write_text("[models.broken\n")
         daemon.proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        eventually_blocking(lambda: "config reload failed" in daemon.log())
         assert daemon.proc.poll() is None
         assert complete(daemon, "keep").status_code == 200
         assert complete(daemon, "new").status_code == 200
-        assert "config reload failed" in daemon.log()

@@ -15,11 +15,12 @@ import psutil
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import FakeNvml, WorkerView, fake_config
+from tests.component.fakes import FakeNvml, WorkerView, eventually, fake_config
 from vllama.api.app import build_app
 from vllama.api.keys import SCHEDULER
 from vllama.engine.states import WorkerState
 from vllama.scheduling.devices import Devices
+from vllama.scheduling.events import Event, StateChanged
 
 GiB = 1 << 30
 Client = TestClient[web.Request, web.Application]
@@ -95,7 +96,7 @@ async def test_pinned_models_stay_and_busy_ones_are_not_evicted(aiohttp_client: 
     assert await ask(client, "pinned") == 200  # pinned is the most recent, busy/idle older
     # busy is the least recently used but has a request in flight for ~3 s.
     busy_request = asyncio.create_task(ask(client, "busy", tokens=60))
-    await asyncio.sleep(0.5)
+    await eventually(lambda: WorkerView(client.app, "busy").status.in_flight == 1)
     assert await ask(client, "new") == 200
     assert loaded(client) == {"pinned", "busy", "new"}
     assert await busy_request == 200
@@ -109,7 +110,7 @@ async def test_a_load_waits_for_a_busy_model_then_evicts_it(aiohttp_client: Any)
     client = await gpu_host(aiohttp_client, models, {"busy": 40, "big": 40}, drain_wait=30)
     assert await ask(client, "busy") == 200
     busy_request = asyncio.create_task(ask(client, "busy", tokens=30))  # ~1.5 s
-    await asyncio.sleep(0.3)
+    await eventually(lambda: WorkerView(client.app, "busy").status.in_flight == 1)
     assert await ask(client, "big") == 200  # waited for busy to drain, then evicted it
     assert await busy_request == 200  # the busy request finished untouched
     assert loaded(client) == {"big"}
@@ -158,18 +159,20 @@ async def test_max_loaded_models_evicts_even_with_memory_to_spare(aiohttp_client
 async def test_concurrent_loads_on_one_gpu_are_serialized(aiohttp_client: Any) -> None:
     models = {name: {"env": {"FAKE_VLLM_START_DELAY": "0.5"}} for name in "abc"}
     client = await gpu_host(aiohttp_client, models, dict.fromkeys("abc", 10))
+    starting: set[str] = set()
     starting_at_once = 0
 
-    async def watch() -> None:
+    def listen(event: Event) -> None:  # every state change, as it happens: none is missed
         nonlocal starting_at_once
-        while True:
-            current = sum(state is WorkerState.STARTING for state in states(client).values())
-            starting_at_once = max(starting_at_once, current)
-            await asyncio.sleep(0.02)
+        if isinstance(event, StateChanged):
+            if event.new is WorkerState.STARTING:
+                starting.add(event.model)
+            elif event.old is WorkerState.STARTING:
+                starting.discard(event.model)
+            starting_at_once = max(starting_at_once, len(starting))
 
-    watcher = asyncio.create_task(watch())
+    client.app[SCHEDULER].events.subscribe(listen)
     results = await asyncio.gather(*(ask(client, name) for name in "abc"))
-    watcher.cancel()
     assert results == [200, 200, 200]
     assert starting_at_once == 1
 
@@ -213,7 +216,7 @@ async def test_queue_overflow_is_503_with_retry_after(aiohttp_client: Any) -> No
     models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "1.5"}}}
     client = await gpu_host(aiohttp_client, models, {"slow": 1}, max_queue=3)
     waiting = [asyncio.create_task(ask(client, "slow")) for _ in range(3)]
-    await asyncio.sleep(0.3)
+    await eventually(lambda: client.app[SCHEDULER].status().queued == 3)
     response = await client.post(
         "/v1/completions", json={"model": "slow", "prompt": "hi", "max_tokens": 1}
     )
@@ -237,23 +240,15 @@ async def test_a_disconnected_waiter_leaves_the_queue(aiohttp_client: Any) -> No
     client = await gpu_host(aiohttp_client, models, {"slow": 1})
     slow = WorkerView(client.app, "slow")
     task = asyncio.create_task(ask(client, "slow"))
-    await asyncio.sleep(0.3)
-    assert slow.status.waiting == 1
+    await eventually(lambda: slow.status.waiting == 1)
+    assert slow.state is WorkerState.STARTING  # still loading (2 s): the request waits for it
     task.cancel()  # the client goes away while waiting for the load
-    for _ in range(50):
-        if slow.status.waiting == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert slow.status.waiting == 0
+    await eventually(lambda: slow.status.waiting == 0, what="the waiter left the queue")
 
 
 async def test_preload_loads_at_start(aiohttp_client: Any) -> None:
     client = await gpu_host(aiohttp_client, {"early": {"preload": True}}, {"early": 1})
-    for _ in range(100):
-        if loaded(client) == {"early"}:
-            break
-        await asyncio.sleep(0.05)
-    assert loaded(client) == {"early"}
+    await eventually(lambda: loaded(client) == {"early"}, what="the preload")
 
 
 async def test_sleep_mode_holds_traffic_and_warms_up(aiohttp_client: Any) -> None:
@@ -262,11 +257,7 @@ async def test_sleep_mode_holds_traffic_and_warms_up(aiohttp_client: Any) -> Non
     assert await ask(client, "sleepy") == 200
     line = cmdline(client, "sleepy")
     assert "--enable-sleep-mode" in line
-    for _ in range(60):
-        if states(client)["sleepy"] is WorkerState.SLEEPING:
-            break
-        await asyncio.sleep(0.05)
-    assert states(client)["sleepy"] is WorkerState.SLEEPING
+    await eventually(lambda: states(client)["sleepy"] is WorkerState.SLEEPING)
     sleepy = WorkerView(client.app, "sleepy")
     pid = sleepy.pid  # still running, asleep
     server = (await (await client.session.get(f"{sleepy.base_url}/fake/stats")).json())["pid"]
@@ -302,12 +293,15 @@ async def test_a_load_is_not_starved_by_a_model_that_stays_busy(aiohttp_client: 
     statuses: list[int] = []
 
     async def stream_of_requests(offset: float) -> None:
-        await asyncio.sleep(offset)  # staggered, so one of them is always in flight
+        # Not a wait for anything: the stagger is the traffic under test (one of the streams
+        # is always in flight, so busy is never idle on its own).
+        await asyncio.sleep(offset)
         while not stop.is_set():
             statuses.append(await ask(client, "busy", tokens=6))  # ~0.3 s each
 
     streams = [asyncio.create_task(stream_of_requests(i * 0.1)) for i in range(3)]
-    await asyncio.sleep(0.5)
+    busy = WorkerView(client.app, "busy")
+    await eventually(lambda: busy.status.in_flight >= 2, what="busy's requests overlap")
     loop = asyncio.get_running_loop()
     began = loop.time()
     assert await ask(client, "other") == 200  # busy was drained, evicted, other loaded

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from tests.component.fakes import fake_config
+from tests.component.fakes import eventually, fake_config
 from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
@@ -102,11 +102,7 @@ async def test_engine_outliving_its_api_server_is_killed(
     grandchild = int(pidfile.read_text())
     assert worker.process is not None
     os.kill(worker.process.pid, signal.SIGKILL)  # only the API server, as in vLLM issue #55510
-    for _ in range(100):
-        if worker.state is WorkerState.FAILED and worker.process is None:
-            break
-        await asyncio.sleep(0.1)
-    assert worker.state is WorkerState.FAILED
+    await eventually(lambda: worker.state is WorkerState.FAILED and worker.process is None)
     assert "exited with code -9" in worker.reason
     # The next start waits for the failed tree's cleanup (it may still be running), then works.
     await worker.start()
@@ -120,11 +116,7 @@ async def test_dead_engine_behind_a_live_server_fails_the_worker(
 ) -> None:
     worker = make_worker(http, {"FAKE_VLLM_UNHEALTHY_AFTER": "0.5"})
     await worker.start()
-    for _ in range(100):
-        if worker.state is WorkerState.FAILED:
-            break
-        await asyncio.sleep(0.1)
-    assert worker.state is WorkerState.FAILED
+    await eventually(lambda: worker.state is WorkerState.FAILED)
     assert "503" in worker.reason
     await worker.stop("test")
     assert worker.state is WorkerState.STOPPED
@@ -133,10 +125,10 @@ async def test_dead_engine_behind_a_live_server_fails_the_worker(
 async def test_cancelled_start_stops_the_tree(http: aiohttp.ClientSession) -> None:
     worker = make_worker(http, {"FAKE_VLLM_START_DELAY": "30"})
     task = asyncio.create_task(worker.start())
-    while worker.process is None:
-        await asyncio.sleep(0.05)
-    pid = worker.process.pid
-    await asyncio.sleep(0.3)
+    process = await eventually(lambda: worker.process)
+    pid = process.pid
+    # Cancelled mid-start: the fake server is up and loading its "weights" (30 s).
+    await eventually(lambda: any("Loading model weights" in line for line in worker.tail()))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -152,8 +144,7 @@ async def test_a_foreign_server_on_the_port_is_not_taken_for_the_worker(
     # is started once more on the next port.
     worker = make_worker(http, {"FAKE_VLLM_START_DELAY": "1.5"})
     task = asyncio.create_task(worker.start())
-    while worker.process is None:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: worker.process)
     taken = worker.port
     assert taken is not None
     app = web.Application()

@@ -46,8 +46,8 @@ def vllama_daemon(
 ) -> Iterator[Daemon]:
     """A real vllama daemon with chat models and an embedding model, none loaded at first.
 
-    One daemon serves every e2e module (each model load costs ~25 s on 2 cores);
-    test_shutdown_e2e.py, which sorts last, stops it.
+    One daemon serves every e2e module that needs no daemon of its own (each model load costs
+    ~25 s on 2 cores); it is stopped when the session ends, whatever order the modules ran in.
     """
     folder = tmp_path_factory.mktemp("e2e")
     config = write_config(

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import ollama
 import pytest
 
-from tests.daemon import Daemon
+from tests.component.fakes import worker_ports
+from tests.daemon import Daemon, free_port, write_config
+from tests.e2e.conftest import real_model
 from tests.e2e.helpers import WEATHER_TOOL, workers
 
 pytestmark = pytest.mark.e2e
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0, "num_predict": 16}
+ONE_TOKEN = {"temperature": 0, "num_predict": 1}
 
 
 def client(daemon: Daemon) -> ollama.Client:
@@ -181,27 +186,55 @@ def test_json_schema_format_parses(vllama_daemon: Daemon) -> None:
     assert isinstance(parsed["ok"], bool) and parsed["color"] in ("red", "blue")
 
 
-def test_tools_are_accepted_and_calls_come_back_as_objects(vllama_daemon: Daemon) -> None:
-    weather = WEATHER_TOOL
+def test_tools_and_a_tool_call_history_reach_the_models_template(vllama_daemon: Daemon) -> None:
+    # A random model rarely calls a tool on its own, so nothing here waits for one: what always
+    # holds is that the tools, and the history's call (its arguments an object, as Ollama's
+    # clients send them), are translated and rendered into the prompt. The way back (a parsed
+    # call's arguments as an object) is tests/unit/test_ollama_translate.py's.
     api = client(vllama_daemon)
-    messages = [
-        {"role": "user", "content": "Weather in Paris?"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
-        },
-        {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
-    ]
-    reply = api.chat(model="tiny-tools", messages=messages, tools=[weather], options=GREEDY)
-    assert reply.done
-    for call in reply.message.tool_calls or []:  # a random model rarely calls a tool itself
-        assert isinstance(call.function.arguments, dict)
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    result = {"role": "tool", "content": "sunny", "tool_name": "get_weather"}
+
+    def call(arguments: dict[str, str]) -> dict[str, object]:
+        function = {"name": "get_weather", "arguments": arguments}
+        return {"role": "assistant", "content": "", "tool_calls": [{"function": function}]}
+
+    def prompt_tokens(messages: list[dict[str, object]], tools: list[object] | None) -> int:
+        reply = api.chat(model="tiny-tools", messages=messages, tools=tools, options=ONE_TOKEN)
+        assert reply.done and reply.prompt_eval_count is not None
+        return reply.prompt_eval_count
+
+    assert prompt_tokens(question, [WEATHER_TOOL]) > prompt_tokens(question, None)
+    tools = [WEATHER_TOOL]
+    no_call = prompt_tokens([*question, {"role": "assistant", "content": ""}, result], tools)
+    paris = prompt_tokens([*question, call({"city": "Paris"}), result], tools)
+    longer = prompt_tokens([*question, call({"city": "Paris, France"}), result], tools)
+    assert no_call < paris < longer  # the call is rendered, and so are its arguments
     # The demo model's parsers are chosen from its own files: tools work on plain "tiny" too.
-    assert api.chat(model="tiny", messages=messages, tools=[weather], options=GREEDY).done
+    assert api.chat(model="tiny", messages=question, tools=[WEATHER_TOOL], options=ONE_TOKEN).done
     with pytest.raises(ollama.ResponseError) as info:  # an embedding model cannot chat
-        api.chat(model="tiny-embed", messages=messages, tools=[weather])
+        api.chat(model="tiny-embed", messages=question, tools=[WEATHER_TOOL])
     assert info.value.status_code == 400 and '"tiny-embed" does not support chat' in str(info.value)
+
+
+def test_a_forced_tool_call_comes_back_as_a_call(vllama_daemon: Daemon) -> None:
+    # OpenAI's named tool_choice makes vLLM answer with a call to that function whatever the
+    # weights: the call must come back through vllama as an OpenAI tool call.
+    body = {
+        "model": "tiny-tools",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 48,
+    }
+    response = httpx.post(vllama_daemon.url + "/v1/chat/completions", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    message = response.json()["choices"][0]["message"]
+    assert message.get("tool_calls"), f"no tool call came back: {message}"
+    (call,) = message["tool_calls"]
+    assert call["type"] == "function" and call["id"]
+    assert call["function"]["name"] == "get_weather"
+    assert isinstance(call["function"]["arguments"], str)  # OpenAI's shape: JSON text
 
 
 def test_embed_and_legacy_embeddings(vllama_daemon: Daemon) -> None:
@@ -262,12 +295,36 @@ def test_create_copy_delete_a_derived_model(vllama_daemon: Daemon) -> None:
     assert info.value.status_code == 400
 
 
-def test_pull_without_network_fails_fast_and_push_is_501(vllama_daemon: Daemon) -> None:
-    api = client(vllama_daemon)
+@pytest.fixture
+def offline_daemon(
+    demo_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Daemon]:
+    """A daemon of its own, offline by construction on any host: its Hugging Face Hub is a
+    closed local port and its Hub cache is empty (so a pull can neither download nor find a
+    cached copy). Its model is never loaded."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    config = write_config(
+        tmp_path / "vllama.toml",
+        {"models_dir": str(tmp_path / "models"), **worker_ports()},
+        {"tiny": real_model(demo_models["chat"])},
+    )
+    with Daemon(config, free_port(), tmp_path / "vllama.log") as daemon:
+        yield daemon
+
+
+def test_pull_without_network_fails_fast_and_push_is_501(
+    offline_daemon: Daemon, tmp_path: Path
+) -> None:
+    api = client(offline_daemon)
     began = time.monotonic()
-    with pytest.raises(ollama.ResponseError):
+    with pytest.raises(ollama.ResponseError) as info:
         api.pull("Qwen/Qwen2.5-0.5B-Instruct")
     assert time.monotonic() - began < 30
+    # It asked the closed local port (elsewhere it would fail on DNS, or download).
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in str(info.value)
+    assert "Connection refused" in str(info.value)
+    assert not (tmp_path / "models" / "Qwen").exists()  # nothing was downloaded
     with pytest.raises(ollama.ResponseError) as info:
         api.pull("llama3.2")  # Ollama's library names aren't Hugging Face repos
     assert info.value.status_code == 400

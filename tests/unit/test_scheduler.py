@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.component.fakes import FakeNvml
+from tests.component.fakes import FakeNvml, eventually
 from tests.unit.fake_worker import FakeWorkers, settle, state
 from vllama.config.settings import ModelFacts, ModelSpec, load_config
 from vllama.engine.states import WorkerState
@@ -133,10 +133,7 @@ async def test_a_fatal_model_is_retried_on_its_own_later_each_time() -> None:
         await _use(scheduler, "a")
     assert state(scheduler, "a") is S.FATAL
     assert refused.value.retry_after is not None and refused.value.retry_after >= 1  # a header
-    for _ in range(100):  # vllama's own retry, with no request at all
-        if worker.starts == 3:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: worker.starts == 3, what="vllama's own retry, with no request")
     await settle()
     assert worker.starts == 3 and state(scheduler, "a") is S.READY
     await _use(scheduler, "a")  # serving again

@@ -17,25 +17,41 @@ from vllama.engine.states import (
 S = WorkerState
 
 
-@pytest.mark.parametrize(
-    ("current", "target"),
-    [
-        (S.STOPPED, S.STARTING),
-        (S.STARTING, S.READY),
-        (S.STARTING, S.FAILED),
-        (S.STARTING, S.STOPPING),
-        (S.READY, S.STOPPING),
-        (S.READY, S.FAILED),
-        (S.STOPPING, S.STOPPED),
-        (S.FAILED, S.STARTING),
-        (S.FAILED, S.BACKOFF),
-        (S.BACKOFF, S.STARTING),
-        (S.FAILED, S.FATAL),
-        (S.FATAL, S.STARTING),
-    ],
-)
-def test_allowed_transitions(current: WorkerState, target: WorkerState) -> None:
-    check_transition("m", current, target)
+# The worker's intended lifecycle, written out independently of ALLOWED_TRANSITIONS: each edge
+# with the event that takes it (vllama/engine/worker.py). The table must allow exactly these, so a
+# wrong entry in it (one too many or one missing) fails below.
+LIFECYCLE: dict[tuple[WorkerState, WorkerState], str] = {
+    (S.STOPPED, S.STARTING): "a request or a load starts the worker",
+    (S.STARTING, S.READY): "its health check passed",
+    (S.STARTING, S.FAILED): "it exited, stalled or could not bind during its start",
+    (S.STARTING, S.STOPPING): "its load was cancelled (shutdown, eviction)",
+    (S.READY, S.STOPPING): "keep_alive expired, evicted, unloaded or shutting down",
+    (S.READY, S.FAILED): "it exited, or its engine died, while serving",
+    (S.READY, S.SLEEPING): "idle for keep_alive with sleep_when_idle (GPU sleep mode)",
+    (S.SLEEPING, S.READY): "woken up by a request",
+    (S.SLEEPING, S.STOPPING): "a sleeping model evicted or unloaded",
+    (S.SLEEPING, S.FAILED): "it exited while asleep, or failed to wake",
+    (S.STOPPING, S.STOPPED): "its process tree is confirmed gone",
+    (S.STOPPING, S.FAILED): "reserved: a stop that breaks (no code path takes it today)",
+    (S.FAILED, S.STARTING): "the next request starts it again",
+    (S.FAILED, S.BACKOFF): "a fast failure: wait restart_backoff first",
+    (S.FAILED, S.FATAL): "crash_loop_failures fast failures in a row",
+    (S.FAILED, S.STOPPED): "a failed model stopped (unload, reload, shutdown)",
+    (S.BACKOFF, S.STARTING): "its backoff is over",
+    (S.BACKOFF, S.STOPPED): "stopped while backing off",
+    (S.FATAL, S.STARTING): "an explicit load, a reload or vllama's own retry",
+    (S.FATAL, S.STOPPED): "a model marked failed is stopped",
+}
+EVERY_PAIR = [(current, target) for current in WorkerState for target in WorkerState]
+
+
+@pytest.mark.parametrize(("current", "target"), EVERY_PAIR)
+def test_the_table_allows_exactly_the_lifecycle(current: WorkerState, target: WorkerState) -> None:
+    if (current, target) in LIFECYCLE:
+        check_transition("m", current, target)
+    else:
+        with pytest.raises(IllegalTransition, match=f"{current.value} -> {target.value}"):
+            check_transition("m", current, target)
 
 
 @pytest.mark.parametrize(
@@ -48,9 +64,12 @@ def test_allowed_transitions(current: WorkerState, target: WorkerState) -> None:
         (S.FAILED, S.READY),
         (S.FATAL, S.READY),
         (S.BACKOFF, S.READY),
+        (S.SLEEPING, S.STARTING),  # a sleeping worker is woken, never started anew
+        (S.READY, S.READY),  # no state changes to itself
     ],
 )
 def test_refused_transitions(current: WorkerState, target: WorkerState) -> None:
+    assert (current, target) not in LIFECYCLE
     with pytest.raises(IllegalTransition, match=f"{current.value} -> {target.value}"):
         check_transition("m", current, target)
 
