@@ -25,6 +25,18 @@ Knobs (environment variables, all optional):
   inference requests 500 (engine dead), but the process keeps running.
 - FAKE_VLLM_TOOL_ARGS_RAW (string): the exact arguments text of the fake tool call (e.g. ``true``)
   instead of ``{"city": "Paris"}``.
+- FAKE_VLLM_HEALTH_HANG_AFTER (float s): this long after becoming ready, /health never answers
+  (no status, no bytes: an engine hung with its API server up); everything else still works.
+- FAKE_VLLM_HANG_AFTER_CHUNKS (int N): a streamed completion sends N content chunks (after the
+  chat role chunk), then nothing more, until the client goes away; that counts as aborted.
+  N = -1: it hangs before sending even the response headers.
+- FAKE_VLLM_ERROR_AFTER_CHUNKS (int N): a streamed completion sends N content chunks, then vLLM's
+  in-band error event and the end of the stream, exactly as vLLM 0.32 does on a failure during
+  generation: ``data: {"error": {"message": "Internal server error", "type":
+  "InternalServerError", "param": null, "code": 500}}`` then ``data: [DONE]``.
+- FAKE_VLLM_FAIL_STATUS (int, e.g. 500 or 503): every inference request (chat, completions,
+  embeddings) is answered with this status and vLLM's JSON error body before any byte of a
+  stream (500: ``InternalServerError``; 503: ``ServiceUnavailableError``, vLLM's retryable error).
 
 Sleep mode (as vLLM's with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1): POST /sleep?level=1,
 POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping engine fails with
@@ -32,12 +44,25 @@ POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping en
 /fake/stats counts sleeps, wakes and such requests.
 
 Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats, /fake/last_request (the last
-inference request's JSON body, null before any); POST /v1/chat/completions, /v1/completions,
-/v1/embeddings.
+inference request's JSON body, null before any), /fake/last_headers (the last inference request's
+headers, an object of lower-cased names, null before any); POST /v1/chat/completions,
+/v1/completions, /v1/embeddings.
 Generated token i is the text ``f"tok{i} "``; ``stop`` (a string or a list) cuts the text before
-the first stop string it contains (finish_reason "stop"). A chat request with a non-empty ``tools``
-list is answered with one call of the first tool (id ``call_fake0``, finish_reason "tool_calls");
-streamed, its arguments arrive in two fragments after a chunk with the name and empty arguments.
+the first stop string it contains (finish_reason "stop"). Streamed, the last token's text arrives
+in the chunk that carries finish_reason, as vLLM sends it. A chat request with a non-empty
+``tools`` list is answered with one call of the first tool (id ``call_fake0``, finish_reason
+"tool_calls"); streamed, its arguments arrive in two fragments after a chunk with the name and
+empty arguments, and finish_reason in a chunk of its own.
+
+Request fields are checked as vLLM 0.32 checks the ones vllama sends (its pydantic request models,
+lax as pydantic is: numeric strings and bools pass as numbers, then SamplingParams' ranges):
+temperature [0, 2], top_p (0, 1], top_k >= -1, min_p [0, 1], presence/frequency penalties
+[-2, 2], repetition_penalty > 0, seed int64, n [1, 16384], max_tokens >= 1, logprobs/top_logprobs
+(-1 or 0-20; top_logprobs needs logprobs), response_format type, stream_options only with stream,
+chat_template_kwargs an object, truncate_prompt_tokens [-1, max_model_len]. A refusal is a 400 in
+vLLM's format, ``{"error": {"message", "type", "param", "code": 400}}`` (type "Bad Request" for
+what pydantic refuses, "BadRequestError" for SamplingParams' checks). Unknown fields are accepted
+(vLLM ignores them with a warning).
 On SIGTERM/SIGINT: stop the grandchild, exit 0.
 """
 
@@ -56,6 +81,7 @@ import subprocess
 import sys
 import time
 import uuid
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -99,20 +125,177 @@ def count_words(value: Any) -> int:
     return 0
 
 
+ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+FAIL_MESSAGES = {
+    500: "EngineCore encountered an issue. See stack trace for the cause.",
+    503: "Request failed; please retry",
+}
+ENGINE_ERROR = {  # vLLM's in-band error after a GenerationError mid-stream
+    "error": {
+        "message": "Internal server error",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
+}
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
+        self.kind = kind or ERROR_TYPES.get(self.status, "Error")
 
     def response(self) -> web.Response:
-        kinds = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
-        error = {
-            "message": self.message,
-            "type": kinds.get(self.status, "Error"),
-            "param": self.param,
-            "code": self.status,
-        }
+        error = {"message": self.message, "type": self.kind, "param": self.param}
+        error["code"] = self.status
         return web.json_response({"error": error}, status=self.status)
+
+
+# ---- request validation, as vLLM's ----------------------------------------------------------
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_LOGPROBS = 20  # vLLM's --max-logprobs default
+
+
+def refused(name: str | None, message: str, value: object = None) -> ApiError:
+    """What FastAPI's validation handler in vLLM answers for a field pydantic refused."""
+    shown = f"<{type(value).__name__}>" if isinstance(value, list | dict) else repr(value)[:200]
+    loc = ("body", name) if name else ("body",)
+    text = f"1 validation error:\n  {{'loc': {loc!r}, 'msg': {message!r}, 'input': {shown}}}"
+    return ApiError(400, text, f"body.{name}" if name else None, kind="Bad Request")
+
+
+def sampling_error(message: str, param: str | None = None) -> ApiError:
+    """What vLLM answers for a SamplingParams check (a VLLMValidationError)."""
+    return ApiError(400, message, param)
+
+
+def lax_float(body: JSON, name: str) -> float | None:
+    """pydantic's lax float: numbers, bools and numeric strings."""
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool | int | float | str):
+            return float(value)
+    except (OverflowError, ValueError):
+        pass
+    raise refused(name, "Input should be a valid number", value)
+
+
+def lax_int(body: JSON, name: str, low: int = INT64_MIN, high: int = INT64_MAX) -> int | None:
+    """pydantic's lax int: ints, bools, integral floats and integer strings; then `Field(ge, le)`
+    where vLLM declares one."""
+    value = body.get(name)
+    if value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, bool | int):
+        number = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = int(value.strip())
+    if number is None:
+        raise refused(name, "Input should be a valid integer", value)
+    if not low <= number <= high:
+        raise refused(name, f"Input should be between {low} and {high}", value)
+    return number
+
+
+def lax_bool(body: JSON, name: str) -> bool | None:
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    truthy = {1: True, 0: False, "1": True, "0": False, "true": True, "false": False}
+    truthy |= {"yes": True, "no": False, "on": True, "off": False, "t": True, "f": False}
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, int | str) and key in truthy:
+        return truthy[key]
+    raise refused(name, "Input should be a valid boolean", value)
+
+
+def check_fields(body: JSON, chat: bool, max_model_len: int) -> None:
+    """vLLM's refusals of the fields vllama sends: its request models' `mode="before"`
+    validators, their field types, then `SamplingParams._verify_args`."""
+    # Before validators (raised inside pydantic: FastAPI's validation handler answers).
+    if body.get("stream_options") and not body.get("stream"):
+        raise refused(None, "Value error, Stream options can only be defined when `stream=True`.")
+    for name in ("top_logprobs",) if chat else ("logprobs",):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise refused(None, f"Value error, `{name}` must be an integer.", value)
+        if value is not None and value < 0 and value != -1:
+            raise refused(None, f"Value error, `{name}` must be a positive value or -1.", value)
+    if chat and body.get("top_logprobs") not in (None, 0) and not body.get("logprobs"):
+        message = "Value error, when using `top_logprobs`, `logprobs` must be set to true."
+        raise refused(None, message)
+    response_format = body.get("response_format")
+    if response_format is not None:
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind not in ("text", "json_object", "json_schema", "structural_tag"):
+            raise refused("response_format", "Input tag does not match any expected", kind)
+        if kind == "json_schema" and response_format.get("json_schema") is None:
+            raise refused(
+                None,
+                "Value error, When response_format type is 'json_schema', the 'json_schema' "
+                "field must be provided.",
+            )
+    # Field types.
+    for name in ("stream_options", "chat_template_kwargs") if chat else ("stream_options",):
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise refused(name, "Input should be a valid dictionary", body[name])
+    lax_bool(body, "stream")
+    if chat:
+        lax_bool(body, "logprobs")
+    floats = ("temperature", "top_p", "min_p", "repetition_penalty")
+    floats += ("presence_penalty", "frequency_penalty")
+    temperature, top_p, min_p, repetition, presence, frequency = (
+        lax_float(body, name) for name in floats
+    )
+    top_k, n = lax_int(body, "top_k"), lax_int(body, "n")
+    lax_int(body, "seed")
+    truncate = lax_int(body, "truncate_prompt_tokens", low=-1)
+    max_tokens = lax_int(body, "max_completion_tokens") if chat else None
+    max_tokens = lax_int(body, "max_tokens") if max_tokens is None else max_tokens
+    logprobs = lax_int(body, "top_logprobs" if chat else "logprobs")
+    # SamplingParams' checks.
+    if n is not None and not 1 <= n <= int(os.environ.get("VLLM_MAX_N_SEQUENCES", "16384")):
+        raise sampling_error(f"n must be at least 1 and at most 16384, got {n}.")
+    for name, value in (("presence_penalty", presence), ("frequency_penalty", frequency)):
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise sampling_error(f"{name} must be in [-2, 2], got {value}.")
+    if repetition is not None and not (math.isfinite(repetition) and repetition > 0.0):
+        raise sampling_error(f"repetition_penalty must be greater than zero, got {repetition}.")
+    if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 2):
+        raise sampling_error(f"temperature must be in [0, 2], got {temperature}.", "temperature")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise sampling_error(f"top_p must be in (0, 1], got {top_p}.", "top_p")
+    if top_k is not None and top_k < -1:
+        raise sampling_error(f"top_k must be 0 (disable), or at least 1, got {top_k}.")
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise sampling_error(f"min_p must be in [0, 1], got {min_p}.")
+    if max_tokens is not None and max_tokens < 1:
+        message = f"max_tokens must be at least 1, got {max_tokens}."
+        raise sampling_error(message, "max_tokens")
+    if n is not None and n > 1 and temperature == 0:
+        raise sampling_error(f"n must be 1 when using greedy sampling, got {n}.")
+    if logprobs is not None and logprobs > MAX_LOGPROBS:
+        message = f"Requested sample logprobs of {logprobs}, which is greater than max allowed: "
+        raise sampling_error(message + str(MAX_LOGPROBS), "logprobs")
+    if truncate is not None and truncate > max_model_len:
+        message = f"truncate_prompt_tokens={truncate} cannot be greater than max_model_len = "
+        message += f"{max_model_len}. Please request a smaller truncation size."
+        raise sampling_error(message, "truncate_prompt_tokens")
 
 
 class FakeVllm:
@@ -124,6 +307,11 @@ class FakeVllm:
         self.default_tokens = env_int("FAKE_VLLM_TOKENS", 8) or 0
         self.crash_after = env_int("FAKE_VLLM_CRASH_AFTER_CHUNKS")
         self.unhealthy_after = env_float("FAKE_VLLM_UNHEALTHY_AFTER")
+        self.health_hang_after = env_float("FAKE_VLLM_HEALTH_HANG_AFTER")
+        self.hang_after = env_int("FAKE_VLLM_HANG_AFTER_CHUNKS")
+        self.error_after = env_int("FAKE_VLLM_ERROR_AFTER_CHUNKS")
+        self.fail_status = env_int("FAKE_VLLM_FAIL_STATUS")
+        self.last_headers: dict[str, str] | None = None
         self.ready_at: float | None = None
         self.requests = 0
         self.aborted = 0
@@ -145,6 +333,7 @@ class FakeVllm:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/fake/stats", self.stats)
         app.router.add_get("/fake/last_request", self.last)
+        app.router.add_get("/fake/last_headers", self.headers)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -182,15 +371,21 @@ class FakeVllm:
                 log(f'INFO:     {peer} - "{request.method} {request.path_qs} HTTP/1.1" {status}')
 
     def engine_dead(self) -> bool:
+        return self.ready_for(self.unhealthy_after)
+
+    def ready_for(self, seconds: float | None) -> bool:
+        """Whether the server has been ready at least `seconds` (never, for None)."""
         return (
             self.ready_at is not None
-            and self.unhealthy_after is not None
-            and time.monotonic() - self.ready_at >= self.unhealthy_after
+            and seconds is not None
+            and time.monotonic() - self.ready_at >= seconds
         )
 
     # ---- simple endpoints ------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        if self.ready_for(self.health_hang_after):
+            await asyncio.Event().wait()  # hung: only the server's shutdown cancels this
         return web.Response(status=503 if self.engine_dead() else 200)
 
     async def version(self, request: web.Request) -> web.Response:
@@ -247,11 +442,19 @@ class FakeVllm:
     async def last(self, request: web.Request) -> web.Response:
         return web.json_response(self.last_request)
 
+    async def headers(self, request: web.Request) -> web.Response:
+        return web.json_response(self.last_headers)
+
     # ---- inference -------------------------------------------------------------------------
 
     async def parse(self, request: web.Request) -> JSON:
         """Count the request, decode and check the common fields; raise ApiError if bad."""
         self.requests += 1
+        self.last_headers = {name.lower(): value for name, value in request.headers.items()}
+        if self.fail_status is not None:
+            status = self.fail_status
+            message = FAIL_MESSAGES.get(status, f"fake failure {status}")
+            raise ApiError(status, message, kind=ERROR_TYPES.get(status, HTTPStatus(status).phrase))
         try:
             body = await request.json()
         except ValueError as exc:
@@ -286,12 +489,9 @@ class FakeVllm:
                 prompt = body.get("prompt")
                 if not isinstance(prompt, str | list):
                     raise ApiError(400, "`prompt` must be a string or a list.", "prompt")
-            max_tokens = body.get("max_completion_tokens") if chat else None
-            max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
-            if max_tokens is not None and (
-                not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-            ):
-                raise ApiError(400, "`max_tokens` must be a positive integer.", "max_tokens")
+            check_fields(body, chat, self.max_model_len)
+            max_tokens = lax_int(body, "max_completion_tokens") if chat else None
+            max_tokens = lax_int(body, "max_tokens") if max_tokens is None else max_tokens
             stop = body.get("stop")
             stop = [stop] if isinstance(stop, str) else stop
             if stop is not None and (
@@ -321,7 +521,7 @@ class FakeVllm:
             gen.call_tool(tool_name(tools[0]))
         self.running += 1
         try:
-            if body.get("stream") is True:
+            if lax_bool(body, "stream"):
                 options = body.get("stream_options") or {}
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
                 return await gen.stream(request, include_usage)
@@ -469,7 +669,7 @@ class Generation:
         choice: JSON = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
         if self.chat:
             delta = {"role": "assistant", "content": ""} if text is None else {"content": text}
-            choice["delta"] = {} if finish_reason else delta
+            choice["delta"] = delta if text is None or text else {}
         else:
             choice["text"] = text or ""
         return self.envelope([choice], chunk=True)
@@ -478,26 +678,41 @@ class Generation:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
+        if self.server.hang_after is not None and self.server.hang_after < 0:
+            await self.hang(request, 0)  # before the headers
+            return resp
         await resp.prepare(request)
 
         async def send(event: JSON | str) -> None:
             data = event if isinstance(event, str) else json.dumps(event)
             await resp.write(f"data: {data}\n\n".encode())
 
-        crash_after = self.server.crash_after
+        server = self.server
         try:
             if self.chat:
                 await send(self.chunk(None))
             for i, piece in enumerate(self.pieces):
-                if crash_after is not None and i >= crash_after:
+                if server.crash_after is not None and i >= server.crash_after:
                     log(f"ERROR: fake crash after {i} chunks of request {self.id}")
                     os.kill(os.getpid(), signal.SIGKILL)
-                if self.server.token_delay:
-                    await asyncio.sleep(self.server.token_delay)
-                await send(self.chunk(piece))
+                if server.hang_after is not None and i >= server.hang_after:
+                    await self.hang(request, i)
+                    return resp
+                if server.error_after is not None and i >= server.error_after:
+                    log(f"ERROR: fake engine error after {i} chunks of request {self.id}")
+                    await send(ENGINE_ERROR)
+                    await send("[DONE]")
+                    await resp.write_eof()
+                    return resp
+                if server.token_delay:
+                    await asyncio.sleep(server.token_delay)
+                # vLLM sends the last token's text in the chunk that carries finish_reason.
+                last = i == len(self.pieces) - 1 and self.tool is None
+                await send(self.chunk(piece, self.finish_reason if last else None))
             for tool_chunk in self.tool_chunks():
                 await send(tool_chunk)
-            await send(self.chunk("", self.finish_reason))
+            if self.tool is not None or not self.pieces:
+                await send(self.chunk("", self.finish_reason))
             if include_usage:
                 usage = self.envelope([], chunk=True)
                 usage["usage"] = self.usage(self.completion_tokens)
@@ -510,6 +725,14 @@ class Generation:
             self.abort()
             raise
         return resp
+
+    async def hang(self, request: web.Request, sent: int) -> None:
+        """Send nothing more until the client goes away (the server does not cancel handlers:
+        watch the connection)."""
+        log(f"INFO: fake hang after {sent} chunks of request {self.id}")
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.05)
+        self.abort()
 
     def abort(self) -> None:
         self.server.aborted += 1

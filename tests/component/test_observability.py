@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.component.fakes import fake_config, worker_ports
+from tests.component.fakes import WorkerView, fake_config, worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import Daemon, free_port, write_config
 from vllama.api.app import build_app
@@ -102,11 +102,20 @@ async def test_metrics_answer_while_a_worker_is_loading(aiohttp_client: Any) -> 
 
 async def test_request_ids_on_responses_and_upstream(aiohttp_client: Any) -> None:
     client = await start(aiohttp_client, {"a": {}})
+
+    async def upstream_id() -> str:
+        """The X-Request-Id the worker received with the last inference request."""
+        url = f"{WorkerView(client.app, 'a').base_url}/fake/last_headers"
+        async with client.session.get(url) as answer:
+            headers: dict[str, str] = await answer.json()
+        return headers["x-request-id"]
+
     response = await client.post(
         "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 1}
     )
     generated = response.headers["X-Request-Id"]
     assert len(generated) == 32
+    assert await upstream_id() == generated  # one id in vllama's and vLLM's logs
     streamed = await client.post(
         "/api/generate",
         json={"model": "a", "prompt": "x"},
@@ -114,6 +123,7 @@ async def test_request_ids_on_responses_and_upstream(aiohttp_client: Any) -> Non
     )
     assert streamed.headers["X-Request-Id"] == "client-id-42"  # a client's own id is kept
     await streamed.read()
+    assert await upstream_id() == "client-id-42"  # and passed on, translated paths included
     bad = await client.get("/", headers={"X-Request-Id": "no spaces allowed here"})
     assert bad.headers["X-Request-Id"] != "no spaces allowed here"
 

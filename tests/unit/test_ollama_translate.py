@@ -574,6 +574,23 @@ def test_generate_stream_of_completion_chunks_stopped_by_length() -> None:
     assert stream.whole()["response"] == "tok0 tok1 "
 
 
+def test_the_last_text_arriving_with_finish_reason_is_kept() -> None:
+    """vLLM sends the last token's text in the chunk that carries finish_reason: that text is a
+    piece like any other, and the reason still ends the answer."""
+    chat = OllamaStream("chat", "m", Timing())
+    chat_chunks = [chat_chunk({"content": "tok0 "}), chat_chunk({"content": "tok1 "}, "length")]
+    pieces = feed(chat, [*chat_chunks, usage_chunk(3, 2)])
+    assert [p["message"]["content"] for p in pieces] == ["tok0 ", "tok1 "]
+    assert chat.final()["done_reason"] == "length" and chat.final()["eval_count"] == 2
+    assert chat.whole()["message"]["content"] == "tok0 tok1 "
+
+    generate = OllamaStream("generate", "m", Timing())
+    pieces = feed(generate, [text_chunk("tok0 "), text_chunk("tok1 ", "stop"), usage_chunk(3, 2)])
+    assert [p["response"] for p in pieces] == ["tok0 ", "tok1 "]
+    whole = generate.whole()
+    assert (whole["response"], whole["done_reason"]) == ("tok0 tok1 ", "stop")
+
+
 def test_generate_kind_also_reads_chat_deltas() -> None:
     # A templated /api/generate goes to /v1/chat/completions: its chunks carry deltas.
     stream = OllamaStream("generate", "g", Timing())

@@ -4,10 +4,10 @@ Each path speaks its API's envelope (`envelope_of`): Anthropic's `{"type": "erro
 {"type", "message"}}` on `/v1/messages*`, OpenAI's `{"error": {"message", "type", "param",
 "code"}}` on the rest of `/v1/*` and on vLLM's own routes (`/tokenize`, `/rerank`, ...), and
 Ollama's `{"error": "..."}` everywhere else. Handlers raise `ApiError` (or `BadRequest`,
-`WorkerFailed`) or let a domain error from below propagate (`ModelNotFound`, `LoadError`,
-`QueueFull`, `ShuttingDown`, `PullError`); `http_error` is the one place that turns either into a
-status and a message, and the middleware renders it, aiohttp's own HTTP errors included (unknown
-route, wrong method, body too large).
+`WorkerFailed`, `WorkerTimeout`) or let a domain error from below propagate (`ModelNotFound`,
+`LoadError`, `QueueFull`, `ShuttingDown`, `PullError`); `http_error` is the one place that turns
+either into a status and a message, and the middleware renders it, aiohttp's own HTTP errors
+included (unknown route, wrong method, body too large).
 """
 
 from __future__ import annotations
@@ -67,6 +67,14 @@ class WorkerFailed(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(502, message, code="worker_error")
+
+
+class WorkerTimeout(ApiError):
+    """The model's worker went silent past `stream_idle_timeout` while streaming an answer (a
+    gateway timeout: the worker is alive as far as vllama knows, but this request got nothing)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(504, message, code="worker_timeout")
 
 
 Envelope = Literal["ollama", "openai", "anthropic"]
@@ -154,9 +162,15 @@ def enveloped(path: str, status: int, body: bytes) -> bytes:
 
 def upstream_refusal(status: int, body: bytes) -> ApiError:
     """A worker's error answer on a translated (Ollama) path: its message, a 400 for what vLLM
-    refused as a bad request, a 502 (as `WorkerFailed`) for its own failures."""
+    refused as a bad request, a 503 for what it says to retry (vLLM's `RetryableRequestError`;
+    the status is what tells a client or a proxy to try again), a 502 (as `WorkerFailed`) for its
+    other failures (a 500: the engine broke, not the gateway's request)."""
     message = upstream_error_message(status, body)
-    return BadRequest(message) if status < 500 else WorkerFailed(message)
+    if status < 500:
+        return BadRequest(message)
+    if status == 503:
+        return ApiError(503, message, code="worker_unavailable")
+    return WorkerFailed(message)
 
 
 def openai_error_body(

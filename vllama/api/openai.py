@@ -100,7 +100,9 @@ def relay_handler(route: Route) -> Handler:
                 apply_derived(payload, derived)
             body = json.dumps(payload).encode()
         watch = _RESPONSE_IDS.watcher(served) if route.path == "/v1/responses" else None
-        async with worker_request(request, served, route.path, body) as leased:
+        # A streamed answer is held to stream_idle_timeout; a whole one has no deadline.
+        stream = payload.get("stream") is True
+        async with worker_request(request, served, route.path, body, stream=stream) as leased:
             return await relay_response(request, leased.response, watch)
 
     return handler

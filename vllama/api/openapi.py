@@ -86,9 +86,11 @@ STATUS_TEXT = {
     403: "an origin, host or key scope that may not do this",
     404: "unknown model or route",
     413: "body over max_request_bytes",
+    500: "vLLM's own internal error, relayed as it answered",
     501: "not supported by vllama",
     502: "the model's worker failed",
     503: "the model could not load, the queue is full, or vllama is stopping",
+    504: "the model's worker sent nothing for stream_idle_timeout (streamed answers)",
 }
 
 
@@ -113,7 +115,7 @@ def _operation(
     api: str,
     ok: dict[str, Any],
     body: Schema | None = None,
-    statuses: tuple[int, ...] = (400, 401, 403, 404, 413, 502, 503),
+    statuses: tuple[int, ...] = (400, 401, 403, 404, 413, 502, 503, 504),
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
@@ -142,7 +144,9 @@ def _ollama(summary: str, properties: Schema, required: list[str], ok: Any = Non
 def _relayed(summary: str, api: str) -> dict[str, Any]:
     body = {"type": "object", "required": ["model"], "properties": {"model": MODEL}}
     ok = {"application/json": {"schema": OBJECT}, "text/event-stream": {"schema": {}}}
-    return {"post": _operation(summary + " (relayed to vLLM by `model`)", api, ok, body)}
+    # vLLM's own errors (a 500 from a broken engine included) are relayed with their status.
+    statuses = (400, 401, 403, 404, 413, 500, 502, 503, 504)
+    return {"post": _operation(summary + " (relayed to vLLM by `model`)", api, ok, body, statuses)}
 
 
 def _ollama_paths() -> dict[str, Any]:

@@ -4,6 +4,12 @@ Streams (SSE) are forwarded chunk by chunk as they arrive, never buffered or re-
 client goes away the upstream request is closed, so vLLM aborts the generation. When the worker
 dies after the first byte went out, the stream ends with an in-band error event: the status line is
 already sent, and bytes already sent are never retried.
+
+A streamed answer may not stay silent longer than `stream_idle_timeout` (no response headers, or
+no next chunk): vLLM sends a stream's headers and chunks as it goes, so a silence that long is an
+engine that hung with its process and `/health` still up. The request then ends with an error
+(before the first byte, a 504; after it, an in-band error event) and its connection is closed, so
+vLLM aborts it. A non-streamed answer keeps no deadline: vLLM sends nothing until it is done.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import structlog
 from aiohttp import web
 
 from vllama.api.errors import (
+    ApiError,
     WorkerFailed,
+    WorkerTimeout,
     envelope_of,
     enveloped,
     error_body,
     openai_error_body,
 )
-from vllama.api.keys import METRICS, MODEL_KEY, REQUEST_ID_KEY, SCHEDULER, UPSTREAM
+from vllama.api.keys import CONFIG, METRICS, MODEL_KEY, REQUEST_ID_KEY, SCHEDULER, UPSTREAM
 from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.scheduling.fleet import WorkerLike
 
@@ -33,7 +41,8 @@ log = structlog.get_logger("vllama.relay")
 
 # Upstream requests have no total deadline (a generation may run for minutes); a worker that does
 # not accept the connection promptly is broken.
-UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+_CONNECT_TIMEOUT = 10.0
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = ("Content-Type", "Cache-Control")
 
@@ -65,6 +74,7 @@ async def worker_request(
     body: bytes,
     keep_alive: float | None = None,
     method: str = "POST",
+    stream: bool = False,
 ) -> AsyncIterator[Leased]:
     """Lease the model's worker, POST `body` to it, and yield its response (status not checked).
 
@@ -75,9 +85,17 @@ async def worker_request(
     Closing the block before the response is complete closes the upstream connection, which
     makes vLLM abort the generation (a client that went away cancels its handler).
     Scheduling refusals (`LoadError`, `QueueFull`, `ShuttingDown`) propagate as they are.
+    With `stream`, the worker may stay silent `stream_idle_timeout` at most, for the response's
+    headers (else `WorkerTimeout`, and no retry: the worker took the request) and between its
+    chunks (then the read raises `aiohttp.SocketTimeoutError`: see `worker_error`).
     """
     scheduler = request.app[SCHEDULER]
     session = request.app[UPSTREAM]
+    timeout = UPSTREAM_TIMEOUT
+    if stream:
+        # aiohttp's sock_read restarts on every byte received, and covers the wait for headers.
+        idle = request.app[CONFIG].server.stream_idle_timeout
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=idle)
     # vLLM takes X-Request-Id as its own request id: one id in both logs.
     headers = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, "")}
     for attempt in range(2):
@@ -85,8 +103,10 @@ async def worker_request(
             sent = time.perf_counter_ns()
             try:
                 upstream = await session.request(
-                    method, worker.base_url + path, data=body, headers=headers
+                    method, worker.base_url + path, data=body, headers=headers, timeout=timeout
                 )
+            except aiohttp.SocketTimeoutError as exc:  # a ClientConnectionError: never retried
+                raise worker_error(request, exc, "before answering") from None
             except aiohttp.ClientConnectionError as exc:
                 if attempt == 1:
                     raise WorkerFailed(f"the model's worker did not answer: {exc}") from None
@@ -120,7 +140,7 @@ async def relay_response(
         try:
             payload = await upstream.read()
         except aiohttp.ClientError as exc:
-            raise WorkerFailed(f"the model's worker failed mid-response: {exc}") from None
+            raise worker_error(request, exc, "mid-response") from None
         if upstream.status == 200:
             count_usage(request, _usage_of(payload))
             if watch is not None:
@@ -135,10 +155,10 @@ async def relay_response(
     while True:
         try:
             chunk = await upstream.content.readany()
-        except aiohttp.ClientError as exc:  # the worker went away mid-stream
-            log.warning("upstream failed mid-stream", url=str(upstream.url), error=str(exc))
-            message = f"the model's worker failed mid-stream: {exc}"
-            await response.write(sse_error_event(request.path, message))
+        except aiohttp.ClientError as exc:  # the worker went away or went silent mid-stream
+            error = worker_error(request, exc, "mid-stream")
+            log.warning("upstream failed mid-stream", url=str(upstream.url), error=error.message)
+            await response.write(sse_error_event(request.path, error))
             break
         if not chunk:
             break
@@ -183,10 +203,22 @@ def _usage_of_events(chunk: bytes) -> dict[str, object] | None:
     return None
 
 
-def sse_error_event(path: str, message: str) -> bytes:
+def worker_error(request: web.Request, exc: aiohttp.ClientError, when: str) -> ApiError:
+    """A broken read of a worker's answer, as the client sees it: a silence past
+    `stream_idle_timeout` is a `WorkerTimeout` (504), anything else a `WorkerFailed` (502)."""
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        idle = request.app[CONFIG].server.stream_idle_timeout
+        return WorkerTimeout(
+            f"the model's worker sent nothing for {idle:g}s {when} (stream_idle_timeout); "
+            "the request was aborted"
+        )
+    return WorkerFailed(f"the model's worker failed {when}: {exc}")
+
+
+def sse_error_event(path: str, error: ApiError) -> bytes:
     """An in-band error event in the stream format of `path`'s API."""
     if envelope_of(path) == "anthropic":
-        body = error_body(path, 502, message)
+        body = error_body(path, error.status, error.message)
         return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
-    body = openai_error_body(502, message, "worker_error", None)
+    body = openai_error_body(error.status, error.message, error.code, None)
     return b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -139,6 +139,12 @@ class ServerSettings(BaseSettings):
     stop_timeout: Seconds = Field(default=20.0, gt=0)
     drain_timeout: Seconds = Field(default=30.0, ge=0)
     health_interval: Seconds = Field(default=5.0, gt=0)
+    # The longest a worker may stay silent (no bytes) on a streamed answer: waiting for its
+    # headers, and between chunks. vLLM streams as it generates, so a silence this long is an
+    # engine hung while its /health still answers; the request ends with an error and its
+    # connection is closed (vLLM aborts it). Long enough for a queued request's prompt to be
+    # processed. Non-streamed /v1 requests have no deadline: vLLM sends nothing until done.
+    stream_idle_timeout: Seconds = Field(default=300.0, gt=0)
     # Scheduling: memory budgets per device, caps, the wait queue, crash-loop handling.
     memory_limit_cpu: Bytes | None = None  # host RAM vllama's CPU workers may use (default: all)
     memory_limit_gpu: Bytes | None = None  # per GPU (default: the GPU's total)

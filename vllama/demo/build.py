@@ -33,7 +33,7 @@ RERANK_MODEL_DIRNAME = "vllama-tiny-rerank"
 
 # Bump a version whenever what a builder writes changes, so cached folders are rebuilt.
 _CHAT_FORMAT = "vllama-tiny-chat/2"
-_EMBED_FORMAT = "vllama-tiny-embed/1"
+_EMBED_FORMAT = "vllama-tiny-embed/2"
 _RERANK_FORMAT = "vllama-tiny-rerank/1"
 _LORA_FORMAT = "vllama-tiny-lora/1"
 _LORA_RANK = 8
@@ -246,6 +246,9 @@ def _write_bert(folder: Path, architecture: str) -> None:
         )
         if architecture == "BertForSequenceClassification":
             config.num_labels = 1  # a cross-encoder: one relevance score per pair
+        else:
+            # Matryoshka, as nomic-embed or Qwen3-Embedding: vLLM then honours `dimensions`.
+            config.is_matryoshka = True
         model = _seeded(lambda: getattr(transformers, architecture)(config), torch)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)

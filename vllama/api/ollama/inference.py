@@ -2,8 +2,10 @@
 
 Each request is validated and translated once, before a worker is touched (bad input never starts
 one), sent upstream always streamed with usage, and translated back: NDJSON for `stream: true`
-(the default), one JSON object otherwise. After the first NDJSON line an error is a last line
-`{"error": ...}`, as Ollama does.
+(the default), one JSON object otherwise. The NDJSON response starts with its first line, so an
+error before it (vLLM's refusal, an in-band error event, a worker gone silent past
+`stream_idle_timeout`) is a plain HTTP error; after it, a last line `{"error": ...}`, as Ollama
+does.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from vllama.api.common import (
     servable_model,
     served_traits,
 )
-from vllama.api.errors import BadRequest, WorkerFailed, upstream_refusal
+from vllama.api.errors import ApiError, BadRequest, WorkerFailed, upstream_refusal
 from vllama.api.keys import METRICS, MODEL_KEY, SCHEDULER
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.options import keep_alive_of, stream_flag
 from vllama.api.ollama.request import Endpoint, chat_call, generate_call
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
 from vllama.api.ollama.stream import NDJSON, ndjson, sse_events
-from vllama.api.relay import worker_request
+from vllama.api.relay import worker_error, worker_request
 from vllama.catalog.registry import Resolved
 
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -71,7 +73,8 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     body = json.dumps(call.body).encode()
     timing = Timing()
     translator = OllamaStream(endpoint, requested, timing)
-    async with worker_request(request, model, call.path, body, keep_alive) as leased:
+    # Always streamed from the worker, so always held to stream_idle_timeout.
+    async with worker_request(request, model, call.path, body, keep_alive, stream=True) as leased:
         timing.loaded = timing.sent = leased.sent_ns
         return await _relay_translated(request, leased.response, translator, streaming)
 
@@ -105,22 +108,28 @@ async def _relay_translated(
             async for chunk in sse_events(upstream):
                 translator.on_chunk(chunk)
         except aiohttp.ClientError as exc:
-            raise WorkerFailed(f"the model's worker failed mid-response: {exc}") from None
+            raise worker_error(request, exc, "mid-response") from None
         _count_usage(request, translator)
         return web.json_response(translator.whole())
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    await response.prepare(request)
     try:
         async for chunk in sse_events(upstream):
             for obj in translator.on_chunk(chunk):
+                if not response.prepared:  # the status goes out with the first line
+                    await response.prepare(request)
                 mark_first_byte(request)
                 await response.write(ndjson(obj))
     except ConnectionResetError:
         raise  # the client went away (aiohttp's own reset error is also a ClientError)
-    except aiohttp.ClientError as exc:
-        await response.write(ndjson({"error": f"the model's worker failed mid-stream: {exc}"}))
+    except (aiohttp.ClientError, ApiError) as exc:
+        error = exc if isinstance(exc, ApiError) else worker_error(request, exc, "mid-stream")
+        if not response.prepared:
+            raise error from None
+        await response.write(ndjson({"error": error.message}))
         await response.write_eof()
         return response
+    if not response.prepared:  # nothing streamed (a tool call only, or no text at all)
+        await response.prepare(request)
     for obj in translator.pending_tool_calls():
         await response.write(ndjson(obj))
     _count_usage(request, translator)

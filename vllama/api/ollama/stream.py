@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from vllama.api.errors import http_error, upstream_error_message
+from vllama.api.errors import http_error, upstream_refusal
 
 NDJSON = "application/x-ndjson"
 
@@ -19,7 +19,13 @@ def ndjson(obj: dict[str, Any]) -> bytes:
 
 
 async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an SSE stream, until `[DONE]`; an in-band error raises."""
+    """The JSON objects of an SSE stream, until `[DONE]`.
+
+    vLLM reports a failure after the stream began as an in-band event, `data: {"error": {...,
+    "code": 500}}`: it raises as `upstream_refusal` of that code, so it reaches the client as the
+    same error (400, 502, 503) a refusal before the stream would have been. A broken or silent
+    connection raises `aiohttp.ClientError`.
+    """
     buffer = b""
     while True:
         chunk = await upstream.content.readany()
@@ -36,8 +42,16 @@ async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[dict[str
                     return
                 obj = json.loads(data)
                 if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
-                    raise aiohttp.ClientPayloadError(upstream_error_message(500, data))
+                    raise upstream_refusal(_error_status(obj["error"]), data)
                 yield obj
+
+
+def _error_status(error: object) -> int:
+    """The HTTP status an in-band error event carries (vLLM's `code`), 500 when it has none."""
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    return 500
 
 
 async def respond_progress(
