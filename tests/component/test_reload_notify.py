@@ -28,6 +28,15 @@ def complete(daemon: Daemon, model: str) -> httpx.Response:
     return httpx.post(daemon.url + "/v1/completions", json=body, timeout=60)
 
 
+def tokens(daemon: Daemon, model: str) -> int:
+    """Completion tokens of a request that leaves the length to the worker."""
+    body = {"model": model, "prompt": "hi"}
+    answer = httpx.post(daemon.url + "/v1/completions", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    count: int = answer.json()["usage"]["completion_tokens"]
+    return count
+
+
 def worker_pid(daemon: Daemon, model: str) -> int | None:
     for child in psutil.Process(daemon.proc.pid).children():
         try:
@@ -117,10 +126,22 @@ def test_sighup_reloads_changed_models_and_keeps_the_rest(tmp_path: Path) -> Non
         assert new_pid, "the changed model was not restarted"
         assert worker_pid(daemon, "keep") == keep_pid  # untouched
         assert complete(daemon, "new").status_code == 200
+        # The changed model's new settings are in effect (its env: 3 tokens, not the fake's 8).
+        assert tokens(daemon, "change") == 3 and tokens(daemon, "keep") == 8
+        # A model removed from the file stops, and is no longer served.
+        del models["new"]
+        write_config(path, server_table(), models)
+        new_worker = worker_pid(daemon, "new")
+        assert new_worker
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: worker_pid(daemon, "new") is None), "the removed model still runs"
+        assert not psutil.pid_exists(new_worker) or psutil.Process(new_worker).status() == "zombie"
+        gone = complete(daemon, "new")
+        assert gone.status_code == 404 and "new" in gone.json()["error"]["message"]
+        assert worker_pid(daemon, "keep") == keep_pid
         # An invalid file is refused and the running config stays.
         path.write_text("[models.broken\n")
         daemon.proc.send_signal(signal.SIGHUP)
         eventually_blocking(lambda: "config reload failed" in daemon.log())
         assert daemon.proc.poll() is None
         assert complete(daemon, "keep").status_code == 200
-        assert complete(daemon, "new").status_code == 200
