@@ -37,6 +37,8 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_FAIL_STATUS (int, e.g. 500 or 503): every inference request (chat, completions,
   embeddings) is answered with this status and vLLM's JSON error body before any byte of a
   stream (500: ``InternalServerError``; 503: ``ServiceUnavailableError``, vLLM's retryable error).
+- FAKE_VLLM_DROP_CONNECTIONS ("1"): every inference request's connection is closed with no
+  answer at all (counted first), while /health keeps answering: a server that accepts and drops.
 
 Sleep mode (as vLLM's with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1): POST /sleep?level=1,
 POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping engine fails with
@@ -311,6 +313,7 @@ class FakeVllm:
         self.hang_after = env_int("FAKE_VLLM_HANG_AFTER_CHUNKS")
         self.error_after = env_int("FAKE_VLLM_ERROR_AFTER_CHUNKS")
         self.fail_status = env_int("FAKE_VLLM_FAIL_STATUS")
+        self.drop_connections = env_flag("FAKE_VLLM_DROP_CONNECTIONS")
         self.last_headers: dict[str, str] | None = None
         self.ready_at: float | None = None
         self.requests = 0
@@ -451,6 +454,9 @@ class FakeVllm:
         """Count the request, decode and check the common fields; raise ApiError if bad."""
         self.requests += 1
         self.last_headers = {name.lower(): value for name, value in request.headers.items()}
+        if self.drop_connections and request.transport is not None:
+            request.transport.abort()  # no status line, no bytes: the client sees a disconnect
+            raise ApiError(500, "connection dropped")  # written nowhere
         if self.fail_status is not None:
             status = self.fail_status
             message = FAIL_MESSAGES.get(status, f"fake failure {status}")

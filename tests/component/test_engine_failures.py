@@ -342,3 +342,25 @@ async def test_fields_vllm_refuses_are_400s_in_each_apis_envelope(
             assert response.status == 400, (ollama_path, options)
             assert fragment in (await response.json())["error"], (ollama_path, options)
     assert WorkerView(client.app, "a").is_ready
+
+
+# -- a worker that accepts and drops every request ----------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat", "/api/generate"])
+async def test_a_dropped_connection_is_retried_once_then_a_502(
+    aiohttp_client: ClientFactory, tmp_path: Path, path: str
+) -> None:
+    """The first drop looks like a worker that died since it was last seen: vllama checks its
+    health and sends the request once more. /health answers, so the worker stays, and the second
+    drop is the client's 502 in its API's envelope."""
+    client = await start(aiohttp_client, tmp_path, {"FAKE_VLLM_DROP_CONNECTIONS": "1"})
+    status, raw = await post(client, path, body_for(path, False))
+    assert status == 502, raw
+    answer = json.loads(raw)
+    if path.startswith("/api/"):
+        assert "did not answer" in answer["error"]
+    else:
+        assert answer["error"]["code"] == "worker_error"
+    assert (await fake_stats(client))["requests"] == 2  # sent twice: one retry, no more
+    assert WorkerView(client.app, "a").is_ready
