@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from vllama.api.app import build_app
-from vllama.api.keys import REGISTRY, SCHEDULER
+from vllama.api.keys import IN_FLIGHT, REGISTRY, SCHEDULER
 from vllama.config.settings import Config, ConfigError, ServerSettings, load_config, read_toml
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.support import check_engine_support
@@ -31,6 +31,9 @@ from vllama.ops.systemd import Notifier, StatusLine, watchdog_loop
 log = structlog.get_logger("vllama.server")
 
 EXIT_FORCED = 130
+# Seconds before drain_timeout at which answers still relayed are ended with an error: time for
+# their handlers to write it before aiohttp cancels them.
+CUT_MARGIN = 1.0
 EXIT_BAD_CONFIG = 2
 
 
@@ -44,6 +47,13 @@ def run_daemon(config_path: Path | None, host: str | None, port: int | None) -> 
     configure_logging(config.server.log_level, config.server.log_format)
     reload = (lambda: resolve_config(config_path, host, port)) if config.server.config else None
     return _run(serve(config, reload))
+
+
+def _cut_answers(app: web.Application, drain_timeout: float) -> None:
+    reason = f"vllama is stopping: drain_timeout ({drain_timeout:g}s) ran out before this answer"
+    cut = app[IN_FLIGHT].cut(reason)
+    if cut:
+        log.warning("drain_timeout ran out; answers in flight cut", answers=cut)
 
 
 def _tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -114,6 +124,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     scheduler = app[SCHEDULER]
     stop = asyncio.Event()
     signals_seen = 0
+    cutter: asyncio.TimerHandle | None = None
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -166,11 +177,17 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         notifier.stopping()
         notifier.status("draining requests, then stopping workers")
         scheduler.begin_shutdown()
+        # Just before aiohttp cancels what is still running at drain_timeout, end each relayed
+        # answer with an error its client reads; the workers then stop as usual.
+        cut_at = max(settings.drain_timeout - CUT_MARGIN, 0.0)
+        cutter = loop.call_later(cut_at, _cut_answers, app, settings.drain_timeout)
         return 0
     finally:
         # Stops the listener, waits up to drain_timeout for handlers in flight, then runs the
         # app's cleanup: every worker stopped, the upstream pool closed.
         await runner.cleanup()
+        if cutter is not None:
+            cutter.cancel()
         pinger.cancel()
         notifier.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -17,13 +18,13 @@ from tests.daemon import VLLAMA, Daemon, free_port, write_config
 from vllama.server import EXIT_FORCED
 
 
-def fake_daemon(tmp_path: Path, **env: str) -> Daemon:
+def fake_daemon(tmp_path: Path, drain_timeout: float = 20, **env: str) -> Daemon:
     config = write_config(
         tmp_path / "vllama.toml",
         {
             "engine_command": FAKE_ENGINE_COMMAND,
             "stop_timeout": 3,
-            "drain_timeout": 20,
+            "drain_timeout": drain_timeout,
             **worker_ports(),
         },
         {"slow": {"model": "fake/slow", "env": {"FAKE_VLLM_TOKEN_DELAY": "0.1", **env}}},
@@ -40,6 +41,22 @@ def stream_chat(url: str, tokens: int, out: list[str]) -> None:
                 out.append(text)
     except httpx.HTTPError as exc:  # the forced-stop test cuts streams on purpose
         out.append(f"<cut: {exc}>")
+
+
+def post_whole(url: str, path: str, body: dict[str, object], out: list[str]) -> None:
+    """One request's status and whole body (streamed or not), as one string."""
+    try:
+        with httpx.stream("POST", url + path, json=body, timeout=60) as response:
+            out.append(f"{response.status_code} " + "".join(response.iter_text()))
+    except httpx.HTTPError as exc:
+        out.append(f"<cut: {exc}>")
+
+
+def in_flight(url: str) -> int:
+    """vllama's own count of requests being served (its metrics), over every model."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    lines = [line for line in text.splitlines() if line.startswith("vllama_requests_in_flight{")]
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in lines))
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -84,6 +101,45 @@ def test_sigterm_drains_in_flight_streams_then_stops_workers(tmp_path: Path) -> 
         assert '"tok59 "' in text
         assert len(chunks) > drained_at_refusal  # it went on streaming after the refusal
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+
+def test_a_drain_that_runs_out_ends_each_answer_with_an_error_then_exits_zero(
+    tmp_path: Path,
+) -> None:
+    """drain_timeout (2 s) is shorter than the answers in flight (500 tokens at 0.1 s): each
+    client reads why its answer ended, in its own format, and the daemon still exits 0."""
+    daemon = fake_daemon(tmp_path, drain_timeout=2)
+    with daemon:
+        chat = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        requests = {
+            "v1 stream": ("/v1/chat/completions", {**chat, "max_tokens": 500, "stream": True}),
+            "v1 whole": ("/v1/chat/completions", {**chat, "max_tokens": 500}),
+            "ollama stream": ("/api/chat", {**chat, "options": {"num_predict": 500}}),
+        }
+        results: dict[str, list[str]] = {name: [] for name in requests}
+        threads = [
+            threading.Thread(target=post_whole, args=(daemon.url, path, body, results[name]))
+            for name, (path, body) in requests.items()
+        ]
+        for thread in threads:
+            thread.start()
+        eventually_blocking(lambda: in_flight(daemon.url) == 3, what="three answers under way")
+        began = time.monotonic()
+        assert daemon.terminate() == 0
+        assert time.monotonic() - began < 2 + 10  # the drain, then the workers' stop
+        for thread in threads:
+            thread.join(10)
+        v1_stream, v1_whole, ollama_stream = (results[n][0] for n in requests)
+        assert v1_stream.startswith("200 ") and "data: [DONE]" not in v1_stream
+        last_event = json.loads(v1_stream.rstrip().rsplit("data: ", 1)[1])
+        assert last_event["error"]["code"] == "shutting_down"
+        assert "drain_timeout" in last_event["error"]["message"]
+        assert v1_whole.startswith("503 ")
+        assert json.loads(v1_whole[4:])["error"]["code"] == "shutting_down"
+        assert ollama_stream.startswith("200 ")
+        last_line = json.loads(ollama_stream.rstrip().splitlines()[-1])
+        assert "drain_timeout" in last_line["error"]
+        assert "answers in flight cut" in daemon.log()
 
 
 def test_second_signal_stops_at_once_and_kills_workers(tmp_path: Path) -> None:

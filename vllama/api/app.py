@@ -10,9 +10,11 @@ from aiohttp import web
 
 from vllama.api import openai
 from vllama.api.errors import error_middleware
+from vllama.api.inflight import InFlight
 from vllama.api.keys import (
     CONFIG,
     DEVICES,
+    IN_FLIGHT,
     LEFTOVERS,
     METRICS,
     REGISTRY,
@@ -101,6 +103,7 @@ def build_app(
     if weight_bytes is not None:
         app[WEIGHT_BYTES] = weight_bytes
     app[REGISTRY] = Registry(config)
+    app[IN_FLIGHT] = InFlight()
     if leftovers is not None:
         app[LEFTOVERS] = leftovers
     app.cleanup_ctx.append(_supervision)

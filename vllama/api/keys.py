@@ -7,6 +7,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from vllama.api.inflight import InFlight
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelSpec
 from vllama.engine.leftovers import Leftovers
@@ -22,6 +23,7 @@ DEVICES = web.AppKey("devices", Devices)
 WEIGHT_BYTES: web.AppKey[Callable[[ModelSpec], int]] = web.AppKey("weight_bytes")
 METRICS = web.AppKey("metrics", Metrics)
 LEFTOVERS = web.AppKey("leftovers", Leftovers)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 # Per-request values, set by the observability middleware and the handlers.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)

@@ -33,7 +33,15 @@ from vllama.api.errors import (
     error_body,
     openai_error_body,
 )
-from vllama.api.keys import CONFIG, METRICS, MODEL_KEY, REQUEST_ID_KEY, SCHEDULER, UPSTREAM
+from vllama.api.keys import (
+    CONFIG,
+    IN_FLIGHT,
+    METRICS,
+    MODEL_KEY,
+    REQUEST_ID_KEY,
+    SCHEDULER,
+    UPSTREAM,
+)
 from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.scheduling.fleet import WorkerLike
 
@@ -91,6 +99,7 @@ async def worker_request(
     """
     scheduler = request.app[SCHEDULER]
     session = request.app[UPSTREAM]
+    in_flight = request.app[IN_FLIGHT]
     timeout = UPSTREAM_TIMEOUT
     if stream:
         # aiohttp's sock_read restarts on every byte received, and covers the wait for headers.
@@ -102,9 +111,13 @@ async def worker_request(
         async with scheduler.lease(model, keep_alive) as worker:
             sent = time.perf_counter_ns()
             try:
-                upstream = await session.request(
-                    method, worker.base_url + path, data=body, headers=headers, timeout=timeout
+                upstream = await in_flight.unless_cut(
+                    session.request(
+                        method, worker.base_url + path, data=body, headers=headers, timeout=timeout
+                    )
                 )
+                if upstream is None:
+                    raise ApiError(503, in_flight.cut_reason or "", code="shutting_down")
             except aiohttp.SocketTimeoutError as exc:  # a ClientConnectionError: never retried
                 raise worker_error(request, exc, "before answering") from None
             except aiohttp.ClientConnectionError as exc:
@@ -118,7 +131,8 @@ async def worker_request(
                 unreachable = worker
             else:
                 try:
-                    yield Leased(worker, upstream, sent)
+                    with in_flight.track(upstream):
+                        yield Leased(worker, upstream, sent)
                 finally:
                     if upstream.content.is_eof():
                         upstream.release()
@@ -205,7 +219,11 @@ def _usage_of_events(chunk: bytes) -> dict[str, object] | None:
 
 def worker_error(request: web.Request, exc: aiohttp.ClientError, when: str) -> ApiError:
     """A broken read of a worker's answer, as the client sees it: a silence past
-    `stream_idle_timeout` is a `WorkerTimeout` (504), anything else a `WorkerFailed` (502)."""
+    `stream_idle_timeout` is a `WorkerTimeout` (504), an answer cut because vllama's drain ran
+    out a 503 `shutting_down`, anything else a `WorkerFailed` (502)."""
+    cut = request.app[IN_FLIGHT].cut_reason
+    if cut is not None:
+        return ApiError(503, cut, code="shutting_down")
     if isinstance(exc, aiohttp.SocketTimeoutError):
         idle = request.app[CONFIG].server.stream_idle_timeout
         return WorkerTimeout(
