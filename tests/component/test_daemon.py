@@ -52,10 +52,10 @@ def post_whole(url: str, path: str, body: dict[str, object], out: list[str]) -> 
         out.append(f"<cut: {exc}>")
 
 
-def in_flight(url: str) -> int:
-    """vllama's own count of requests being served (its metrics), over every model."""
+def in_flight(url: str, metric: str = "vllama_requests_in_flight") -> int:
+    """vllama's own count of requests being served (or waiting), from its metrics."""
     text = httpx.get(url + "/metrics", timeout=5).text
-    lines = [line for line in text.splitlines() if line.startswith("vllama_requests_in_flight{")]
+    lines = [line for line in text.splitlines() if line.startswith(metric + "{")]
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in lines))
 
 
@@ -140,6 +140,36 @@ def test_a_drain_that_runs_out_ends_each_answer_with_an_error_then_exits_zero(
         last_line = json.loads(ollama_stream.rstrip().splitlines()[-1])
         assert "drain_timeout" in last_line["error"]
         assert "answers in flight cut" in daemon.log()
+
+
+def test_a_request_waiting_for_a_load_at_shutdown_gets_503_shutting_down(tmp_path: Path) -> None:
+    """The listener closes at once, but a request already accepted and waiting for its model's
+    load is answered: the load is abandoned and the client told why, in its API's format."""
+    daemon = fake_daemon(tmp_path, FAKE_VLLM_START_DELAY="30")
+    with daemon:
+        results: dict[str, list[str]] = {"v1": [], "ollama": []}
+        chat = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        threads = [
+            threading.Thread(
+                target=post_whole, args=(daemon.url, "/v1/chat/completions", chat, results["v1"])
+            ),
+            threading.Thread(
+                target=post_whole, args=(daemon.url, "/api/chat", chat, results["ollama"])
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        eventually_blocking(lambda: "Loading model weights" in daemon.log(), what="a load")
+        waiting = "vllama_requests_waiting"
+        eventually_blocking(lambda: in_flight(daemon.url, waiting) == 2, what="both waiting")
+        began = time.monotonic()
+        assert daemon.terminate() == 0
+        assert time.monotonic() - began < 10, "the 30 s load was waited for, not abandoned"
+        for thread in threads:
+            thread.join(10)
+        v1, ollama = results["v1"][0], results["ollama"][0]
+        assert v1.startswith("503 ") and json.loads(v1[4:])["error"]["code"] == "shutting_down"
+        assert ollama.startswith("503 ") and "shutting down" in json.loads(ollama[4:])["error"]
 
 
 def test_second_signal_stops_at_once_and_kills_workers(tmp_path: Path) -> None:
