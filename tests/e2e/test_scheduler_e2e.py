@@ -48,9 +48,11 @@ def tight_daemon(
 
 
 def chat(daemon: Daemon, model: str) -> str:
+    """The finish reason of one short chat: a random model may say nothing (EOS first, or tokens
+    that decode to ""), so a whole answer is one that finished, not one with text."""
     api = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", timeout=300)
     reply = api.chat.completions.create(model=model, messages=MESSAGES, max_tokens=4)
-    return reply.choices[0].message.content or ""
+    return reply.choices[0].finish_reason
 
 
 def test_alternating_models_evict_each_other(tight_daemon: Daemon) -> None:
@@ -71,12 +73,13 @@ def test_200_mixed_concurrent_requests_all_complete(tight_daemon: Daemon) -> Non
                 reply = await api.chat.completions.create(
                     model=model, messages=MESSAGES, max_tokens=4
                 )
-                return reply.choices[0].message.content or ""
+                assert reply.usage is not None and reply.usage.completion_tokens >= 1
+                return reply.choices[0].finish_reason
 
             return await asyncio.gather(*(one(i) for i in range(200)))
 
-    texts = asyncio.run(run())
-    assert len(texts) == 200 and all(texts)
+    finishes = asyncio.run(run())
+    assert len(finishes) == 200 and set(finishes) <= {"stop", "length"}
     assert len(workers(tight_daemon)) == 1
 
 
