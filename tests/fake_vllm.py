@@ -46,8 +46,9 @@ POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping en
 /fake/stats counts sleeps, wakes and such requests.
 
 Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats, /fake/last_request (the last
-inference request's JSON body, null before any), /fake/last_headers (the last inference request's
-headers, an object of lower-cased names, null before any); POST /v1/chat/completions,
+inference request's JSON body, null before any), /fake/env (the process's environment),
+/fake/last_headers (the last inference request's headers, an object of lower-cased names, null
+before any); POST /v1/chat/completions,
 /v1/completions, /v1/embeddings.
 Generated token i is the text ``f"tok{i} "``; ``stop`` (a string or a list) cuts the text before
 the first stop string it contains (finish_reason "stop"). Streamed, the last token's text arrives
@@ -336,6 +337,7 @@ class FakeVllm:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/fake/stats", self.stats)
         app.router.add_get("/fake/last_request", self.last)
+        app.router.add_get("/fake/env", self.env)
         app.router.add_get("/fake/last_headers", self.headers)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
@@ -441,6 +443,11 @@ class FakeVllm:
                 "hit_while_sleeping": self.hit_while_sleeping,
             }
         )
+
+    async def env(self, request: web.Request) -> web.Response:
+        """The environment the engine runs with (a warm spare's /proc/PID/environ still shows
+        the one it was started with)."""
+        return web.json_response(dict(os.environ))
 
     async def last(self, request: web.Request) -> web.Response:
         return web.json_response(self.last_request)

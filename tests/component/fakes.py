@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import time
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import psutil
 from aiohttp import web
 
 from tests.conftest import FAKE_ENGINE_COMMAND
@@ -144,6 +146,18 @@ class WorkerView:
         pid = self.status.pid
         assert pid is not None, f"{self.name} has no worker running"
         return pid
+
+
+def engine_cmdline(pid: int) -> list[str]:
+    """The command line of a worker's engine: the guard's child, or a warm spare that took the
+    model and named itself after the model's full command line."""
+    guard = psutil.Process(pid)
+    for proc in [guard, *guard.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            line = " ".join(proc.cmdline()).split()  # a retitled spare: one string, spaces
+            if "--served-model-name" in line and "vllama.engine.guard" not in " ".join(line):
+                return line
+    return guard.cmdline()
 
 
 def count_starts(app: web.Application) -> list[str]:

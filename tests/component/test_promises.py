@@ -10,12 +10,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, fake_config
+from tests.component.fakes import WorkerView, engine_cmdline, fake_config
 from vllama.api.app import build_app
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -49,13 +48,7 @@ def model_folder(folder: Path) -> Path:
 
 
 def worker_argv(client: Client, name: str) -> list[str]:
-    """The fake vLLM server's command line (the guard's child)."""
-    guard = psutil.Process(WorkerView(client.app, name).pid)
-    for proc in [guard, *guard.children(recursive=True)]:
-        argv = proc.cmdline()
-        if "--served-model-name" in argv:
-            return argv
-    raise AssertionError("no worker process found")
+    return engine_cmdline(WorkerView(client.app, name).pid)
 
 
 @pytest.mark.parametrize("where", ["models_dir", "hf_cache"])

@@ -38,9 +38,10 @@ def tokens(daemon: Daemon, model: str) -> int:
 
 
 def worker_pid(daemon: Daemon, model: str) -> int | None:
-    for child in psutil.Process(daemon.proc.pid).children():
+    """The model's engine process (under its guard; maybe a warm spare that took the model)."""
+    for child in psutil.Process(daemon.proc.pid).children(recursive=True):
         try:
-            line = child.cmdline()
+            line = " ".join(child.cmdline()).split()  # a retitled spare: one string
         except psutil.Error:
             continue
         if "--served-model-name" in line and line[line.index("--served-model-name") + 1] == model:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import psutil
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import FakeNvml, WorkerView, eventually, fake_config
+from tests.component.fakes import FakeNvml, WorkerView, engine_cmdline, eventually, fake_config
 from vllama.api.app import build_app
 from vllama.api.keys import SCHEDULER
 from vllama.engine.states import WorkerState
@@ -65,7 +64,7 @@ def loaded(client: Client) -> set[str]:
 
 
 def cmdline(client: Client, name: str) -> list[str]:
-    return psutil.Process(WorkerView(client.app, name).pid).cmdline()
+    return engine_cmdline(WorkerView(client.app, name).pid)
 
 
 async def test_a_fourth_model_evicts_the_least_recently_used(aiohttp_client: Any) -> None:
@@ -143,7 +142,8 @@ async def test_tensor_parallel_model_takes_two_gpus(aiohttp_client: Any) -> None
     assert await ask(client, "tp") == 200  # 53.5 GiB per GPU: both others had to go
     assert loaded(client) == {"tp"}
     assert tp.status.devices == ("gpu:0", "gpu:1")
-    env = psutil.Process(tp.pid).environ()
+    async with client.session.get(tp.base_url + "/fake/env") as answer:
+        env = await answer.json()  # what the engine runs with, spare or not
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 

@@ -46,8 +46,8 @@ def workers(daemon: Daemon) -> dict[str, psutil.Process]:
     """Each model's vLLM API server (under its guard, vllama/engine/guard.py), by served name."""
     found = {}
     for child in psutil.Process(daemon.proc.pid).children(recursive=True):
-        try:
-            cmdline = child.cmdline()
+        try:  # a warm spare that took a model names itself in one string, spaces between
+            cmdline = " ".join(child.cmdline()).split()
         except psutil.Error:  # exited (a zombie until reaped): not a worker any more
             continue
         if "vllm.entrypoints.openai.api_server" in cmdline and "--served-model-name" in cmdline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -30,7 +31,9 @@ from vllama.api.relay import new_upstream_session
 from vllama.api.security import Access, cors_headers, security_middleware
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelFacts, ModelSpec
+from vllama.engine.argv import base_env
 from vllama.engine.leftovers import Leftovers
+from vllama.engine.spares import SparePool
 from vllama.ops.metrics import Metrics
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.loading import FactsSource
@@ -55,17 +58,21 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     registry, given = app[REGISTRY], app.get(WEIGHT_BYTES)
     facts = _with_sizes(registry.facts, given) if given is not None else registry.facts
+    leftovers = app.get(LEFTOVERS)
+    spares = SparePool(config.server, base_env(os.environ), leftovers)
     scheduler = Scheduler(
         config,
-        process_workers(config.server, upstream, app.get(LEFTOVERS)),
+        process_workers(config.server, upstream, leftovers, spares),
         devices=devices,
         facts=facts,
+        spares=spares,
     )
     app[SCHEDULER] = scheduler
     scheduler.events.subscribe(metrics.listen)
     metrics.attach(scheduler.status, devices)
     sampler = asyncio.create_task(metrics.sample_forever(upstream), name="metrics-sampler")
     scheduler.preload()
+    spares.refill()
     yield
     sampler.cancel()
     await scheduler.stop_all()

@@ -145,6 +145,9 @@ class ServerSettings(BaseSettings):
     # connection is closed (vLLM aborts it). Long enough for a queued request's prompt to be
     # processed. Non-streamed /v1 requests have no deadline: vLLM sends nothing until done.
     stream_idle_timeout: Seconds = Field(default=300.0, gt=0)
+    # Engine processes kept started ahead of need, vLLM already imported (~10 s of a cold start):
+    # a load takes one over. Each holds ~0.5-1 GB of host RAM (counted in memory_limit_cpu).
+    warm_spares: int = Field(default=1, ge=0, le=8)
     # Scheduling: memory budgets per device, caps, the wait queue, crash-loop handling.
     memory_limit_cpu: Bytes | None = None  # host RAM vllama's CPU workers may use (default: all)
     memory_limit_gpu: Bytes | None = None  # per GPU (default: the GPU's total)

@@ -36,10 +36,8 @@ def guarded(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "vllama.engine.guard", str(os.getpid()), "--", *argv]
 
 
-def build_env(
-    base: Mapping[str, str], spec: ModelSpec, share: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """`share`: what the scheduler pins (CUDA_VISIBLE_DEVICES); it wins over the model's."""
+def base_env(base: Mapping[str, str]) -> dict[str, str]:
+    """What every worker's environment starts from (a warm spare's whole environment)."""
     env = {key: value for key, value in base.items() if key not in _NOT_INHERITED}
     # Python buffers a pipe's output; the supervisor reads it line by line for progress and errors.
     env["PYTHONUNBUFFERED"] = "1"
@@ -47,6 +45,14 @@ def build_env(
     # home on their own. The operator's environment or the model's `env` may say otherwise.
     for name in ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK"):
         env.setdefault(name, "1")
+    return env
+
+
+def build_env(
+    base: Mapping[str, str], spec: ModelSpec, share: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """`share`: what the scheduler pins (CUDA_VISIBLE_DEVICES); it wins over the model's."""
+    env = base_env(base)
     env.update(spec.env)
     env.update(share or {})
     return env

@@ -56,17 +56,34 @@ class WorkerProcess:
         env: dict[str, str],
         tail_lines: int = 200,
         on_line: Callable[[str], None] | None = None,
+        takes_input: bool = False,
     ) -> WorkerProcess:
+        """`takes_input`: stdin is a pipe (a warm spare reads its order there), else null."""
         proc = await asyncio.create_subprocess_exec(
             *argv,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if takes_input else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             limit=OUTPUT_LINE_LIMIT,
         )
         return cls(proc, tail_lines, on_line)
+
+    def adopt(self, on_line: Callable[[str], None] | None) -> None:
+        """A warm spare becomes a model's worker: its output from here on is the model's."""
+        self._on_line = on_line
+        self._tail.clear()
+        self.last_output_at = time.monotonic()
+
+    async def send(self, line: bytes) -> None:
+        """One line on stdin, then end of input (a spare's order)."""
+        stdin = self._proc.stdin
+        if stdin is None:
+            raise RuntimeError("this process was not started to take input")
+        stdin.write(line)
+        await stdin.drain()
+        stdin.close()
 
     @property
     def returncode(self) -> int | None:

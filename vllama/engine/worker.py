@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
 import structlog
@@ -18,6 +18,7 @@ import structlog
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.argv import build_argv, build_env, guarded
 from vllama.engine.leftovers import Leftovers
+from vllama.engine.output_log import OutputLog
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
 from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
@@ -30,8 +31,6 @@ PORT_TAKEN = "address already in use"  # uvicorn's bind error, in the worker's o
 _READY_POLL = 0.25
 _HEALTH_TIMEOUT = 10.0
 _HEALTH_FAILURES_TO_FAIL = 3  # a busy 2-core host can answer /health slowly; a 503 fails at once
-_LOG_BURST = 200  # a vLLM start prints ~100 lines
-_LOG_RATE = 20.0  # lines per second after the burst
 
 
 class LoadError(Exception):
@@ -55,6 +54,11 @@ class LoadError(Exception):
 StateListener = Callable[["Worker", WorkerState, WorkerState, str], None]
 
 
+# Starts a worker's engine process from its argv and environment (a cold spawn, or a warm spare
+# taking over: engine/spares.py); output lines go to the callback.
+Launch = Callable[[Sequence[str], dict[str, str], Callable[[str], None]], Awaitable[WorkerProcess]]
+
+
 class Worker:
     def __init__(
         self,
@@ -65,8 +69,10 @@ class Worker:
         ports: PortAllocator,
         on_state: StateListener | None = None,
         leftovers: Leftovers | None = None,
+        launch: Launch | None = None,
     ) -> None:
         self.name = name
+        self._launch = launch or self._cold
         self._leftovers = leftovers  # where running groups are recorded, for a next daemon
         self.spec = spec
         self._settings = settings
@@ -84,9 +90,7 @@ class Worker:
         self._watch: asyncio.Task[None] | None = None
         self._warned_foreign_listener = False
         self._share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
-        self._log_tokens = float(_LOG_BURST)
-        self._log_at = time.monotonic()
-        self._log_suppressed = 0
+        self._output_log = OutputLog(name)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -177,14 +181,17 @@ class Worker:
         env = build_env(os.environ, self.spec, extra_env)
         log.info("worker spawn", model=self.name, port=self.port, argv=argv)
         try:
-            self.process = await WorkerProcess.spawn(
-                guarded(argv), env, self._settings.log_tail_lines, self._log_line
-            )
+            self.process = await self._launch(argv, env, self._output_log.line)
         except OSError as exc:
             raise LoadError(self.name, f"could not start {argv[0]!r}: {exc}", []) from None
         if self._leftovers is not None:
             await asyncio.to_thread(self._leftovers.record, self.process.pgid)
         await self._wait_ready(self.process)
+
+    async def _cold(
+        self, argv: Sequence[str], env: dict[str, str], on_line: Callable[[str], None]
+    ) -> WorkerProcess:
+        return await WorkerProcess.spawn(guarded(argv), env, self._settings.log_tail_lines, on_line)
 
     async def _wait_ready(self, process: WorkerProcess) -> None:
         stall = self._settings.load_stall_timeout
@@ -373,22 +380,3 @@ class Worker:
             self._ports.release(self.port)
             self.port = None
         return report
-
-    def _log_line(self, line: str) -> None:
-        """Worker output into the daemon's log, tagged with the model, rate-limited.
-
-        A token bucket (a burst of `_LOG_BURST`, then `_LOG_RATE` lines per second) keeps a
-        chatty or crash-looping engine from flooding journald; suppressed lines are counted, and
-        every line stays in the tail kept for errors and `vllama logs`.
-        """
-        now = time.monotonic()
-        self._log_tokens = min(_LOG_BURST, self._log_tokens + (now - self._log_at) * _LOG_RATE)
-        self._log_at = now
-        if self._log_tokens < 1:
-            self._log_suppressed += 1
-            return
-        self._log_tokens -= 1
-        if self._log_suppressed:
-            log.warning("worker output suppressed", model=self.name, lines=self._log_suppressed)
-            self._log_suppressed = 0
-        log.info("worker output", model=self.name, line=line)

@@ -187,6 +187,16 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "vllama_queue_depth", "Requests waiting for models, all models", value=status.queued
         )
+        yield GaugeMetricFamily(
+            "vllama_spares",
+            "Warm spares idle, vLLM imported, ready for a load",
+            value=status.spares,
+        )
+        yield GaugeMetricFamily(
+            "vllama_spare_memory_bytes",
+            "Host memory the idle warm spares hold (counted in the CPU budget)",
+            value=status.spare_bytes,
+        )
         memory = GaugeMetricFamily(
             "vllama_model_memory_bytes",
             "Measured memory of each loaded model's worker tree",

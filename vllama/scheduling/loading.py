@@ -19,6 +19,7 @@ import structlog
 
 from vllama.config import vllm_args
 from vllama.config.settings import ModelFacts, ModelSpec, ServerSettings
+from vllama.engine.spares import SparePool
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
@@ -43,6 +44,7 @@ class Loader:
         restarts: RestartPolicy,
         events: Events,
         facts: FactsSource,
+        spares: SparePool | None = None,
     ) -> None:
         self._fleet = fleet
         self._settings = settings
@@ -50,6 +52,7 @@ class Loader:
         self._restarts = restarts
         self._events = events
         self._facts = facts
+        self._spares = spares
 
     async def load(self, slot: ModelSlot, explicit: bool) -> None:
         """Make `slot`'s worker READY; `LoadError` says why it could not be."""
@@ -151,8 +154,16 @@ class Loader:
         held: list[ModelSlot] = []
         try:
             while True:
-                snapshot = await self._memory.snapshot(lambda: self._fleet.loaded_models(slot))
+                spares = self._spares
+                spare_bytes = spares.held_bytes if spares is not None else 0
+                snapshot = await self._memory.snapshot(
+                    lambda: self._fleet.loaded_models(slot), spare_bytes=spare_bytes
+                )
                 decision = decide(snapshot, request)  # no await from here to the unloads
+                roomy = isinstance(decision, Place) and not decision.evict
+                if spares is not None and spare_bytes and request.kind == "cpu" and not roomy:
+                    await spares.drop_idle()  # spares go before any model does
+                    continue
                 if isinstance(decision, Refuse):
                     raise LoadError(slot.name, decision.reason, [])
                 if isinstance(decision, Place):

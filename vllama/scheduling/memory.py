@@ -111,10 +111,13 @@ class MemoryPlanner:
 
     # -- devices -----------------------------------------------------------------------------
 
-    async def snapshot(self, loaded: Callable[[], tuple[LoadedModel, ...]]) -> Snapshot:
+    async def snapshot(
+        self, loaded: Callable[[], tuple[LoadedModel, ...]], spare_bytes: int = 0
+    ) -> Snapshot:
         """Devices measured now, and the loaded models as they are once that measurement is in
         (`loaded` is called after the only await, so the caller can act on the snapshot before
-        any request changes it)."""
+        any request changes it). `spare_bytes`: host memory warm spares hold, out of the CPU
+        budget."""
         memory = await self._devices.snapshot_async()
         self._totals = {device.id: device.total for device in memory}
         states = []
@@ -125,6 +128,8 @@ class MemoryPlanner:
                 else self._settings.memory_limit_cpu
             )
             budget = min(limit, device.total) if limit is not None else device.total
+            if device.kind == "cpu":
+                budget = max(budget - spare_bytes, 0)
             states.append(
                 DeviceState(id=device.id, kind=device.kind, budget=budget, free=device.free)
             )

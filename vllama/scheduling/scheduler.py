@@ -21,12 +21,13 @@ import structlog
 from vllama.config.settings import Config, ModelSpec, ServerSettings
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import PortAllocator
+from vllama.engine.spares import SparePool
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, Worker
 from vllama.scheduling.admission import admit
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.errors import QueueFull, ShuttingDown
-from vllama.scheduling.events import Events
+from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
 from vllama.scheduling.fleet import Fleet, ModelSlot, StateListener, WorkerFactory, WorkerLike
 from vllama.scheduling.loading import FactsSource, Loader
 from vllama.scheduling.memory import MemoryPlanner
@@ -38,14 +39,19 @@ log = structlog.get_logger("vllama.scheduler")
 
 
 def process_workers(
-    settings: ServerSettings, http: aiohttp.ClientSession, leftovers: Leftovers | None = None
+    settings: ServerSettings,
+    http: aiohttp.ClientSession,
+    leftovers: Leftovers | None = None,
+    spares: SparePool | None = None,
 ) -> WorkerFactory:
     """Workers that run vLLM servers as child processes, on ports from the configured range;
-    their process groups recorded in `leftovers` while they run."""
+    their process groups recorded in `leftovers` while they run; started from a warm spare
+    when `spares` has one that fits."""
     ports = PortAllocator(settings.worker_port_min, settings.worker_port_max)
+    launch = spares.launch if spares is not None else None
 
     def new_worker(name: str, spec: ModelSpec, on_state: StateListener) -> WorkerLike:
-        return Worker(name, spec, settings, http, ports, on_state, leftovers)
+        return Worker(name, spec, settings, http, ports, on_state, leftovers, launch)
 
     return new_worker
 
@@ -57,8 +63,10 @@ class Scheduler:
         new_worker: WorkerFactory,
         devices: Devices,
         facts: FactsSource,
+        spares: SparePool | None = None,
     ) -> None:
         self._config = config
+        self.spares = spares
         settings = self._settings = config.server
         self.events = Events()
         self.devices = devices
@@ -72,7 +80,15 @@ class Scheduler:
             fatal_backoff_max=settings.fatal_retry_backoff_max,
         )
         self._fleet = Fleet(settings, restarts, self.events, new_worker)
-        self._loader = Loader(self._fleet, settings, self.memory, restarts, self.events, facts)
+        self._loader = Loader(
+            self._fleet, settings, self.memory, restarts, self.events, facts, spares
+        )
+        if spares is not None:  # a spare taken by a load is replaced once that load is over
+            self.events.subscribe(
+                lambda event: (
+                    spares.refill() if isinstance(event, ModelLoaded | LoadFailed) else None
+                )
+            )
         self._fleet.retry = lambda slot: self._start_load(slot, explicit=True)
         self._queued = 0  # requests waiting for a model, all models together
         self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
@@ -93,7 +109,13 @@ class Scheduler:
 
     def status(self) -> SchedulerStatus:
         models = tuple(slot.status() for slot in self._fleet.slots.values())
-        return SchedulerStatus(models=models, queued=self._queued)
+        spares = self.spares
+        return SchedulerStatus(
+            models=models,
+            queued=self._queued,
+            spares=spares.idle_count if spares is not None else 0,
+            spare_bytes=spares.held_bytes if spares is not None else 0,
+        )
 
     def model_status(self, name: str) -> ModelStatus | None:
         slot = self._fleet.slots.get(name)
@@ -295,12 +317,16 @@ class Scheduler:
         tasks = [s.load_task for s in slots if s.load_task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(
-            *(slot.worker.stop("vllama shutting down") for slot in slots), return_exceptions=True
+            *(slot.worker.stop("vllama shutting down") for slot in slots),
+            *([self.spares.close()] if self.spares is not None else []),
+            return_exceptions=True,
         )
 
     def kill_all_now(self) -> None:
         for slot in self._fleet.slots.values():
             slot.worker.kill_now()
+        if self.spares is not None:
+            self.spares.kill_now()
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

@@ -37,6 +37,8 @@ class ModelStatus:
 class SchedulerStatus:
     models: tuple[ModelStatus, ...]
     queued: int  # requests waiting for a model, all models together
+    spares: int = 0  # warm spares idle, ready to become a model's worker
+    spare_bytes: int = 0  # host memory they hold
 
     def model(self, name: str) -> ModelStatus | None:
         return next((m for m in self.models if m.name == name), None)
