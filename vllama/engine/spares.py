@@ -6,7 +6,7 @@ environment differs from the spare's only in variables read after import (`unfit
 pool keeps `warm_spares` of them; a load that takes one asks for a new one once the load is over
 (`refill`), so the spare's imports never compete with the start they would speed up. Idle spares
 count in the CPU budget (`held_bytes`), and are the first thing dropped when a CPU model needs the
-room (`drop_idle`).
+room (`drop_idle`), except the one that load will take (`held_bytes_beside`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import psutil
 import structlog
 
-from vllama.config.settings import ServerSettings
-from vllama.engine.argv import guarded
+from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.engine.argv import build_env, guarded
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.process import WorkerProcess
 from vllama.engine.spare import READY, UNFIT, parse_command
@@ -119,6 +119,16 @@ class SparePool:
         """Host memory the idle spares hold (their last measurement)."""
         return sum(spare.rss for spare in self._alive())
 
+    def held_bytes_beside(self, spec: ModelSpec) -> int:
+        """Host memory the idle spares hold beside `spec`'s load: the spare that load would take
+        becomes the model's own process, which the model's estimate already counts."""
+        taken = self._fitting(build_env(self._env, spec))
+        return sum(spare.rss for spare in self._alive() if spare is not taken)
+
+    def _fitting(self, env: Mapping[str, str]) -> Spare | None:
+        """The idle spare a process with `env` would take, if any."""
+        return next((s for s in self._alive() if unfit_variable(s.env, env) is None), None)
+
     def _alive(self) -> list[Spare]:
         """The idle spares, without any that died (killed by hand, by the OOM killer)."""
         dead = [spare for spare in self._idle if spare.process.returncode is not None]
@@ -162,9 +172,12 @@ class SparePool:
             log.info("warm spare unfit for this model; a cold start", variable=variable)
         return None
 
-    async def drop_idle(self) -> int:
-        """Stop every idle spare (a CPU model needs the room); the bytes they held."""
-        dropped, self._idle = self._idle, []
+    async def drop_idle(self, keep_for: ModelSpec | None = None) -> int:
+        """Stop idle spares (a CPU model needs the room), all but the one a load of `keep_for`
+        would take; the bytes they held."""
+        kept = self._fitting(build_env(self._env, keep_for)) if keep_for is not None else None
+        dropped = [spare for spare in self._idle if spare is not kept]
+        self._idle = [kept] if kept is not None else []
         for spare in dropped:
             await self._stop(spare.process)
         if dropped:

@@ -155,15 +155,16 @@ class Loader:
         try:
             while True:
                 spares = self._spares
-                spare_bytes = spares.held_bytes if spares is not None else 0
+                spare_bytes = spares.held_bytes_beside(slot.spec) if spares is not None else 0
                 snapshot = await self._memory.snapshot(
                     lambda: self._fleet.loaded_models(slot), spare_bytes=spare_bytes
                 )
                 decision = decide(snapshot, request)  # no await from here to the unloads
                 roomy = isinstance(decision, Place) and not decision.evict
                 if spares is not None and spare_bytes and request.kind == "cpu" and not roomy:
-                    await spares.drop_idle()  # spares go before any model does
-                    continue
+                    # Spares go before any model does (all but the one this load will take).
+                    if await spares.drop_idle(keep_for=slot.spec):
+                        continue
                 if isinstance(decision, Refuse):
                     raise LoadError(slot.name, decision.reason, [])
                 if isinstance(decision, Place):
