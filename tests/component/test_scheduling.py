@@ -267,6 +267,8 @@ async def test_sleep_mode_holds_traffic_and_warms_up(aiohttp_client: Any) -> Non
     assert (sleepy.pid, stats["pid"]) == (pid, server)  # woken, not restarted
     assert stats["sleeps"] == 1 and stats["wakes"] == 1
     assert stats["hit_while_sleeping"] == 0  # no request reached the sleeping engine
+    scrape = await (await client.get("/metrics")).text()
+    assert 'vllama_model_wake_duration_seconds_count{model="sleepy"} 1.0' in scrape
 
 
 async def test_ps_reports_measured_gpu_memory(aiohttp_client: Any) -> None:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vllama.engine.states import WorkerState
 from vllama.ops.metrics import Metrics
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.events import LoadFailed, ModelLoaded, ModelUnloaded
+from vllama.scheduling.events import LoadFailed, ModelLoaded, ModelUnloaded, ModelWoken
 from vllama.scheduling.status import ModelStatus, SchedulerStatus
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -58,6 +58,7 @@ def exposed_metrics() -> set[str]:
     asyncio.run(sample())
     # What the scheduler's events and the API middleware (vllama/api/observe.py) record.
     metrics.listen(ModelLoaded("m", 1.0, restarted_after="exited"))
+    metrics.listen(ModelWoken("m", 0.4))
     metrics.listen(LoadFailed("m"))
     metrics.listen(ModelUnloaded("m", "memory"))
     metrics.count_usage("m", 3, 5)

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from vllama.engine.states import WorkerState
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.events import Event, LoadFailed, ModelLoaded, ModelUnloaded
+from vllama.scheduling.events import Event, LoadFailed, ModelLoaded, ModelUnloaded, ModelWoken
 from vllama.scheduling.status import SchedulerStatus
 
 StatusSource = Callable[[], SchedulerStatus]
@@ -30,6 +30,7 @@ log = structlog.get_logger("vllama.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+_WAKE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SAMPLE_INTERVAL = 10.0
@@ -48,6 +49,13 @@ class Metrics:
             "Time from a load's start to its worker being ready",
             ["model"],
             buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.wake_seconds = Histogram(
+            "vllama_model_wake_duration_seconds",
+            "Time for a sleeping worker to wake and serve its warm-up (sleep mode)",
+            ["model"],
+            buckets=_WAKE_BUCKETS,
             registry=r,
         )
         self.evictions = Counter(
@@ -102,6 +110,8 @@ class Metrics:
             self.load_seconds.labels(event.model).observe(event.seconds)
             if event.restarted_after is not None:
                 self.restarts.labels(event.model, event.restarted_after).inc()
+        elif isinstance(event, ModelWoken):
+            self.wake_seconds.labels(event.model).observe(event.seconds)
         elif isinstance(event, LoadFailed):
             self.loads.labels(event.model, "failed").inc()
         elif isinstance(event, ModelUnloaded):

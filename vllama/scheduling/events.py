@@ -1,4 +1,4 @@
-"""What the scheduler reports as it works: loads, failed loads, unloads, state changes.
+"""What the scheduler reports as it works: loads, wakes, failed loads, unloads, state changes.
 
 The scheduler only emits; listeners (metrics, the systemd status line) subscribe. A listener that
 raises is logged and never breaks scheduling. Each event is a frozen value, so a listener cannot
@@ -25,6 +25,14 @@ class ModelLoaded:
 
 
 @dataclass(frozen=True)
+class ModelWoken:
+    """A sleeping worker woke (sleep mode, the warm tier on GPUs) and served its warm-up."""
+
+    model: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class LoadFailed:
     model: str
 
@@ -43,7 +51,7 @@ class StateChanged:
     reason: str
 
 
-Event = ModelLoaded | LoadFailed | ModelUnloaded | StateChanged
+Event = ModelLoaded | ModelWoken | LoadFailed | ModelUnloaded | StateChanged
 Listener = Callable[[Event], None]
 
 

@@ -22,7 +22,7 @@ from vllama.config.settings import ModelFacts, ModelSpec, ServerSettings
 from vllama.engine.spares import SparePool
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
-from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
+from vllama.scheduling.events import Events, LoadFailed, ModelLoaded, ModelWoken
 from vllama.scheduling.fleet import Fleet, ModelSlot
 from vllama.scheduling.memory import MemoryPlanner, Share
 from vllama.scheduling.placement import Place, Refuse, decide
@@ -113,9 +113,11 @@ class Loader:
             facts = await self._facts(slot.spec)
             share = await self._make_room(slot, facts, on=slot.devices)
             warm_up = (facts.warm_up[0], dict(facts.warm_up[1])) if facts.warm_up else None
+            started = time.monotonic()
             await slot.worker.wake(warm_up)
             slot.footprint = share.need
             slot.reserved = slot.waiting
+        self._events.emit(ModelWoken(slot.name, time.monotonic() - started))
 
     async def _crash_loop_guard(self, slot: ModelSlot, explicit: bool) -> None:
         """FATAL after repeated fast failures (until an explicit load); else back off."""
