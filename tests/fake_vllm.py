@@ -861,6 +861,15 @@ def main() -> None:
         log(f"OSError: [Errno 98] error while attempting to bind on address "
             f"('{args.host}', {args.port}): address already in use")  # fmt: skip
         sys.exit(1)
+    deaf = os.environ.get("FAKE_VLLM_DEAF_ONCE")  # a file: absent the first time
+    if deaf and not os.path.exists(deaf):
+        # As vLLM was seen to do when another process took its port: it says it serves, stays
+        # up, and listens on nothing.
+        open(deaf, "w").close()
+        log(f"INFO: Starting vLLM server on http://{args.host}:{args.port}")
+        while True:
+            time.sleep(1)
+            log("INFO: still up")
     sys.exit(asyncio.run(serve(args)))
 
 

@@ -165,6 +165,35 @@ async def test_a_foreign_server_on_the_port_is_not_taken_for_the_worker(
         await runner.cleanup()
 
 
+async def test_a_worker_that_lost_its_port_without_exiting_is_restarted_on_the_next(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # Another process answers on the port while the engine, up, listens on nothing (as vLLM was
+    # seen to do): the start is given up at once and made again on the next port, rather than
+    # waiting out the stall timeout (10 min here).
+    marker = tmp_path / "deaf"
+    worker = make_worker(http, {"FAKE_VLLM_DEAF_ONCE": str(marker)}, load_stall_timeout=600)
+    task = asyncio.create_task(worker.start())
+    await eventually(lambda: worker.process)
+    taken = worker.port
+    assert taken is not None
+    app = web.Application()
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app.router.add_get("/health", healthy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", taken).start()
+    try:
+        await asyncio.wait_for(task, 30)
+        assert marker.exists() and worker.is_ready and worker.port != taken
+    finally:
+        await worker.stop("test")
+        await runner.cleanup()
+
+
 async def test_a_port_taken_before_the_worker_binds_it_is_retried_on_the_next(
     http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -51,6 +51,10 @@ class LoadError(Exception):
         return f"{self}; last worker output:\n" + "\n".join(self.tail)
 
 
+class PortTaken(LoadError):
+    """Another process serves on the worker's port: the start is retried on the next port."""
+
+
 StateListener = Callable[["Worker", WorkerState, WorkerState, str], None]
 
 
@@ -88,7 +92,6 @@ class Worker:
         self.ready_at: float | None = None
         self.max_model_len: int | None = None  # the context vLLM serves, read once it is ready
         self._watch: asyncio.Task[None] | None = None
-        self._warned_foreign_listener = False
         self._share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self._output_log = OutputLog(name)
 
@@ -140,7 +143,6 @@ class Worker:
         self.last_error = None
         self.ready_at = None
         self._share = (tuple(share_args), dict(share_env or {}))
-        self._warned_foreign_listener = False
         try:
             await self._spawn_and_wait()
         except LoadError as error:
@@ -162,7 +164,7 @@ class Worker:
         try:
             await self._spawn_on_a_port()
         except LoadError as error:
-            if not any(PORT_TAKEN in line for line in error.tail):
+            if not isinstance(error, PortTaken) and not any(PORT_TAKEN in ln for ln in error.tail):
                 raise
             # Between the free-port check and vLLM's bind (seconds later) another process
             # took the port: once more, on the next port.
@@ -206,9 +208,11 @@ class Worker:
                 assert self.port is not None
                 if process.listens_on(self.port):
                     return
-                if not self._warned_foreign_listener:
-                    log.warning("another process answers on the worker's port", port=self.port)
-                    self._warned_foreign_listener = True
+                # Another process holds the port: this start can never serve on it (vLLM was
+                # seen to carry on, listening on nothing, until the stall timeout).
+                raise PortTaken(
+                    self.name, f"another process answers on port {self.port}", process.tail(5)
+                )
             silent_for = time.monotonic() - process.last_output_at
             if silent_for > stall:
                 raise LoadError(
