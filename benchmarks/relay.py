@@ -9,7 +9,9 @@ taken in the same run mean anything):
    throughput ratio (vllama / direct) and the median added time to first token.
 2. Relay CPU. vllama in front of an instant fake upstream (tests/fake_vllm.py, no token delay), so
    the engine's cost doesn't hide the relay's: the daemon's own CPU time (user + system, from
-   /proc) divided by the number of relayed streams.
+   /proc) divided by the number of relayed streams. Two paths, one after the other on the same
+   daemon: OpenAI passthrough (`/v1/chat/completions`, SSE relayed byte for byte) and Ollama
+   translation (`/api/chat`, vLLM's SSE turned into NDJSON lines), the same tokens per stream.
 
 With `--compare TREE` (another checkout of vllama, e.g. a `git worktree` of an older commit), the
 relay CPU measurement alternates between this tree and TREE, several rounds each, in one run.
@@ -27,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +61,7 @@ class Round:
 async def one_stream(
     session: aiohttp.ClientSession, url: str, model: str, tokens: int
 ) -> tuple[float, int, int]:
+    """One streamed chat completion (OpenAI SSE): its TTFT, generated tokens and events."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Tell me a story."}],
@@ -88,12 +92,55 @@ async def one_stream(
     return ttft, generated, events
 
 
+async def one_ollama_stream(
+    session: aiohttp.ClientSession, url: str, model: str, tokens: int
+) -> tuple[float, int, int]:
+    """One streamed Ollama chat (`/api/chat`, NDJSON): its TTFT, generated tokens and lines."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "stream": True,
+        "options": {"num_predict": tokens},
+    }
+    began = time.perf_counter()
+    ttft = -1.0
+    generated = 0
+    events = 0
+    async with session.post(url + "/api/chat", json=body) as response:
+        response.raise_for_status()
+        buffer = b""
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                events += 1
+                data = json.loads(line)
+                if ttft < 0 and data.get("message", {}).get("content"):
+                    ttft = time.perf_counter() - began
+                if data.get("done"):
+                    generated = data["eval_count"]
+    return ttft, generated, events
+
+
+Stream = Callable[[aiohttp.ClientSession, str, str, int], Awaitable[tuple[float, int, int]]]
+# The relay CPU's paths: name, what one stream is, how a client sends it.
+PATHS: tuple[tuple[str, str, Stream], ...] = (
+    ("openai", "OpenAI passthrough (/v1/chat/completions, SSE events)", one_stream),
+    ("ollama", "Ollama translation (/api/chat, NDJSON lines)", one_ollama_stream),
+)
+
+
 async def load_round(
-    session: aiohttp.ClientSession, url: str, model: str, concurrency: int, tokens: int
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    concurrency: int,
+    tokens: int,
+    stream: Stream = one_stream,
 ) -> Round:
     began = time.perf_counter()
     results = await asyncio.gather(
-        *(one_stream(session, url, model, tokens) for _ in range(concurrency))
+        *(stream(session, url, model, tokens) for _ in range(concurrency))
     )
     seconds = time.perf_counter() - began
     return Round(
@@ -115,7 +162,9 @@ def worker_url(daemon: Daemon, model: str) -> str:
 async def engine_benchmark(rounds: int, concurrency: int, tokens: int, folder: Path) -> None:
     models = ensure_demo_models(REPO / ".cache" / "test-models")
     spec = {"model": str(models["chat"]), "args": list(DEMO_ARGS), "env": dict(DEMO_ENV)}
-    config = write_config(folder / "engine.toml", {"load_stall_timeout": 240}, {"tiny": spec})
+    # No warm spare: a worker started from one has no model in its argv (see worker_url).
+    server = {"load_stall_timeout": 240, "warm_spares": 0}
+    config = write_config(folder / "engine.toml", server, {"tiny": spec})
     with Daemon(config, free_port(), folder / "engine.log") as daemon:
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=600)
@@ -148,56 +197,66 @@ async def engine_benchmark(rounds: int, concurrency: int, tokens: int, folder: P
 
 async def cpu_benchmark(
     streams: int, concurrency: int, tokens: int, folder: Path, source: Path | None = None
-) -> float:
-    """The daemon's CPU milliseconds per relayed stream (printed, and returned)."""
+) -> dict[str, float]:
+    """The daemon's CPU milliseconds per relayed stream, by path (printed, and returned)."""
     config = write_config(
         folder / "fake.toml",
-        {"engine_command": FAKE, "health_interval": 3600},
+        # No warm spare: a worker started from one has no model in its argv (see worker_url).
+        {"engine_command": FAKE, "health_interval": 3600, "warm_spares": 0},
         {"instant": {"model": "fake/instant", "keep_alive": -1}},
     )
+    rounds = streams // concurrency
+    done = rounds * concurrency
+    where = f" ({source})" if source else ""
+    print(f"relay CPU{where}: {done} streams of {tokens} tokens per path, {concurrency} at a time")
+    per_stream: dict[str, float] = {}
     with Daemon(config, free_port(), folder / "fake.log", source=source) as daemon:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            await load_round(session, daemon.url, "instant", concurrency, tokens)  # load, warm up
-            direct_url = worker_url(daemon, "instant")
             proc = psutil.Process(daemon.proc.pid)
-            before = proc.cpu_times()
+            for name, title, stream in PATHS:
+                # Not measured: the model's load (before the first path) and a warm-up.
+                await load_round(session, daemon.url, "instant", concurrency, tokens, stream)
+                before = proc.cpu_times()
+                began = time.perf_counter()
+                events = 0
+                for _ in range(rounds):
+                    round_ = await load_round(
+                        session, daemon.url, "instant", concurrency, tokens, stream
+                    )
+                    events += round_.events
+                wall = time.perf_counter() - began
+                after = proc.cpu_times()
+                cpu = (after.user - before.user) + (after.system - before.system)
+                per_stream[name] = cpu / done * 1000
+                print(f"  {title}: {events / done:.0f} per stream")
+                print(f"    vllama CPU per relayed stream: {per_stream[name]:.3f} ms")
+                print(f"    wall: through vllama {wall:.2f} s")
+            # The same OpenAI streams straight to the fake, for the wall-clock comparison.
+            direct_url = worker_url(daemon, "instant")
             began = time.perf_counter()
-            events = 0
-            for _ in range(streams // concurrency):
-                events += (
-                    await load_round(session, daemon.url, "instant", concurrency, tokens)
-                ).events
-            wall = time.perf_counter() - began
-            after = proc.cpu_times()
-            # The same streams straight to the fake, for the wall-clock comparison.
-            began = time.perf_counter()
-            for _ in range(streams // concurrency):
+            for _ in range(rounds):
                 await load_round(session, direct_url, "instant", concurrency, tokens)
-            direct_wall = time.perf_counter() - began
-    done = (streams // concurrency) * concurrency
-    cpu = (after.user - before.user) + (after.system - before.system)
-    where = f" ({source})" if source else ""
-    shape = f"{done} streams of {events / done:.0f} SSE events, {concurrency} at a time"
-    print(f"relay CPU{where}: {shape}")
-    print(f"  vllama CPU per relayed stream: {cpu / done * 1000:.3f} ms")
-    print(f"  wall: through vllama {wall:.2f} s, direct {direct_wall:.2f} s")
-    return cpu / done * 1000
+            print(f"  wall: OpenAI streams direct to the fake {time.perf_counter() - began:.2f} s")
+    return per_stream
 
 
 async def compare_cpu(streams: int, tokens: int, folder: Path, other: Path, rounds: int) -> None:
     """This tree and `other`, alternately, so both see the same machine conditions."""
-    mine: list[float] = []
-    theirs: list[float] = []
+    mine: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
     for _ in range(rounds):
         mine.append(await cpu_benchmark(streams, 16, tokens, folder))
         theirs.append(await cpu_benchmark(streams, 16, tokens, folder, source=other))
-    ratio = statistics.median(m / o for m, o in zip(mine, theirs, strict=True))
     print(f"relay CPU per stream, median of {rounds} alternating rounds:")
-    print(
-        f"  this tree {statistics.median(mine):.3f} ms, {other} {statistics.median(theirs):.3f} ms"
-    )
-    print(f"  ratio this/other: median {ratio:.3f}")
+    for name, title, _ in PATHS:
+        this = [m[name] for m in mine]
+        that = [t[name] for t in theirs]
+        ratio = statistics.median(m / o for m, o in zip(this, that, strict=True))
+        print(f"  {title}:")
+        print(f"    this tree {statistics.median(this):.3f} ms {[round(m, 3) for m in this]}")
+        print(f"    {other} {statistics.median(that):.3f} ms {[round(t, 3) for t in that]}")
+        print(f"    ratio this/other: median {ratio:.3f}")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterator
+from typing import Any
 
 import aiohttp
 
@@ -14,30 +15,36 @@ import aiohttp
 class InFlight:
     def __init__(self) -> None:
         self._answers: set[aiohttp.ClientResponse] = set()
-        self._cut = asyncio.Event()
+        self._waiting: set[asyncio.Task[Any]] = set()  # handlers waiting for a worker's headers
+        self._cut_tasks: set[asyncio.Task[Any]] = set()  # of those, the ones the cut cancelled
         self.cut_reason: str | None = None  # set once the drain ran out
 
     async def unless_cut(
         self, pending: Awaitable[aiohttp.ClientResponse]
     ) -> aiohttp.ClientResponse | None:
         """The worker's answer (its headers), or None when the drain runs out first: a whole
-        (non-streamed) answer sends nothing until it is done, so there is no answer to close."""
-        answer = asyncio.ensure_future(pending)
-        cut = asyncio.ensure_future(self._cut.wait())
+        (non-streamed) answer sends nothing until it is done, so there is no answer to close.
+
+        Awaited in the handler's own task, which the cut cancels (closing the connection, so vLLM
+        aborts the request), as `asyncio.timeout` does: no task or future of its own per request.
+        """
+        if self.cut_reason is not None:
+            asyncio.ensure_future(pending).cancel()  # never sent (awaiting it would send it)
+            return None
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._waiting.add(task)
         try:
-            await asyncio.wait((answer, cut), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the client went away: so does the request
-            answer.cancel()
+            return await pending
+        except asyncio.CancelledError:
+            # The cut's own cancellation ends here; any other (the client went away) goes on.
+            if task in self._cut_tasks and task.uncancel() <= cancelling:
+                return None
             raise
         finally:
-            cut.cancel()
-        if answer.done():
-            return answer.result()  # or its exception, as awaiting it would raise
-        answer.cancel()  # closes the connection: vLLM aborts the request
-        await asyncio.gather(answer, return_exceptions=True)
-        if not answer.cancelled() and answer.exception() is None:
-            answer.result().close()  # it arrived as it was cancelled
-        return None
+            self._waiting.discard(task)
+            self._cut_tasks.discard(task)
 
     @contextlib.contextmanager
     def track(self, answer: aiohttp.ClientResponse) -> Iterator[None]:
@@ -48,10 +55,12 @@ class InFlight:
             self._answers.discard(answer)
 
     def cut(self, reason: str) -> int:
-        """Close every answer being relayed (vLLM aborts each); the relays see a broken read and
-        report `reason`. Returns how many were cut."""
+        """Close every answer being relayed (vLLM aborts each) and cancel every wait for one;
+        the relays see a broken read and report `reason`. Returns how many answers were cut."""
         self.cut_reason = reason
-        self._cut.set()
+        for task in self._waiting:
+            self._cut_tasks.add(task)
+            task.cancel()
         answers = list(self._answers)
         for answer in answers:
             answer.close()

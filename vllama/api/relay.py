@@ -166,22 +166,30 @@ async def relay_response(
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
     mark_first_byte(request)  # the headers are out; tokens follow as vLLM makes them
+    content = upstream.content
     while True:
         try:
-            chunk = await upstream.content.readany()
+            # Everything that has arrived, in one piece: a worker ahead of the client costs one
+            # write for many events.
+            chunk = await content.readany()
         except aiohttp.ClientError as exc:  # the worker went away or went silent mid-stream
             error = worker_error(request, exc, "mid-stream")
             log.warning("upstream failed mid-stream", url=str(upstream.url), error=error.message)
-            await response.write(sse_error_event(request.path, error))
+            await response.write_eof(sse_error_event(request.path, error))
             break
         if not chunk:
             break
         # A client that went away makes this raise, and the lease's block closes the upstream.
-        await response.write(chunk)
+        # A last piece that came with the stream's end goes out with it, in one write.
+        last = content.at_eof()
+        await (response.write_eof(chunk) if last else response.write(chunk))
         if watch is not None and watch(chunk):
             watch = None
-        if b'"usage"' in chunk:  # a stream with include_usage carries it in its last event
-            count_usage(request, _usage_of_events(chunk))
+        at = chunk.find(b'"usage"')  # a stream with include_usage carries it in its last event
+        if at >= 0:
+            count_usage(request, _usage_of_events(chunk, at))
+        if last:
+            break
     await response.write_eof()
     return response
 
@@ -205,15 +213,24 @@ def _usage_of(payload: bytes) -> dict[str, object] | None:
     return usage if isinstance(usage, dict) else None
 
 
-def _usage_of_events(chunk: bytes) -> dict[str, object] | None:
-    for line in chunk.split(b"\n"):
-        if not line.startswith(b"data: {") or b'"usage"' not in line:
-            continue
-        if b'"usage":null' in line or b'"usage": null' in line:
-            continue  # vLLM may send a null usage on every chunk: not worth parsing
-        usage = _usage_of(line[6:])
-        if usage is not None:
-            return usage
+def _usage_of_events(chunk: bytes, at: int = 0) -> dict[str, object] | None:
+    """The first usage in a piece of SSE stream, from `at` (where `"usage"` first is). Only the
+    lines that name it are looked at: the piece may hold a whole stream's events (a worker ahead
+    of its client)."""
+    at = chunk.find(b'"usage"', at)
+    while at >= 0:
+        start = chunk.rfind(b"\n", 0, at) + 1
+        end = chunk.find(b"\n", at)
+        end = len(chunk) if end < 0 else end
+        line = chunk[start:end]
+        # vLLM may send a null usage on every chunk: not worth parsing
+        if line.startswith(b"data: {") and not (
+            b'"usage":null' in line or b'"usage": null' in line
+        ):
+            usage = _usage_of(line[6:])
+            if usage is not None:
+                return usage
+        at = chunk.find(b'"usage"', end)
     return None
 
 

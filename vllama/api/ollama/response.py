@@ -59,10 +59,16 @@ class OllamaStream:
         self.logprobs: list[dict[str, Any]] = []  # every token's, for `stream: false`
         self._unsent_logprobs: list[dict[str, Any]] = []  # of tokens with no text (yet)
 
-    def _base(self, done: bool) -> dict[str, Any]:
-        return {"model": self.model, "created_at": created_at(), "done": done}
+    def _base(self, done: bool, created: str | None = None) -> dict[str, Any]:
+        return {"model": self.model, "created_at": created or created_at(), "done": done}
 
-    def on_chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    def on_chunks(self, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The objects of chunks that arrived together, stamped with one `created_at` (a date
+        formatted per read of the stream, not per token)."""
+        created = created_at()
+        return [obj for chunk in chunks for obj in self.on_chunk(chunk, created)]
+
+    def on_chunk(self, chunk: dict[str, Any], created: str | None = None) -> list[dict[str, Any]]:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -88,7 +94,7 @@ class OllamaStream:
                 self._stamp_token()
                 self.text.append(text)
                 self.thinking.append(thinking)
-                piece = self._piece(text, thinking)
+                piece = self._object(False, text, thinking, created=created)
                 if self._unsent_logprobs:
                     piece["logprobs"], self._unsent_logprobs = self._unsent_logprobs, []
                 out.append(piece)
@@ -129,9 +135,10 @@ class OllamaStream:
         text: str,
         thinking: str = "",
         tool_calls: list[dict[str, Any]] | None = None,
+        created: str | None = None,
     ) -> dict[str, Any]:
         """One Ollama object: `response` for generate, `message` for chat."""
-        obj = self._base(done)
+        obj = self._base(done, created)
         if self.endpoint == "generate":
             obj["response"] = text
             if thinking:
@@ -144,9 +151,6 @@ class OllamaStream:
             message["tool_calls"] = tool_calls
         obj["message"] = message
         return obj
-
-    def _piece(self, text: str, thinking: str) -> dict[str, Any]:
-        return self._object(False, text, thinking)
 
     def pending_tool_calls(self) -> list[dict[str, Any]]:
         """Ollama sends tool calls as one chunk once they are complete (end of stream)."""

@@ -1,0 +1,138 @@
+"""The relay's cheaper paths answer exactly as the plain ones they replace: json.loads, finding
+a stream's usage, a uuid4 request id, and the drain's cut of a request still waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from vllama.api.inflight import InFlight
+from vllama.api.observe import new_request_id
+from vllama.api.ollama.stream import _loads
+from vllama.api.relay import _usage_of, _usage_of_events
+
+
+def outcome(parse: Any, data: bytes) -> tuple[str, str]:
+    try:
+        return "value", repr(parse(data))
+    except Exception as exc:  # the error's kind is part of the answer
+        return "error", type(exc).__name__
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1,"b":[true,null,"x"]}',
+        b"[1,2]",
+        b'"text"',
+        b"12",
+        b"1.5e3",
+        b"NaN",
+        b'{"a":"\xc3\xa9"}',
+        b'{"s":"\\ud800"}',  # a lone surrogate, escaped
+        b'"\xed\xa0\x80"',  # a lone surrogate in UTF-8 (json.loads passes it)
+        b" {}",
+        b"{} ",
+        b"{}{}",
+        b'{"a":1} x',
+        b'{"a":',
+        b"",
+        b"\xff",
+        b"tru",
+        b'{"a":[' * 3,
+    ],
+)
+def test_loads_answers_as_json_loads(data: bytes) -> None:
+    assert outcome(_loads, data) == outcome(json.loads, data)
+
+
+def usage_line_by_line(chunk: bytes) -> dict[str, object] | None:
+    """What the relay did before: every line of the piece, in order."""
+    for line in chunk.split(b"\n"):
+        if not line.startswith(b"data: {") or b'"usage"' not in line:
+            continue
+        if b'"usage":null' in line or b'"usage": null' in line:
+            continue
+        usage = _usage_of(line[6:])
+        if usage is not None:
+            return usage
+    return None
+
+
+def test_usage_of_events_finds_what_a_line_by_line_search_finds() -> None:
+    pieces = [
+        b'data: {"choices":[]}\n\n',
+        b'data: {"usage":null}\n\n',
+        b'data: {"usage": {"prompt_tokens": 3}}\n\n',
+        b'data: {"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n',
+        b"data: [DONE]\n\n",
+        b'x"usage"y\n',
+        b'data: {"usage":[1]}\n',
+        b'data: {"x":"\\"usage\\"","usage":{"completion_tokens":1}}\n\n',
+        b'data: {"usage":{"a":1}',
+        b"\n",
+    ]
+    rng = random.Random(13)
+    for _ in range(20_000):
+        chunk = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        chunk = chunk[rng.randint(0, len(chunk)) :] if rng.random() < 0.3 else chunk
+        assert _usage_of_events(chunk) == usage_line_by_line(chunk), chunk
+
+
+def test_request_ids_are_uuid4s() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for request_id in ids:
+        parsed = uuid.UUID(hex=request_id)
+        assert parsed.hex == request_id and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+class Pending:
+    """A request whose answer (headers) has not come yet."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = False
+
+    async def answer(self) -> aiohttp.ClientResponse:
+        self.started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("no answer comes")
+
+
+async def test_a_cut_ends_a_wait_for_headers_with_none_and_cancels_the_request() -> None:
+    in_flight, pending = InFlight(), Pending()
+    waiting = asyncio.create_task(in_flight.unless_cut(pending.answer()))
+    await pending.started.wait()
+    in_flight.cut("stopping")
+    assert await waiting is None
+    assert pending.cancelled
+    assert waiting.cancelling() == 0  # the cut's own cancellation is spent
+    late = Pending()
+    assert await in_flight.unless_cut(late.answer()) is None  # after the cut: never sent
+    await asyncio.sleep(0)
+    assert not late.started.is_set()
+
+
+async def test_a_client_that_goes_away_cancels_the_wait_cut_or_not() -> None:
+    for cut_too in (False, True):
+        in_flight, pending = InFlight(), Pending()
+        waiting = asyncio.create_task(in_flight.unless_cut(pending.answer()))
+        await pending.started.wait()
+        waiting.cancel()  # the client went away
+        if cut_too:
+            in_flight.cut("stopping")
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert pending.cancelled
