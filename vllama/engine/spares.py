@@ -181,7 +181,7 @@ class SparePool:
         for spare in dropped:
             await self._stop(spare.process)
         if dropped:
-            log.info("warm spares dropped for room", count=len(dropped))
+            log.info("warm spares stopped", count=len(dropped))
         return sum(spare.rss for spare in dropped)
 
     def kill_now(self) -> None:
@@ -195,6 +195,8 @@ class SparePool:
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
         await self.drop_idle()
+        for process in list(self._unassigned):  # none is expected: a start always owns its own
+            await self._stop(process)
 
     async def _start_one(self) -> None:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -219,12 +221,12 @@ class SparePool:
             if self._leftovers is not None:
                 await asyncio.to_thread(self._leftovers.record, process.pgid)
             line = await asyncio.wait_for(_first(ready, process), self._ready_timeout)
-        except (TimeoutError, asyncio.CancelledError):
+            rss = await asyncio.to_thread(_tree_rss, process.pid) if line.startswith(READY) else 0
+        except BaseException:  # timed out, or the pool closes: never an unowned process
             await self._stop(process)
             raise
         if line.startswith(READY):
             self._failures = 0
-            rss = await asyncio.to_thread(_tree_rss, process.pid)
             self._idle.append(Spare(process, dict(self._env), rss))
             log.info("warm spare ready", pid=process.pid, bytes=rss)
             return
