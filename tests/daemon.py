@@ -39,10 +39,17 @@ def toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
-def write_config(path: Path, server: dict[str, Any], models: dict[str, dict[str, Any]]) -> Path:
+def write_config(
+    path: Path,
+    server: dict[str, Any],
+    models: dict[str, dict[str, Any]],
+    peers: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     lines = ["[server]", *(f"{k} = {toml_value(v)}" for k, v in server.items())]
-    for name, table in models.items():
-        lines += ["", f'[models."{name}"]', *(f"{k} = {toml_value(v)}" for k, v in table.items())]
+    for kind, tables in (("models", models), ("peers", peers or {})):
+        for name, table in tables.items():
+            lines += ["", f'[{kind}."{name}"]']
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -67,10 +74,14 @@ class Daemon:
         self.log_path = log_path
         self._log = log_path.open("wb")
         env = {**os.environ, "VLLAMA_LOG_FORMAT": "json"}
+        command = VLLAMA
         if source is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+            # -P: `-m` would put the working directory first on the path, ahead of PYTHONPATH, so
+            # a run from a checkout's root would import that checkout, not `source`.
+            command = [sys.executable, "-P", "-m", "vllama"]
         self.proc = subprocess.Popen(
-            [*VLLAMA, "serve", "--config", str(config), "--port", str(port)],
+            [*command, "serve", "--config", str(config), "--port", str(port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

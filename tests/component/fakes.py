@@ -61,7 +61,9 @@ def worker_ports(span: int = 50) -> dict[str, int]:
     return {"worker_port_min": low, "worker_port_max": low + span - 1}
 
 
-def fake_config(models: dict[str, dict[str, Any]], **server: Any) -> Config:
+def fake_config(
+    models: dict[str, dict[str, Any]], peers: dict[str, Any] | None = None, **server: Any
+) -> Config:
     """A config whose workers are fake vLLM servers; `models` maps name -> extra spec keys."""
     server_table: dict[str, Any] = {
         "engine_command": FAKE_ENGINE_COMMAND,
@@ -72,7 +74,8 @@ def fake_config(models: dict[str, dict[str, Any]], **server: Any) -> Config:
         **server,
     }
     model_tables = {name: {"model": f"fake/{name}", **spec} for name, spec in models.items()}
-    return load_config(file_data={"server": server_table, "models": model_tables})
+    tables = {"server": server_table, "models": model_tables, "peers": peers or {}}
+    return load_config(file_data=tables)
 
 
 @dataclass

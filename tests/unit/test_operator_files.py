@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vllama.engine.states import WorkerState
 from vllama.ops.metrics import Metrics
+from vllama.remote.peers import PeerView
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.events import LoadFailed, ModelLoaded, ModelUnloaded, ModelWoken
 from vllama.scheduling.status import ModelStatus, SchedulerStatus
@@ -49,7 +50,8 @@ def exposed_metrics() -> set[str]:
         url="http://127.0.0.1:9",  # no worker metrics to merge: a closed port
     )
     status = SchedulerStatus(models=(model,), queued=0)
-    metrics.attach(lambda: status, Devices(use_gpus=False))
+    peer = PeerView("gpu2", "http://10.0.0.12:11434", True, "ollama", ("m2",), (), None, 0.0)
+    metrics.attach(lambda: status, Devices(use_gpus=False), lambda: [peer])
 
     async def sample() -> None:
         async with aiohttp.ClientSession() as http:

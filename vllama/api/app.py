@@ -18,6 +18,7 @@ from vllama.api.keys import (
     IN_FLIGHT,
     LEFTOVERS,
     METRICS,
+    PEERS,
     REGISTRY,
     SCHEDULER,
     UPSTREAM,
@@ -35,6 +36,7 @@ from vllama.engine.argv import base_env
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.spares import SparePool
 from vllama.ops.metrics import Metrics
+from vllama.remote.peers import PeerDirectory
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.loading import FactsSource
 from vllama.scheduling.scheduler import Scheduler, process_workers
@@ -69,12 +71,18 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     )
     app[SCHEDULER] = scheduler
     scheduler.events.subscribe(metrics.listen)
-    metrics.attach(scheduler.status, devices)
+    peers = PeerDirectory(
+        config.peers, upstream, registry.is_configured, config.server.health_interval
+    )
+    app[PEERS] = peers
+    metrics.attach(scheduler.status, devices, peers.views)
     sampler = asyncio.create_task(metrics.sample_forever(upstream), name="metrics-sampler")
+    peers.start()
     scheduler.preload()
     spares.refill()
     yield
     sampler.cancel()
+    await peers.close()
     await scheduler.stop_all()
     devices.close()
     await upstream.close()

@@ -8,8 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from vllama.api.errors import BadRequest
-from vllama.api.keys import MODEL_KEY, REGISTRY, SCHEDULER
-from vllama.catalog.registry import ModelTraits, Resolved
+from vllama.api.keys import MODEL_KEY, PEERS, REGISTRY, SCHEDULER
+from vllama.catalog.registry import ModelNotFound, ModelTraits, Resolved
+from vllama.remote.peers import Peer
 
 
 async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
@@ -50,6 +51,19 @@ async def servable_model(request: web.Request, requested: str) -> Resolved:
     return resolved
 
 
+async def local_or_peer(request: web.Request, requested: str) -> Resolved | Peer:
+    """A local model (made schedulable), else the peer that serves the name (`ModelNotFound`
+    when neither does): local names always win."""
+    try:
+        return await servable_model(request, requested)
+    except ModelNotFound:
+        peer = request.app[PEERS].find(requested)
+        if peer is None:
+            raise
+        request[MODEL_KEY] = requested  # the metrics label and access-log field
+        return peer
+
+
 async def served_traits(request: web.Request, resolved: Resolved) -> ModelTraits:
     """The model's traits, with the context length its worker served when it last ran."""
     status = request.app[SCHEDULER].model_status(resolved.served_name)
@@ -63,4 +77,19 @@ def check_capability(
     """400 before any load when the model can do none of `needs` (Ollama's wording); a model
     whose files are not on disk yet is let through (vLLM itself will say)."""
     if traits.described and not needs & traits.capabilities:
-        raise BadRequest(f'"{requested}" does not support {action}', param="model")
+        raise _unsupported(requested, action)
+
+
+async def check_files_capability(
+    request: web.Request, resolved: Resolved, requested: str, needs: frozenset[str], action: str
+) -> None:
+    """`check_capability` for needs that a model's files alone decide (completion, embedding,
+    rerank; not tools or thinking, which its parsers add): what every relayed request checks,
+    without the worker's status and the parser detection that full traits take."""
+    files = await request.app[REGISTRY].files(resolved)
+    if files is not None and needs.isdisjoint(files.capabilities):
+        raise _unsupported(requested, action)
+
+
+def _unsupported(requested: str, action: str) -> BadRequest:
+    return BadRequest(f'"{requested}" does not support {action}', param="model")

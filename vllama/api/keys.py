@@ -12,6 +12,7 @@ from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelSpec
 from vllama.engine.leftovers import Leftovers
 from vllama.ops.metrics import Metrics
+from vllama.remote.peers import PeerDirectory
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.scheduler import Scheduler
 
@@ -24,6 +25,7 @@ WEIGHT_BYTES: web.AppKey[Callable[[ModelSpec], int]] = web.AppKey("weight_bytes"
 METRICS = web.AppKey("metrics", Metrics)
 LEFTOVERS = web.AppKey("leftovers", Leftovers)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+PEERS = web.AppKey("peers", PeerDirectory)
 
 # Per-request values, set by the observability middleware and the handlers.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)

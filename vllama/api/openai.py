@@ -19,18 +19,20 @@ from typing import Any
 
 from aiohttp import web
 
+from vllama.api import remote
 from vllama.api.common import (
-    check_capability,
+    check_files_capability,
+    local_or_peer,
     read_json_object,
     requested_model,
-    servable_model,
-    served_traits,
 )
 from vllama.api.errors import BadRequest
 from vllama.api.keys import REGISTRY
 from vllama.api.ollama.options import map_options
 from vllama.api.relay import relay_response, worker_request
+from vllama.api.remote import peer_request, rename_model
 from vllama.catalog.derived import DerivedModel
+from vllama.remote.peers import Peer
 
 _CREATED = int(time.time())
 GENERATES = frozenset({"completion"})
@@ -42,7 +44,8 @@ POOLS = frozenset({"embedding", "rerank"})
 @dataclass(frozen=True)
 class Route:
     path: str
-    needs: frozenset[str] | None  # the model must have one of these; None: any model
+    # The model must have one of these (capabilities its files decide); None: any model.
+    needs: frozenset[str] | None
     action: str  # for "x does not support <action>"
     derived_defaults: bool = False  # a derived model's system prompt and options apply
 
@@ -88,10 +91,14 @@ def relay_handler(route: Route) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         body, payload = await read_json_object(request)
         requested = requested_model(payload)
-        resolved = await servable_model(request, requested)
+        resolved = await local_or_peer(request, requested)
+        stream = payload.get("stream") is True
+        if isinstance(resolved, Peer):
+            body = rename_model(payload, resolved, requested)
+            async with peer_request(request, resolved, route.path, body, stream) as answer:
+                return await relay_response(request, answer)
         if route.needs is not None:
-            traits = await served_traits(request, resolved)
-            check_capability(traits, requested, route.needs, route.action)
+            await check_files_capability(request, resolved, requested, route.needs, route.action)
         served, upstream = resolved.served_name, resolved.upstream_model
         derived = resolved.derived if route.derived_defaults else None
         if payload["model"] != upstream or derived is not None:
@@ -101,7 +108,6 @@ def relay_handler(route: Route) -> Handler:
             body = json.dumps(payload).encode()
         watch = _RESPONSE_IDS.watcher(served) if route.path == "/v1/responses" else None
         # A streamed answer is held to stream_idle_timeout; a whole one has no deadline.
-        stream = payload.get("stream") is True
         async with worker_request(request, served, route.path, body, stream=stream) as leased:
             return await relay_response(request, leased.response, watch)
 
@@ -161,8 +167,8 @@ def _by_response_id(suffix: str, method: str) -> Handler:
 # -- model listing ----------------------------------------------------------------------------
 
 
-def _model_card(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": _CREATED, "owned_by": "vllama"}
+def _model_card(name: str, owner: str = "vllama") -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": _CREATED, "owned_by": owner}
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -173,13 +179,16 @@ async def list_models(request: web.Request) -> web.Response:
         resolved.upstream_model if resolved.source == "config" and not resolved.derived else name
         for name, resolved in available.items()
     )
-    return web.json_response({"object": "list", "data": [_model_card(n) for n in names]})
+    cards = [_model_card(n) for n in names]
+    cards += [_model_card(name, owner) for name, owner in remote.model_cards(request)]
+    return web.json_response({"object": "list", "data": cards})
 
 
 async def get_model(request: web.Request) -> web.Response:
     requested = request.match_info["model"]
-    await servable_model(request, requested)
-    return web.json_response(_model_card(requested))
+    found = await local_or_peer(request, requested)
+    owner = f"peer:{found.name}" if isinstance(found, Peer) else "vllama"
+    return web.json_response(_model_card(requested, owner))
 
 
 def add_routes(app: web.Application) -> None:

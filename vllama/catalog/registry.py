@@ -125,6 +125,11 @@ class Registry:
         self._names = config.names()
         self._adapters = config.adapters()
 
+    def is_configured(self, requested: str) -> bool:
+        """Whether a configured model, alias or adapter has this name (a peer's may not)."""
+        names = (requested, strip_latest(requested))
+        return any(n in self._names or n in self._adapters for n in names)
+
     # -- resolution --------------------------------------------------------------------------
 
     def resolve(self, requested: str, _depth: int = 0) -> Resolved:
@@ -205,7 +210,9 @@ class Registry:
         """The model's files on disk (config.json etc.), or None for a repo not on disk yet.
         Recently checked descriptions come from memory: this is on every request's path."""
         path = self._local_path(resolved.spec)
-        cached = self._files.get(path) if path is not None else None
+        if path is None:  # not on disk (yet): nothing to read, so no trip to a thread
+            return None
+        cached = self._files.get(path)
         if cached is not None and time.monotonic() - cached[0] < FILES_FRESH:
             return cached[2]
         return await asyncio.to_thread(self.files_of, resolved.spec)

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from vllama.config import vllm_args
 from vllama.config.access import ApiKey
+from vllama.config.peers import PeerSpec
 from vllama.config.units import parse_duration, parse_size
 
 DEFAULT_HOST = "127.0.0.1"
@@ -232,6 +233,7 @@ class Config(BaseModel):
 
     server: ServerSettings
     models: dict[str, ModelSpec]
+    peers: dict[str, PeerSpec] = {}
 
     def names(self) -> dict[str, str]:
         """Every name a client may send (model names and aliases) -> the model's name."""
@@ -288,11 +290,16 @@ def load_config(
     """
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     data = dict(file_data or {})
-    unknown = set(data) - {"server", "models"}
+    unknown = set(data) - {"server", "models", "peers"}
     if unknown:
         raise ConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown))}")
     server_data = data.get("server", {})
     models_data = data.get("models", {})
+    peers_data = data.get("peers", {})
+    if not isinstance(peers_data, dict) or not all(
+        isinstance(t, dict) for t in peers_data.values()
+    ):
+        raise ConfigError("peers: must be a table of [peers.<name>] tables")
     if not isinstance(server_data, dict):
         raise ConfigError("server: must be a table")
     if not isinstance(models_data, dict):
@@ -318,7 +325,14 @@ def load_config(
             raise ConfigError(_describe(exc, prefix=f"models.{name}")) from None
         models[name] = _resolve_local(name, spec, base_dir)
 
-    config = Config(server=server, models=models)
+    peers: dict[str, PeerSpec] = {}
+    for name, table in peers_data.items():
+        try:
+            peers[name] = PeerSpec.model_validate(table)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prefix=f"peers.{name}")) from None
+
+    config = Config(server=server, models=models, peers=peers)
     _check_unique_names(config)
     return config
 
@@ -350,6 +364,15 @@ def _check_unique_names(config: Config) -> None:
                         f"models.{name}.{key}: {other!r} is already used by {seen[other]}"
                     )
                 seen[other] = f"models.{name}.{key}"
+    # A peer's listed model may not take a local name (or another peer's): a request for it
+    # would be ambiguous. Names the peers report themselves are checked as they arrive.
+    for peer, peer_spec in config.peers.items():
+        for model in peer_spec.models:
+            bare = model.removesuffix(":latest")
+            user = seen.get(bare) or seen.get(f"{bare}:latest")
+            if user is not None:
+                raise ConfigError(f"peers.{peer}.models: {model!r} is already used by {user}")
+            seen[bare] = f"peers.{peer}.models"
 
 
 def _describe(exc: ValidationError, prefix: str) -> str:

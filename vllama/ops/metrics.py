@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from vllama.engine.states import WorkerState
+from vllama.remote.peers import PeerView
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.events import Event, LoadFailed, ModelLoaded, ModelUnloaded, ModelWoken
 from vllama.scheduling.status import SchedulerStatus
@@ -99,9 +100,14 @@ class Metrics:
         self._live = _LiveCollector()
         r.register(self._live)
 
-    def attach(self, status: StatusSource, devices: Devices) -> None:
-        """Read gauges from `status` and sample `devices` (before the first scrape)."""
-        self._live.status, self._live.devices = status, devices
+    def attach(
+        self,
+        status: StatusSource,
+        devices: Devices,
+        peers: Callable[[], list[PeerView]] = list,
+    ) -> None:
+        """Read gauges from `status` and `peers`, and sample `devices` (before the first scrape)."""
+        self._live.status, self._live.devices, self._live.peers = status, devices, peers
 
     def listen(self, event: Event) -> None:
         """The scheduler's events, as counters and histograms."""
@@ -147,6 +153,7 @@ class _LiveCollector(Collector):
         self._devices: list[tuple[str, int, int]] = []  # id, total, free
         self._usage: dict[str, dict[str, int]] = {}  # model -> device -> bytes
         self._worker_families: list[Metric] = []
+        self.peers: Callable[[], list[PeerView]] = list
 
     async def sample(self, http: aiohttp.ClientSession) -> None:
         if self.status is None or self.devices is None:
@@ -229,6 +236,12 @@ class _LiveCollector(Collector):
             used.add_metric([device], size - free)
             ours.add_metric([device], share.get(device, 0))
         yield from (total, used, ours)
+        peer_up = GaugeMetricFamily(
+            "vllama_peer_up", "1 when the peer passed its last health check", labels=["peer"]
+        )
+        for peer in self.peers():
+            peer_up.add_metric([peer.name], float(peer.up))
+        yield peer_up
         yield from self._worker_families
 
 

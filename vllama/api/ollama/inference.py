@@ -18,9 +18,9 @@ from aiohttp import web
 
 from vllama.api.common import (
     check_capability,
+    local_or_peer,
     read_json_object,
     requested_model,
-    servable_model,
     served_traits,
 )
 from vllama.api.errors import ApiError, BadRequest, WorkerFailed, upstream_refusal
@@ -29,9 +29,11 @@ from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.options import keep_alive_of, stream_flag
 from vllama.api.ollama.request import Endpoint, chat_call, generate_call
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
-from vllama.api.ollama.stream import NDJSON, ndjson, sse_events
+from vllama.api.ollama.stream import NDJSON, ndjson, ndjson_lines, sse_events
 from vllama.api.relay import worker_error, worker_request
-from vllama.catalog.registry import Resolved
+from vllama.api.remote import pass_through, peer_request
+from vllama.catalog.registry import ModelTraits, Resolved
+from vllama.remote.peers import Peer
 
 EMBEDDINGS_PATH = "/v1/embeddings"
 COMPLETION = frozenset({"completion"})
@@ -55,10 +57,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    resolved = await servable_model(request, requested)
+    found = await local_or_peer(request, requested)
+    streaming = stream_flag(payload)
+    if isinstance(found, Peer):
+        return await _peer_inference(request, found, requested, payload, endpoint, streaming)
+    resolved = found
     model = resolved.served_name
     keep_alive = keep_alive_of(payload)
-    streaming = stream_flag(payload)
     traits = await served_traits(request, resolved)
     check_capability(traits, requested, COMPLETION, endpoint)  # as Ollama: before any load
     load_request = _is_load_request(payload, endpoint)
@@ -77,6 +82,33 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     async with worker_request(request, model, call.path, body, keep_alive, stream=True) as leased:
         timing.loaded = timing.sent = leased.sent_ns
         return await _relay_translated(request, leased.response, translator, streaming)
+
+
+async def _peer_inference(
+    request: web.Request,
+    peer: Peer,
+    requested: str,
+    payload: dict[str, Any],
+    endpoint: Endpoint,
+    streaming: bool,
+) -> web.StreamResponse:
+    """A peer's model: passed through to a peer that speaks Ollama's API, else translated here
+    as for a local worker (with no model files to read: `described=False`)."""
+    if peer.kind == "ollama":  # it resolves names as vllama does: the body goes as it came
+        body = await request.read()
+        async with peer_request(request, peer, request.path, body, streaming) as answer:
+            return await pass_through(request, answer)
+    traits = ModelTraits(peer.name_for(requested), described=False)
+    call = (generate_call if endpoint == "generate" else chat_call)(payload, traits, requested)
+    if _is_load_request(payload, endpoint):  # a peer's models are its own to load and unload
+        unload = keep_alive_of(payload) == 0
+        return web.json_response(load_response(requested, endpoint, "unload" if unload else "load"))
+    timing = Timing()
+    translator = OllamaStream(endpoint, requested, timing)
+    body = json.dumps(call.body).encode()
+    async with peer_request(request, peer, call.path, body, stream=True) as answer:
+        timing.loaded = timing.sent = Timing.now()
+        return await _relay_translated(request, answer, translator, streaming)
 
 
 def _is_load_request(payload: dict[str, Any], endpoint: Endpoint) -> bool:
@@ -105,36 +137,41 @@ async def _relay_translated(
         raise upstream_refusal(upstream.status, await upstream.read())
     if not streaming:
         try:
-            async for chunk in sse_events(upstream):
-                translator.on_chunk(chunk)
+            async for chunks in sse_events(upstream):
+                for chunk in chunks:
+                    translator.on_chunk(chunk)
         except aiohttp.ClientError as exc:
             raise worker_error(request, exc, "mid-response") from None
         _count_usage(request, translator)
         return web.json_response(translator.whole())
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     try:
-        async for chunk in sse_events(upstream):
-            for obj in translator.on_chunk(chunk):
-                if not response.prepared:  # the status goes out with the first line
-                    await response.prepare(request)
+        async for chunks in sse_events(upstream):
+            # The lines of every event that arrived together go out in one write (one chunk,
+            # one system call), as a proxy coalesces what is already waiting.
+            objs = translator.on_chunks(chunks)
+            if not objs:
+                continue
+            if not response.prepared:  # the status goes out with the first line
+                await response.prepare(request)
                 mark_first_byte(request)
-                await response.write(ndjson(obj))
+            await response.write(ndjson_lines(objs))
     except ConnectionResetError:
         raise  # the client went away (aiohttp's own reset error is also a ClientError)
     except (aiohttp.ClientError, ApiError) as exc:
         error = exc if isinstance(exc, ApiError) else worker_error(request, exc, "mid-stream")
         if not response.prepared:
             raise error from None
-        await response.write(ndjson({"error": error.message}))
-        await response.write_eof()
+        # The line and the end of the answer in one write.
+        await response.write_eof(ndjson({"error": error.message}))
         return response
     if not response.prepared:  # nothing streamed (a tool call only, or no text at all)
         await response.prepare(request)
     for obj in translator.pending_tool_calls():
         await response.write(ndjson(obj))
     _count_usage(request, translator)
-    await response.write(ndjson(translator.final()))
-    await response.write_eof()
+    # The last line and the end of the answer in one write.
+    await response.write_eof(ndjson(translator.final()))
     return response
 
 
@@ -150,14 +187,16 @@ def _count_usage(request: web.Request, translator: OllamaStream) -> None:
 async def embed(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    resolved = await servable_model(request, requested)
+    found = await local_or_peer(request, requested)
+    if isinstance(found, Peer) and found.kind == "ollama":
+        return await _pass_to_peer(request, found)
     keep_alive = keep_alive_of(payload)
     texts = payload.get("input", [])
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise BadRequest("input must be a string or a list of strings")
-    body: dict[str, Any] = {"model": resolved.upstream_model, "input": texts}
+    body: dict[str, Any] = {"model": _upstream_name(found, requested), "input": texts}
     dimensions = payload.get("dimensions")
     if dimensions is not None:
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
@@ -168,12 +207,15 @@ async def embed(request: web.Request) -> web.StreamResponse:
         raise BadRequest("truncate must be a boolean")
     if truncate:
         body["truncate_prompt_tokens"] = -1  # vLLM: truncate to the model's maximum length
-    check_capability(await served_traits(request, resolved), requested, EMBEDDING, "embeddings")
+    if not isinstance(found, Peer):
+        traits = await served_traits(request, found)
+        check_capability(traits, requested, EMBEDDING, "embeddings")
     timing = Timing()
     if texts:
-        vectors, prompt_tokens = await _embed_upstream(request, resolved, body, keep_alive, timing)
+        vectors, prompt_tokens = await _embed_upstream(request, found, body, keep_alive, timing)
     else:  # Ollama loads the model and answers with no embeddings
-        timing.loaded = await load_only(request, resolved.served_name, keep_alive)
+        if not isinstance(found, Peer):
+            timing.loaded = await load_only(request, found.served_name, keep_alive)
         vectors, prompt_tokens = [], 0
     end = Timing.now()
     return web.json_response(
@@ -191,43 +233,66 @@ async def embeddings_legacy(request: web.Request) -> web.StreamResponse:
     """The older `/api/embeddings`: `prompt` -> `embedding`."""
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    resolved = await servable_model(request, requested)
+    found = await local_or_peer(request, requested)
+    if isinstance(found, Peer) and found.kind == "ollama":
+        return await _pass_to_peer(request, found)
     keep_alive = keep_alive_of(payload)
     prompt = payload.get("prompt", "")
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
-    check_capability(await served_traits(request, resolved), requested, EMBEDDING, "embeddings")
+    if not isinstance(found, Peer):
+        traits = await served_traits(request, found)
+        check_capability(traits, requested, EMBEDDING, "embeddings")
     if not prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
-        await load_only(request, resolved.served_name, keep_alive)
+        if not isinstance(found, Peer):
+            await load_only(request, found.served_name, keep_alive)
         return web.json_response({"embedding": []})
-    body = {"model": resolved.upstream_model, "input": [prompt]}
-    vectors, _ = await _embed_upstream(request, resolved, body, keep_alive, Timing())
+    body = {"model": _upstream_name(found, requested), "input": [prompt]}
+    vectors, _ = await _embed_upstream(request, found, body, keep_alive, Timing())
     return web.json_response({"embedding": vectors[0]})
+
+
+def _upstream_name(found: Resolved | Peer, requested: str) -> str:
+    return found.name_for(requested) if isinstance(found, Peer) else found.upstream_model
+
+
+async def _pass_to_peer(request: web.Request, peer: Peer) -> web.StreamResponse:
+    async with peer_request(request, peer, request.path, await request.read()) as answer:
+        return await pass_through(request, answer)
 
 
 async def _embed_upstream(
     request: web.Request,
-    resolved: Resolved,
+    found: Resolved | Peer,
     body: dict[str, Any],
     keep_alive: float | None,
     timing: Timing,
 ) -> tuple[list[list[float]], int]:
     data = json.dumps(body).encode()
-    async with worker_request(
-        request, resolved.served_name, EMBEDDINGS_PATH, data, keep_alive
-    ) as leased:
-        timing.loaded = leased.sent_ns
-        upstream = leased.response
-        try:
-            raw = await upstream.read()
-        except aiohttp.ClientError as exc:
-            raise WorkerFailed(f"the model's worker failed mid-response: {exc}") from None
-        if upstream.status != 200:
-            raise upstream_refusal(upstream.status, raw)
+    if isinstance(found, Peer):  # an OpenAI-compatible server: its embeddings, translated
+        async with peer_request(request, found, EMBEDDINGS_PATH, data) as upstream:
+            timing.loaded = Timing.now()
+            raw = await _read_embeddings(upstream)
+    else:
+        async with worker_request(
+            request, found.served_name, EMBEDDINGS_PATH, data, keep_alive
+        ) as leased:
+            timing.loaded = leased.sent_ns
+            raw = await _read_embeddings(leased.response)
     answer = json.loads(raw)
     ordered = sorted(answer["data"], key=lambda item: item["index"])
     usage = answer.get("usage") or {}
     return [item["embedding"] for item in ordered], int(usage.get("prompt_tokens") or 0)
+
+
+async def _read_embeddings(upstream: aiohttp.ClientResponse) -> bytes:
+    try:
+        raw = await upstream.read()
+    except aiohttp.ClientError as exc:
+        raise WorkerFailed(f"the model's worker failed mid-response: {exc}") from None
+    if upstream.status != 200:
+        raise upstream_refusal(upstream.status, raw)
+    return raw
 
 
 def add_routes(app: web.Application) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from vllama import __version__
+from vllama.api import remote
 from vllama.api.common import read_json_object, requested_model, served_traits
 from vllama.api.errors import ApiError, BadRequest
-from vllama.api.keys import DEVICES, REGISTRY, SCHEDULER
+from vllama.api.keys import DEVICES, PEERS, REGISTRY, SCHEDULER
 from vllama.api.ollama.options import map_options, stream_flag
 from vllama.api.ollama.stream import respond_progress
 from vllama.catalog.adapters import adapter_rank
@@ -74,6 +75,7 @@ async def tags(request: web.Request) -> web.Response:
     models = []
     for name, resolved in sorted((await registry.available()).items()):
         models.append(_entry(name, resolved, await registry.files(resolved)))
+    models += remote.tag_entries(request, _details(None), _iso(datetime.now(UTC)))
     return web.json_response({"models": models})
 
 
@@ -85,11 +87,17 @@ def _parameters_text(parameters: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def show(request: web.Request) -> web.Response:
+async def show(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = check_name(requested_model(payload, "model", "name"))
     registry = request.app[REGISTRY]
-    resolved = await registry.lookup(requested)
+    try:
+        resolved = await registry.lookup(requested)
+    except ModelNotFound:
+        peer = request.app[PEERS].find(requested)
+        if peer is None:
+            raise
+        return await remote.show(request, peer, requested, _details(None))
     files = await registry.files(resolved)
     traits = await served_traits(request, resolved)
     derived = resolved.derived
@@ -166,6 +174,7 @@ async def ps(request: web.Request) -> web.Response:
             "context_length": model.context_length,
         }
         models.append(entry)
+    models += remote.ps_entries(request, _iso(_FOREVER))
     models.sort(key=lambda m: str(m["expires_at"]), reverse=True)
     return web.json_response({"models": models})
 

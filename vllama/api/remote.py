@@ -1,0 +1,213 @@
+"""Requests for a peer's models (`remote/peers.py`): sent to the peer, answered as a local
+worker's are.
+
+The OpenAI paths relay the peer's answer as a worker's (`relay_response`). The Ollama paths pass
+through unchanged to a peer that speaks Ollama's API (another vllama, an Ollama), and are
+translated here, as for a local worker, when the peer speaks only OpenAI's. A peer known to be
+down is a 503 at once (Retry-After: until its next check); one that does not take the connection
+is a 502 and is checked again at once. No lease, no queue: the peer schedules its own models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from vllama.api.errors import ApiError
+from vllama.api.keys import CONFIG, IN_FLIGHT, METRICS, MODEL_KEY, PEERS, REQUEST_ID_KEY, UPSTREAM
+from vllama.api.observe import REQUEST_ID, mark_first_byte
+from vllama.api.relay import worker_error
+from vllama.catalog.names import normalize_name
+from vllama.remote.peers import Peer, model_key
+
+log = structlog.get_logger("vllama.remote")
+
+# A peer on the network, not a local process: a connection it does not take within this is down.
+PEER_CONNECT_TIMEOUT = 5.0
+_PASSED_HEADERS = ("Content-Type", "Cache-Control")
+
+
+def rename_model(payload: dict[str, object], peer: Peer, requested: str) -> bytes:
+    """The body with `model` as the peer names it."""
+    payload["model"] = peer.name_for(requested)
+    return json.dumps(payload).encode()
+
+
+@contextlib.asynccontextmanager
+async def peer_request(
+    request: web.Request,
+    peer: Peer,
+    path: str,
+    body: bytes,
+    stream: bool = False,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST `body` to the peer's `path` and yield its response (status not checked)."""
+    if not peer.up:
+        raise ApiError(
+            503,
+            f"peer {peer.name!r} ({peer.url}) is down: {peer.error}",
+            code="peer_unavailable",
+            headers={"Retry-After": str(max(1, round(request.app[PEERS].interval)))},
+        )
+    in_flight = request.app[IN_FLIGHT]
+    idle = request.app[CONFIG].server.stream_idle_timeout if stream else None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=PEER_CONNECT_TIMEOUT, sock_read=idle)
+    headers = {
+        "Content-Type": "application/json",
+        REQUEST_ID: request.get(REQUEST_ID_KEY, ""),
+        **peer.headers,
+    }
+    try:
+        upstream = await in_flight.unless_cut(
+            request.app[UPSTREAM].post(peer.url + path, data=body, headers=headers, timeout=timeout)
+        )
+    except aiohttp.SocketTimeoutError as exc:
+        raise worker_error(request, exc, "before answering") from None
+    except aiohttp.ClientConnectionError as exc:
+        request.app[PEERS].recheck(peer)
+        raise ApiError(
+            502, f"peer {peer.name!r} ({peer.url}) did not answer: {exc}", code="peer_unreachable"
+        ) from None
+    if upstream is None:
+        raise ApiError(503, in_flight.cut_reason or "", code="shutting_down")
+    try:
+        with in_flight.track(upstream):
+            yield upstream
+    finally:
+        if upstream.content.is_eof():
+            upstream.release()
+        else:
+            upstream.close()
+
+
+async def pass_through(
+    request: web.Request, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    """An Ollama-speaking peer's answer, as it came: NDJSON line by line as it arrives, errors
+    in Ollama's own format. A peer failing mid-stream ends the stream with an error line, as
+    Ollama's server does."""
+    headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
+    if upstream.headers.get("Content-Type", "").startswith("application/json"):  # one object
+        try:
+            payload = await upstream.read()
+        except aiohttp.ClientError as exc:
+            raise worker_error(request, exc, "mid-response") from None
+        if upstream.status == 200:
+            _count_ollama_usage(request, payload)
+        return web.Response(status=upstream.status, body=payload, headers=headers)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(request)
+    mark_first_byte(request)
+    last = b""
+    while True:
+        try:
+            chunk = await upstream.content.readany()
+        except aiohttp.ClientError as exc:
+            error = worker_error(request, exc, "mid-stream")
+            await response.write(json.dumps({"error": error.message}).encode() + b"\n")
+            break
+        if not chunk:
+            break
+        await response.write(chunk)
+        last = (last + chunk)[-4096:]  # the last line carries the token counts
+    if upstream.status == 200:
+        _count_ollama_usage(request, last)
+    await response.write_eof()
+    return response
+
+
+def _count_ollama_usage(request: web.Request, tail: bytes) -> None:
+    line = tail.rstrip(b"\n").rpartition(b"\n")[2]
+    try:
+        final = json.loads(line)
+    except ValueError:
+        return
+    if not isinstance(final, dict) or final.get("done") is not True:
+        return
+    prompt, generated = final.get("prompt_eval_count"), final.get("eval_count")
+    request.app[METRICS].count_usage(
+        request.get(MODEL_KEY, ""),
+        prompt if isinstance(prompt, int) else 0,
+        generated if isinstance(generated, int) else 0,
+    )
+
+
+# -- listing ----------------------------------------------------------------------------------
+
+
+def tag_entries(
+    request: web.Request, details: dict[str, Any], modified_at: str
+) -> list[dict[str, Any]]:
+    """`/api/tags` entries for the peers' models, marked as Ollama marks remote models."""
+    return [
+        {
+            "name": normalize_name(model),
+            "model": normalize_name(model),
+            "remote_model": model,
+            "remote_host": peer.url,
+            "modified_at": modified_at,
+            "size": 0,
+            "digest": "",
+            "details": details,
+        }
+        for model, peer in request.app[PEERS].served()
+    ]
+
+
+def ps_entries(request: web.Request, expires_at: str) -> list[dict[str, Any]]:
+    """`/api/ps` entries for what the peers that are up have loaded (sizes are theirs, not
+    this host's: 0 here)."""
+    entries = []
+    served = {model_key(model): peer for model, peer in request.app[PEERS].served()}
+    for view in request.app[PEERS].views():
+        for model in view.loaded:
+            peer = served.get(model_key(model))
+            if not view.up or peer is None or peer.name != view.name:
+                continue
+            entries.append(
+                {
+                    "name": normalize_name(model),
+                    "model": normalize_name(model),
+                    "remote_model": model,
+                    "remote_host": view.url,
+                    "size": 0,
+                    "size_vram": 0,
+                    "expires_at": expires_at,
+                }
+            )
+    return entries
+
+
+def model_cards(request: web.Request) -> list[tuple[str, str]]:
+    """(name, owner) for `/v1/models`: each peer's models, owned by the peer."""
+    return [(model, f"peer:{peer.name}") for model, peer in request.app[PEERS].served()]
+
+
+async def show(
+    request: web.Request, peer: Peer, requested: str, details: dict[str, Any]
+) -> web.StreamResponse:
+    """`/api/show` for a peer's model: the peer's own answer when it speaks Ollama, else what
+    an OpenAI-compatible server says of a model (its name)."""
+    if peer.kind == "ollama":
+        body = json.dumps({"model": peer.name_for(requested)}).encode()
+        async with peer_request(request, peer, "/api/show", body) as answer:
+            return await pass_through(request, answer)
+    return web.json_response(
+        {
+            "license": "",
+            "modelfile": f"FROM {peer.name_for(requested)}\n",
+            "parameters": "",
+            "template": "",
+            "details": details,
+            "model_info": {},
+            "capabilities": ["completion"],
+            "remote_model": peer.name_for(requested),
+            "remote_host": peer.url,
+        }
+    )

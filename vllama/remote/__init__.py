@@ -1,0 +1,1 @@
+"""Models served elsewhere: peers (other vllama, Ollama, vLLM or OpenAI-compatible servers)."""
