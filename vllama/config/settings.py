@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from vllama.config import vllm_args
 from vllama.config.access import ApiKey
 from vllama.config.peers import PeerSpec
+from vllama.config.replicas import MAX_REPLICAS
 from vllama.config.units import parse_duration, parse_size
 
 DEFAULT_HOST = "127.0.0.1"
@@ -59,6 +60,10 @@ class ModelSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     keep_alive: Seconds | None = None
     max_parallel: int | None = Field(default=None, ge=1)
+    # Workers of this model kept running while it is loaded, and the most while it is busy
+    # (extra ones only where memory allows without evicting; they unload when idle).
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
     pinned: bool = False  # never evicted to make room for another model
     preload: bool = False  # loaded at start-up
     sleep_when_idle: bool = False  # GPU only: vLLM sleep mode (level 1) instead of stopping
@@ -101,6 +106,16 @@ class ModelSpec(BaseModel):
             if not MODEL_NAME.match(name):
                 raise ValueError(f"invalid adapter name {name!r}")
         return adapters
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> ModelSpec:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})"
+            )
+        if (self.replicas > 1 or self.max_replicas) and self.sleep_when_idle:
+            raise ValueError("replicas and sleep_when_idle do not go together")
+        return self
 
     @property
     def is_local(self) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import aiohttp
 import structlog
 
+from vllama.config import replicas
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.argv import build_argv, build_env, guarded
 from vllama.engine.leftovers import Leftovers
@@ -179,7 +180,9 @@ class Worker:
             raise LoadError(self.name, str(exc), []) from None
         command = self._settings.engine_command
         extra_args, extra_env = self._share
-        argv = build_argv(command, self.name, self.spec, WORKER_HOST, self.port, extra_args)
+        # A replica (`name#2`) serves its model's name: requests name the model, not the replica.
+        served = replicas.model_of(self.name)
+        argv = build_argv(command, served, self.spec, WORKER_HOST, self.port, extra_args)
         env = build_env(os.environ, self.spec, extra_env)
         log.info("worker spawn", model=self.name, port=self.port, argv=argv)
         try:
@@ -334,7 +337,7 @@ class Worker:
         woke = await self._post("/wake_up")
         if woke and warm_up is not None:
             path, body = warm_up
-            woke = await self._post(path, {"model": self.name, **body})
+            woke = await self._post(path, {"model": replicas.model_of(self.name), **body})
         if woke:
             self._set_state(WorkerState.READY, "woken up")
             return

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from vllama.config import replicas
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.states import HOLDS_MEMORY, RUNNING, WorkerState
 from vllama.engine.worker import LoadError
@@ -94,6 +95,10 @@ class ModelSlot:
     # A load elsewhere waits for this busy model to finish: new requests queue instead of
     # keeping it busy forever (they get it back once the other model has had its turn).
     draining: bool = False
+    # A replica past the model's `replicas` (up to `max_replicas`): started only while the others
+    # are busy, and only where it fits without evicting anything.
+    extra: bool = False
+    extra_refused_until: float = 0.0  # monotonic: no room for it was found; not tried before
 
     @property
     def idle(self) -> bool:
@@ -141,21 +146,28 @@ class Fleet:
         self.retry: Callable[[ModelSlot], object] | None = None
 
     def add(self, name: str, spec: ModelSpec) -> ModelSlot:
-        slot = self.slots.get(name)
-        if slot is None:
-            keep_alive = (
-                spec.keep_alive if spec.keep_alive is not None else self._settings.keep_alive
-            )
-            slot = ModelSlot(
-                name=name,
+        """The model's slot, made with its replicas' (`name#2`, ...) if it is new."""
+        if name in self.slots:
+            return self.slots[name]
+        keep_alive = spec.keep_alive if spec.keep_alive is not None else self._settings.keep_alive
+        for index, slot_name in enumerate(
+            replicas.slot_names(name, spec.replicas, spec.max_replicas), start=1
+        ):
+            self.slots[slot_name] = ModelSlot(
+                name=slot_name,
                 spec=spec,
-                worker=self._new_worker(name, spec, self._on_state),
+                worker=self._new_worker(slot_name, spec, self._on_state),
                 keep_alive=keep_alive,
                 default_keep_alive=keep_alive,
                 permits=asyncio.Semaphore(spec.max_parallel) if spec.max_parallel else None,
+                extra=index > spec.replicas,
             )
-            self.slots[name] = slot
-        return slot
+        return self.slots[name]
+
+    def replicas_of(self, slot: ModelSlot) -> list[ModelSlot]:
+        """Every slot of `slot`'s model, the model's own first."""
+        names = replicas.slot_names(slot.name, slot.spec.replicas, slot.spec.max_replicas)
+        return [self.slots[n] for n in names if n in self.slots]
 
     # -- change signal -----------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ from vllama.scheduling.memory import MemoryPlanner, Share
 from vllama.scheduling.placement import Place, Refuse, decide
 from vllama.scheduling.restarts import RestartPolicy, is_crash_loop, restart_delay, restart_kind
 
+# An extra replica that found no room is not looked at again for this long (its check measures
+# the devices, and busy models make requests all the time).
+EXTRA_REPLICA_RETRY = 10.0
+
 log = structlog.get_logger("vllama.scheduler")
 
 # What the catalog knows about a model's files (weights, the parsers chosen for it); reading them
@@ -169,6 +173,9 @@ class Loader:
                         continue
                 if isinstance(decision, Refuse):
                     raise LoadError(slot.name, decision.reason, [])
+                if slot.extra and (not isinstance(decision, Place) or decision.evict):
+                    slot.extra_refused_until = time.monotonic() + EXTRA_REPLICA_RETRY
+                    raise LoadError(slot.name, "no room for an extra replica without evicting", [])
                 if isinstance(decision, Place):
                     reason = f"evicted to make room for {slot.name}"
                     stopping = [

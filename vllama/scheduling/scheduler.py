@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from vllama.config import replicas
 from vllama.config.settings import Config, ModelSpec, ServerSettings
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import PortAllocator
@@ -32,6 +33,7 @@ from vllama.scheduling.fleet import Fleet, ModelSlot, StateListener, WorkerFacto
 from vllama.scheduling.loading import FactsSource, Loader
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.reload import plan_reload
+from vllama.scheduling.replicas import BUSY_AT, ReplicaView, route
 from vllama.scheduling.restarts import RestartPolicy
 from vllama.scheduling.status import ModelStatus, SchedulerStatus
 
@@ -137,7 +139,7 @@ class Scheduler:
         failed after a crash loop. Raises `LoadError` (failed to load, crash loop, doesn't fit,
         waited too long), `QueueFull`, or `ShuttingDown`.
         """
-        slot = self._fleet.slots[name]
+        slot = self._pick(name, explicit)
         await self._admit(slot, explicit)
         # No await between the readiness check in _admit and this count.
         slot.in_flight += 1
@@ -154,10 +156,34 @@ class Scheduler:
             if slot.idle:
                 if slot.unload_when_idle:
                     slot.unload_when_idle = False
-                    self._fleet.unload(name, "unload requested", "requested")
+                    self._fleet.unload(slot.name, "unload requested", "requested")
                 else:
                     self._fleet.arm_expiry(slot)
             self._fleet.notify()
+
+    def _pick(self, name: str, explicit: bool) -> ModelSlot:
+        """The slot a request for `name` goes to (a replica, for a model that has them), after
+        starting the replicas `replicas.route` asks for."""
+        slot = self._fleet.slots[name]
+        if slot.spec.replicas == 1 and slot.spec.max_replicas is None:
+            return slot
+        group = self._fleet.replicas_of(slot)
+        now = time.monotonic()
+        views = [
+            ReplicaView(
+                ready=s.worker.is_ready and not s.draining,
+                starting=s.load_task is not None,
+                failed=s.worker.state is WorkerState.FATAL or s.extra_refused_until > now,
+                busy=s.in_flight + s.waiting,
+                extra=s.extra,
+            )
+            for s in group
+        ]
+        chosen, start = route(views, slot.spec.max_parallel or BUSY_AT)
+        for index in start:
+            if not self._fleet.closing:
+                self._start_load(group[index], explicit)
+        return group[chosen]
 
     async def _admit(self, slot: ModelSlot, explicit: bool) -> None:
         """Wait (bounded in number and time) for a `max_parallel` permit and a READY worker."""
@@ -240,12 +266,21 @@ class Scheduler:
     # -- unloading ---------------------------------------------------------------------------
 
     def unload(self, name: str, reason: str, why: str) -> asyncio.Task[None] | None:
-        """Begin stopping a model's worker; the stop task, or None when nothing runs."""
-        return self._fleet.unload(name, reason, why) if name in self._fleet.slots else None
+        """Begin stopping a model's workers (every replica); the model's own slot's stop task,
+        or None when it runs nothing."""
+        slot = self._fleet.slots.get(name)
+        if slot is None:
+            return None
+        for replica in self._fleet.replicas_of(slot)[1:]:
+            self._fleet.unload(replica.name, reason, why)
+        return self._fleet.unload(name, reason, why)
 
     def expire(self, name: str) -> None:
         """Unload now, or once the requests in flight are done (`keep_alive: 0`)."""
-        self._fleet.unload_when_idle(name)
+        slot = self._fleet.slots.get(name)
+        names = [s.name for s in self._fleet.replicas_of(slot)] if slot is not None else [name]
+        for each in names:
+            self._fleet.unload_when_idle(each)
 
     # -- config reload -----------------------------------------------------------------------
 
@@ -253,19 +288,20 @@ class Scheduler:
         """Apply a reloaded config's models (see `reload.plan_reload`). Server settings are not
         re-read: they need a restart."""
         slots = self._fleet.slots
+        models = {name: slot for name, slot in slots.items() if name == replicas.model_of(name)}
         plan = plan_reload(
-            running={name: slot.spec for name, slot in slots.items()},
+            running={name: slot.spec for name, slot in models.items()},
             configured_before=self._config.models.keys(),
             configured_now=config.models,
-            fatal=[n for n, s in slots.items() if s.worker.state is WorkerState.FATAL],
+            fatal=[n for n, s in models.items() if s.worker.state is WorkerState.FATAL],
         )
         self._config = config
         for name in plan.added:
             self.add_model(name, config.models[name])
         for name in plan.changed:
-            self._background(self._replace(slots[name], config.models[name]), f"reload-{name}")
+            self._background(self._replace_model(name, config.models[name]), f"reload-{name}")
         for name in plan.removed:
-            self._background(self._replace(slots[name], None), f"remove-{name}")
+            self._background(self._replace_model(name, None), f"remove-{name}")
         for name in plan.cleared:
             slots[name].fast_failures = 0
             self._background(slots[name].worker.stop("config reloaded"), f"clear-{name}")
@@ -274,6 +310,14 @@ class Scheduler:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)  # a reference, so the task is not garbage-collected mid-way
         task.add_done_callback(self._tasks.discard)
+
+    async def _replace_model(self, name: str, spec: ModelSpec | None) -> None:
+        """`_replace` for a model and its replicas: the replicas go first, and come back (as
+        the new spec has them) with the model's own slot."""
+        slot = self._fleet.slots[name]
+        for replica in self._fleet.replicas_of(slot)[1:]:
+            await self._replace(replica, None)
+        await self._replace(slot, spec)
 
     async def _replace(self, slot: ModelSlot, spec: ModelSpec | None) -> None:
         """Let the old worker finish its requests, stop it, then run the new spec (if any)."""

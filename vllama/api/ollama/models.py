@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import shutil
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from vllama.catalog.files import ModelDetails, ModelFiles, ModelFormatError
 from vllama.catalog.names import check_name, normalize_name
 from vllama.catalog.pull import pull_progress
 from vllama.catalog.registry import ModelNotFound, Registry, Resolved
+from vllama.config import replicas
 from vllama.engine.states import WorkerState
 from vllama.scheduling.status import ModelStatus
 
@@ -149,12 +151,13 @@ async def ps(request: web.Request) -> web.Response:
     devices = request.app[DEVICES]
     models = []
     now = datetime.now(UTC)
-    for model in request.app[SCHEDULER].status().models:
-        if model.state is not WorkerState.READY:
-            continue
-        name = normalize_name(model.name)
+    ready = [m for m in request.app[SCHEDULER].status().models if m.state is WorkerState.READY]
+    copies = Counter(replicas.model_of(m.name) for m in ready)
+    for model in ready:
+        served = replicas.model_of(model.name)  # a replica (`name#2`) is listed as its model
+        name = normalize_name(served)
         try:
-            resolved = registry.resolve(model.name)
+            resolved = registry.resolve(served)
         except ModelNotFound:  # served from a folder that has gone since
             entry: dict[str, Any] = {"name": name, "model": name}
         else:
@@ -173,6 +176,8 @@ async def ps(request: web.Request) -> web.Response:
             "expires_at": _iso(_expires(model, now)),
             "context_length": model.context_length,
         }
+        if copies[served] > 1:  # one entry per running replica, told apart by this
+            entry["replica"] = replicas.index_of(model.name)
         models.append(entry)
     models += remote.ps_entries(request, _iso(_FOREVER))
     models.sort(key=lambda m: str(m["expires_at"]), reverse=True)
