@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from tests.unit.fake_gpu import EngineRefused, FakeGpuHost, FakeModel
 from vllama.config.settings import ModelSpec
+from vllama.engine.ray_cluster import Cluster
 from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
 from vllama.engine.worker import LoadError
 from vllama.scheduling.fleet import StateListener, WorkerLike
@@ -38,6 +39,7 @@ class FakeWorker:
         self.reason = "never started"
         self.ready_at: float | None = None
         self.max_model_len: int | None = None
+        self.cluster: Cluster | None = None
         self.last_error: LoadError | None = None
         self.gate = asyncio.Event()  # a start completes once this is set
         self.gate.set()

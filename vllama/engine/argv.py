@@ -27,7 +27,15 @@ def build_argv(
     share: Sequence[str] = (),
 ) -> list[str]:
     """`share`: arguments the scheduler adds (a memory share), after the model's own."""
-    return [*command, *vllm_args.server_args(spec.model, name, host, port), *spec.args, *share]
+    own = vllm_args.has_flag(spec.args, vllm_args.EXECUTOR_BACKEND)  # the operator's choice wins
+    ray = vllm_args.RAY_ARGS if spec.ray is not None and not own else ()
+    return [
+        *command,
+        *vllm_args.server_args(spec.model, name, host, port),
+        *spec.args,
+        *ray,
+        *share,
+    ]
 
 
 def guarded(argv: Sequence[str]) -> list[str]:
@@ -53,6 +61,8 @@ def build_env(
 ) -> dict[str, str]:
     """`share`: what the scheduler pins (CUDA_VISIBLE_DEVICES); it wins over the model's."""
     env = base_env(base)
+    if spec.ray_address is not None:  # vLLM (its driver) joins the cluster named here
+        env["RAY_ADDRESS"] = spec.ray_address
     env.update(spec.env)
     env.update(share or {})
     return env

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import aiohttp
 import structlog
 
-from vllama.config import replicas
+from vllama.config import replicas, vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.engine import ray_cluster
 from vllama.engine.argv import build_argv, build_env, guarded
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.output_log import OutputLog
@@ -92,6 +93,7 @@ class Worker:
         self.last_error: LoadError | None = None
         self.ready_at: float | None = None
         self.max_model_len: int | None = None  # the context vLLM serves, read once it is ready
+        self.cluster: ray_cluster.Cluster | None = None  # where a multi-node model runs (Ray)
         self._watch: asyncio.Task[None] | None = None
         self._share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self._output_log = OutputLog(name)
@@ -162,6 +164,14 @@ class Worker:
         self._watch = asyncio.create_task(self._watch_ready(), name=f"watch-{self.name}")
 
     async def _spawn_and_wait(self) -> None:
+        if self.spec.ray is not None:  # a multi-node model: its cluster first
+            env = build_env(os.environ, self.spec, self._share[1])
+            need = vllm_args.gpus_per_worker(self.spec.args)
+            python = self._settings.engine_command[0]
+            try:
+                self.cluster = await ray_cluster.check(self.spec.ray, need, python, env)
+            except ray_cluster.ClusterUnfit as exc:
+                raise LoadError(self.name, str(exc), []) from None
         try:
             await self._spawn_on_a_port()
         except LoadError as error:

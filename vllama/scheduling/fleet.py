@@ -17,6 +17,7 @@ import structlog
 
 from vllama.config import replicas
 from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.engine.ray_cluster import Cluster
 from vllama.engine.states import HOLDS_MEMORY, RUNNING, WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.events import Events, ModelUnloaded, StateChanged
@@ -38,6 +39,7 @@ class WorkerLike(Protocol):
     ready_at: float | None
     max_model_len: int | None
     last_error: LoadError | None
+    cluster: Cluster | None
 
     @property
     def is_ready(self) -> bool: ...
@@ -119,6 +121,7 @@ class ModelSlot:
             context_length=worker.max_model_len,
             pid=worker.pid,
             url=worker.base_url if worker.has_port else None,
+            ray_nodes=worker.cluster.nodes if worker.cluster is not None else (),
         )
 
 

@@ -52,6 +52,8 @@ def estimate(spec: ModelSpec, facts: ModelFacts, kind: DeviceKind, kv_default: i
     shards = vllm_args.weight_shards(args)
     gpus = vllm_args.gpus_per_worker(args)
     outside = GPU_CONTEXT + (NCCL_BUFFERS if gpus > 1 else 0)
+    if spec.ray is not None:  # Ray places the workers; this host counts one (the driver's node)
+        gpus = 1
     fixed_len = vllm_args.max_model_len(args)
     kv = vllm_args.kv_cache_bytes(args, env, on_cpu=False)
     if kv is None:

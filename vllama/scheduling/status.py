@@ -27,6 +27,7 @@ class ModelStatus:
     context_length: int | None  # what vLLM serves, once it has been ready
     pid: int | None  # its worker's process (the root of its tree) while one runs
     url: str | None  # its worker's base URL while it has a port
+    ray_nodes: tuple[str, ...] = ()  # a multi-node model: the Ray cluster's nodes, at its start
 
     @property
     def running(self) -> bool:

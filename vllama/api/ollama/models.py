@@ -178,6 +178,8 @@ async def ps(request: web.Request) -> web.Response:
         }
         if copies[served] > 1:  # one entry per running replica, told apart by this
             entry["replica"] = replicas.index_of(model.name)
+        if model.ray_nodes:  # a multi-node model: where Ray runs it (its size is this host's)
+            entry["ray_nodes"] = list(model.ray_nodes)
         models.append(entry)
     models += remote.ps_entries(request, _iso(_FOREVER))
     models.sort(key=lambda m: str(m["expires_at"]), reverse=True)
