@@ -34,6 +34,20 @@ def make_worker(
     return Worker("m", config.models["m"], config.server, http, ports)
 
 
+async def healthy_server_on(port: int) -> web.AppRunner:
+    """Another process's server on `port`, answering `/health` with 200."""
+    app = web.Application()
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app.router.add_get("/health", healthy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
 def pid_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -147,15 +161,7 @@ async def test_a_foreign_server_on_the_port_is_not_taken_for_the_worker(
     await eventually(lambda: worker.process)
     taken = worker.port
     assert taken is not None
-    app = web.Application()
-
-    async def healthy(request: web.Request) -> web.Response:
-        return web.Response()
-
-    app.router.add_get("/health", healthy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", taken).start()
+    runner = await healthy_server_on(taken)
     try:
         await task
         assert worker.is_ready and worker.port != taken
@@ -177,15 +183,7 @@ async def test_a_worker_that_lost_its_port_without_exiting_is_restarted_on_the_n
     await eventually(lambda: worker.process)
     taken = worker.port
     assert taken is not None
-    app = web.Application()
-
-    async def healthy(request: web.Request) -> web.Response:
-        return web.Response()
-
-    app.router.add_get("/health", healthy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", taken).start()
+    runner = await healthy_server_on(taken)
     try:
         await asyncio.wait_for(task, 30)
         assert marker.exists() and worker.is_ready and worker.port != taken

@@ -20,9 +20,9 @@ import structlog
 from aiohttp import web
 
 from vllama.api.errors import ApiError
-from vllama.api.keys import CONFIG, IN_FLIGHT, METRICS, MODEL_KEY, PEERS, REQUEST_ID_KEY, UPSTREAM
+from vllama.api.keys import CONFIG, IN_FLIGHT, PEERS, REQUEST_ID_KEY, UPSTREAM
 from vllama.api.observe import REQUEST_ID, mark_first_byte
-from vllama.api.relay import worker_error
+from vllama.api.relay import count_usage, worker_error
 from vllama.catalog.names import normalize_name
 from vllama.remote.peers import Peer, model_key
 
@@ -130,12 +130,11 @@ def _count_ollama_usage(request: web.Request, tail: bytes) -> None:
         return
     if not isinstance(final, dict) or final.get("done") is not True:
         return
-    prompt, generated = final.get("prompt_eval_count"), final.get("eval_count")
-    request.app[METRICS].count_usage(
-        request.get(MODEL_KEY, ""),
-        prompt if isinstance(prompt, int) else 0,
-        generated if isinstance(generated, int) else 0,
-    )
+    usage = {
+        "prompt_tokens": final.get("prompt_eval_count"),
+        "completion_tokens": final.get("eval_count"),
+    }
+    count_usage(request, usage)  # Ollama's counts, under OpenAI's names
 
 
 # -- listing ----------------------------------------------------------------------------------
