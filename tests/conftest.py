@@ -31,6 +31,9 @@ _LEAK_MARKERS = (
     "vllama serve",
     "-m vllama",
     "bin/vllama",
+    "ray::",  # Ray's processes, for the tests that start a Ray cluster
+    "/site-packages/ray/",
+    "-m ray.",
 )
 
 
