@@ -180,7 +180,7 @@ async def test_a_worker_that_lost_its_port_without_exiting_is_restarted_on_the_n
     marker = tmp_path / "deaf"
     worker = make_worker(http, {"FAKE_VLLM_DEAF_ONCE": str(marker)}, load_stall_timeout=600)
     task = asyncio.create_task(worker.start())
-    await eventually(lambda: worker.process)
+    await eventually(marker.exists, what="the first engine up and deaf")  # before it is replaced
     taken = worker.port
     assert taken is not None
     runner = await healthy_server_on(taken)
