@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pty
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -464,6 +465,41 @@ def test_ps_lists_the_running_model(daemon: Daemon) -> None:
     (row,) = [line for line in lines[1:] if line.startswith("tiny:latest ")]
     assert "100% CPU" in row
     assert row.endswith("from now")
+
+
+def test_ps_watch_redraws_on_a_load_until_ctrl_c(daemon: Daemon) -> None:
+    vllama(daemon.url, "stop", "tiny")
+    env = {**os.environ, "VLLAMA_HOST": daemon.url, "TEST_VLLAMA_SESSION": SESSION_MARK}
+    watch = subprocess.Popen(
+        [*VLLAMA, "ps", "--watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().split() == [
+            "NAME",
+            "ID",
+            "SIZE",
+            "PROCESSOR",
+            "CONTEXT",
+            "UNTIL",
+        ]
+        ok(vllama(daemon.url, "run", "tiny", ""))  # a load: the next tables list it
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if watch.stdout.readline().startswith("tiny:latest "):
+                break
+        else:
+            raise AssertionError("the watch never showed the loaded model")
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(10) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
 
 
 def test_list_shows_configured_models(daemon: Daemon) -> None:

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from vllama.api import openai
+from vllama.api import openai, status_page
 from vllama.api.errors import error_middleware
 from vllama.api.inflight import InFlight
 from vllama.api.keys import (
@@ -17,6 +17,7 @@ from vllama.api.keys import (
     DEVICES,
     IN_FLIGHT,
     LEFTOVERS,
+    LIVE,
     METRICS,
     PEERS,
     REGISTRY,
@@ -24,6 +25,7 @@ from vllama.api.keys import (
     UPSTREAM,
     WEIGHT_BYTES,
 )
+from vllama.api.live import Live
 from vllama.api.observe import add_request_id, metrics_endpoint, observe_middleware
 from vllama.api.ollama import inference as ollama
 from vllama.api.ollama import models as ollama_models
@@ -71,6 +73,7 @@ async def _supervision(app: web.Application) -> AsyncIterator[None]:
     )
     app[SCHEDULER] = scheduler
     scheduler.events.subscribe(metrics.listen)
+    scheduler.events.subscribe(app[LIVE].listen)
     peers = PeerDirectory(
         config.peers, upstream, registry.is_configured, config.server.health_interval
     )
@@ -119,6 +122,7 @@ def build_app(
         app[WEIGHT_BYTES] = weight_bytes
     app[REGISTRY] = Registry(config)
     app[IN_FLIGHT] = InFlight()
+    app[LIVE] = Live()
     if leftovers is not None:
         app[LEFTOVERS] = leftovers
     app.cleanup_ctx.append(_supervision)
@@ -128,4 +132,5 @@ def build_app(
     openai.add_routes(app)
     ollama.add_routes(app)
     ollama_models.add_routes(app)
+    status_page.add_routes(app)
     return app

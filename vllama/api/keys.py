@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from vllama.api.inflight import InFlight
+from vllama.api.live import Live
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelSpec
 from vllama.engine.leftovers import Leftovers
@@ -26,9 +27,11 @@ METRICS = web.AppKey("metrics", Metrics)
 LEFTOVERS = web.AppKey("leftovers", Leftovers)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 PEERS = web.AppKey("peers", PeerDirectory)
+LIVE = web.AppKey("live", Live)  # the status page's streams and recent requests
 
 # Per-request values, set by the observability middleware and the handlers.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 STARTED_KEY = web.RequestKey("started", float)
 FIRST_BYTE_KEY = web.RequestKey("first_byte", float)
+TOKENS_KEY = web.RequestKey("tokens", int)  # tokens generated, where the answer counted them
 MODEL_KEY = web.RequestKey("model", str)  # the model's served name: metrics label, access log

@@ -11,7 +11,15 @@ import structlog
 from aiohttp import web
 
 from vllama.api.errors import Handler
-from vllama.api.keys import FIRST_BYTE_KEY, METRICS, MODEL_KEY, REQUEST_ID_KEY, STARTED_KEY
+from vllama.api.keys import (
+    FIRST_BYTE_KEY,
+    LIVE,
+    METRICS,
+    MODEL_KEY,
+    REQUEST_ID_KEY,
+    STARTED_KEY,
+    TOKENS_KEY,
+)
 from vllama.ops.metrics import CONTENT_TYPE
 
 log = structlog.get_logger("vllama.access")
@@ -70,8 +78,22 @@ def _record(request: web.Request, status: int) -> None:
     metrics.requests.labels(model, endpoint, str(status)).inc()
     metrics.request_seconds.labels(model, endpoint).observe(seconds)
     first = request.get(FIRST_BYTE_KEY)
-    if first is not None:
-        metrics.ttft_seconds.labels(model, endpoint).observe(first - request[STARTED_KEY])
+    ttft = first - request[STARTED_KEY] if first is not None else None
+    if ttft is not None:
+        metrics.ttft_seconds.labels(model, endpoint).observe(ttft)
+    if model:  # a model's request, for the status page (not its own polls and streams)
+        request.app[LIVE].record(
+            {
+                "time": time.time(),
+                "model": model,
+                "method": request.method,
+                "endpoint": endpoint,
+                "status": status,
+                "seconds": round(seconds, 4),
+                "ttft": round(ttft, 4) if ttft is not None else None,
+                "tokens": request.get(TOKENS_KEY),
+            }
+        )
     log.info(
         "request",
         method=request.method,

@@ -205,6 +205,7 @@ def _ollama_paths() -> dict[str, Any]:
         ),
         "/api/delete": {"delete": _operation("delete a model", "Ollama", {}, named)},
         "/api/push": {"post": _operation("not supported", "Ollama", {}, None, (401, 403, 501))},
+        **_status_page_paths(),
         "/api/vllama/logs": {
             "get": {
                 **_operation(
@@ -245,6 +246,31 @@ def _relayed_paths() -> dict[str, Any]:
         "post": {**by_id, "parameters": [_path("response_id")]}
     }
     return paths
+
+
+def _static(summary: str, media: str) -> dict[str, Any]:
+    """One of the status page's files: open (they hold no data), 403 only for a foreign Origin."""
+    ok = {"description": summary, "content": {media: {"schema": {"type": "string"}}}}
+    return {"get": {"summary": summary, "responses": {"200": ok, **_errors("Ollama", 403)}}}
+
+
+def _status_page_paths() -> dict[str, Any]:
+    events = {
+        "description": "Server-Sent Events: `status` (the whole snapshot) at connect, on every "
+        "scheduler event and every 2 s; `request` per finished request (docs/API.md)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+    return {
+        "/ui": _static("the status page", "text/html"),
+        "/ui/app.js": _static("the status page's script", "text/javascript"),
+        "/ui/style.css": _static("the status page's style sheet", "text/css"),
+        "/api/vllama/events": {
+            "get": {
+                "summary": "live status: the status page's stream",
+                "responses": {"200": events, **_errors("Ollama", 401, 403)},
+            }
+        },
+    }
 
 
 def document() -> dict[str, Any]:

@@ -40,6 +40,7 @@ from vllama.api.keys import (
     MODEL_KEY,
     REQUEST_ID_KEY,
     SCHEDULER,
+    TOKENS_KEY,
     UPSTREAM,
 )
 from vllama.api.observe import REQUEST_ID, mark_first_byte
@@ -198,6 +199,8 @@ def count_usage(request: web.Request, usage: dict[str, object] | None) -> None:
     if usage is None:
         return
     prompt, generated = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(generated, int):
+        request[TOKENS_KEY] = generated
     request.app[METRICS].count_usage(
         request.get(MODEL_KEY, ""),
         prompt if isinstance(prompt, int) else 0,

@@ -9,6 +9,12 @@
 - Keys: with keys configured, every request but `GET/HEAD /` needs one (`Authorization: Bearer`
   or `x-api-key`); `/metrics` too unless `metrics_public`. An `inference` key gets 403 on the
   admin operations. Keys are compared as SHA-256 digests in constant time and never logged.
+- The status page: `/ui`'s static files hold no data and are open (a browser cannot send a key
+  to open a page); the page asks for a key and sends it on its own requests. Its stream,
+  `/api/vllama/events`, is read-only like `/api/ps`: any key. A page's own origin (the Origin
+  naming the Host it was served from) is allowed when that host is an IP address or in
+  `allowed_hosts`, so the page works on a non-loopback bind; not for any other name, which a
+  DNS-rebinding page could make its own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from vllama.config.settings import ServerSettings
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _APP_SCHEMES = ("app", "file", "tauri", "vscode-webview")
+_PAGE_PATHS = frozenset({"/ui", "/ui/app.js", "/ui/style.css"})
+_READ_ONLY_OWN = frozenset({"/api/vllama/events"})  # under /api/vllama/, yet any key reads it
 _ADMIN_PATHS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push"})
 _CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
@@ -89,6 +97,20 @@ class Access:
         host = urlsplit(f"//{host_header}").hostname or ""
         return is_loopback(host) or any(fnmatch.fnmatchcase(host, h) for h in self.hosts)
 
+    def own_origin(self, origin: str, host_header: str) -> bool:
+        """A page this daemon served (the status page) calling it back: its Origin names the
+        Host. Only for an IP address or an `allowed_hosts` name: a rebinding page's origin is a
+        name it controls, pointed at this daemon, and would pass a bare comparison."""
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host_header.lower():
+            return False
+        host = (parts.hostname or "").lower()
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            return any(fnmatch.fnmatchcase(host, h) for h in self.hosts)
+
     def scope_of(self, presented: str) -> Scope | None:
         """The presented key's scope, or None; every configured digest is compared."""
         digest = sha256_hex(presented)
@@ -107,11 +129,13 @@ def _presented_key(request: web.Request) -> str:
 
 
 def _needs_admin(request: web.Request) -> bool:
+    if request.path in _READ_ONLY_OWN:
+        return False
     return request.path in _ADMIN_PATHS or request.path.startswith("/api/vllama/")
 
 
 def _is_open(request: web.Request, access: Access) -> bool:
-    if request.path == "/" and request.method in ("GET", "HEAD"):
+    if request.method in ("GET", "HEAD") and (request.path == "/" or request.path in _PAGE_PATHS):
         return True
     return request.path == "/metrics" and access.metrics_public
 
@@ -120,7 +144,11 @@ def security_middleware(access: Access) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is not None and not access.origin_allowed(origin):
+        if (
+            origin is not None
+            and not access.own_origin(origin, request.host)
+            and not access.origin_allowed(origin)
+        ):
             return error_response(request.path, ApiError(403, f"origin {origin!r} not allowed"))
         if not access.host_allowed(request.headers.get("Host", "")):
             return error_response(request.path, ApiError(403, "host not allowed"))

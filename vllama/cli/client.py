@@ -172,3 +172,27 @@ class Client:
                 if obj.get("error"):
                     raise DaemonError(0, error_message(0, line))
                 yield obj
+
+    def events(self, path: str) -> Iterator[tuple[str, Any]]:
+        """A Server-Sent Events stream's events as (name, decoded JSON data), as they arrive,
+        until the daemon ends the stream."""
+        with self._open("GET", path, None, None) as response:
+            name, data = "message", []
+            while True:
+                try:
+                    raw = response.readline()
+                except (OSError, http.client.HTTPException) as exc:
+                    raise DaemonError(0, f"the connection to vllama was lost: {exc}") from None
+                if not raw:
+                    return
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:  # a blank line ends an event
+                    try:
+                        yield name, json.loads("\n".join(data))
+                    except ValueError:
+                        raise DaemonError(0, "vllama sent an event that is not JSON") from None
+                    name, data = "message", []

@@ -66,11 +66,28 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+def _ps_table(client: Client, prefix: str) -> str:
     models = (client.get("/api/ps") or {}).get("models") or []
-    rows = ps_rows(models, _now(), args.prefix or "")
-    print(format_table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
-    return 0
+    rows = ps_rows(models, _now(), prefix)
+    return format_table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
+
+
+def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    if not args.watch:
+        print(_ps_table(client, args.prefix or ""))
+        return 0
+    # Redrawn on each status event (every scheduler event, and every 2 s for the countdowns);
+    # the table itself is /api/ps's, so it reads exactly as plain `vllama ps`.
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    try:
+        for name, _ in client.events("/api/vllama/events"):
+            if name == "status":
+                table = _ps_table(client, args.prefix or "")
+                print(f"{clear}{table}\n", flush=True)
+    except KeyboardInterrupt:
+        return 0
+    print("vllama closed the stream (shutting down?)", file=sys.stderr)
+    return 1
 
 
 _SHOW_FIELDS = ("modelfile", "template", "parameters", "system", "license")
@@ -235,6 +252,9 @@ def add_commands(commands: Any) -> None:
     parser.add_argument("prefix", nargs="?", help="only names that start with this")
     parser = add("ps", cmd_ps, "list running models")
     parser.add_argument("prefix", nargs="?", help="only names that start with this")
+    parser.add_argument(
+        "-w", "--watch", action="store_true", help="redraw as models change, until Ctrl-C"
+    )
     parser = add("show", cmd_show, "show information for a model")
     parser.add_argument("model")
     only = parser.add_mutually_exclusive_group()

@@ -24,7 +24,7 @@ from vllama.api.common import (
     served_traits,
 )
 from vllama.api.errors import ApiError, BadRequest, WorkerFailed, upstream_refusal
-from vllama.api.keys import METRICS, MODEL_KEY, SCHEDULER
+from vllama.api.keys import METRICS, MODEL_KEY, SCHEDULER, TOKENS_KEY
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.options import keep_alive_of, stream_flag
 from vllama.api.ollama.request import Endpoint, chat_call, generate_call
@@ -176,6 +176,7 @@ async def _relay_translated(
 
 
 def _count_usage(request: web.Request, translator: OllamaStream) -> None:
+    request[TOKENS_KEY] = translator.completion_tokens
     request.app[METRICS].count_usage(
         request.get(MODEL_KEY, ""), translator.prompt_tokens, translator.completion_tokens
     )
