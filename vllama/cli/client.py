@@ -153,10 +153,7 @@ class Client:
         """The objects of an NDJSON answer as they arrive; an `{"error": ...}` line raises."""
         with self._open(method, path, body, None) as response:
             while True:
-                try:
-                    line = response.readline()
-                except (OSError, http.client.HTTPException) as exc:
-                    raise DaemonError(0, f"the connection to vllama was lost: {exc}") from None
+                line = _read_line(response)
                 if not line:
                     return
                 if not line.strip():
@@ -179,10 +176,7 @@ class Client:
         with self._open("GET", path, None, None) as response:
             name, data = "message", []
             while True:
-                try:
-                    raw = response.readline()
-                except (OSError, http.client.HTTPException) as exc:
-                    raise DaemonError(0, f"the connection to vllama was lost: {exc}") from None
+                raw = _read_line(response)
                 if not raw:
                     return
                 line = raw.decode(errors="replace").rstrip("\r\n")
@@ -196,3 +190,11 @@ class Client:
                     except ValueError:
                         raise DaemonError(0, "vllama sent an event that is not JSON") from None
                     name, data = "message", []
+
+
+def _read_line(response: http.client.HTTPResponse) -> bytes:
+    """The next line of a streamed answer (b"" at its end); a broken connection is an error."""
+    try:
+        return response.readline()
+    except (OSError, http.client.HTTPException) as exc:
+        raise DaemonError(0, f"the connection to vllama was lost: {exc}") from None
