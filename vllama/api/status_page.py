@@ -46,10 +46,7 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
     models: list[dict[str, Any]] = []
     ours: dict[str, int] = {}  # device -> bytes held by vllama's workers
     for model in status.models:
-        usage = await devices.usage_by_tree_async(model.pid) if model.pid else {}
-        for device in model.devices:  # NVML sees no pid of ours (a container): the load's share
-            if device != "cpu" and not usage.get(device):
-                usage[device] = model.footprint
+        usage = await devices.worker_usage(model.pid, model.devices, model.footprint)
         for device, size in usage.items():
             ours[device] = ours.get(device, 0) + size
         tail = scheduler.log_tail(model.name, ERROR_LINES) if model.state in DOWN else []

@@ -165,11 +165,9 @@ class _LiveCollector(Collector):
         for model in self.status().models:
             if not model.running or model.url is None or model.pid is None:
                 continue
-            measured = await self.devices.usage_by_tree_async(model.pid)
-            for device in model.devices:  # NVML sees no pid of ours (a container)
-                if device != "cpu" and not measured.get(device):
-                    measured[device] = model.footprint
-            usage[model.name] = measured
+            usage[model.name] = await self.devices.worker_usage(
+                model.pid, model.devices, model.footprint
+            )
             text = await _fetch(http, model.url + "/metrics")
             if text:
                 texts.append(text)

@@ -145,6 +145,17 @@ class Devices:
     async def usage_by_tree_async(self, root: int) -> dict[str, int]:
         return await asyncio.to_thread(self.usage_by_tree, root)
 
+    async def worker_usage(
+        self, pid: int | None, devices: Sequence[str], footprint: int
+    ) -> dict[str, int]:
+        """A worker tree's memory per device, measured; a GPU it runs on where NVML sees none of
+        its pids (a container) counts `footprint`, what its load took."""
+        usage = await self.usage_by_tree_async(pid) if pid else {}
+        for device in devices:
+            if device != "cpu" and not usage.get(device):
+                usage[device] = footprint
+        return usage
+
     def close(self) -> None:
         """Shut NVML down; later snapshots see the host only. Call once queries have finished."""
         nvml, self._nvml, self._count = self._nvml, None, 0
