@@ -187,7 +187,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     requested = request.match_info["model"]
     found = await local_or_peer(request, requested)
-    owner = f"peer:{found.name}" if isinstance(found, Peer) else "vllama"
+    owner = remote.owner(found) if isinstance(found, Peer) else "vllama"
     return web.json_response(_model_card(requested, owner))
 
 

@@ -185,7 +185,12 @@ def ps_entries(request: web.Request, expires_at: str) -> list[dict[str, Any]]:
 
 def model_cards(request: web.Request) -> list[tuple[str, str]]:
     """(name, owner) for `/v1/models`: each peer's models, owned by the peer."""
-    return [(model, f"peer:{peer.name}") for model, peer in request.app[PEERS].served()]
+    return [(model, owner(peer)) for model, peer in request.app[PEERS].served()]
+
+
+def owner(peer: Peer) -> str:
+    """A peer's models' `owned_by` on `/v1/models`."""
+    return f"peer:{peer.name}"
 
 
 async def show(

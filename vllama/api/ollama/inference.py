@@ -208,15 +208,12 @@ async def embed(request: web.Request) -> web.StreamResponse:
         raise BadRequest("truncate must be a boolean")
     if truncate:
         body["truncate_prompt_tokens"] = -1  # vLLM: truncate to the model's maximum length
-    if not isinstance(found, Peer):
-        traits = await served_traits(request, found)
-        check_capability(traits, requested, EMBEDDING, "embeddings")
+    await _check_embedding(request, found, requested)
     timing = Timing()
     if texts:
         vectors, prompt_tokens = await _embed_upstream(request, found, body, keep_alive, timing)
     else:  # Ollama loads the model and answers with no embeddings
-        if not isinstance(found, Peer):
-            timing.loaded = await load_only(request, found.served_name, keep_alive)
+        timing.loaded = await _load_for_embedding(request, found, keep_alive)
         vectors, prompt_tokens = [], 0
     end = Timing.now()
     return web.json_response(
@@ -241,16 +238,28 @@ async def embeddings_legacy(request: web.Request) -> web.StreamResponse:
     prompt = payload.get("prompt", "")
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
-    if not isinstance(found, Peer):
-        traits = await served_traits(request, found)
-        check_capability(traits, requested, EMBEDDING, "embeddings")
+    await _check_embedding(request, found, requested)
     if not prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
-        if not isinstance(found, Peer):
-            await load_only(request, found.served_name, keep_alive)
+        await _load_for_embedding(request, found, keep_alive)
         return web.json_response({"embedding": []})
     body = {"model": _upstream_name(found, requested), "input": [prompt]}
     vectors, _ = await _embed_upstream(request, found, body, keep_alive, Timing())
     return web.json_response({"embedding": vectors[0]})
+
+
+async def _check_embedding(request: web.Request, found: Resolved | Peer, requested: str) -> None:
+    """400 for a local model that cannot embed; a peer's own validation answers for its models."""
+    if not isinstance(found, Peer):
+        check_capability(await served_traits(request, found), requested, EMBEDDING, "embeddings")
+
+
+async def _load_for_embedding(
+    request: web.Request, found: Resolved | Peer, keep_alive: float | None
+) -> int | None:
+    """A load-only request: when the local model was ready; None for a peer's (its own to load)."""
+    if isinstance(found, Peer):
+        return None
+    return await load_only(request, found.served_name, keep_alive)
 
 
 def _upstream_name(found: Resolved | Peer, requested: str) -> str:
