@@ -164,13 +164,13 @@ class SparePool:
     def _take(self, argv: Sequence[str], env: Mapping[str, str]) -> Spare | None:
         if list(argv[: len(self._command)]) != self._command:
             return None
-        for spare in self._alive():
-            variable = unfit_variable(spare.env, env)
-            if variable is None:
-                self._idle.remove(spare)
-                return spare
+        spare = self._fitting(env)
+        if spare is not None:
+            self._idle.remove(spare)
+        elif self._idle:  # every idle spare was imported under another value of this
+            variable = unfit_variable(self._idle[0].env, env)
             log.info("warm spare unfit for this model; a cold start", variable=variable)
-        return None
+        return spare
 
     async def drop_idle(self, keep_for: ModelSpec | None = None) -> int:
         """Stop idle spares (a CPU model needs the room), all but the one a load of `keep_for`
