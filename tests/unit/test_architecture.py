@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "demo": set(),
     "catalog": {"config"},
     "engine": {"config"},
-    "remote": {"config"},
+    "remote": {"config", "catalog.names"},  # Ollama's naming rules, as the CLI uses them
     "scheduling": {"engine", "config"},
     "ops": {"scheduling", "remote", "engine", "config"},
     "api": {"ops", "scheduling", "remote", "catalog", "engine", "config", "vllama"},

@@ -23,8 +23,8 @@ from vllama.api.errors import ApiError
 from vllama.api.keys import CONFIG, IN_FLIGHT, PEERS, REQUEST_ID_KEY, UPSTREAM
 from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.api.relay import count_usage, worker_error
-from vllama.catalog.names import normalize_name
-from vllama.remote.peers import Peer, model_key
+from vllama.catalog.names import normalize_name, strip_latest
+from vllama.remote.peers import Peer
 
 log = structlog.get_logger("vllama.remote")
 
@@ -163,10 +163,10 @@ def ps_entries(request: web.Request, expires_at: str) -> list[dict[str, Any]]:
     """`/api/ps` entries for what the peers that are up have loaded (sizes are theirs, not
     this host's: 0 here)."""
     entries = []
-    served = {model_key(model): peer for model, peer in request.app[PEERS].served()}
+    served = {strip_latest(model): peer for model, peer in request.app[PEERS].served()}
     for view in request.app[PEERS].views():
         for model in view.loaded:
-            peer = served.get(model_key(model))
+            peer = served.get(strip_latest(model))
             if not view.up or peer is None or peer.name != view.name:
                 continue
             entries.append(

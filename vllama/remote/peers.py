@@ -23,17 +23,13 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 
+from vllama.catalog.names import strip_latest  # names match as Ollama's: `tiny` is `tiny:latest`
 from vllama.config.peers import PeerSpec
 
 log = structlog.get_logger("vllama.peers")
 
 PeerKind = Literal["ollama", "openai"]
 CHECK_TIMEOUT = 5.0  # a peer that takes longer to list its models is down for our clients
-
-
-def model_key(name: str) -> str:
-    """Names are matched as Ollama does: `tiny` is `tiny:latest`."""
-    return name.removesuffix(":latest")
 
 
 @dataclass(frozen=True)
@@ -71,8 +67,8 @@ class Peer:
 
     def name_for(self, requested: str) -> str:
         """The name the peer knows `requested` by."""
-        key = model_key(requested)
-        return next((m for m in self.models if model_key(m) == key), requested)
+        key = strip_latest(requested)
+        return next((m for m in self.models if strip_latest(m) == key), requested)
 
     def view(self) -> PeerView:
         loaded = self.models if self.kind == "openai" and self.up else self.loaded
@@ -123,9 +119,9 @@ class PeerDirectory:
 
     def find(self, requested: str) -> Peer | None:
         """The peer serving `requested`, if a peer lists it and no local model has its name."""
-        key = model_key(requested)
+        key = strip_latest(requested)
         for peer in self._peers.values():
-            if any(model_key(m) == key for m in peer.models) and not self._is_local(requested):
+            if any(strip_latest(m) == key for m in peer.models) and not self._is_local(requested):
                 return peer
         return None
 
@@ -135,7 +131,7 @@ class PeerDirectory:
         out = []
         for peer in self._peers.values():
             for model in peer.models:
-                key = model_key(model)
+                key = strip_latest(model)
                 if key in seen or self._is_local(model):
                     continue
                 seen.add(key)
