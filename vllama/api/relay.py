@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -99,28 +99,13 @@ async def worker_request(
     chunks (then the read raises `aiohttp.SocketTimeoutError`: see `worker_error`).
     """
     scheduler = request.app[SCHEDULER]
-    session = request.app[UPSTREAM]
-    in_flight = request.app[IN_FLIGHT]
-    timeout = UPSTREAM_TIMEOUT
-    if stream:
-        # aiohttp's sock_read restarts on every byte received, and covers the wait for headers.
-        idle = request.app[CONFIG].server.stream_idle_timeout
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=idle)
-    # vLLM takes X-Request-Id as its own request id: one id in both logs.
-    headers = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, "")}
     for attempt in range(2):
         async with scheduler.lease(model, keep_alive) as worker:
             sent = time.perf_counter_ns()
             try:
-                upstream = await in_flight.unless_cut(
-                    session.request(
-                        method, worker.base_url + path, data=body, headers=headers, timeout=timeout
-                    )
+                upstream = await send_upstream(
+                    request, method, worker.base_url + path, body, stream
                 )
-                if upstream is None:
-                    raise ApiError(503, in_flight.cut_reason or "", code="shutting_down")
-            except aiohttp.SocketTimeoutError as exc:  # a ClientConnectionError: never retried
-                raise worker_error(request, exc, "before answering") from None
             except aiohttp.ClientConnectionError as exc:
                 if attempt == 1:
                     raise WorkerFailed(f"the model's worker did not answer: {exc}") from None
@@ -131,16 +116,57 @@ async def worker_request(
                 )
                 unreachable = worker
             else:
-                try:
-                    with in_flight.track(upstream):
-                        yield Leased(worker, upstream, sent)
-                finally:
-                    if upstream.content.is_eof():
-                        upstream.release()
-                    else:
-                        upstream.close()
+                with held(request, upstream):
+                    yield Leased(worker, upstream, sent)
                 return
         await unreachable.confirm_health()
+
+
+async def send_upstream(
+    request: web.Request,
+    method: str,
+    url: str,
+    body: bytes,
+    stream: bool,
+    connect_timeout: float = _CONNECT_TIMEOUT,
+    headers: dict[str, str] | None = None,
+) -> aiohttp.ClientResponse:
+    """One request to a worker or a peer; its response, status not checked. Unless the drain
+    cuts it first (503 `shutting_down`). With `stream`, the other side may stay silent
+    `stream_idle_timeout` at most, for the response's headers (else `WorkerTimeout`) and between
+    its chunks (then the read raises `aiohttp.SocketTimeoutError`: see `worker_error`). A
+    connection that fails raises `aiohttp.ClientConnectionError`, for the caller to judge."""
+    in_flight = request.app[IN_FLIGHT]
+    # aiohttp's sock_read restarts on every byte received, and covers the wait for headers.
+    idle = request.app[CONFIG].server.stream_idle_timeout if stream else None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle)
+    # vLLM takes X-Request-Id as its own request id: one id in both logs.
+    sent = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, ""), **(headers or {})}
+    session = request.app[UPSTREAM]
+    try:
+        upstream = await in_flight.unless_cut(
+            session.request(method, url, data=body, headers=sent, timeout=timeout)
+        )
+    except aiohttp.SocketTimeoutError as exc:  # a ClientConnectionError: the request went out
+        raise worker_error(request, exc, "before answering") from None
+    if upstream is None:
+        raise ApiError(503, in_flight.cut_reason or "", code="shutting_down")
+    return upstream
+
+
+@contextlib.contextmanager
+def held(request: web.Request, upstream: aiohttp.ClientResponse) -> Iterator[None]:
+    """While the block runs, `upstream` is one of the answers the drain's cut ends; after it,
+    the connection goes back to the pool when the answer was read to its end, else it is closed
+    (which makes vLLM abort the generation)."""
+    try:
+        with request.app[IN_FLIGHT].track(upstream):
+            yield
+    finally:
+        if upstream.content.is_eof():
+            upstream.release()
+        else:
+            upstream.close()
 
 
 async def relay_response(

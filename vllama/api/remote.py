@@ -20,9 +20,9 @@ import structlog
 from aiohttp import web
 
 from vllama.api.errors import ApiError
-from vllama.api.keys import CONFIG, IN_FLIGHT, PEERS, REQUEST_ID_KEY, UPSTREAM
-from vllama.api.observe import REQUEST_ID, mark_first_byte
-from vllama.api.relay import count_usage, worker_error
+from vllama.api.keys import PEERS
+from vllama.api.observe import mark_first_byte
+from vllama.api.relay import count_usage, held, send_upstream, worker_error
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.remote.peers import Peer
 
@@ -55,35 +55,17 @@ async def peer_request(
             code="peer_unavailable",
             headers={"Retry-After": str(max(1, round(request.app[PEERS].interval)))},
         )
-    in_flight = request.app[IN_FLIGHT]
-    idle = request.app[CONFIG].server.stream_idle_timeout if stream else None
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=PEER_CONNECT_TIMEOUT, sock_read=idle)
-    headers = {
-        "Content-Type": "application/json",
-        REQUEST_ID: request.get(REQUEST_ID_KEY, ""),
-        **peer.headers,
-    }
     try:
-        upstream = await in_flight.unless_cut(
-            request.app[UPSTREAM].post(peer.url + path, data=body, headers=headers, timeout=timeout)
+        upstream = await send_upstream(
+            request, "POST", peer.url + path, body, stream, PEER_CONNECT_TIMEOUT, peer.headers
         )
-    except aiohttp.SocketTimeoutError as exc:
-        raise worker_error(request, exc, "before answering") from None
     except aiohttp.ClientConnectionError as exc:
         request.app[PEERS].recheck(peer)
         raise ApiError(
             502, f"peer {peer.name!r} ({peer.url}) did not answer: {exc}", code="peer_unreachable"
         ) from None
-    if upstream is None:
-        raise ApiError(503, in_flight.cut_reason or "", code="shutting_down")
-    try:
-        with in_flight.track(upstream):
-            yield upstream
-    finally:
-        if upstream.content.is_eof():
-            upstream.release()
-        else:
-            upstream.close()
+    with held(request, upstream):
+        yield upstream
 
 
 async def pass_through(
