@@ -207,3 +207,22 @@ async def test_a_local_model_wins_over_a_peer_model_of_the_same_name(
     assert (await reply.json())["usage"]["completion_tokens"] == 2  # not the peer's 7
     tags = [m["name"] for m in (await (await client.get("/api/tags")).json())["models"]]
     assert tags.count("near:latest") == 1
+
+
+async def test_a_peers_own_peers_are_not_served_through_it(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, plain: PlainServer
+) -> None:
+    # b serves "far" and relays "plain-m" from its own peer: the front takes only "far" from b,
+    # so two daemons peering each other never pass a request around in a circle.
+    far_app = build_app(fake_config({"far": {}}, {"c": {"url": plain.url}}))
+    far = await aiohttp_server(far_app)
+    await eventually(lambda: far_app[PEERS].views()[0].up, what="b's own peer checked")
+    url = str(far.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as http, http.get(url + "/api/tags") as listing:
+        tags = (await listing.json())["models"]
+    assert {m["name"] for m in tags} == {"far:latest", "plain-m:latest"}  # b lists both
+    client = await start_front(aiohttp_client, {"b": {"url": url}})
+    (view,) = client.app[PEERS].views()
+    assert view.models == ("far:latest",)
+    reply = await client.post("/api/chat", json={"model": "plain-m", "messages": MESSAGES})
+    assert reply.status == 404

@@ -210,10 +210,16 @@ class PeerDirectory:
 
 
 def _names(entries: list[Any], key: str) -> tuple[str, ...]:
+    """The names of the peer's own models. Those it lists as another server's (`remote_host`,
+    as vllama lists its own peers' and Ollama its cloud models) are left out: relayed twice
+    they could come back here, and two vllamas peering each other would pass a request for a
+    model gone from both around in a circle."""
     return tuple(
         entry[key]
         for entry in entries
-        if isinstance(entry, dict) and isinstance(entry.get(key), str)
+        if isinstance(entry, dict)
+        and isinstance(entry.get(key), str)
+        and "remote_host" not in entry
     )
 
 
