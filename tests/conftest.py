@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,13 @@ FAKE_ENGINE_COMMAND = [sys.executable, str(FAKE_VLLM)]
 # ours and never touches another run's (or a developer's daemon's) processes.
 SESSION_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
 os.environ["TEST_VLLAMA_SESSION"] = SESSION_MARK
+
+# The default models folder is the user's (~/.vllama/models): a test must never read or write it.
+# Whatever a test leaves to the default (a fake config, a CLI daemon with no config file) sees an
+# empty folder of this session's own instead, so a demo the user built there (`make serve`) does not
+# show up in listings a test compares exactly. Removed when the session ends.
+_MODELS_DIR = tempfile.TemporaryDirectory(prefix="vllama-test-models-")
+os.environ["VLLAMA_MODELS_DIR"] = _MODELS_DIR.name
 
 # What a leaked worker looks like: the fake server (and its fake EngineCore grandchild), a real vLLM
 # server or engine, or a vllama process started by a test: a daemon (`vllama serve`) or a CLI
