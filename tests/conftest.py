@@ -23,11 +23,11 @@ SESSION_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
 os.environ["TEST_VLLAMA_SESSION"] = SESSION_MARK
 
 # The default models folder is the user's (~/.vllama/models): a test must never read or write it.
-# Whatever a test leaves to the default (a fake config, a CLI daemon with no config file) sees an
-# empty folder of this session's own instead, so a demo the user built there (`make serve`) does not
-# show up in listings a test compares exactly. Removed when the session ends.
+# A config a test writes without a models folder (tests/component/fakes.py, tests/daemon.py) gets
+# this session's own empty one instead, so a demo the user built there (`make serve`) never shows
+# up in a listing a test compares exactly. Removed when the session ends.
 _MODELS_DIR = tempfile.TemporaryDirectory(prefix="vllama-test-models-")
-os.environ["VLLAMA_MODELS_DIR"] = _MODELS_DIR.name
+EMPTY_MODELS_DIR = _MODELS_DIR.name
 
 # What a leaked worker looks like: the fake server (and its fake EngineCore grandchild), a real vLLM
 # server or engine, or a vllama process started by a test: a daemon (`vllama serve`) or a CLI

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import EMPTY_MODELS_DIR
+
 VLLAMA = [sys.executable, "-m", "vllama"]
 
 
@@ -45,6 +47,7 @@ def write_config(
     models: dict[str, dict[str, Any]],
     peers: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
+    server = {"models_dir": EMPTY_MODELS_DIR, **server}  # never the user's ~/.vllama/models
     lines = ["[server]", *(f"{k} = {toml_value(v)}" for k, v in server.items())]
     for kind, tables in (("models", models), ("peers", peers or {})):
         for name, table in tables.items():

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 import psutil
 from aiohttp import web
 
-from tests.conftest import FAKE_ENGINE_COMMAND
+from tests.conftest import EMPTY_MODELS_DIR, FAKE_ENGINE_COMMAND
 from vllama.api.keys import SCHEDULER
 from vllama.config.settings import Config, load_config
 from vllama.engine.states import WorkerState
@@ -71,6 +71,7 @@ def fake_config(
         "stop_timeout": 3,
         "health_interval": 0.5,
         "load_stall_timeout": 20,
+        "models_dir": EMPTY_MODELS_DIR,
         **server,
     }
     model_tables = {name: {"model": f"fake/{name}", **spec} for name, spec in models.items()}
