@@ -21,8 +21,8 @@ import structlog
 from aiohttp import web
 
 from vllama.api.keys import CONFIG
+from vllama.catalog.hub import PullError
 from vllama.catalog.names import InvalidName
-from vllama.catalog.pull import PullError
 from vllama.catalog.registry import ModelNotFound
 from vllama.engine.worker import LoadError
 from vllama.scheduling.errors import QueueFull, ShuttingDown

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vllama.catalog.files import ModelFormatError, json_object
+from vllama.catalog.files import ModelFormatError
 from vllama.catalog.names import normalize_name
+from vllama.catalog.store import load_document, save_document
 
 
 @dataclass(frozen=True)
@@ -58,13 +56,9 @@ class DerivedStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._models: dict[str, DerivedModel] = {}
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+        data = load_document(self.path)
+        if data is None:
             return
-        except OSError as exc:
-            raise ModelFormatError(f"{self.path}: unreadable ({exc})") from exc
-        data = json_object(raw, self.path)
         try:
             models = [DerivedModel.from_json(item) for item in data["models"]]
         except (KeyError, TypeError, ValueError) as exc:
@@ -89,15 +83,4 @@ class DerivedStore:
 
     def _save(self) -> None:
         document = {"version": self._VERSION, "models": [m.to_json() for m in self.all()]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A crash mid-write leaves the old file whole: the new one appears only by rename.
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=2, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_document(self.path, document)

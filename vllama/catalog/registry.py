@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import structlog
 
+from vllama.catalog import library
 from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
@@ -27,6 +28,7 @@ from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, de
 from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.catalog.pull import remote_weight_bytes
+from vllama.catalog.pulled import PulledNames
 from vllama.catalog.sizing import kv_bytes_per_token
 from vllama.config import vllm_args
 from vllama.config.settings import Config, ModelFacts, ModelSpec
@@ -115,15 +117,19 @@ class Registry:
         self._adapters = config.adapters()
         self.models_dir = config.server.models_dir.expanduser()
         self.derived = DerivedStore(self.models_dir / "derived-models.json")
+        self.pulled = PulledNames(self.models_dir / "pulled-names.json")
+        self.library = _load_library(self.models_dir)
         self.discovery = Discovery(self.models_dir)
         self.discovery.scan()
         # path -> (when checked, config.json's mtime, what was read)
         self._files: dict[Path, tuple[float, float, ModelFiles]] = {}
 
     def reconfigure(self, config: Config) -> None:
+        """Blocking (the models folder's library.toml is read again)."""
         self._config = config
         self._names = config.names()
         self._adapters = config.adapters()
+        self.library = _load_library(self.models_dir)
 
     def is_configured(self, requested: str) -> bool:
         """Whether a configured model, alias or adapter has this name (a peer's may not)."""
@@ -147,14 +153,25 @@ class Registry:
             base = self.resolve(derived.base, _depth + 1)
             on = derived.lora_name if derived.adapter else base.adapter
             return Resolved(base.served_name, base.spec, base.source, derived, on)
-        key = strip_latest(requested)
-        folder = self.discovery.models_dir_entries.get(key)
-        if folder is not None:
-            return Resolved(key, self._discovered_spec(folder), "models_dir")
-        snapshot = self.discovery.hf_cache_entries.get(key)
-        if snapshot is not None:
-            return Resolved(key, self._discovered_spec(snapshot), "hf_cache")
+        for key in self._disk_keys(requested):
+            folder = self.discovery.models_dir_entries.get(key)
+            if folder is not None:
+                return Resolved(key, self._discovered_spec(folder), "models_dir")
+            snapshot = self.discovery.hf_cache_entries.get(key)
+            if snapshot is not None:
+                return Resolved(key, self._discovered_spec(snapshot), "hf_cache")
         raise ModelNotFound(requested)
+
+    def _disk_keys(self, requested: str) -> list[str]:
+        """Where on disk `requested` may be: the folder it was pulled into, a folder or cached
+        repo of that name, the repo its Ollama library name means (`qwen3:8b`)."""
+        keys = [self.pulled.get(requested), strip_latest(requested)]
+        try:
+            match = library.lookup(requested, self.library)
+        except library.LibraryError:  # a tag with no vLLM-ready repo: nothing on disk has it
+            match = None
+        keys.append(match.repo if match else None)
+        return [key for key in keys if key]
 
     async def lookup(self, requested: str) -> Resolved:
         """`resolve`, looking on disk again (rate-limited) for a name not known yet."""
@@ -180,10 +197,12 @@ class Registry:
             if key not in served and str(snapshot) not in served:
                 spec = self._discovered_spec(snapshot)
                 found[normalize_name(key)] = Resolved(key, spec, "hf_cache")
+        pulled_as = self.pulled.all()  # a pulled folder is listed by the names it was pulled as
         for key, folder in self.discovery.models_dir_entries.items():
             if str(folder) not in served:
                 spec = self._discovered_spec(folder)
-                found[normalize_name(key)] = Resolved(key, spec, "models_dir")
+                names = [n for n, k in pulled_as.items() if k == key] or [normalize_name(key)]
+                found |= {name: Resolved(key, spec, "models_dir") for name in names}
         for name, spec in self._config.models.items():
             found[normalize_name(name)] = Resolved(name, spec, "config")
             for adapter in spec.adapters:
@@ -316,6 +335,16 @@ class Registry:
             "system": derived.system if derived else None,
             "parameters": dict(derived.parameters) if derived else {},
         }
+
+
+def _load_library(models_dir: Path) -> library.Library:
+    """Blocking: the library of Ollama names; a broken library.toml in the models folder is
+    logged and left out, not fatal (the built-in table still serves)."""
+    try:
+        return library.load(models_dir)
+    except (OSError, ValueError) as exc:
+        log.error("library.toml left out", error=str(exc))
+        return library.builtin()
 
 
 def parsers_for(spec: ModelSpec, files: ModelFiles | None) -> Parsers:

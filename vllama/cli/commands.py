@@ -144,6 +144,7 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
         prompt = " ".join(args.prompt)
     elif not interactive:
         prompt = sys.stdin.read()
+    _pull_if_missing(client, args.model)
     if interactive or not prompt.strip():  # load the model (an empty prompt only loads it)
         client.post("/api/generate", {"model": args.model, **extra}, timeout=None)
         if not interactive:
@@ -177,6 +178,21 @@ def _progress(client: Client, path: str, body: dict[str, Any]) -> int:
     finally:
         printer.finish()
     return 0
+
+
+def _pull_if_missing(client: Client, model: str) -> None:
+    """As `ollama run` does: a model not here yet is pulled first, with its progress."""
+    try:
+        client.post("/api/show", {"model": model})
+    except DaemonError as missing:
+        if missing.status != 404:
+            raise
+        try:
+            _progress(client, "/api/pull", {"model": model})
+        except DaemonError as exc:
+            if exc.status == 404:  # nothing by that name to pull either: say it is not found
+                raise missing from None
+            raise
 
 
 def cmd_pull(client: Client, args: argparse.Namespace) -> int:
@@ -267,7 +283,7 @@ def add_commands(commands: Any) -> None:
     parser.add_argument("--verbose", action="store_true", help="show timings and token rates")
     parser.add_argument("--keepalive", help='how long the model stays loaded ("5m", "-1")')
     parser.add_argument("--format", help='response format: "json" or a JSON schema')
-    parser = add("pull", cmd_pull, "download a model (a Hugging Face org/name[:revision])")
+    parser = add("pull", cmd_pull, "download a model: qwen3:8b, or a Hugging Face org/name")
     parser.add_argument("model")
     parser = add("stop", cmd_stop, "stop a running model")
     parser.add_argument("model")

@@ -69,7 +69,8 @@ def _entry(name: str, resolved: Resolved, files: ModelFiles | None) -> dict[str,
 
 
 def _parent(resolved: Resolved) -> str:
-    return normalize_name(resolved.served_name) if resolved.derived else ""
+    # The model it was created from, as the client named it (Ollama's parent_model).
+    return normalize_name(resolved.derived.base) if resolved.derived else ""
 
 
 async def tags(request: web.Request) -> web.Response:
@@ -155,7 +156,8 @@ async def ps(request: web.Request) -> web.Response:
     copies = Counter(replicas.model_of(m.name) for m in ready)
     for model in ready:
         served = replicas.model_of(model.name)  # a replica (`name#2`) is listed as its model
-        name = normalize_name(served)
+        # A pulled model is shown by the name it was pulled as (`qwen3:8b`), as in /api/tags.
+        name = next(iter(registry.pulled.names_of(served)), normalize_name(served))
         try:
             resolved = registry.resolve(served)
         except ModelNotFound:  # served from a folder that has gone since
@@ -196,7 +198,10 @@ async def pull(request: web.Request) -> web.StreamResponse:
     return await respond_progress(
         request,
         stream_flag(payload),
-        _then_rescan(registry, pull_progress(requested, registry.models_dir)),
+        _then_rescan(
+            registry,
+            pull_progress(requested, registry.models_dir, registry.library, registry.pulled),
+        ),
     )
 
 
@@ -327,10 +332,17 @@ async def delete(request: web.Request) -> web.Response:
             f"model '{requested}' is the folder of configured model(s) {', '.join(users)}; "
             "remove them from the config file first"
         )
+    pulled_as = registry.pulled.names_of(resolved.served_name)
+    if normalize_name(requested) in pulled_as and len(pulled_as) > 1:
+        # Pulled under other names too (`qwen3` and `qwen3:8b`): only this name goes.
+        await asyncio.to_thread(registry.pulled.delete, requested)
+        return web.Response(status=200)
     stopping = request.app[SCHEDULER].unload(resolved.served_name, "model deleted", "deleted")
     if stopping is not None:
         await stopping
     await asyncio.to_thread(shutil.rmtree, resolved.spec.model)
+    for name in pulled_as:
+        await asyncio.to_thread(registry.pulled.delete, name)
     await registry.discovery.refresh(force=True)
     return web.Response(status=200)
 
