@@ -17,12 +17,17 @@ import asyncio
 import hashlib
 import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+
+from tests.daemon import free_port
 
 # What the Hub keeps in Git LFS: weights by their suffix, and anything too big for plain git
 # (the Hub refuses regular files over 10 MiB).
@@ -359,3 +364,23 @@ def _error(
     return kind(
         headers=headers, text=json.dumps({"error": message}), content_type="application/json"
     )
+
+
+@contextmanager
+def serve_in_thread(hub: FakeHub) -> Iterator[str]:
+    """The fake on a free local port, served from a thread (for tests that are not async: a
+    daemon subprocess pulls from it); yields its URL, for HF_ENDPOINT."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(hub.app())
+    loop.run_until_complete(runner.setup())
+    port = free_port()
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, name="fake-hub", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()

@@ -269,6 +269,8 @@ def test_progress_lines() -> None:
     updates: list[dict[str, Any]] = [
         {"status": "pulling manifest"},
         {"status": "pulling config.json", "digest": "", "total": 700, "completed": 0},
+        {"status": "pulling config.json", "digest": "", "total": 700, "completed": 300},
+        {"status": "pulling config.json", "digest": "", "total": 700, "completed": 310},
         {"status": "pulling config.json", "digest": "", "total": 700, "completed": 700},
         {"status": "writing manifest"},
         {"status": "writing manifest"},
@@ -282,6 +284,7 @@ def test_progress_lines() -> None:
     assert plain.getvalue().splitlines() == [
         "pulling manifest",
         "pulling config.json   0% ▕                    ▏ 0 B/700 B",
+        "pulling config.json  42% ▕████████            ▏ 300 B/700 B",  # 310 B: the same tenth
         "pulling config.json 100% ▕████████████████████▏ 700 B/700 B",
         "writing manifest",
         "success",

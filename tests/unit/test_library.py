@@ -11,6 +11,8 @@ from vllama.catalog import library
 from vllama.catalog.hub import HubFile, PullError
 from vllama.catalog.pull import loaded_weight_bytes, select_files, target_of
 from vllama.catalog.pulled import PulledNames
+from vllama.catalog.registry import ModelNotFound, Registry
+from vllama.config.settings import load_config
 
 TABLE = library.parse(
     tomllib.loads(
@@ -92,6 +94,17 @@ def test_the_tags_of_an_entry_default_first() -> None:
     assert library.tags(TABLE["qwen3"]) == ["8b", "8b-fp8", "8b-q4_K_M", "0.6b", "0.6b-fp8", "30b"]
 
 
+def test_an_entry_may_name_the_arguments_its_repos_need() -> None:
+    document = {
+        "x": {"args": ["--trust-remote-code"], "sizes": {"1b": {"bf16": "a/b", "fp8": "a/c"}}}
+    }
+    assert library.args_by_repo(library.parse(document, "t")) == {
+        "a/b": ("--trust-remote-code",),
+        "a/c": ("--trust-remote-code",),
+    }
+    assert library.args_by_repo(TABLE) == {}
+
+
 @pytest.mark.parametrize(
     ("document", "error"),
     [
@@ -100,6 +113,7 @@ def test_the_tags_of_an_entry_default_first() -> None:
         ({"x": {"sizes": {"1b": {"bf16": "a/b", "q4": "a/c"}}}}, "unknown precision"),
         ({"x": {"default": "2b", "sizes": {"1b": {"bf16": "a/b"}}}}, "must name sizes"),
         ({"x": {"aliases": {"big": "9b"}, "sizes": {"1b": {"bf16": "a/b"}}}}, "must name sizes"),
+        ({"x": {"args": "--trust-remote-code", "sizes": {"1b": {"bf16": "a/b"}}}}, "list of"),
     ],
 )
 def test_a_malformed_table_says_where(document: dict[str, object], error: str) -> None:
@@ -209,3 +223,41 @@ def test_pulled_names_survive_a_restart(tmp_path: Path) -> None:
     assert again.names_of("Qwen/Qwen3-8B") == ["qwen3:8b", "qwen3:latest"]
     assert again.delete("qwen3") and not again.delete("qwen3")
     assert PulledNames(tmp_path / "pulled.json").all() == {"qwen3:8b": "Qwen/Qwen3-8B"}
+
+
+def test_a_repo_whose_entry_needs_arguments_gets_them_wherever_it_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    models = tmp_path / "models"
+    for repo in ("nomic-ai/nomic-embed-text-v1.5", "Qwen/Qwen3-8B"):
+        (models / repo).mkdir(parents=True)
+        (models / repo / "config.json").write_text("{}")
+    PulledNames(models / "pulled-names.json").put(
+        "nomic-embed-text", "nomic-ai/nomic-embed-text-v1.5"
+    )
+    registry = Registry(load_config(file_data={"server": {"models_dir": str(models)}}))
+    for name in ("nomic-embed-text", "nomic-embed-text:v1.5", "nomic-ai/nomic-embed-text-v1.5"):
+        resolved = registry.resolve(name)
+        assert resolved.served_name == "nomic-ai/nomic-embed-text-v1.5"
+        assert "--trust-remote-code" in resolved.spec.args
+    # Found by its library name though pulled by its repo id; and no remote code for the others.
+    assert registry.resolve("qwen3:8b").served_name == "Qwen/Qwen3-8B"
+    assert "--trust-remote-code" not in registry.resolve("qwen3:8b").spec.args
+    with pytest.raises(ModelNotFound):
+        registry.resolve("qwen3:14b")  # in the library, not on disk
+
+
+async def test_tags_list_a_pulled_folder_by_its_pulled_names_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    models = tmp_path / "models"
+    for repo in ("Qwen/Qwen3-8B", "me/other"):
+        (models / repo).mkdir(parents=True)
+        (models / repo / "config.json").write_text("{}")
+    pulled = PulledNames(models / "pulled-names.json")
+    pulled.put("qwen3", "Qwen/Qwen3-8B")
+    pulled.put("qwen3:8b", "Qwen/Qwen3-8B")
+    registry = Registry(load_config(file_data={"server": {"models_dir": str(models)}}))
+    assert sorted(await registry.available()) == ["me/other:latest", "qwen3:8b", "qwen3:latest"]

@@ -54,6 +54,7 @@ class Entry:
     default: str
     sizes: dict[str, dict[str, str]]  # size tag -> precision -> repo
     aliases: dict[str, str]  # other tag -> size tag
+    args: tuple[str, ...] = ()  # vLLM arguments every repo of it needs (--trust-remote-code)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,10 @@ def parse(document: dict[str, Any], source: str) -> Library:
         aliases = {str(k).lower(): str(v).lower() for k, v in table.get("aliases", {}).items()}
         if default not in sizes or any(v not in sizes for v in aliases.values()):
             raise ValueError(f"{where}: default and aliases must name sizes")
-        library[name.lower()] = Entry(name.lower(), default, sizes, aliases)
+        args = table.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ValueError(f"{where}: args must be a list of strings")
+        library[name.lower()] = Entry(name.lower(), default, sizes, aliases, tuple(args))
     return library
 
 
@@ -105,6 +109,17 @@ def load(models_dir: Path) -> Library:
         with extra.open("rb") as handle:
             library |= parse(tomllib.load(handle), str(extra))
     return library
+
+
+def args_by_repo(library: Library) -> dict[str, tuple[str, ...]]:
+    """Repo -> the vLLM arguments its library entry says it needs (only those that need any)."""
+    return {
+        repo: entry.args
+        for entry in library.values()
+        if entry.args
+        for repos in entry.sizes.values()
+        for repo in repos.values()
+    }
 
 
 def split(requested: str) -> tuple[str, str]:

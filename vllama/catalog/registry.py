@@ -118,7 +118,7 @@ class Registry:
         self.models_dir = config.server.models_dir.expanduser()
         self.derived = DerivedStore(self.models_dir / "derived-models.json")
         self.pulled = PulledNames(self.models_dir / "pulled-names.json")
-        self.library = _load_library(self.models_dir)
+        self._set_library(_load_library(self.models_dir))
         self.discovery = Discovery(self.models_dir)
         self.discovery.scan()
         # path -> (when checked, config.json's mtime, what was read)
@@ -129,7 +129,11 @@ class Registry:
         self._config = config
         self._names = config.names()
         self._adapters = config.adapters()
-        self.library = _load_library(self.models_dir)
+        self._set_library(_load_library(self.models_dir))
+
+    def _set_library(self, names: library.Library) -> None:
+        self.library = names
+        self._library_args = library.args_by_repo(names)
 
     def is_configured(self, requested: str) -> bool:
         """Whether a configured model, alias or adapter has this name (a peer's may not)."""
@@ -156,10 +160,10 @@ class Registry:
         for key in self._disk_keys(requested):
             folder = self.discovery.models_dir_entries.get(key)
             if folder is not None:
-                return Resolved(key, self._discovered_spec(folder), "models_dir")
+                return Resolved(key, self._discovered_spec(key, folder), "models_dir")
             snapshot = self.discovery.hf_cache_entries.get(key)
             if snapshot is not None:
-                return Resolved(key, self._discovered_spec(snapshot), "hf_cache")
+                return Resolved(key, self._discovered_spec(key, snapshot), "hf_cache")
         raise ModelNotFound(requested)
 
     def _disk_keys(self, requested: str) -> list[str]:
@@ -181,11 +185,12 @@ class Registry:
             await self.discovery.refresh()
             return self.resolve(requested)
 
-    def _discovered_spec(self, folder: Path) -> ModelSpec:
+    def _discovered_spec(self, key: str, folder: Path) -> ModelSpec:
+        """A found model's spec: the server's defaults, and what its library entry says the
+        repo needs (`key` is its repo id, `org/name`)."""
         settings = self._config.server
-        return ModelSpec(
-            model=str(folder), args=tuple(settings.default_args), env=dict(settings.default_env)
-        )
+        args = (*settings.default_args, *self._library_args.get(key, ()))
+        return ModelSpec(model=str(folder), args=args, env=dict(settings.default_env))
 
     async def available(self) -> dict[str, Resolved]:
         """Every model a client can name, by Ollama-style name (for `/api/tags`)."""
@@ -195,12 +200,12 @@ class Registry:
         found: dict[str, Resolved] = {}
         for key, snapshot in self.discovery.hf_cache_entries.items():
             if key not in served and str(snapshot) not in served:
-                spec = self._discovered_spec(snapshot)
+                spec = self._discovered_spec(key, snapshot)
                 found[normalize_name(key)] = Resolved(key, spec, "hf_cache")
         pulled_as = self.pulled.all()  # a pulled folder is listed by the names it was pulled as
         for key, folder in self.discovery.models_dir_entries.items():
             if str(folder) not in served:
-                spec = self._discovered_spec(folder)
+                spec = self._discovered_spec(key, folder)
                 names = [n for n, k in pulled_as.items() if k == key] or [normalize_name(key)]
                 found |= {name: Resolved(key, spec, "models_dir") for name in names}
         for name, spec in self._config.models.items():

@@ -28,6 +28,7 @@ class ProgressPrinter:
         self.out, self.tty = out, tty
         self.key: str | None = None
         self.last = ""
+        self.logged = ("", -1)  # off a terminal: the file and tenth of it last written
 
     def update(self, obj: dict[str, Any]) -> None:
         status = str(obj.get("status") or "")
@@ -39,16 +40,19 @@ class ProgressPrinter:
             completed = obj.get("completed")
             done = int(completed) if isinstance(completed, int | float) else 0
             line = progress_line(label, done, int(total or 0))
+            tenth = done * 10 // int(total) if isinstance(total, int | float) and total > 0 else 10
         elif status:
-            key, line = status, status
+            key, line, tenth = status, status, -1
         else:
             return
         if self.tty:
             if self.key is not None and key != self.key:
                 self.out.write("\n")
             self.out.write("\r" + line + "\x1b[K")
-        elif line != self.last:
+        elif line != self.last and (key, tenth) != self.logged:
+            # A log gets a line per tenth of a file, not one per update (several a second).
             self.out.write(line + "\n")
+            self.logged = (key, tenth)
         self.key, self.last = key, line
         self.out.flush()
 
