@@ -225,39 +225,40 @@ def test_pulled_names_survive_a_restart(tmp_path: Path) -> None:
     assert PulledNames(tmp_path / "pulled.json").all() == {"qwen3:8b": "Qwen/Qwen3-8B"}
 
 
-def test_a_repo_whose_entry_needs_arguments_gets_them_wherever_it_is_found(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+def registry_with(tmp_path: Path, repos: list[str], pulled: dict[str, str]) -> Registry:
+    """A registry over a models folder holding `repos` (config.json only), pulled as `pulled`
+    (name -> repo); the Hugging Face cache is empty."""
     models = tmp_path / "models"
-    for repo in ("nomic-ai/nomic-embed-text-v1.5", "Qwen/Qwen3-8B"):
+    for repo in repos:
         (models / repo).mkdir(parents=True)
         (models / repo / "config.json").write_text("{}")
-    PulledNames(models / "pulled-names.json").put(
-        "nomic-embed-text", "nomic-ai/nomic-embed-text-v1.5"
-    )
-    registry = Registry(load_config(file_data={"server": {"models_dir": str(models)}}))
-    for name in ("nomic-embed-text", "nomic-embed-text:v1.5", "nomic-ai/nomic-embed-text-v1.5"):
+    for name, repo in pulled.items():
+        PulledNames(models / "pulled-names.json").put(name, repo)
+    return Registry(load_config(file_data={"server": {"models_dir": str(models)}}))
+
+
+@pytest.fixture(autouse=True)
+def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+def test_a_repo_whose_entry_needs_arguments_gets_them_wherever_it_is_found(
+    tmp_path: Path,
+) -> None:
+    nomic = "nomic-ai/nomic-embed-text-v1.5"
+    registry = registry_with(tmp_path, [nomic, "Qwen/Qwen3-8B"], {"nomic-embed-text": nomic})
+    for name in ("nomic-embed-text", "nomic-embed-text:v1.5", nomic):
         resolved = registry.resolve(name)
-        assert resolved.served_name == "nomic-ai/nomic-embed-text-v1.5"
+        assert resolved.served_name == nomic
         assert "--trust-remote-code" in resolved.spec.args
-    # Found by its library name though pulled by its repo id; and no remote code for the others.
+    # Found by its library name though never pulled by it; and no remote code for the others.
     assert registry.resolve("qwen3:8b").served_name == "Qwen/Qwen3-8B"
     assert "--trust-remote-code" not in registry.resolve("qwen3:8b").spec.args
     with pytest.raises(ModelNotFound):
         registry.resolve("qwen3:14b")  # in the library, not on disk
 
 
-async def test_tags_list_a_pulled_folder_by_its_pulled_names_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    models = tmp_path / "models"
-    for repo in ("Qwen/Qwen3-8B", "me/other"):
-        (models / repo).mkdir(parents=True)
-        (models / repo / "config.json").write_text("{}")
-    pulled = PulledNames(models / "pulled-names.json")
-    pulled.put("qwen3", "Qwen/Qwen3-8B")
-    pulled.put("qwen3:8b", "Qwen/Qwen3-8B")
-    registry = Registry(load_config(file_data={"server": {"models_dir": str(models)}}))
+async def test_tags_list_a_pulled_folder_by_its_pulled_names_only(tmp_path: Path) -> None:
+    pulled = {"qwen3": "Qwen/Qwen3-8B", "qwen3:8b": "Qwen/Qwen3-8B"}
+    registry = registry_with(tmp_path, ["Qwen/Qwen3-8B", "me/other"], pulled)
     assert sorted(await registry.available()) == ["me/other:latest", "qwen3:8b", "qwen3:latest"]
