@@ -3,6 +3,7 @@ serving a tiny model's real files, slowly enough to see byte progress."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -201,3 +202,20 @@ async def test_the_huggingface_hub_path_passes_its_progress_on(
     path = await hub_module._via_huggingface_hub(info, file, tmp_path / "x.part", seen.append)
     assert path.read_bytes() == tiny_files[WEIGHTS]
     assert sum(seen) == file.size and len(seen) > 1
+
+
+async def test_two_pulls_of_one_model_at_once_fetch_it_once(
+    client: Client, hub: FakeHub, tiny_files: dict[str, bytes], tmp_path: Path
+) -> None:
+    first, second = await asyncio.gather(
+        client.post("/api/pull", json={"model": "qwen3:8b"}),
+        client.post("/api/pull", json={"model": "qwen3"}),
+    )
+    one, other = await ndjson_lines(first, 60), await ndjson_lines(second, 60)
+    assert one[-1] == other[-1] == {"status": "success"}
+    waited = [lines for lines in (one, other) if lines[0]["status"].startswith("waiting")]
+    assert len(waited) == 1  # the other waited for the first, then found every file there
+    assert fetched(hub).count(WEIGHTS) == 1
+    assert (tmp_path / "models" / QWEN / WEIGHTS).read_bytes() == tiny_files[WEIGHTS]
+    names = {m["name"] for m in (await json_of(await client.get("/api/tags")))["models"]}
+    assert names == {"qwen3:8b", "qwen3:latest"}

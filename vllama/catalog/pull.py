@@ -11,6 +11,7 @@ files vLLM loads are fetched (`select_files`).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 PROGRESS_EVERY = 0.25  # seconds between a file's byte updates (a terminal redraws each)
 HEADROOM = 1 << 30  # bytes a pull leaves free on the models folder's disk
 STAGING = ".pulling"
+LOCK_POLL = 0.5  # seconds between looks at a lock another pull holds
 # Formats and copies vLLM never reads (another framework's weights, GGUF, `original/` twins).
 _SKIP_DIRS = ("original/", "onnx/", "openvino/", "coreml/", "gguf/", "flax_model/", "tf_model/")
 _SKIP_SUFFIXES = (
@@ -127,26 +129,64 @@ async def pull_progress(
 ) -> AsyncIterator[dict[str, Any]]:
     target = target_of(requested, names)
     folder, staging = models_dir / target.repo, models_dir / STAGING / target.repo
-    async with hub.session() as http:
-        info = await hub.repo_info(http, target.repo, target.revision)
-        if info.gated:
-            await _check_access(http, info)
-        files = select_files(info.files)
-        todo, needed = await asyncio.to_thread(_plan, files, folder, staging)
-        await asyncio.to_thread(_check_space, models_dir, needed)
-        yield {"status": "pulling manifest"}
-        for file in files:
-            if file in todo:
-                async for update in _fetch(http, info, file, staging):
-                    yield update
-            else:  # already here: Ollama's clients still draw it, whole
-                yield _update(file, file.size)
-    yield {"status": "verifying sha256 digest"}  # each file's digest was checked as it landed
-    await asyncio.to_thread(_install, files, staging, folder)
-    yield {"status": "writing manifest"}
-    if target.name is not None:
-        await asyncio.to_thread(pulled.put, target.name, target.repo)
-    yield {"status": "success"}
+    lock = _Lock(models_dir / STAGING / f"{target.repo}.lock")
+    try:
+        async with hub.session() as http:
+            info = await hub.repo_info(http, target.repo, target.revision)
+            if info.gated:
+                await _check_access(http, info)
+            files = select_files(info.files)
+            if not await asyncio.to_thread(lock.take):
+                # Another client (or vllama sharing this folder) pulls it now: wait, then
+                # fetch only what it has not.
+                yield {"status": f"waiting for another pull of {target.repo}"}
+                # Polled, not awaited as an event: the holder may be another process, and a
+                # thread blocked in flock could not be cancelled when this client goes away.
+                while not await asyncio.to_thread(lock.take):  # noqa: ASYNC110
+                    await asyncio.sleep(LOCK_POLL)
+            todo, needed = await asyncio.to_thread(_plan, files, folder, staging)
+            await asyncio.to_thread(_check_space, models_dir, needed)
+            yield {"status": "pulling manifest"}
+            for file in files:
+                if file in todo:
+                    async for update in _fetch(http, info, file, staging):
+                        yield update
+                else:  # already here: Ollama's clients still draw it, whole
+                    yield _update(file, file.size)
+        yield {"status": "verifying sha256 digest"}  # each file's digest was checked as it landed
+        await asyncio.to_thread(_install, files, staging, folder)
+        yield {"status": "writing manifest"}
+        if target.name is not None:
+            await asyncio.to_thread(pulled.put, target.name, target.repo)
+        yield {"status": "success"}
+    finally:
+        lock.release()
+
+
+class _Lock:
+    """One pull of a repo at a time, across clients and processes (an advisory file lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def take(self) -> bool:
+        """Blocking: whether the lock is now ours (never waits for it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        """Quick (closing the file drops the lock), so safe where nothing may be awaited."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 async def _check_access(http: Any, info: RepoInfo) -> None:
