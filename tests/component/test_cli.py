@@ -566,10 +566,15 @@ def test_create_a_derived_model(daemon: Daemon) -> None:
     )
 
 
-def test_pull_of_an_ollama_library_name_fails(daemon: Daemon) -> None:
-    result = vllama(daemon.url, "pull", "llama3.2")
+def test_pull_of_a_name_that_names_nothing_says_why(daemon: Daemon) -> None:
+    # Both are refused before anything is asked of the Hub (tests/component/test_pull.py pulls).
+    result = vllama(daemon.url, "pull", "llama9")
     assert result.returncode == 1
-    assert result.stderr.startswith("Error: ") and "org/name" in result.stderr
+    assert result.stderr.startswith("Error: ") and "library" in result.stderr
+    assert "org/name" in result.stderr
+    result = vllama(daemon.url, "pull", "llama3.2:3b-q6_K")
+    assert result.returncode == 1
+    assert "GGUF" in result.stderr and "the nearest is llama3.2:3b-" in result.stderr
 
 
 def test_logs(daemon: Daemon) -> None:
