@@ -323,11 +323,12 @@ def test_pull_without_network_fails_fast_and_push_is_501(
     assert time.monotonic() - began < 30
     # It asked the closed local port (elsewhere it would fail on DNS, or download).
     assert "Qwen/Qwen2.5-0.5B-Instruct" in str(info.value)
-    assert "Connection refused" in str(info.value)
+    assert "cannot reach http://127.0.0.1:9" in str(info.value)
     assert not (tmp_path / "models" / "Qwen").exists()  # nothing was downloaded
     with pytest.raises(ollama.ResponseError) as info:
-        api.pull("llama3.2")  # Ollama's library names aren't Hugging Face repos
-    assert info.value.status_code == 400
+        api.pull("llama3.2")  # an Ollama library name: its repo, from the same closed port
+    assert info.value.status_code == 500
+    assert "cannot reach" in str(info.value) and "meta-llama/" in str(info.value)
     with pytest.raises(ollama.ResponseError) as info:
         api.push("tiny")
     assert info.value.status_code == 501
