@@ -145,7 +145,12 @@ class FakeHub:
         token: str = "hf_test_token",
         bytes_per_second: float | None = None,
         chunk_size: int = 16 * 1024,
+        cdn_host: str | None = None,
     ) -> None:
+        """`cdn_host`: large (LFS) files are a 302 to `/cdn/` on this host name (same port), as
+        the Hub sends them to its CDN: "localhost" makes it another host to a client that
+        came to 127.0.0.1, which must then send no token along."""
+        self.cdn_host = cdn_host
         self.repos = repos
         self.token = token
         self.bytes_per_second = bytes_per_second
@@ -161,6 +166,7 @@ class FakeHub:
         app.router.add_get("/api/models/{org}/{name}", self._model_info)
         app.router.add_get("/api/models/{org}/{name}/revision/{revision}", self._model_info)
         app.router.add_get("/{org}/{name}/resolve/{revision}/{path:.+}", self._resolve)
+        app.router.add_get("/cdn/{org}/{name}/{path:.+}", self._cdn)
         return app
 
     def _authorized(self, request: web.BaseRequest) -> bool:
@@ -271,7 +277,31 @@ class FakeHub:
             # even where the response is a redirect to where its bytes are.
             headers["X-Linked-Etag"] = f'"{blob.sha256}"'
             headers["X-Linked-Size"] = str(blob.size)
+            if self.cdn_host is not None:
+                where = f"/cdn/{repo_id}/{quote(path)}?signature=fake"
+                headers[hdrs.LOCATION] = f"http://{self.cdn_host}:{request.url.port}{where}"
+                return web.Response(status=302, headers=headers)
+        return await self._serve(request, repo, path, blob, headers)
 
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        """Where a redirect sends an LFS file's bytes: signed URLs, so no token is needed."""
+        _, repo = self._repo(request)
+        path = request.match_info["path"]
+        blob = repo.blob(path)
+        if blob is None:
+            raise web.HTTPNotFound()
+        headers: dict[str, str] = {hdrs.ETAG: f'"{blob.sha256}"', hdrs.ACCEPT_RANGES: "bytes"}
+        return await self._serve(request, repo, path, blob, headers)
+
+    async def _serve(
+        self,
+        request: web.Request,
+        repo: FakeRepo,
+        path: str,
+        blob: FakeBlob,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """A file's bytes (or the range asked for), paced and cut as the knobs say."""
         wanted = _parse_range(request.headers.get(hdrs.RANGE), blob.size)
         if wanted is None:
             status, start, end = 200, 0, blob.size - 1

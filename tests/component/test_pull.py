@@ -219,3 +219,31 @@ async def test_two_pulls_of_one_model_at_once_fetch_it_once(
     assert (tmp_path / "models" / QWEN / WEIGHTS).read_bytes() == tiny_files[WEIGHTS]
     names = {m["name"] for m in (await json_of(await client.get("/api/tags")))["models"]}
     assert names == {"qwen3:8b", "qwen3:latest"}
+
+
+async def test_through_the_hubs_cdn_redirect_no_token_leaves_the_hub_and_a_cut_resumes(
+    aiohttp_server: ServerFactory,
+    client: Client,
+    tiny_files: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on huggingface.co: a large file's /resolve/ is a 302 to a CDN on another host (here
+    `localhost` for a client that came to 127.0.0.1), which takes signed URLs, not the token."""
+    cdn = FakeHub(
+        {GATED: FakeRepo(dict(tiny_files), gated=True)}, token=TOKEN, cdn_host="localhost"
+    )
+    server = await aiohttp_server(cdn.app())
+    monkeypatch.setenv("HF_ENDPOINT", str(server.make_url("")).rstrip("/"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    cdn.drop_after[WEIGHTS] = 500_000
+    lines = await ndjson_lines(await client.post("/api/pull", json={"model": "llama3.2:1b"}), 60)
+    assert "pull again to resume" in lines[-1]["error"]
+    lines = await ndjson_lines(await client.post("/api/pull", json={"model": "llama3.2:1b"}), 60)
+    assert lines[-1] == {"status": "success"}
+    assert (tmp_path / "models" / GATED / WEIGHTS).read_bytes() == tiny_files[WEIGHTS]
+    from_cdn = [r for r in cdn.requests if r.path.startswith("/cdn/")]
+    assert [r.path.rsplit("/", 1)[-1] for r in from_cdn] == [WEIGHTS, WEIGHTS]
+    assert from_cdn[1].range is not None and from_cdn[1].range.startswith("bytes=")
+    assert not any(r.authorized for r in from_cdn)  # the token stayed with the Hub
+    assert all(r.authorized for r in cdn.requests if "/resolve/" in r.path)

@@ -19,12 +19,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllama.catalog import hub, library
 from vllama.catalog.hub import HubFile, PullError, RepoInfo
 from vllama.catalog.names import check_name
 from vllama.catalog.pulled import PulledNames
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
 
 # A Hugging Face repo id: `org/name`, optionally with `:revision` (Ollama's tag; `latest` = main).
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -189,7 +192,7 @@ class _Lock:
             self.fd = None
 
 
-async def _check_access(http: Any, info: RepoInfo) -> None:
+async def _check_access(http: ClientSession, info: RepoInfo) -> None:
     """A gated repo: refused now, as an HTTP error, rather than at its first file."""
     if not hub.token():
         raise PullError(401, hub.gated_message(info.repo, with_token=False))
@@ -249,7 +252,7 @@ def _update(file: HubFile, completed: int) -> dict[str, Any]:
 
 
 async def _fetch(
-    http: Any, info: RepoInfo, file: HubFile, staging: Path
+    http: ClientSession, info: RepoInfo, file: HubFile, staging: Path
 ) -> AsyncIterator[dict[str, Any]]:
     """One file's download, as updates: bytes so far, at most every PROGRESS_EVERY seconds."""
     received = [0]
@@ -276,7 +279,7 @@ async def _fetch(
     finally:
         waiter.cancel()
         task.cancel()  # the client went away: the partial copy stays for the next pull
-    await asyncio.to_thread(os.replace, fetched or part, staging / file.path)
+    await asyncio.to_thread(_move, fetched or part, staging / file.path)
     if received[0] != shown:
         yield _update(file, file.size)
 
@@ -285,8 +288,12 @@ def _install(files: list[HubFile], staging: Path, folder: Path) -> None:
     """Blocking: move the fetched files into the model's folder, `config.json` last (a folder
     is a model once it has one), then drop the staging folder."""
     for file in sorted(files, key=lambda f: f.path == "config.json"):
-        source = staging / file.path
-        if source.exists():
-            (folder / file.path).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, folder / file.path)
+        if (staging / file.path).exists():
+            _move(staging / file.path, folder / file.path)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move(source: Path, destination: Path) -> None:
+    """Blocking: `source` to `destination` by rename (one disk), its folder made first."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, destination)
