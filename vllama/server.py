@@ -47,7 +47,11 @@ def run_daemon(config_path: Path | None, host: str | None, port: int | None) -> 
         return EXIT_BAD_CONFIG
     configure_logging(config.server.log_level, config.server.log_format)
     reload = (lambda: resolve_config(config_path, host, port)) if config.server.config else None
-    return _run(serve(config, reload))
+    try:
+        return _run(serve(config, reload))
+    except ConfigError as exc:  # found once the models folder is read: a library name's tag
+        print(f"vllama: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
 
 def _cut_answers(app: web.Application, drain_timeout: float) -> None:
@@ -148,13 +152,12 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
             log.warning("SIGHUP: no config file to reload")
             return
         try:
-            fresh = reload()
+            fresh = app[REGISTRY].reconfigure(reload())
         except ConfigError as exc:
             log.error("config reload failed; keeping the running config", error=str(exc))
             return
         if fresh.server != config.server:
             log.warning("server settings changed: they take effect at the next restart")
-        app[REGISTRY].reconfigure(fresh)
         scheduler.reconfigure(fresh)
         log.info("config reloaded", models=sorted(fresh.models))
 

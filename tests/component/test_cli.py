@@ -657,3 +657,31 @@ def test_unknown_flags_are_still_refused(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         parse(["list", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        ({"model": "fake/m", "keep_alive": "soon"}, "models.m.keep_alive"),
+        # Found only once the library is read (by the daemon, not the config loader).
+        ({"model": "qwen3:8b-q6_K"}, "models.m.model: qwen3:8b-q6_K has no vLLM-ready repo"),
+    ],
+)
+def test_serve_with_a_bad_config_exits_2_saying_what_is_wrong(
+    tmp_path: Path, model: dict[str, Any], why: str
+) -> None:
+    path = write_config(
+        tmp_path / "bad.toml",
+        {"engine_command": FAKE_ENGINE_COMMAND, **worker_ports()},
+        {"m": model},
+    )
+    env = {**os.environ, "TEST_VLLAMA_SESSION": SESSION_MARK}
+    done = subprocess.run(
+        [*VLLAMA, "serve", "--config", str(path), "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"vllama: invalid configuration: {why}"), done.stderr

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from huggingface_hub import constants
 
-from tests.component.fakes import fake_config
+from tests.component.fakes import WorkerView, engine_cmdline, fake_config
 from tests.component.test_ollama_api import json_of, ndjson_lines, start
 from tests.fake_hf import FakeHub, FakeRepo
 from vllama.catalog import hub as hub_module
@@ -247,3 +247,18 @@ async def test_through_the_hubs_cdn_redirect_no_token_leaves_the_hub_and_a_cut_r
     assert from_cdn[1].range is not None and from_cdn[1].range.startswith("bytes=")
     assert not any(r.authorized for r in from_cdn)  # the token stayed with the Hub
     assert all(r.authorized for r in cdn.requests if "/resolve/" in r.path)
+
+
+async def test_a_configured_model_named_qwen3_8b_starts_from_its_pulled_folder(
+    aiohttp_client: ClientFactory, tmp_path: Path, tiny_files: dict[str, bytes]
+) -> None:
+    folder = tmp_path / "models" / QWEN
+    for path, data in tiny_files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    config = fake_config({"chat": {"model": "qwen3:8b"}}, models_dir=str(tmp_path / "models"))
+    client = await start(aiohttp_client, config)
+    body = {"model": "chat", "prompt": "hi", "stream": False}
+    assert (await json_of(await client.post("/api/generate", json=body)))["done"] is True
+    argv = engine_cmdline(WorkerView(client.app, "chat").pid)
+    assert argv[argv.index("--model") + 1] == str(folder)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from vllama.catalog import library
+from vllama.catalog.configured import with_library_models
 from vllama.catalog.hub import HubFile, PullError
 from vllama.catalog.pull import loaded_weight_bytes, select_files, target_of
 from vllama.catalog.pulled import PulledNames
 from vllama.catalog.registry import ModelNotFound, Registry
-from vllama.config.settings import load_config
+from vllama.config.settings import ConfigError, load_config
 
 TABLE = library.parse(
     tomllib.loads(
@@ -262,3 +263,35 @@ async def test_tags_list_a_pulled_folder_by_its_pulled_names_only(tmp_path: Path
     pulled = {"qwen3": "Qwen/Qwen3-8B", "qwen3:8b": "Qwen/Qwen3-8B"}
     registry = registry_with(tmp_path, ["Qwen/Qwen3-8B", "me/other"], pulled)
     assert sorted(await registry.available()) == ["me/other:latest", "qwen3:8b", "qwen3:latest"]
+
+
+def test_a_configured_model_named_by_an_ollama_name_is_served_from_its_folder_or_repo(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "pulled"
+    models = {
+        "pulled": {"model": "qwen3:8b"},
+        "fetched": {"model": "qwen3:0.6b", "args": ["--enforce-eager"]},
+        "repo": {"model": "Qwen/Qwen3-8B"},
+        "local": {"model": str(tmp_path)},
+        "remote-code": {"model": "nomic-embed-text"},
+    }
+    config = load_config(file_data={"models": models})
+    on_disk = {"qwen3:8b": folder}  # by the pulled name; the others are not on disk
+    served = with_library_models(config, library.builtin(), lambda n, r: on_disk.get(n))
+    assert {name: spec.model for name, spec in served.models.items()} == {
+        "pulled": str(folder),
+        "fetched": "Qwen/Qwen3-0.6B",  # vLLM downloads it on the first start
+        "repo": "Qwen/Qwen3-8B",
+        "local": str(tmp_path),
+        "remote-code": "nomic-ai/nomic-embed-text-v1.5",
+    }
+    assert served.models["fetched"].args == ("--enforce-eager",)
+    assert served.models["remote-code"].args == ("--trust-remote-code",)
+    assert served.server == config.server
+
+
+def test_a_configured_ollama_name_whose_tag_no_repo_serves_is_a_config_error() -> None:
+    config = load_config(file_data={"models": {"chat": {"model": "qwen3:8b-q6_K"}}})
+    with pytest.raises(ConfigError, match=r"^models\.chat\.model: .*the nearest is qwen3:8b-"):
+        with_library_models(config, library.builtin(), lambda n, r: None)

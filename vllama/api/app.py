@@ -115,12 +115,12 @@ def build_app(
     )
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(cors_headers(access))
-    app[CONFIG] = config
+    app[REGISTRY] = registry = Registry(config)
+    app[CONFIG] = registry.config  # library names (`model = "qwen3:8b"`) made folders or repos
     app[METRICS] = Metrics()
     app[DEVICES] = devices if devices is not None else Devices()
     if weight_bytes is not None:
         app[WEIGHT_BYTES] = weight_bytes
-    app[REGISTRY] = Registry(config)
     app[IN_FLIGHT] = InFlight()
     app[LIVE] = Live()
     if leftovers is not None:

@@ -22,6 +22,7 @@ import structlog
 
 from vllama.catalog import library
 from vllama.catalog.adapters import adapter_rank
+from vllama.catalog.configured import with_library_models
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, detect
@@ -112,24 +113,34 @@ class Discovery:
 
 class Registry:
     def __init__(self, config: Config) -> None:
-        self._config = config
-        self._names = config.names()
-        self._adapters = config.adapters()
         self.models_dir = config.server.models_dir.expanduser()
         self.derived = DerivedStore(self.models_dir / "derived-models.json")
         self.pulled = PulledNames(self.models_dir / "pulled-names.json")
-        self._set_library(_load_library(self.models_dir))
         self.discovery = Discovery(self.models_dir)
         self.discovery.scan()
         # path -> (when checked, config.json's mtime, what was read)
         self._files: dict[Path, tuple[float, float, ModelFiles]] = {}
+        self.config = self.reconfigure(config)
 
-    def reconfigure(self, config: Config) -> None:
-        """Blocking (the models folder's library.toml is read again)."""
-        self._config = config
+    def reconfigure(self, config: Config) -> Config:
+        """Blocking (the models folder's library.toml is read again). The config as served:
+        models named by an Ollama library name (`model = "qwen3:8b"`) given as their folder or
+        repo; `ConfigError` for one whose tag no repo serves."""
+        self._set_library(_load_library(self.models_dir))
+        config = with_library_models(config, self.library, self._on_disk)
+        self.config = self._config = config
         self._names = config.names()
         self._adapters = config.adapters()
-        self._set_library(_load_library(self.models_dir))
+        return config
+
+    def _on_disk(self, name: str, repo: str) -> Path | None:
+        for key in (self.pulled.get(name), repo):
+            if key is not None:
+                found = self.discovery.models_dir_entries.get(key)
+                found = found or self.discovery.hf_cache_entries.get(key)
+                if found is not None:
+                    return found
+        return None
 
     def _set_library(self, names: library.Library) -> None:
         self.library = names
