@@ -201,6 +201,8 @@ async def download(
         if response.status in (301, 302, 303, 307, 308):
             if response.headers.get("X-Xet-Hash") and xet_available():
                 return await _via_huggingface_hub(info, file, part_path, progress)
+            if "Location" not in response.headers:
+                raise PullError(500, f"pull {info.repo}: {file.path}: a redirect to nowhere")
             target = urljoin(url, response.headers["Location"])
             if urlsplit(target).netloc != urlsplit(url).netloc:  # a CDN: no token to it
                 headers.pop("Authorization", None)
