@@ -26,6 +26,9 @@ ClientFactory = Callable[..., Awaitable[Client]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOKEN = "hf_test_token"
 WEIGHTS = "model.safetensors"
+# Bytes a second where a test cuts a download: slow enough that bytes land on disk before the cut
+# (aiohttp drops what it buffered but was not read yet when the connection breaks).
+SLOW = 400_000
 
 
 def repo_of(name: str) -> str:
@@ -57,8 +60,13 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 async def hub(
     aiohttp_server: ServerFactory, tiny_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[FakeHub]:
+    gguf = {"README.md": b"# GGUF only", "model-Q4_K_M.gguf": b"GGUF" * 1000}
     fake = FakeHub(
-        {QWEN: FakeRepo(dict(tiny_files)), GATED: FakeRepo(dict(tiny_files), gated=True)},
+        {
+            QWEN: FakeRepo(dict(tiny_files)),
+            GATED: FakeRepo(dict(tiny_files), gated=True),
+            "someone/gguf": FakeRepo(gguf),
+        },
         token=TOKEN,
         bytes_per_second=1_500_000,  # the 1.7 MB weights take about a second
     )
@@ -143,6 +151,7 @@ async def test_a_pulled_name_serves_requests_creates_and_deletes(
 async def test_an_interrupted_pull_resumes_where_it_stopped(
     client: Client, hub: FakeHub, tiny_files: dict[str, bytes], tmp_path: Path
 ) -> None:
+    hub.bytes_per_second = SLOW
     hub.drop_after[WEIGHTS] = 600_000
     lines = await ndjson_lines(await client.post("/api/pull", json={"model": "qwen3:8b"}), 60)
     assert "interrupted" in lines[-1]["error"] and "pull again to resume" in lines[-1]["error"]
@@ -182,6 +191,8 @@ async def test_a_pull_is_refused_before_any_download_when_it_cannot_succeed(
     assert "library" in error["error"] and "org/name" in error["error"]
     error = await json_of(await client.post("/api/pull", json={"model": "nobody/nothing"}), 404)
     assert "no such repo" in error["error"]
+    error = await json_of(await client.post("/api/pull", json={"model": "someone/gguf"}), 400)
+    assert "no weights vLLM loads" in error["error"]
     monkeypatch.setattr(pull, "free_bytes", lambda folder: pull.HEADROOM + 1000)
     error = await json_of(await client.post("/api/pull", json={"model": "qwen3:8b"}), 507)
     assert "not enough disk space" in error["error"]
@@ -231,7 +242,10 @@ async def test_through_the_hubs_cdn_redirect_no_token_leaves_the_hub_and_a_cut_r
     """As on huggingface.co: a large file's /resolve/ is a 302 to a CDN on another host (here
     `localhost` for a client that came to 127.0.0.1), which takes signed URLs, not the token."""
     cdn = FakeHub(
-        {GATED: FakeRepo(dict(tiny_files), gated=True)}, token=TOKEN, cdn_host="localhost"
+        {GATED: FakeRepo(dict(tiny_files), gated=True)},
+        token=TOKEN,
+        bytes_per_second=SLOW,
+        cdn_host="localhost",
     )
     server = await aiohttp_server(cdn.app())
     monkeypatch.setenv("HF_ENDPOINT", str(server.make_url("")).rstrip("/"))

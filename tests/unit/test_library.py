@@ -164,6 +164,9 @@ def test_a_pull_target_from_a_name_or_a_repo_id() -> None:
     assert target_of("Qwen/Qwen3-8B", TABLE).name is None
     assert target_of("Qwen/Qwen3-8B:v2", TABLE).revision == "v2"
     assert target_of("Qwen/Qwen3-8B:latest", TABLE).revision == "main"
+    # Ollama's way to name a Hugging Face repo: the bare repo is pulled.
+    assert target_of("hf.co/Qwen/Qwen3-8B", TABLE) == target_of("Qwen/Qwen3-8B", TABLE)
+    assert target_of("huggingface.co/Qwen/Qwen3-8B:v2", TABLE).revision == "v2"
 
 
 @pytest.mark.parametrize(
@@ -172,6 +175,8 @@ def test_a_pull_target_from_a_name_or_a_repo_id() -> None:
         ("llama9", 404, "not in vllama's library of Ollama names"),
         ("qwen3:8b-q5_K_M", 400, "the nearest is qwen3:8b-q4_K_M"),
         ("qwen3:9b", 400, "unknown tag"),
+        ("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", 400, "Q4_K_M names a GGUF file"),
+        ("hf.co/someone/model:iq3_xxs", 400, "names a GGUF file"),
     ],
 )
 def test_a_pull_of_nothing_is_refused_before_anything_is_fetched(

@@ -184,13 +184,20 @@ def _parse_tag(entry: Entry, tag: str) -> tuple[str, str]:
     if not parts:
         return size, "bf16"
     if len(parts) == 1:
-        precision = _QUANT.get(parts[0]) or _gguf_only(parts[0])
+        precision = quantization(parts[0])
         if precision:
             return size, precision
     raise LibraryError(
         f"{entry.name}:{tag}: unknown tag; {entry.name} has sizes {', '.join(entry.sizes)} "
         "(with -fp8, -q8_0 or -q4_K_M where a repo exists; see docs/MODELS.md)"
     )
+
+
+def quantization(tag: str) -> str | None:
+    """What an Ollama quantization tag (`q4_K_M`, `Q8_0`, `fp8`) means: a precision, or
+    `q<bits>` for a GGUF-only one; None for a tag that is not one."""
+    quant = tag.lower()
+    return _QUANT.get(quant) or _gguf_only(quant)
 
 
 def _gguf_only(quant: str) -> str | None:

@@ -59,7 +59,17 @@ def target_of(requested: str, names: library.Library) -> Target:
         raise PullError(400, f"cannot pull {requested!r}: {exc}") from None
     if match is not None:
         return Target(match.repo, "main", match.name)
-    repo, _, tag = requested.partition(":")
+    # Ollama's way to name a Hugging Face repo (`hf.co/org/name[:quantization]`), where the tag
+    # picks a GGUF file; vLLM serves the repo's safetensors, so only the bare repo is pulled.
+    name = requested.removeprefix("hf.co/").removeprefix("huggingface.co/")
+    repo, _, tag = name.partition(":")
+    if name != requested and tag and library.quantization(tag):
+        raise PullError(
+            400,
+            f"cannot pull {requested!r}: {tag} names a GGUF file, which vLLM does not serve; pull "
+            f"a repo with safetensors weights (org/name), or an Ollama name such as "
+            "qwen3:8b-q4_K_M (docs/MODELS.md)",
+        )
     if "/" not in repo:
         raise PullError(
             404,
@@ -139,6 +149,12 @@ async def pull_progress(
             if info.gated:
                 await _check_access(http, info)
             files = select_files(info.files)
+            if not _weight_files({f.path: f.size for f in files}):
+                raise PullError(
+                    400,
+                    f"cannot pull {target.repo}: it has no weights vLLM loads (safetensors or "
+                    ".bin at its top level; a GGUF-only repo has none)",
+                )
             if not await asyncio.to_thread(lock.take):
                 # Another client (or vllama sharing this folder) pulls it now: wait, then
                 # fetch only what it has not.
