@@ -126,8 +126,9 @@ class Registry:
         """Blocking (the models folder's library.toml is read again). The config as served:
         models named by an Ollama library name (`model = "qwen3:8b"`) given as their folder or
         repo; `ConfigError` for one whose tag no repo serves."""
-        self._set_library(_load_library(self.models_dir))
-        config = with_library_models(config, self.library, self._on_disk)
+        names = _load_library(self.models_dir)
+        config = with_library_models(config, names, self._on_disk)  # may refuse: nothing set yet
+        self._set_library(names)
         self.config = self._config = config
         self._names = config.names()
         self._adapters = config.adapters()
