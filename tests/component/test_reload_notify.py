@@ -146,3 +146,11 @@ def test_sighup_reloads_changed_models_and_keeps_the_rest(tmp_path: Path) -> Non
         eventually_blocking(lambda: "config reload failed" in daemon.log())
         assert daemon.proc.poll() is None
         assert complete(daemon, "keep").status_code == 200
+        # So is a file whose model's Ollama name has a tag no repo serves (refused by the
+        # registry, once the library is read, rather than by the config loader).
+        write_config(path, server_table(), {**models, "chat": {"model": "qwen3:8b-q6_K"}})
+        daemon.proc.send_signal(signal.SIGHUP)
+        eventually_blocking(lambda: "no vLLM-ready repo" in daemon.log())
+        assert daemon.proc.poll() is None
+        assert complete(daemon, "keep").status_code == 200
+        assert complete(daemon, "chat").status_code == 404
