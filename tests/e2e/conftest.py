@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.component.fakes import worker_ports
-from tests.daemon import Daemon, write_config
-from tests.e2e.helpers import shared_daemon
+from tests.daemon import Daemon
+from tests.e2e.helpers import own_daemon
 from vllama.demo.build import build_lora_adapter, ensure_demo_models
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV
 
@@ -49,29 +48,19 @@ def vllama_daemon(
     One daemon serves every e2e module that needs no daemon of its own (each model load costs
     ~25 s on 2 cores); it is stopped when the session ends, whatever order the modules ran in.
     """
-    folder = tmp_path_factory.mktemp("e2e")
-    config = write_config(
-        folder / "vllama.toml",
-        {
-            "load_stall_timeout": 240,
-            "drain_timeout": 30,
-            "log_level": "debug",
-            "models_dir": str(folder / "models"),
-            **worker_ports(),
+    server = {"drain_timeout": 30, "log_level": "debug"}
+    models = {
+        "tiny": real_model(demo_models["chat"], aliases=["tiny-alias"]),
+        "tiny-tools": {
+            **real_model(demo_models["chat"]),
+            "args": [*DEMO_ARGS, *TOOLS_AND_JSON_ARGS],
         },
-        {
-            "tiny": real_model(demo_models["chat"], aliases=["tiny-alias"]),
-            "tiny-tools": {
-                **real_model(demo_models["chat"]),
-                "args": [*DEMO_ARGS, *TOOLS_AND_JSON_ARGS],
-            },
-            "tiny2": real_model(demo_models["chat"], reasoning_parser="none"),
-            "tiny-embed": real_model(demo_models["embed"]),
-            "tiny-rerank": real_model(demo_models["rerank"]),
-            "tiny-lora": real_model(
-                demo_models["chat"], adapters={"tiny-adapter": str(demo_models["lora"])}
-            ),
-        },
-    )
-    with shared_daemon(config, folder / "vllama.log") as daemon:
+        "tiny2": real_model(demo_models["chat"], reasoning_parser="none"),
+        "tiny-embed": real_model(demo_models["embed"]),
+        "tiny-rerank": real_model(demo_models["rerank"]),
+        "tiny-lora": real_model(
+            demo_models["chat"], adapters={"tiny-adapter": str(demo_models["lora"])}
+        ),
+    }
+    with own_daemon(tmp_path_factory, "e2e", server, models) as daemon:
         yield daemon

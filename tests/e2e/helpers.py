@@ -6,11 +6,14 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pytest
 
+from tests.component.fakes import worker_ports
 from tests.conftest import LONG_LIVED, assert_no_leftovers
-from tests.daemon import Daemon, free_port
+from tests.daemon import Daemon, free_port, write_config
 
 # An OpenAI/Ollama tool, as clients send it.
 WEATHER_TOOL = {
@@ -25,6 +28,30 @@ WEATHER_TOOL = {
         },
     },
 }
+
+
+@contextlib.contextmanager
+def own_daemon(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    server: dict[str, Any],
+    models: dict[str, dict[str, Any]],
+    peers: dict[str, dict[str, Any]] | None = None,
+) -> Iterator[Daemon]:
+    """A real daemon for a module (or the session): a folder of its own holding its config, log,
+    models folder and runtime state, free worker ports and room for a slow first start (each
+    `server` key overrides those); stopped, and checked for leftovers, at the end."""
+    folder = tmp_path_factory.mktemp(name)
+    settings = {
+        "load_stall_timeout": 240,
+        "models_dir": str(folder / "models"),
+        "runtime_dir": str(folder / "run"),
+        **worker_ports(),
+        **server,
+    }
+    config = write_config(folder / "vllama.toml", settings, models, peers)
+    with shared_daemon(config, folder / "vllama.log") as daemon:
+        yield daemon
 
 
 @contextlib.contextmanager

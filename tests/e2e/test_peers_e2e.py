@@ -12,9 +12,8 @@ import openai
 import psutil
 import pytest
 
-from tests.component.fakes import worker_ports
-from tests.daemon import Daemon, write_config
-from tests.e2e.helpers import shared_daemon, workers
+from tests.daemon import Daemon
+from tests.e2e.helpers import own_daemon, workers
 
 pytestmark = pytest.mark.e2e
 
@@ -31,19 +30,9 @@ def front(
     line = workers(vllama_daemon)["tiny"].cmdline()
     line = " ".join(line).split()
     plain = f"http://127.0.0.1:{line[line.index('--port') + 1]}"
-    tmp_path = tmp_path_factory.mktemp("peers")
-    config = write_config(
-        tmp_path / "front.toml",
-        {
-            "models_dir": str(tmp_path / "models"),
-            "health_interval": 1,
-            "warm_spares": 0,  # nothing to load here
-            **worker_ports(),
-        },
-        {},
-        {"plain": {"url": plain}, "box": {"url": vllama_daemon.url}},  # "tiny": the plain one
-    )
-    with shared_daemon(config, tmp_path / "front.log") as daemon:
+    server = {"health_interval": 1, "warm_spares": 0}  # nothing to load here
+    peers = {"plain": {"url": plain}, "box": {"url": vllama_daemon.url}}  # "tiny": the plain one
+    with own_daemon(tmp_path_factory, "peers", server, {}, peers) as daemon:
         httpx.get(daemon.url + "/api/tags", timeout=30)  # up
         yield daemon, plain
         assert not [

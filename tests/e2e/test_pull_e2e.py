@@ -14,9 +14,8 @@ import httpx
 import ollama
 import pytest
 
-from tests.component.fakes import worker_ports
-from tests.daemon import VLLAMA, Daemon, write_config
-from tests.e2e.helpers import shared_daemon
+from tests.daemon import VLLAMA, Daemon
+from tests.e2e.helpers import own_daemon
 from tests.fake_hf import FakeHub, FakeRepo, serve_in_thread
 from vllama.catalog import library
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV
@@ -42,23 +41,11 @@ def daemon(
     files["original/consolidated.00.pth"] = b"\0" * 100_000  # a twin vLLM never reads
     repos = {repo_of(name): FakeRepo(dict(files)) for name in ("qwen3:0.6b", "qwen3:1.7b")}
     hub = FakeHub(repos, bytes_per_second=1_000_000)  # ~1.7 s for the weights: bytes visibly rise
-    folder = tmp_path_factory.mktemp("pull")
-    config = write_config(
-        folder / "vllama.toml",
-        {
-            "models_dir": str(folder / "models"),
-            "default_args": list(DEMO_ARGS),
-            "default_env": dict(DEMO_ENV),
-            "load_stall_timeout": 240,
-            "warm_spares": 0,
-            **worker_ports(),
-        },
-        {},
-    )
+    server = {"default_args": list(DEMO_ARGS), "default_env": dict(DEMO_ENV), "warm_spares": 0}
     with serve_in_thread(hub) as url, pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_ENDPOINT", url)  # the daemon reads it from its environment
         patch.delenv("HF_TOKEN", raising=False)
-        with shared_daemon(config, folder / "vllama.log") as running:
+        with own_daemon(tmp_path_factory, "pull", server, {}) as running:
             yield running
 
 

@@ -13,10 +13,10 @@ import openai
 import psutil
 import pytest
 
-from tests.component.fakes import eventually_blocking, worker_ports
-from tests.daemon import Daemon, write_config
+from tests.component.fakes import eventually_blocking
+from tests.daemon import Daemon
 from tests.e2e.conftest import real_model
-from tests.e2e.helpers import shared_daemon
+from tests.e2e.helpers import own_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -27,13 +27,8 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 def daemon(
     demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
-    folder = tmp_path_factory.mktemp("replicas")
-    config = write_config(
-        folder / "vllama.toml",
-        {"load_stall_timeout": 240, "models_dir": str(folder / "models"), **worker_ports()},
-        {"rep": real_model(demo_models["chat"], replicas=2)},
-    )
-    with shared_daemon(config, folder / "vllama.log") as running:
+    models = {"rep": real_model(demo_models["chat"], replicas=2)}
+    with own_daemon(tmp_path_factory, "replicas", {}, models) as running:
         yield running
         assert running.terminate() == 0
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.component.fakes import worker_ports
-from tests.daemon import Daemon, write_config
+from tests.daemon import Daemon
 from tests.e2e.conftest import real_model
-from tests.e2e.helpers import alive, shared_daemon, worker_tree, workers
+from tests.e2e.helpers import alive, own_daemon, worker_tree, workers
 
 pytestmark = pytest.mark.e2e
 
@@ -23,22 +22,14 @@ pytestmark = pytest.mark.e2e
 def daemon(
     demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
-    folder = tmp_path_factory.mktemp("resilience")
-    config = write_config(
-        folder / "vllama.toml",
-        {
-            "load_stall_timeout": 240,
-            "crash_loop_failures": 2,
-            "crash_loop_window": "30s",  # a kill within 30 s of ready counts as a fast failure
-            "restart_backoff": "0s",
-            "fatal_retry_backoff": "1s",
-            "runtime_dir": str(folder / "run"),
-            "models_dir": str(folder / "models"),
-            **worker_ports(),
-        },
-        {"tiny": real_model(demo_models["chat"])},
-    )
-    with shared_daemon(config, folder / "vllama.log") as running:
+    server = {
+        "crash_loop_failures": 2,
+        "crash_loop_window": "30s",  # a kill within 30 s of ready counts as a fast failure
+        "restart_backoff": "0s",
+        "fatal_retry_backoff": "1s",
+    }
+    models = {"tiny": real_model(demo_models["chat"])}
+    with own_daemon(tmp_path_factory, "resilience", server, models) as running:
         yield running
 
 

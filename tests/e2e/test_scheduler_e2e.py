@@ -15,10 +15,9 @@ import httpx
 import openai
 import pytest
 
-from tests.component.fakes import worker_ports
-from tests.daemon import Daemon, write_config
+from tests.daemon import Daemon
 from tests.e2e.conftest import real_model
-from tests.e2e.helpers import shared_daemon, workers
+from tests.e2e.helpers import own_daemon, workers
 
 pytestmark = pytest.mark.e2e
 
@@ -29,20 +28,9 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 def tight_daemon(
     demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
-    folder = tmp_path_factory.mktemp("tight")
-    config = write_config(
-        folder / "vllama.toml",
-        {
-            "memory_limit_cpu": "4.5GiB",
-            "max_queue": 300,
-            "load_stall_timeout": 240,
-            "drain_wait": 120,
-            "models_dir": str(folder / "models"),
-            **worker_ports(),
-        },
-        {"one": real_model(demo_models["chat"]), "two": real_model(demo_models["chat"])},
-    )
-    with shared_daemon(config, folder / "vllama.log") as daemon:
+    server = {"memory_limit_cpu": "4.5GiB", "max_queue": 300, "drain_wait": 120}
+    models = {"one": real_model(demo_models["chat"]), "two": real_model(demo_models["chat"])}
+    with own_daemon(tmp_path_factory, "tight", server, models) as daemon:
         yield daemon
         assert daemon.terminate() == 0
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.component.fakes import worker_ports
-from tests.daemon import Daemon, write_config
+from tests.daemon import Daemon
 from tests.e2e.conftest import real_model
-from tests.e2e.helpers import alive, shared_daemon, worker_tree, workers
+from tests.e2e.helpers import alive, own_daemon, worker_tree, workers
 
 pytestmark = pytest.mark.e2e
 
@@ -21,19 +20,11 @@ pytestmark = pytest.mark.e2e
 def daemon(
     demo_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
-    folder = tmp_path_factory.mktemp("shutdown")
-    config = write_config(
-        folder / "vllama.toml",
-        {
-            "load_stall_timeout": 240,
-            "drain_timeout": 30,
-            "runtime_dir": str(folder / "run"),
-            "models_dir": str(folder / "models"),
-            **worker_ports(),
-        },
-        {"tiny": real_model(demo_models["chat"]), "tiny-embed": real_model(demo_models["embed"])},
-    )
-    with shared_daemon(config, folder / "vllama.log") as running:
+    models = {
+        "tiny": real_model(demo_models["chat"]),
+        "tiny-embed": real_model(demo_models["embed"]),
+    }
+    with own_daemon(tmp_path_factory, "shutdown", {"drain_timeout": 30}, models) as running:
         yield running
 
 
