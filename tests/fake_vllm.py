@@ -157,8 +157,8 @@ class ApiError(Exception):
         self.kind = kind or ERROR_TYPES.get(self.status, "Error")
 
     def response(self) -> web.Response:
-        error = {"message": self.message, "type": self.kind, "param": self.param}
-        error["code"] = self.status
+        error: dict[str, object] = {"message": self.message, "type": self.kind}
+        error |= {"param": self.param, "code": self.status}
         return web.json_response({"error": error}, status=self.status)
 
 
@@ -260,7 +260,7 @@ def check_fields(body: JSON, chat: bool, max_model_len: int) -> None:
     lax_bool(body, "stream")
     if chat:
         lax_bool(body, "logprobs")
-    floats = ("temperature", "top_p", "min_p", "repetition_penalty")
+    floats: tuple[str, ...] = ("temperature", "top_p", "min_p", "repetition_penalty")
     floats += ("presence_penalty", "frequency_penalty")
     temperature, top_p, min_p, repetition, presence, frequency = (
         lax_float(body, name) for name in floats

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, overload
 
 import psutil
 from aiohttp import web
@@ -24,9 +24,19 @@ from vllama.scheduling.status import ModelStatus
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]], within: float = 10, what: str = ""
-) -> T:
+    condition: Callable[[], Awaitable[T | None]], within: float = 10, what: str = ""
+) -> T: ...
+
+
+@overload
+async def eventually(
+    condition: Callable[[], T | None], within: float = 10, what: str = ""
+) -> T: ...
+
+
+async def eventually(condition: Callable[[], Any], within: float = 10, what: str = "") -> Any:
     """Wait until `condition()` (a plain or an async function) returns something truthy, and
     return it; fail the test if it has not within `within` seconds. For tests, instead of a
     sleep that hopes something has happened by then."""
@@ -34,7 +44,7 @@ async def eventually(
     deadline = loop.time() + within
     while True:
         value = condition()
-        result = cast(T, await value if inspect.isawaitable(value) else value)
+        result = await value if inspect.isawaitable(value) else value
         if result:
             return result
         if loop.time() >= deadline:

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -33,7 +34,7 @@ def fake_daemon(tmp_path: Path, drain_timeout: float = 20, **env: str) -> Daemon
 
 
 def stream_chat(url: str, tokens: int, out: list[str]) -> None:
-    body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, Any] = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
     body |= {"max_tokens": tokens, "stream": True}
     try:
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:

@@ -68,7 +68,7 @@ def cmdline(client: Client, name: str) -> list[str]:
 
 
 async def test_a_fourth_model_evicts_the_least_recently_used(aiohttp_client: Any) -> None:
-    models = {name: {} for name in "abcd"}
+    models: dict[str, dict[str, Any]] = {name: {} for name in "abcd"}
     client = await gpu_host(aiohttp_client, models, dict.fromkeys("abcd", 23))  # 26 GiB each
     for name in "abc":
         assert await ask(client, name) == 200

@@ -64,7 +64,8 @@ async def test_start_until_healthy_then_stop_leaves_nothing(http: aiohttp.Client
     assert worker.process is not None
     pid = worker.process.pid
     report = await worker.stop("test")
-    assert worker.state is WorkerState.STOPPED
+    # (mypy keeps the READY it read before the await, hence the ignore)
+    assert worker.state is WorkerState.STOPPED  # type: ignore[comparison-overlap]
     assert report is not None and report.survivors == () and not report.escalated
     assert not pid_alive(pid)
     assert worker.port is None
@@ -165,7 +166,8 @@ async def test_a_foreign_server_on_the_port_is_not_taken_for_the_worker(
     try:
         await task
         assert worker.is_ready and worker.port != taken
-        assert worker.process is not None and worker.process.listens_on(worker.port)
+        assert worker.process is not None and worker.port is not None
+        assert worker.process.listens_on(worker.port)
     finally:
         await worker.stop("test")
         await runner.cleanup()

@@ -16,7 +16,7 @@ from tests.conftest import LONG_LIVED, assert_no_leftovers
 from tests.daemon import Daemon, free_port, write_config
 
 # An OpenAI/Ollama tool, as clients send it.
-WEATHER_TOOL = {
+WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",

@@ -8,12 +8,15 @@ The models have random weights: every check is on the shape and the protocol, ne
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import anthropic
 import httpx
 import ollama
 import openai
 import pytest
+from anthropic.types import MessageParam, ToolParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests.daemon import Daemon
 from tests.e2e.helpers import WEATHER_TOOL, workers
@@ -51,33 +54,34 @@ def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Dae
 
 def test_anthropic_sdk_create_stream_count_tokens_and_errors(vllama_daemon: Daemon) -> None:
     client = anthropic.Anthropic(base_url=vllama_daemon.url, api_key="unused", timeout=300)
-    messages = [{"role": "user", "content": "Hello there"}]
-    reply = client.messages.create(model="tiny", max_tokens=8, messages=messages)  # type: ignore[arg-type]
+    messages: list[MessageParam] = [{"role": "user", "content": "Hello there"}]
+    reply = client.messages.create(model="tiny", max_tokens=8, messages=messages)
     assert reply.type == "message" and reply.role == "assistant"
     assert reply.content and reply.content[0].type == "text"
     assert reply.usage.output_tokens == 8 and reply.stop_reason == "max_tokens"
-    with client.messages.stream(model="tiny", max_tokens=8, messages=messages) as stream:  # type: ignore[arg-type]
+    with client.messages.stream(model="tiny", max_tokens=8, messages=messages) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert "".join(pieces) == "".join(b.text for b in final.content if b.type == "text")
     assert final.usage.output_tokens == 8
-    counted = client.messages.count_tokens(model="tiny", messages=messages)  # type: ignore[arg-type]
+    counted = client.messages.count_tokens(model="tiny", messages=messages)
     assert counted.input_tokens > 0
     with pytest.raises(anthropic.NotFoundError) as info:
-        client.messages.create(model="no-such-model", max_tokens=8, messages=messages)  # type: ignore[arg-type]
+        client.messages.create(model="no-such-model", max_tokens=8, messages=messages)
     assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
 def test_anthropic_sdk_tools_reach_the_models_template(vllama_daemon: Daemon) -> None:
     client = anthropic.Anthropic(base_url=vllama_daemon.url, api_key="unused", timeout=300)
-    tool = {
+    function = cast(dict[str, Any], WEATHER["function"])
+    tool: ToolParam = {
         "name": "get_weather",
         "description": "Weather for a city",
-        "input_schema": WEATHER["function"]["parameters"],  # type: ignore[index]
+        "input_schema": function["parameters"],
     }
-    messages = [{"role": "user", "content": "Weather in Paris?"}]
-    bare = client.messages.count_tokens(model="tiny", messages=messages)  # type: ignore[arg-type]
-    with_tools = client.messages.count_tokens(model="tiny", messages=messages, tools=[tool])  # type: ignore[arg-type,list-item]
+    messages: list[MessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
+    bare = client.messages.count_tokens(model="tiny", messages=messages)
+    with_tools = client.messages.count_tokens(model="tiny", messages=messages, tools=[tool])
     assert with_tools.input_tokens > bare.input_tokens  # the template rendered the tool
     # Random weights rarely finish a call in valid JSON: the check is that the request is
     # accepted with vLLM's tool parser on, and that any call comes back as a tool_use block.
@@ -85,7 +89,7 @@ def test_anthropic_sdk_tools_reach_the_models_template(vllama_daemon: Daemon) ->
         model="tiny",
         max_tokens=16,
         messages=messages,
-        tools=[tool],  # type: ignore[arg-type,list-item]
+        tools=[tool],
     )
     assert reply.stop_reason in ("tool_use", "max_tokens", "end_turn")
     for block in reply.content:
@@ -113,12 +117,12 @@ def test_openai_tools_reach_the_template_and_parsed_calls_are_returned(
     vllama_daemon: Daemon,
 ) -> None:
     client = openai.OpenAI(base_url=vllama_daemon.url + "/v1", api_key="unused", timeout=300)
-    messages = [{"role": "user", "content": "Weather in Paris?"}]
-    bare = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
+    bare = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
     reply = client.chat.completions.create(
         model="tiny",
-        messages=messages,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=messages,
+        tools=[cast(ChatCompletionToolParam, WEATHER)],
         tool_choice="required",
         max_tokens=24,
     )
@@ -126,7 +130,7 @@ def test_openai_tools_reach_the_template_and_parsed_calls_are_returned(
     # "required" makes vLLM constrain the output to a call's frame; with random arguments the
     # parser may still find no complete call, but every call it returns names the tool.
     for call in reply.choices[0].message.tool_calls or []:
-        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert call.type == "function" and call.function.name == "get_weather"
 
 
 def test_rerank_and_score_on_a_cross_encoder(vllama_daemon: Daemon) -> None:
@@ -190,7 +194,9 @@ def test_lora_adapters_share_their_base_models_worker(
     greedy = {"temperature": 0, "num_predict": 8}
 
     def complete(model: str) -> str:
-        return api.generate(model=model, prompt="hello world", raw=True, options=greedy).response
+        text = api.generate(model=model, prompt="hello world", raw=True, options=greedy).response
+        assert text is not None
+        return text
 
     base, configured, derived = complete("tiny-lora"), complete("tiny-adapter"), complete("my-lora")
     assert configured == derived  # the same adapter weights, under two names

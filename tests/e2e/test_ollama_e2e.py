@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -33,6 +34,7 @@ def client(daemon: Daemon) -> ollama.Client:
 
 def text(daemon: Daemon, **options: object) -> str:
     reply = client(daemon).generate(model="tiny", prompt=PROMPT, options=options)
+    assert reply.response is not None
     return reply.response
 
 
@@ -76,7 +78,7 @@ def test_generate_streamed_and_not(vllama_daemon: Daemon) -> None:
     parts = list(api.generate(model="tiny", prompt=PROMPT, options=GREEDY, stream=True))
     assert all(not p.done for p in parts[:-1]) and parts[-1].done
     assert len(parts) > 2
-    assert "".join(p.response for p in parts) == whole.response  # greedy: the same tokens
+    assert "".join(p.response or "" for p in parts) == whole.response  # greedy: the same tokens
     assert parts[-1].eval_count == 16
 
 
@@ -166,7 +168,7 @@ def test_raw_generate_and_unsupported_fields(vllama_daemon: Daemon) -> None:
         ("tiny", {"template": "{{ .Prompt }}"}, "template is not supported"),
     ):
         with pytest.raises(ollama.ResponseError) as info:
-            api.generate(model=model, prompt=PROMPT, **kwargs)  # type: ignore[arg-type]
+            api.generate(model=model, prompt=PROMPT, **kwargs)
         assert info.value.status_code == 400 and fragment in str(info.value)
 
 
@@ -192,14 +194,14 @@ def test_tools_and_a_tool_call_history_reach_the_models_template(vllama_daemon: 
     # clients send them), are translated and rendered into the prompt. The way back (a parsed
     # call's arguments as an object) is tests/unit/test_ollama_translate.py's.
     api = client(vllama_daemon)
-    question = [{"role": "user", "content": "Weather in Paris?"}]
-    result = {"role": "tool", "content": "sunny", "tool_name": "get_weather"}
+    question: list[dict[str, object]] = [{"role": "user", "content": "Weather in Paris?"}]
+    result: dict[str, object] = {"role": "tool", "content": "sunny", "tool_name": "get_weather"}
 
     def call(arguments: dict[str, str]) -> dict[str, object]:
         function = {"name": "get_weather", "arguments": arguments}
         return {"role": "assistant", "content": "", "tool_calls": [{"function": function}]}
 
-    def prompt_tokens(messages: list[dict[str, object]], tools: list[object] | None) -> int:
+    def prompt_tokens(messages: list[dict[str, object]], tools: list[dict[str, Any]] | None) -> int:
         reply = api.chat(model="tiny-tools", messages=messages, tools=tools, options=ONE_TOKEN)
         assert reply.done and reply.prompt_eval_count is not None
         return reply.prompt_eval_count

@@ -10,13 +10,14 @@ import time
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.daemon import Daemon
 from tests.e2e.helpers import alive, worker_tree, workers
 
 pytestmark = pytest.mark.e2e
 
-MESSAGES = [{"role": "user", "content": "Hello, who are you?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello, who are you?"}]
 
 
 def client(daemon: Daemon) -> openai.OpenAI:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import psutil
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.component.fakes import eventually_blocking
 from tests.daemon import Daemon
@@ -20,7 +22,7 @@ from tests.e2e.helpers import own_daemon
 
 pytestmark = pytest.mark.e2e
 
-MESSAGES = [{"role": "user", "content": "Hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,12 @@ def answered(port: int) -> float:
 
 def test_two_replicas_share_32_concurrent_requests(daemon: Daemon) -> None:
     api = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", timeout=300)
-    api.chat.completions.create(model="rep", messages=MESSAGES, max_tokens=1)  # type: ignore[arg-type]
-    entries = lambda: httpx.get(daemon.url + "/api/ps").json()["models"]  # noqa: E731
+    api.chat.completions.create(model="rep", messages=MESSAGES, max_tokens=1)
+
+    def entries() -> list[dict[str, Any]]:
+        models: list[dict[str, Any]] = httpx.get(daemon.url + "/api/ps").json()["models"]
+        return models
+
     eventually_blocking(lambda: len(entries()) == 2, within=240, what="the second replica")
     assert sorted((m["name"], m["replica"]) for m in entries()) == [
         ("rep:latest", 1),
@@ -80,7 +86,7 @@ def test_two_replicas_share_32_concurrent_requests(daemon: Daemon) -> None:
                 reply = await client.chat.completions.create(
                     model="rep",
                     messages=MESSAGES,
-                    max_tokens=8,  # type: ignore[arg-type]
+                    max_tokens=8,
                 )
                 return reply.choices[0].finish_reason
 

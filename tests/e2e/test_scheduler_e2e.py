@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.daemon import Daemon
 from tests.e2e.conftest import real_model
@@ -21,7 +22,7 @@ from tests.e2e.helpers import own_daemon, workers
 
 pytestmark = pytest.mark.e2e
 
-MESSAGES = [{"role": "user", "content": "Hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 @pytest.fixture(scope="module")

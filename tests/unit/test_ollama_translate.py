@@ -16,6 +16,7 @@ from vllama.api.errors import BadRequest, upstream_error_message
 from vllama.api.ollama.options import IGNORED_OPTIONS, map_options
 from vllama.api.ollama.request import CHAT_PATH, COMPLETIONS_PATH, chat_call, generate_call
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
+from vllama.catalog.families import ThinkingSwitch
 from vllama.catalog.registry import ModelTraits
 
 PLAIN = ModelTraits(served_name="m", context_length=4096)
@@ -162,7 +163,7 @@ def test_wrong_types_are_bad_requests_naming_the_option(option: str, value: Any)
     assert option in str(caught.value)
 
 
-_FLOAT_NAMES = ("temperature", "top_p", "min_p", "repeat_penalty")
+_FLOAT_NAMES: tuple[str, ...] = ("temperature", "top_p", "min_p", "repeat_penalty")
 _FLOAT_NAMES += ("presence_penalty", "frequency_penalty")
 # Options are bounded at 2**63 (what vLLM's int64 fields take), so "valid" floats stay below.
 _finite = st.floats(min_value=-(2.0**62), max_value=2.0**62, allow_nan=False, width=32)
@@ -945,7 +946,7 @@ def test_logprobs_come_back_in_ollamas_shape_streamed_and_whole() -> None:
     ],
 )
 def test_think_uses_the_switch_the_model_reads(
-    switch: str | None, always: bool, think: object, expected: dict[str, Any]
+    switch: ThinkingSwitch | None, always: bool, think: object, expected: dict[str, Any]
 ) -> None:
     traits = ModelTraits(
         served_name="m",

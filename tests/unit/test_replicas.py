@@ -70,7 +70,7 @@ async def test_two_replicas_load_share_requests_and_unload_together() -> None:
     # Held requests spread over both.
     async with contextlib.AsyncExitStack() as stack:
         used = [await stack.enter_async_context(scheduler.lease("a")) for _ in range(4)]
-        assert sorted(w.name for w in used) == ["a", "a", "a#2", "a#2"]  # type: ignore[attr-defined]
+        assert sorted(w.name for w in used) == ["a", "a", "a#2", "a#2"]
     stop = scheduler.unload("a", "test", "requested")
     assert stop is not None
     await stop
