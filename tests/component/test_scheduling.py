@@ -282,6 +282,27 @@ async def test_ps_reports_measured_gpu_memory(aiohttp_client: Any) -> None:
     assert entry["size"] > 5 * GiB  # plus the worker tree's host memory
 
 
+async def test_ps_counts_a_gpu_nvml_cannot_see_the_worker_on_by_its_load(
+    aiohttp_client: Any,
+) -> None:
+    # In a container NVML may see none of a worker's pids, or (two GPUs) only some: each GPU
+    # without a reading counts what the load took there, as the metrics and status page do.
+    nvml = FakeNvml(80 * GiB, 80 * GiB)
+    models = {"a": {"args": ["--tensor-parallel-size", "2"]}}
+    client = await gpu_host(aiohttp_client, models, {"a": 10}, nvml=nvml)
+    assert await ask(client, "a") == 200
+    worker = WorkerView(client.app, "a")
+    assert worker.status.devices == ("gpu:0", "gpu:1") and worker.status.footprint > 0
+
+    async def vram() -> int:
+        entry = (await (await client.get("/api/ps")).json())["models"][0]
+        return int(entry["size_vram"])
+
+    assert await vram() == 2 * worker.status.footprint  # NVML sees nothing of ours
+    nvml.processes[0] = [(worker.pid, 5 * GiB)]
+    assert await vram() == 5 * GiB + worker.status.footprint  # GPU 1 is still unseen
+
+
 async def test_a_load_is_not_starved_by_a_model_that_stays_busy(aiohttp_client: Any) -> None:
     # Two models that cannot share the GPU. "busy" gets a request stream that overlaps (it is
     # never idle on its own); a request for "other" must still get its turn within drain_wait.

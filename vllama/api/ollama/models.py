@@ -165,11 +165,10 @@ async def ps(request: web.Request) -> web.Response:
         else:
             entry = _entry(name, resolved, await registry.files(resolved))
         entry.pop("modified_at", None)
-        usage = await devices.usage_by_tree_async(model.pid) if model.pid else {}
+        # Measured per device; a GPU where NVML sees none of its pids (a container) counts what
+        # the load took, as the metrics and the status page count it.
+        usage = await devices.worker_usage(model.pid, model.devices, model.footprint)
         vram = sum(used for device, used in usage.items() if device != "cpu")
-        gpus = [device for device in model.devices if device != "cpu"]
-        if vram == 0 and gpus:  # NVML sees no pid of ours (a container): what the load took
-            vram = model.footprint * len(gpus)
         entry |= {
             # Ollama's size is the model's whole footprint and size_vram the part on GPUs;
             # here both are measured: the worker tree's host RSS plus its GPU memory (NVML).
