@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from vllama.api.inflight import InFlight
-from vllama.api.live import Live
+from vllama.api.live import Live, Shared
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelSpec
 from vllama.engine.leftovers import Leftovers
@@ -28,6 +29,8 @@ LEFTOVERS = web.AppKey("leftovers", Leftovers)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 PEERS = web.AppKey("peers", PeerDirectory)
 LIVE = web.AppKey("live", Live)  # the status page's streams and recent requests
+# The status page's snapshot, measured once for every open page (status_page.SHARED_FOR).
+SNAPSHOTS: web.AppKey[Shared[dict[str, Any]]] = web.AppKey("snapshots")
 
 # Per-request values, set by the observability middleware and the handlers.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)

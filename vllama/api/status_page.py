@@ -19,12 +19,16 @@ from typing import Any
 from aiohttp import web
 
 from vllama.api.errors import Handler
-from vllama.api.keys import CONFIG, DEVICES, LIVE, SCHEDULER
+from vllama.api.keys import CONFIG, DEVICES, LIVE, SCHEDULER, SNAPSHOTS
+from vllama.api.live import Shared
 from vllama.config.replicas import model_of
 from vllama.engine.states import DOWN
 from vllama.scheduling.status import ModelStatus
 
 TICK = 2.0  # seconds between snapshots when nothing happens
+# Pages whose snapshots fall within this of each other (and of no scheduler event) share one:
+# the devices and worker trees are measured once per tick, not once per open page.
+SHARED_FOR = TICK / 2
 ERROR_LINES = 8  # a failed model's last output lines in the snapshot
 
 _ASSETS = {
@@ -133,7 +137,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     with live.stream() as notices:
-        await response.write(_event("status", await snapshot(app)))
+        await response.write(_event("status", await app[SNAPSHOTS].get(live.moves)))
         while not live.closed:
             try:
                 pending = [await asyncio.wait_for(notices.get(), TICK)]
@@ -147,7 +151,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 if kind == "request" and entry is not None:
                     await response.write(_event("request", entry))
             if any(kind == "status" for kind, _ in pending):
-                await response.write(_event("status", await snapshot(app)))
+                await response.write(_event("status", await app[SNAPSHOTS].get(live.moves)))
     await response.write_eof()
     return response
 
@@ -177,4 +181,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/app.js", _page("app.js"))
     app.router.add_get("/ui/style.css", _page("style.css"))
     app.router.add_get("/api/vllama/events", events)
+    app[SNAPSHOTS] = Shared(lambda: snapshot(app), SHARED_FOR)
     app.on_shutdown.append(_close_streams)
