@@ -29,7 +29,7 @@ def with_library_models(
             models[name] = spec
             continue
         where = on_disk(spec.model, match.repo)
-        extra = tuple(a for a in names[match.name.split(":")[0]].args if a not in spec.args)
+        extra = tuple(a for a in match.args if a not in spec.args)
         models[name] = spec.model_copy(
             update={"model": str(where) if where else match.repo, "args": (*spec.args, *extra)}
         )

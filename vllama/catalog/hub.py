@@ -200,6 +200,7 @@ async def download(
     async with http.get(url, headers=headers, allow_redirects=False) as response:
         if response.status in (301, 302, 303, 307, 308):
             if response.headers.get("X-Xet-Hash") and xet_available():
+                progress(-have)  # huggingface_hub starts the file over and counts from 0
                 return await _via_huggingface_hub(info, file, part_path, progress)
             if "Location" not in response.headers:
                 raise PullError(500, f"pull {info.repo}: {file.path}: a redirect to nowhere")

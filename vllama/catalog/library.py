@@ -65,6 +65,7 @@ class Match:
     repo: str
     size: str
     precision: str
+    args: tuple[str, ...] = ()  # its entry's vLLM arguments
 
 
 Library = dict[str, Entry]
@@ -149,7 +150,7 @@ def lookup(requested: str, library: Library) -> Match | None:
             f"the nearest is {nearest(entry, size, precision)}"
         )
     pulled_tag = tag or "latest"
-    return Match(f"{base}:{pulled_tag}", repos[precision], size, precision)
+    return Match(f"{base}:{pulled_tag}", repos[precision], size, precision, entry.args)
 
 
 def nearest(entry: Entry, size: str, precision: str) -> str:

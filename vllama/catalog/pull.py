@@ -91,7 +91,7 @@ def select_files(files: tuple[HubFile, ...]) -> list[HubFile]:
         and not f.path.startswith(_SKIP_DIRS)
         and not f.path.lower().endswith(_SKIP_SUFFIXES)
     ]
-    weights = {f.path for f in keep if f.path in _weight_files({f.path: f.size for f in keep})}
+    weights = _weight_files({f.path: f.size for f in keep})
     top = {f.path for f in keep if "/" not in f.path}
     has_safetensors = any(p.endswith(".safetensors") for p in top)
 

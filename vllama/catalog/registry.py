@@ -136,11 +136,19 @@ class Registry:
 
     def _on_disk(self, name: str, repo: str) -> Path | None:
         for key in (self.pulled.get(name), repo):
-            if key is not None:
-                found = self.discovery.models_dir_entries.get(key)
-                found = found or self.discovery.hf_cache_entries.get(key)
-                if found is not None:
-                    return found
+            found = self._found(key) if key is not None else None
+            if found is not None:
+                return found[0]
+        return None
+
+    def _found(self, key: str) -> tuple[Path, Source] | None:
+        """Where a folder key or repo id (`org/name`) is on disk: the models folder first."""
+        folder = self.discovery.models_dir_entries.get(key)
+        if folder is not None:
+            return folder, "models_dir"
+        snapshot = self.discovery.hf_cache_entries.get(key)
+        if snapshot is not None:
+            return snapshot, "hf_cache"
         return None
 
     def _set_library(self, names: library.Library) -> None:
@@ -170,12 +178,10 @@ class Registry:
             on = derived.lora_name if derived.adapter else base.adapter
             return Resolved(base.served_name, base.spec, base.source, derived, on)
         for key in self._disk_keys(requested):
-            folder = self.discovery.models_dir_entries.get(key)
-            if folder is not None:
-                return Resolved(key, self._discovered_spec(key, folder), "models_dir")
-            snapshot = self.discovery.hf_cache_entries.get(key)
-            if snapshot is not None:
-                return Resolved(key, self._discovered_spec(key, snapshot), "hf_cache")
+            found = self._found(key)
+            if found is not None:
+                path, source = found
+                return Resolved(key, self._discovered_spec(key, path), source)
         raise ModelNotFound(requested)
 
     def _disk_keys(self, requested: str) -> list[str]:
@@ -214,11 +220,11 @@ class Registry:
             if key not in served and str(snapshot) not in served:
                 spec = self._discovered_spec(key, snapshot)
                 found[normalize_name(key)] = Resolved(key, spec, "hf_cache")
-        pulled_as = self.pulled.all()  # a pulled folder is listed by the names it was pulled as
         for key, folder in self.discovery.models_dir_entries.items():
             if str(folder) not in served:
                 spec = self._discovered_spec(key, folder)
-                names = [n for n, k in pulled_as.items() if k == key] or [normalize_name(key)]
+                # A pulled folder is listed by the names it was pulled as.
+                names = self.pulled.names_of(key) or [normalize_name(key)]
                 found |= {name: Resolved(key, spec, "models_dir") for name in names}
         for name, spec in self._config.models.items():
             found[normalize_name(name)] = Resolved(name, spec, "config")
