@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from huggingface_hub import constants
 
-from tests.component.fakes import WorkerView, engine_cmdline, fake_config
+from tests.component.fakes import WorkerView, engine_cmdline, eventually, fake_config
 from tests.component.test_ollama_api import json_of, ndjson_lines, start
 from tests.fake_hf import FakeHub, FakeRepo
 from vllama.catalog import hub as hub_module
@@ -164,6 +164,30 @@ async def test_an_interrupted_pull_resumes_where_it_stopped(
     assert 0 < resumed_at <= 600_000
     first = next(line for line in lines if line.get("status") == f"pulling {WEIGHTS}")
     assert first["completed"] == resumed_at  # the bar starts where the copy on disk ends
+    assert (tmp_path / "models" / QWEN / WEIGHTS).read_bytes() == tiny_files[WEIGHTS]
+
+
+async def test_a_client_that_goes_away_mid_pull_stops_it_and_the_next_pull_resumes(
+    client: Client, hub: FakeHub, tiny_files: dict[str, bytes], tmp_path: Path
+) -> None:
+    hub.bytes_per_second = SLOW
+    part = tmp_path / "models" / ".pulling" / QWEN / f"{WEIGHTS}.part"
+    response = await client.post("/api/pull", json={"model": "qwen3:8b"})
+    async for line in response.content:  # read until the weights are arriving, then leave
+        update = json.loads(line)
+        if update.get("status") == f"pulling {WEIGHTS}" and update["completed"] > 100_000:
+            break
+    response.close()
+    size = await eventually(lambda: part.exists() and part.stat().st_size, what="a partial copy")
+    await asyncio.sleep(0.5)
+    stopped = part.stat().st_size
+    await asyncio.sleep(0.5)
+    assert part.stat().st_size == stopped >= size  # nothing more is written for nobody
+    assert not (tmp_path / "models" / QWEN / "config.json").exists()
+    lines = await ndjson_lines(await client.post("/api/pull", json={"model": "qwen3:8b"}), 60)
+    assert lines[-1] == {"status": "success"}
+    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith(WEIGHTS)]
+    assert ranges == [None, f"bytes={stopped}-"]
     assert (tmp_path / "models" / QWEN / WEIGHTS).read_bytes() == tiny_files[WEIGHTS]
 
 
