@@ -115,6 +115,8 @@ def test_an_entry_may_name_the_arguments_its_repos_need() -> None:
         ({"x": {"default": "2b", "sizes": {"1b": {"bf16": "a/b"}}}}, "must name sizes"),
         ({"x": {"aliases": {"big": "9b"}, "sizes": {"1b": {"bf16": "a/b"}}}}, "must name sizes"),
         ({"x": {"args": "--trust-remote-code", "sizes": {"1b": {"bf16": "a/b"}}}}, "list of"),
+        ({"x": {"sizes": {"1b": {"bf16": "../../etc"}}}}, "not a repo id"),
+        ({"x": {"sizes": {"1b": {"bf16": "a/b", "fp8": "just-a-name"}}}}, "not a repo id"),
     ],
 )
 def test_a_malformed_table_says_where(document: dict[str, object], error: str) -> None:

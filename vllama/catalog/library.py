@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vllama.catalog.names import is_repo_id
+
 PRECISIONS = ("bf16", "fp8", "int8", "int4")
 # Bits per weight, to find the nearest precision (GGUF-only quantizations are `q<bits>`).
 _BITS = {"bf16": 16, "fp8": 8, "int8": 8, "int4": 4, "q2": 2, "q3": 3, "q5": 5, "q6": 6}
@@ -85,6 +87,9 @@ def parse(document: dict[str, Any], source: str) -> Library:
             unknown = set(repos) - set(PRECISIONS)
             if unknown:
                 raise ValueError(f"{where}: sizes.{size}: unknown precision {sorted(unknown)}")
+            bad = [repo for repo in repos.values() if not is_repo_id(str(repo))]
+            if bad:  # a pull puts it under the models folder: nothing else may stand there
+                raise ValueError(f"{where}: sizes.{size}: not a repo id (org/name): {bad}")
             sizes[size.lower()] = {str(k): str(v) for k, v in repos.items()}
         default = str(table.get("default", next(iter(sizes), ""))).lower()
         aliases = {str(k).lower(): str(v).lower() for k, v in table.get("aliases", {}).items()}

@@ -11,6 +11,8 @@ _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}(:[0-9]{1,5})?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 MAX_NAME = 350
+# A Hugging Face repo id, `org/name`: it becomes a folder under the models folder when pulled.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class InvalidName(ValueError):
@@ -56,3 +58,8 @@ def normalize_name(name: str) -> str:
 
 def strip_latest(name: str) -> str:
     return name.removesuffix(":latest")
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether `text` is a Hugging Face repo id (`org/name`) that is safe as a relative path."""
+    return bool(_REPO_ID.match(text)) and ".." not in text

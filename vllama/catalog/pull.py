@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -23,14 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from vllama.catalog import hub, library
 from vllama.catalog.hub import HubFile, PullError, RepoInfo
-from vllama.catalog.names import check_name
+from vllama.catalog.names import check_name, is_repo_id
 from vllama.catalog.pulled import PulledNames
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession
 
-# A Hugging Face repo id: `org/name`, optionally with `:revision` (Ollama's tag; `latest` = main).
-_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 PROGRESS_EVERY = 0.25  # seconds between a file's byte updates (a terminal redraws each)
 HEADROOM = 1 << 30  # bytes a pull leaves free on the models folder's disk
 STAGING = ".pulling"
@@ -76,7 +73,7 @@ def target_of(requested: str, names: library.Library) -> Target:
             f"cannot pull {requested!r}: not in vllama's library of Ollama names "
             "(docs/MODELS.md) and not a Hugging Face repo id (org/name, e.g. Qwen/Qwen3-8B)",
         )
-    if not _REPO.match(repo) or ".." in repo:
+    if not is_repo_id(repo):
         raise PullError(400, f"cannot pull {requested!r}: a Hugging Face repo id is org/name")
     return Target(repo, "main" if tag in ("", "latest") else tag, None)
 
@@ -127,7 +124,7 @@ async def remote_weight_bytes(repo_id: str, revision: str = "main") -> int | Non
     """The size of the weights vLLM would download for a Hub repo, from the Hub's metadata;
     None when the Hub does not answer (offline) or the repo has no weights."""
     repo, _, tag = repo_id.partition(":")
-    if not _REPO.match(repo):
+    if not is_repo_id(repo):
         return None
     try:
         async with hub.session() as http:
