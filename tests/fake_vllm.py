@@ -10,7 +10,8 @@ Knobs (environment variables, all optional):
   printing a progress line every 0.2 s.
 - FAKE_VLLM_SILENT_START (float s, default 0): wait this long before binding, printing nothing.
 - FAKE_VLLM_CRASH_AT_START ("1"): print a few log lines ending in
-  ``RuntimeError: fake crash at start`` and exit with code 3 before binding.
+  ``RuntimeError: fake crash at start`` and exit with code 3 before binding; ("memory"): end
+  them with vLLM's refusal for memory (``ValueError: No available memory for the cache blocks``).
 - FAKE_VLLM_CRASH_AFTER_CHUNKS (int N): in a streaming completion, once N content chunks have
   been sent, the whole process SIGKILLs itself (the client sees the stream cut).
 - FAKE_VLLM_IGNORE_SIGTERM ("1"): ignore SIGTERM; only SIGKILL (or SIGINT) stops the process.
@@ -798,12 +799,18 @@ async def serve(args: argparse.Namespace) -> int:
     pid = os.getpid()
     log(f"INFO: fake vLLM API server version 0.0.0+fake, pid {pid}")
     log(f"INFO: args: {vars(args)}")
-    if env_flag("FAKE_VLLM_CRASH_AT_START"):
+    if os.environ.get("FAKE_VLLM_CRASH_AT_START") in ("1", "memory"):
         log(f"INFO: Initializing an engine with config: model={args.model!r}")
         log("ERROR: EngineCore failed to start.")
         log("Traceback (most recent call last):")
         log('  File "fake_vllm.py", line 1, in <module>')
-        log("RuntimeError: fake crash at start")
+        if os.environ.get("FAKE_VLLM_CRASH_AT_START") == "memory":
+            log(
+                "ValueError: No available memory for the cache blocks. Try increasing "
+                "`gpu_memory_utilization` when initializing the engine."
+            )
+        else:
+            log("RuntimeError: fake crash at start")
         return 3
 
     child = spawn_grandchild() if env_flag("FAKE_VLLM_GRANDCHILD") else None

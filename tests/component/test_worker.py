@@ -17,7 +17,7 @@ from aiohttp import web
 from tests.component.fakes import eventually, fake_config
 from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
-from vllama.engine.worker import LoadError, Worker
+from vllama.engine.worker import LoadError, MemoryRefused, Worker
 
 
 @pytest.fixture
@@ -79,6 +79,21 @@ async def test_crash_at_start_fails_with_the_last_log_lines(http: aiohttp.Client
     assert any("fake crash at start" in line for line in info.value.tail)
     assert "fake crash at start" in info.value.detail()
     assert worker.state is WorkerState.FAILED
+    assert worker.failure == "exited"  # the bounded label restarts are counted by
+    assert type(info.value) is LoadError and info.value.code == "start_failed"
+
+
+async def test_a_start_vllm_refuses_for_memory_is_a_memory_refusal(
+    http: aiohttp.ClientSession,
+) -> None:
+    worker = make_worker(http, {"FAKE_VLLM_CRASH_AT_START": "memory"})
+    with pytest.raises(MemoryRefused) as info:
+        await worker.start()
+    assert info.value.code == "memory_refused"
+    assert "exited with code 3 during start" in info.value.reason
+    assert any("No available memory for the cache blocks" in line for line in info.value.tail)
+    assert worker.last_error is info.value
+    assert worker.state is WorkerState.FAILED
 
 
 async def test_a_silent_start_is_killed_as_stalled(http: aiohttp.ClientSession) -> None:
@@ -89,6 +104,7 @@ async def test_a_silent_start_is_killed_as_stalled(http: aiohttp.ClientSession) 
         await worker.start()
     assert loop.time() - began < 10
     assert worker.state is WorkerState.FAILED
+    assert worker.failure == "load_failed"
 
 
 async def test_a_slow_start_that_shows_progress_is_not_stalled(http: aiohttp.ClientSession) -> None:
@@ -119,6 +135,7 @@ async def test_engine_outliving_its_api_server_is_killed(
     os.kill(worker.process.pid, signal.SIGKILL)  # only the API server, as in vLLM issue #55510
     await eventually(lambda: worker.state is WorkerState.FAILED and worker.process is None)
     assert "exited with code -9" in worker.reason
+    assert worker.failure == "exited"
     # The next start waits for the failed tree's cleanup (it may still be running), then works.
     await worker.start()
     assert not pid_alive(grandchild), "the orphaned engine process was left running"

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from tests.unit.fake_gpu import EngineRefused, FakeGpuHost, FakeModel
 from vllama.config.settings import ModelSpec
 from vllama.engine.ray_cluster import Cluster
-from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
+from vllama.engine.states import DOWN, RUNNING, FailureKind, WorkerState, check_transition
 from vllama.engine.worker import LoadError
-from vllama.scheduling.fleet import StateListener, WorkerLike
+from vllama.scheduling.runner import StateListener, WorkerLike
 from vllama.scheduling.scheduler import Scheduler
 
 
@@ -37,6 +37,7 @@ class FakeWorker:
         self._pid: int | None = None
         self.state = WorkerState.STOPPED
         self.reason = "never started"
+        self.failure: FailureKind | None = None
         self.ready_at: float | None = None
         self.max_model_len: int | None = None
         self.cluster: Cluster | None = None
@@ -51,9 +52,10 @@ class FakeWorker:
         self.share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self.sleeps = self.wakes = 0
 
-    def _set(self, target: WorkerState, reason: str) -> None:
+    def _set(self, target: WorkerState, reason: str, failure: FailureKind = "load_failed") -> None:
         check_transition(self.name, self.state, target)
         old, self.state, self.reason = self.state, target, reason
+        self.failure = failure if target is WorkerState.FAILED else None
         self._on_state(self, old, target, reason)
 
     @property
@@ -90,7 +92,7 @@ class FakeWorker:
         if self.fail_starts:
             self.fail_starts -= 1
             self.last_error = LoadError(self.name, "exited with code 1 during start", ["boom"])
-            self._set(WorkerState.FAILED, self.last_error.reason)
+            self._set(WorkerState.FAILED, self.last_error.reason, "exited")
             raise self.last_error
         self.max_model_len = 2048
         if self.host is not None and self.model is not None:
@@ -105,7 +107,7 @@ class FakeWorker:
                 )
             except EngineRefused as refused:
                 self.last_error = LoadError(self.name, f"exited: {refused}", [str(refused)])
-                self._set(WorkerState.FAILED, self.last_error.reason)
+                self._set(WorkerState.FAILED, self.last_error.reason, "exited")
                 raise self.last_error from None
         self.ready_at = time.monotonic()
         self._set(WorkerState.READY, "health check passed")
@@ -124,7 +126,7 @@ class FakeWorker:
     def crash(self, reason: str = "worker exited with code 9") -> None:
         """What the real worker's watcher does when its process dies while READY."""
         self.last_error = LoadError(self.name, reason, ["killed"])
-        self._set(WorkerState.FAILED, reason)
+        self._set(WorkerState.FAILED, reason, "exited")
 
     async def sleep(self) -> bool:
         self.sleeps += 1
@@ -142,7 +144,7 @@ class FakeWorker:
                 self.host.wake(self._pid)
             except EngineRefused as refused:
                 self.last_error = LoadError(self.name, str(refused), [])
-                self._set(WorkerState.FAILED, str(refused))
+                self._set(WorkerState.FAILED, str(refused), "wake_failed")
                 raise self.last_error from None
         self._set(WorkerState.READY, "woken up")
 
@@ -168,9 +170,12 @@ class FakeWorkers:
     ) -> None:
         self.made: dict[str, FakeWorker] = {}
         self.host, self.models = host, dict(models or {})
+        self.gate_new: asyncio.Event | None = None  # set: workers made from now on start on it
 
     def __call__(self, name: str, spec: ModelSpec, on_state: StateListener) -> WorkerLike:
         worker = FakeWorker(name, spec, on_state, self.host, self.models.get(name))
+        if self.gate_new is not None:
+            worker.gate = self.gate_new
         self.made[name] = worker
         return worker
 

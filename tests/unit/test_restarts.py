@@ -8,7 +8,6 @@ from vllama.scheduling.restarts import (
     fatal_retry_delay,
     is_crash_loop,
     restart_delay,
-    restart_kind,
 )
 
 POLICY = RestartPolicy(backoff=1.0, backoff_max=10.0, limit=3, window=60.0)
@@ -30,19 +29,6 @@ def test_the_limit_marks_a_crash_loop() -> None:
 )
 def test_backoff_doubles_up_to_the_max(failures: int, delay: float) -> None:
     assert restart_delay(failures, POLICY) == delay
-
-
-@pytest.mark.parametrize(
-    ("reason", "kind"),
-    [
-        ("worker exited with code -9", "exited"),
-        ("health check answered 503 (engine dead)", "unhealthy"),
-        ("failed to wake from sleep mode", "wake_failed"),
-        ("worker showed no progress for 300s", "load_failed"),
-    ],
-)
-def test_restart_kinds_are_bounded(reason: str, kind: str) -> None:
-    assert restart_kind(reason) == kind
 
 
 def test_a_fatal_model_is_retried_later_each_time_up_to_a_cap() -> None:

@@ -273,6 +273,44 @@ async def test_a_reload_restarts_changed_stops_removed_and_adds_new_models() -> 
     assert status is not None and status.keep_alive == 3600
 
 
+async def test_a_reload_starts_the_new_worker_beside_the_old_one_where_both_fit() -> None:
+    # 1 + 2 GiB each on 40 GiB: the old worker serves until the new one is ready (as uvicorn's
+    # reload: start the new, check it, then stop the old).
+    scheduler, workers, _ = host({"a": {}}, {"a": 1}, gpus=(40 * GiB,))
+    await _use(scheduler, "a")
+    old_a = workers.made["a"]
+    workers.gate_new = asyncio.Event()
+    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}}))
+    await settle()
+    new_a = workers.made["a"]
+    assert new_a is not old_a and new_a.state is S.STARTING
+    assert old_a.state is S.READY
+    await _use(scheduler, "a")  # served by the old worker meanwhile
+    assert old_a.state is S.READY and new_a.starts == 1
+    workers.gate_new.set()
+    await settle(200)
+    assert (new_a.state, old_a.state) == (S.READY, S.STOPPED)
+    status = scheduler.model_status("a")
+    assert status is not None and status.keep_alive == 3600 and status.state is S.READY
+
+
+async def test_a_reload_stops_the_old_worker_first_where_both_do_not_fit() -> None:
+    # 6 + 2 GiB each on 10 GiB: only one fits, so the old one goes before the new one starts.
+    scheduler, workers, _ = host({"a": {}}, {"a": 6})
+    await _use(scheduler, "a")
+    old_a = workers.made["a"]
+    workers.gate_new = asyncio.Event()
+    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}}))
+    await settle(200)
+    new_a = workers.made["a"]
+    assert new_a is not old_a
+    assert old_a.state is S.STOPPED
+    assert new_a.state is S.STARTING  # only once the old one is gone
+    workers.gate_new.set()
+    await settle(200)
+    assert (new_a.state, old_a.stops) == (S.READY, 1)
+
+
 async def test_shutdown_refuses_new_leases_and_stops_every_worker() -> None:
     scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 1, "b": 1}, gpus=(40 * GiB,))
     await _use(scheduler, "a")

@@ -39,8 +39,8 @@ from vllama.engine.leftovers import Leftovers
 from vllama.engine.spares import SparePool
 from vllama.ops.metrics import Metrics
 from vllama.remote.peers import PeerDirectory
+from vllama.scheduling.coordinator import FactsSource
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.loading import FactsSource
 from vllama.scheduling.scheduler import Scheduler, process_workers
 
 

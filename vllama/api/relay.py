@@ -44,7 +44,7 @@ from vllama.api.keys import (
     UPSTREAM,
 )
 from vllama.api.observe import REQUEST_ID, mark_first_byte
-from vllama.scheduling.fleet import WorkerLike
+from vllama.scheduling.runner import WorkerLike
 
 log = structlog.get_logger("vllama.relay")
 

@@ -9,6 +9,7 @@ load or a config reload clears. SLEEPING is vLLM's sleep mode on GPUs: loaded, w
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 
 class WorkerState(enum.Enum):
@@ -41,6 +42,11 @@ RUNNING = frozenset({_S.READY, _S.SLEEPING})  # a live process holding the model
 # Counted as loaded by placement (a sleeping worker keeps its CUDA context, and its slot).
 HOLDS_MEMORY = frozenset({_S.STARTING, _S.READY, _S.SLEEPING})
 DOWN = frozenset({_S.FAILED, _S.BACKOFF, _S.FATAL})  # broken; its tree already cleaned up
+
+
+# Why a worker went FAILED, as a bounded label (metrics count restarts by it): its process exited,
+# its health check failed, it did not wake from sleep mode, or its start failed.
+FailureKind = Literal["exited", "unhealthy", "wake_failed", "load_failed"]
 
 
 class IllegalTransition(RuntimeError):

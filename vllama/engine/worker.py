@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import ClassVar
 
 import aiohttp
 import structlog
@@ -23,7 +24,7 @@ from vllama.engine.leftovers import Leftovers
 from vllama.engine.output_log import OutputLog
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
-from vllama.engine.states import DOWN, RUNNING, WorkerState, check_transition
+from vllama.engine.states import DOWN, RUNNING, FailureKind, WorkerState, check_transition
 
 log = structlog.get_logger("vllama.worker")
 
@@ -36,7 +37,13 @@ _HEALTH_FAILURES_TO_FAIL = 3  # a busy 2-core host can answer /health slowly; a 
 
 
 class LoadError(Exception):
-    """A worker failed to start; carries the reason and the worker's last output lines."""
+    """A model could not be made ready; carries the reason and the worker's last output lines.
+
+    Raised as it is when a start failed; the subclasses say other outcomes apart (placement
+    refused, a crash loop, vLLM refusing its memory share), each with its own bounded `code`.
+    """
+
+    code: ClassVar[str] = "start_failed"
 
     def __init__(
         self, model: str, reason: str, tail: list[str], retry_after: float | None = None
@@ -55,6 +62,32 @@ class LoadError(Exception):
 
 class PortTaken(LoadError):
     """Another process serves on the worker's port: the start is retried on the next port."""
+
+    code = "port_taken"
+
+
+class MemoryRefused(LoadError):
+    """vLLM refused to start in the memory it was given (its own words are in the tail)."""
+
+    code = "memory_refused"
+
+
+# vLLM's refusals of a start for memory (its KV-cache and free-memory checks at start-up).
+MEMORY_REFUSALS = (
+    "No available memory for the cache blocks",
+    "To serve at least one request",
+    "Cannot auto-fit",
+    "Free memory on device",
+)
+
+
+def start_outcome(error: LoadError) -> LoadError:
+    """A failed start as what it was: a memory refusal when vLLM's output says so."""
+    if type(error) is LoadError and any(
+        marker in line for line in error.tail for marker in MEMORY_REFUSALS
+    ):
+        return MemoryRefused(error.model, error.reason, error.tail, error.retry_after)
+    return error
 
 
 StateListener = Callable[["Worker", WorkerState, WorkerState, str], None]
@@ -87,6 +120,7 @@ class Worker:
         self._on_state = on_state
         self.state = WorkerState.STOPPED
         self.reason = "never started"
+        self.failure: FailureKind | None = None  # why it is FAILED, while it is
         self.port: int | None = None
         self.process: WorkerProcess | None = None
         self._last_process: WorkerProcess | None = None  # kept after a stop, for its output tail
@@ -100,9 +134,13 @@ class Worker:
 
     # -- state -------------------------------------------------------------------------------
 
-    def _set_state(self, target: WorkerState, reason: str) -> None:
+    def _set_state(
+        self, target: WorkerState, reason: str, failure: FailureKind | None = None
+    ) -> None:
+        """The one place the state changes; a move to FAILED says why as a bounded kind."""
         check_transition(self.name, self.state, target)
         previous, self.state, self.reason = self.state, target, reason
+        self.failure = failure if target is WorkerState.FAILED else None
         log.info("worker state", model=self.name, old=previous.value, new=target.value, why=reason)
         if self._on_state is not None:
             self._on_state(self, previous, target, reason)
@@ -148,11 +186,15 @@ class Worker:
         self._share = (tuple(share_args), dict(share_env or {}))
         try:
             await self._spawn_and_wait()
-        except LoadError as error:
+        except LoadError as failed:
+            error = start_outcome(failed)
             self.last_error = error
+            exited = self.process is not None and self.process.returncode is not None
             await self._release_process()
-            self._set_state(WorkerState.FAILED, error.reason)
-            raise
+            self._set_state(WorkerState.FAILED, error.reason, "exited" if exited else "load_failed")
+            if error is failed:
+                raise
+            raise error from None
         except asyncio.CancelledError:
             self._set_state(WorkerState.STOPPING, "load cancelled")
             await asyncio.shield(self._release_process())
@@ -265,6 +307,7 @@ class Worker:
         assert process is not None
         failures = 0
         reason = ""
+        kind: FailureKind = "unhealthy"
         while not reason:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
@@ -272,6 +315,7 @@ class Worker:
                 )
             if process.returncode is not None:
                 reason = f"worker exited with code {process.returncode}"
+                kind = "exited"
                 break
             status = await self._probe()
             if status == 200:
@@ -285,7 +329,7 @@ class Worker:
         if self.state not in RUNNING:
             return
         self.last_error = LoadError(self.name, reason, process.tail(ERROR_TAIL_LINES))
-        self._set_state(WorkerState.FAILED, reason)
+        self._set_state(WorkerState.FAILED, reason, kind)
         await self._release_process()
 
     async def confirm_health(self) -> None:
@@ -352,7 +396,7 @@ class Worker:
             self._set_state(WorkerState.READY, "woken up")
             return
         self.last_error = LoadError(self.name, "failed to wake from sleep mode", self.tail())
-        self._set_state(WorkerState.FAILED, "failed to wake from sleep mode")
+        self._set_state(WorkerState.FAILED, "failed to wake from sleep mode", "wake_failed")
         await self._release_process()
         raise self.last_error
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from vllama.engine.states import WorkerState
+from vllama.engine.states import FailureKind, WorkerState
 
 log = structlog.get_logger("vllama.events")
 
@@ -21,7 +21,7 @@ log = structlog.get_logger("vllama.events")
 class ModelLoaded:
     model: str
     seconds: float
-    restarted_after: str | None  # a bounded reason when the previous worker had failed
+    restarted_after: FailureKind | None  # why the previous worker failed, when it had
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,10 @@ class ModelWoken:
 
 @dataclass(frozen=True)
 class LoadFailed:
+    """A start was attempted and failed (refusals, where nothing started, are not events)."""
+
     model: str
+    code: str = "start_failed"  # bounded: the outcome's `LoadError.code`
 
 
 @dataclass(frozen=True)

@@ -40,14 +40,3 @@ def restart_delay(failures: int, policy: RestartPolicy) -> float:
 def fatal_retry_delay(retries: int, policy: RestartPolicy) -> float:
     """Seconds a FATAL model waits before vllama retries it on its own (`retries` so far)."""
     return float(min(policy.fatal_backoff * 2 ** max(retries, 0), policy.fatal_backoff_max))
-
-
-def restart_kind(reason: str) -> str:
-    """A bounded label (for metrics) for why the previous worker went away."""
-    if "exited" in reason:
-        return "exited"
-    if "health" in reason:
-        return "unhealthy"
-    if "wake" in reason:
-        return "wake_failed"
-    return "load_failed"

@@ -1,10 +1,11 @@
-"""Which workers run: leases, admission and the wait queue, config reloads, shutdown.
+"""Which workers run: the runners' table, leases and the wait queue, replicas, reloads, shutdown.
 
 The lease is the one place where requests meet the supervisor: `async with scheduler.lease(name)`
 yields a READY worker and counts the request in flight until the block ends. Everything that reads
 state to decide a mutation ("is it loaded?" -> "load it") happens without an `await` in between, so
-on one event loop it is a single step. Loading is `loading.Loader`; unloading and keep-alive are
-`fleet.Fleet`; what it runs is reported through `status()` and `events`.
+on one event loop it is a single step. Each model's state is its `runner.ModelRunner`'s; device
+memory changes hands only through the `coordinator.Coordinator`; what runs is reported through
+`status()` and `events`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import aiohttp
@@ -24,17 +25,23 @@ from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import PortAllocator
 from vllama.engine.spares import SparePool
 from vllama.engine.states import WorkerState
-from vllama.engine.worker import LoadError, Worker
-from vllama.scheduling.admission import admit
+from vllama.engine.worker import Worker
+from vllama.scheduling.coordinator import Coordinator, FactsSource
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.errors import QueueFull, ShuttingDown
+from vllama.scheduling.errors import PlacementRefused, QueueFull, ShuttingDown
 from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
-from vllama.scheduling.fleet import Fleet, ModelSlot, StateListener, WorkerFactory, WorkerLike
-from vllama.scheduling.loading import FactsSource, Loader
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.reload import plan_reload
 from vllama.scheduling.replicas import BUSY_AT, ReplicaView, route
 from vllama.scheduling.restarts import RestartPolicy
+from vllama.scheduling.runner import (
+    Changes,
+    ModelRunner,
+    Shared,
+    StateListener,
+    WorkerFactory,
+    WorkerLike,
+)
 from vllama.scheduling.status import ModelStatus, SchedulerStatus
 
 log = structlog.get_logger("vllama.scheduler")
@@ -73,17 +80,28 @@ class Scheduler:
         self.events = Events()
         self.devices = devices
         self.memory = MemoryPlanner(settings, self.devices)
-        restarts = RestartPolicy(
-            backoff=settings.restart_backoff,
-            backoff_max=settings.restart_backoff_max,
-            limit=settings.crash_loop_failures,
-            window=settings.crash_loop_window,
-            fatal_backoff=settings.fatal_retry_backoff,
-            fatal_backoff_max=settings.fatal_retry_backoff_max,
+        self._new_worker = new_worker
+        self._closing = False
+        self._changes = Changes()
+        self._shared = Shared(
+            settings=settings,
+            restarts=RestartPolicy(
+                backoff=settings.restart_backoff,
+                backoff_max=settings.restart_backoff_max,
+                limit=settings.crash_loop_failures,
+                window=settings.crash_loop_window,
+                fatal_backoff=settings.fatal_retry_backoff,
+                fatal_backoff_max=settings.fatal_retry_backoff_max,
+            ),
+            events=self.events,
+            changes=self._changes,
+            closing=lambda: self._closing,
         )
-        self._fleet = Fleet(settings, restarts, self.events, new_worker)
-        self._loader = Loader(
-            self._fleet, settings, self.memory, restarts, self.events, facts, spares
+        self._runners: dict[str, ModelRunner] = {}
+        # Runners replaced by a reload whose workers still hold memory until they stop.
+        self._retiring: set[ModelRunner] = set()
+        self._coordinator = Coordinator(
+            settings, self.memory, facts, self.events, self._changes, self._holders, spares
         )
         if spares is not None:  # a spare taken by a load is replaced once that load is over
             self.events.subscribe(
@@ -91,26 +109,53 @@ class Scheduler:
                     spares.refill() if isinstance(event, ModelLoaded | LoadFailed) else None
                 )
             )
-        self._fleet.retry = lambda slot: self._start_load(slot, explicit=True)
         self._queued = 0  # requests waiting for a model, all models together
         self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
         for name, spec in config.models.items():
             self.add_model(name, spec)
 
+    def _holders(self) -> Iterator[ModelRunner]:
+        """Every runner whose worker may hold device memory."""
+        yield from self._runners.values()
+        yield from self._retiring
+
     def add_model(self, name: str, spec: ModelSpec) -> None:
-        """Make a model schedulable (configured at start, or discovered on disk later)."""
-        self._fleet.add(name, spec)
+        """Make a model schedulable (configured at start, or discovered on disk later), with
+        its replicas' runners (`name#2`, ...)."""
+        if name in self._runners:
+            return
+        for runner in self._new_runners(name, spec):
+            self._runners[runner.name] = runner
+
+    def _new_runners(self, name: str, spec: ModelSpec) -> list[ModelRunner]:
+        names = replicas.slot_names(name, spec.replicas, spec.max_replicas)
+        return [
+            ModelRunner(
+                slot_name,
+                spec,
+                self._new_worker,
+                self._coordinator,
+                self._shared,
+                extra=index > spec.replicas,
+            )
+            for index, slot_name in enumerate(names, start=1)
+        ]
+
+    def _replicas_of(self, runner: ModelRunner) -> list[ModelRunner]:
+        """Every runner of `runner`'s model, the model's own first."""
+        names = replicas.slot_names(runner.name, runner.spec.replicas, runner.spec.max_replicas)
+        return [self._runners[n] for n in names if n in self._runners]
 
     def preload(self) -> None:
         """Start loading every `preload = true` model in the background (failures are logged)."""
-        for slot in self._fleet.slots.values():
-            if slot.spec.preload:
-                self._start_load(slot, explicit=True)
+        for runner in self._runners.values():
+            if runner.spec.preload:
+                runner.ensure_loading(explicit=True)
 
     # -- what runs ---------------------------------------------------------------------------
 
     def status(self) -> SchedulerStatus:
-        models = tuple(slot.status() for slot in self._fleet.slots.values())
+        models = tuple(runner.status() for runner in self._runners.values())
         spares = self.spares
         return SchedulerStatus(
             models=models,
@@ -120,12 +165,12 @@ class Scheduler:
         )
 
     def model_status(self, name: str) -> ModelStatus | None:
-        slot = self._fleet.slots.get(name)
-        return slot.status() if slot is not None else None
+        runner = self._runners.get(name)
+        return runner.status() if runner is not None else None
 
     def log_tail(self, name: str, lines: int) -> list[str]:
-        slot = self._fleet.slots.get(name)
-        return slot.worker.tail(lines) if slot is not None else []
+        runner = self._runners.get(name)
+        return runner.worker.tail(lines) if runner is not None else []
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -139,64 +184,43 @@ class Scheduler:
         failed after a crash loop. Raises `LoadError` (failed to load, crash loop, doesn't fit,
         waited too long), `QueueFull`, or `ShuttingDown`.
         """
-        slot = self._pick(name, explicit)
-        await self._admit(slot, explicit)
-        # No await between the readiness check in _admit and this count.
-        slot.in_flight += 1
-        if keep_alive is not None:  # holds for this loaded worker, as in Ollama
-            slot.keep_alive = keep_alive
-        slot.expiry.disarm()
+        runner = self._pick(name, explicit)
+        await self._admit(runner, explicit)
+        runner.begin(keep_alive)  # no await between the readiness check in _admit and this
         try:
-            yield slot.worker
+            yield runner.worker
         finally:
-            slot.in_flight -= 1
-            slot.last_used = time.monotonic()
-            if slot.permits is not None:
-                slot.permits.release()
-            if slot.idle:
-                if slot.unload_when_idle:
-                    slot.unload_when_idle = False
-                    self._fleet.unload(slot.name, "unload requested", "requested")
-                else:
-                    self._fleet.arm_expiry(slot)
-            self._fleet.notify()
+            runner.end()
 
-    def _pick(self, name: str, explicit: bool) -> ModelSlot:
-        """The slot a request for `name` goes to (a replica, for a model that has them), after
-        starting the replicas `replicas.route` asks for."""
-        slot = self._fleet.slots[name]
-        if slot.spec.replicas == 1 and slot.spec.max_replicas is None:
-            return slot
-        group = self._fleet.replicas_of(slot)
+    def _pick(self, name: str, explicit: bool) -> ModelRunner:
+        """The runner a request for `name` goes to (a replica, for a model that has them),
+        after starting the replicas `replicas.route` asks for."""
+        runner = self._runners[name]
+        if runner.spec.replicas == 1 and runner.spec.max_replicas is None:
+            return runner
+        group = self._replicas_of(runner)
         now = time.monotonic()
         views = [
             ReplicaView(
-                ready=s.worker.is_ready and not s.draining,
-                starting=s.load_task is not None,
-                failed=s.worker.state is WorkerState.FATAL or s.extra_refused_until > now,
-                busy=s.in_flight + s.waiting,
-                extra=s.extra,
+                ready=r.worker.is_ready and not r.draining,
+                starting=r.load_task is not None,
+                failed=r.worker.state is WorkerState.FATAL or r.extra_refused_until > now,
+                busy=r.in_flight + r.waiting,
+                extra=r.extra,
             )
-            for s in group
+            for r in group
         ]
-        chosen, start = route(views, slot.spec.max_parallel or BUSY_AT)
+        chosen, start = route(views, runner.spec.max_parallel or BUSY_AT)
         for index in start:
-            if not self._fleet.closing:
-                self._start_load(group[index], explicit)
+            if not self._closing:
+                group[index].ensure_loading(explicit)
         return group[chosen]
 
-    async def _admit(self, slot: ModelSlot, explicit: bool) -> None:
-        """Wait (bounded in number and time) for a `max_parallel` permit and a READY worker."""
-        if self._fleet.closing:
+    async def _admit(self, runner: ModelRunner, explicit: bool) -> None:
+        """Go at once, or wait in the bounded queue for a permit and a READY worker."""
+        if self._closing:
             raise ShuttingDown("vllama is shutting down")
-        admission = admit(
-            ready=slot.worker.is_ready,
-            draining=slot.draining,
-            limited=slot.permits is not None,
-            permit_free=slot.permits is not None and not slot.permits.locked(),
-            queued=self._queued,
-            max_queue=self._settings.max_queue,
-        )
+        admission = runner.admission(self._queued)
         if admission == "go":
             return  # the hot path: nothing to wait for, nothing to count
         if admission == "refuse":
@@ -205,95 +229,41 @@ class Scheduler:
                 f"(max_queue {self._settings.max_queue})"
             )
         self._queued += 1
-        slot.waiting += 1
         try:
-            async with asyncio.timeout(self._settings.load_timeout):
-                if slot.permits is not None:
-                    await slot.permits.acquire()
-                try:
-                    await self._until_ready(slot, explicit)
-                except BaseException:
-                    if slot.permits is not None:
-                        slot.permits.release()
-                    raise
-        except TimeoutError:
-            raise LoadError(
-                slot.name,
-                f"gave up after waiting {self._settings.load_timeout:g}s (load_timeout) for the "
-                "model to be ready",
-                slot.worker.tail(),
-            ) from None
+            await runner.wait_ready(explicit)
         finally:
             self._queued -= 1
-            slot.waiting -= 1
-            slot.reserved = min(slot.reserved, slot.waiting)  # no reservation outlives its waiters
-            if slot.idle and slot.worker.is_ready:
-                self._fleet.arm_expiry(slot)  # every waiter left before using the model
-
-    async def _until_ready(self, slot: ModelSlot, explicit: bool) -> None:
-        while True:
-            if self._fleet.closing:
-                raise ShuttingDown("vllama is shutting down")
-            if slot.worker.is_ready and slot.reserved:
-                slot.reserved -= 1  # a load finished for the waiters: go, even if draining
-                return
-            if slot.worker.is_ready and not slot.draining:
-                return
-            load = slot.load_task or self._start_load(slot, explicit)
-            try:
-                # Shielded: a waiter whose client went away leaves; the load goes on for the others.
-                await asyncio.shield(load)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if load.cancelled() and current is not None and not current.cancelling():
-                    continue  # the load was abandoned (shutdown), not this request: look again
-                raise
-
-    def _start_load(self, slot: ModelSlot, explicit: bool) -> asyncio.Task[None]:
-        if slot.load_task is None:
-            slot.load_task = asyncio.create_task(
-                self._load(slot, explicit), name=f"load-{slot.name}"
-            )
-            slot.load_task.add_done_callback(_retrieve_exception)
-        return slot.load_task
-
-    async def _load(self, slot: ModelSlot, explicit: bool) -> None:
-        try:
-            await self._loader.load(slot, explicit)
-        finally:
-            slot.load_task = None
 
     # -- unloading ---------------------------------------------------------------------------
 
     def unload(self, name: str, reason: str, why: str) -> asyncio.Task[None] | None:
-        """Begin stopping a model's workers (every replica); the model's own slot's stop task,
+        """Begin stopping a model's workers (every replica); the model's own runner's stop task,
         or None when it runs nothing."""
-        slot = self._fleet.slots.get(name)
-        if slot is None:
+        runner = self._runners.get(name)
+        if runner is None:
             return None
-        for replica in self._fleet.replicas_of(slot)[1:]:
-            self._fleet.unload(replica.name, reason, why)
-        return self._fleet.unload(name, reason, why)
+        for replica in self._replicas_of(runner)[1:]:
+            replica.unload(reason, why)
+        return runner.unload(reason, why)
 
     def expire(self, name: str) -> None:
         """Unload now, or once the requests in flight are done (`keep_alive: 0`)."""
-        slot = self._fleet.slots.get(name)
-        names = [s.name for s in self._fleet.replicas_of(slot)] if slot is not None else [name]
-        for each in names:
-            self._fleet.unload_when_idle(each)
+        runner = self._runners.get(name)
+        for each in self._replicas_of(runner) if runner is not None else []:
+            each.unload_when_idle()
 
     # -- config reload -----------------------------------------------------------------------
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded config's models (see `reload.plan_reload`). Server settings are not
         re-read: they need a restart."""
-        slots = self._fleet.slots
-        models = {name: slot for name, slot in slots.items() if name == replicas.model_of(name)}
+        runners = self._runners
+        models = {name: r for name, r in runners.items() if name == replicas.model_of(name)}
         plan = plan_reload(
-            running={name: slot.spec for name, slot in models.items()},
+            running={name: runner.spec for name, runner in models.items()},
             configured_before=self._config.models.keys(),
             configured_now=config.models,
-            fatal=[n for n, s in models.items() if s.worker.state is WorkerState.FATAL],
+            fatal=[n for n, r in models.items() if r.worker.state is WorkerState.FATAL],
         )
         self._config = config
         for name in plan.added:
@@ -303,8 +273,8 @@ class Scheduler:
         for name in plan.removed:
             self._background(self._replace_model(name, None), f"remove-{name}")
         for name in plan.cleared:
-            slots[name].fast_failures = 0
-            self._background(slots[name].worker.stop("config reloaded"), f"clear-{name}")
+            runners[name].clear_failures()
+            self._background(runners[name].worker.stop("config reloaded"), f"clear-{name}")
 
     def _background(self, work: Coroutine[Any, Any, object], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -312,68 +282,92 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _replace_model(self, name: str, spec: ModelSpec | None) -> None:
-        """`_replace` for a model and its replicas: the replicas go first, and come back (as
-        the new spec has them) with the model's own slot."""
-        slot = self._fleet.slots[name]
-        for replica in self._fleet.replicas_of(slot)[1:]:
-            await self._replace(replica, None)
-        await self._replace(slot, spec)
-
-    async def _replace(self, slot: ModelSlot, spec: ModelSpec | None) -> None:
-        """Let the old worker finish its requests, stop it, then run the new spec (if any)."""
-        was_loaded = slot.worker.is_ready or slot.load_task is not None
-        while not slot.idle or slot.load_task is not None:
-            if slot.load_task is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.shield(slot.load_task)
-            else:
-                await self._fleet.changed()
-        if slot.stop_task is not None:
-            await slot.stop_task
-        async with self._fleet.changes:  # not while another model loads on the GPU
-            await slot.worker.stop("config reloaded")
-        self._fleet.slots.pop(slot.name, None)
+        """Run a model's new spec (or none): a loaded model with one worker starts its new
+        worker first, where that fits beside the old one without evicting anything, and the old
+        one stops once its requests are done; otherwise (no room, replicas, or not loaded) the
+        old workers finish their requests and stop first, then the new spec runs."""
+        old = self._runners[name]
+        group = self._replicas_of(old)
+        was_loaded = old.worker.is_ready or old.load_task is not None
+        if spec is not None and was_loaded and len(group) == 1 and spec.replicas == 1:
+            if spec.max_replicas is None and await self._start_beside(old, spec):
+                return
+        for replica in group[1:]:
+            await self._retire(replica)
+        await self._retire(old)
         if spec is None:
-            log.info("model removed by config reload", model=slot.name)
+            log.info("model removed by config reload", model=name)
             return
-        self.add_model(slot.name, spec)
-        log.info("model changed by config reload", model=slot.name, reload=was_loaded)
+        self.add_model(name, spec)
+        log.info("model changed by config reload", model=name, reload=was_loaded)
         if was_loaded:
-            self._start_load(self._fleet.slots[slot.name], explicit=True)
+            self._runners[name].ensure_loading(explicit=True)
+
+    async def _start_beside(self, old: ModelRunner, spec: ModelSpec) -> bool:
+        """Start the new spec's worker while the old one serves, then swap them and stop the
+        old one once its requests are done. False (nothing changed) when the new one does not
+        fit beside the old one without evicting anything."""
+        (new,) = self._new_runners(old.name, spec)
+        try:
+            await new.ensure_loading(explicit=True, may_evict=False)
+        except PlacementRefused as refused:
+            new.close()
+            log.info(
+                "no room beside the running worker; it stops first",
+                model=old.name,
+                reason=refused.reason,
+            )
+            return False
+        except BaseException:
+            new.close()
+            raise
+        if self._closing:  # shutdown came meanwhile: stop_all stops what it can see
+            self._retiring.add(new)
+            return True
+        self._runners[old.name] = new
+        log.info("model changed by config reload", model=old.name, reload=True, beside=True)
+        self._retiring.add(old)
+        try:
+            await old.retire("config reloaded")
+        finally:
+            self._retiring.discard(old)
+        return True
+
+    async def _retire(self, runner: ModelRunner) -> None:
+        self._retiring.add(runner)
+        try:
+            await runner.retire("config reloaded")
+        finally:
+            self._retiring.discard(runner)
+            if self._runners.get(runner.name) is runner:
+                del self._runners[runner.name]
 
     # -- shutdown ----------------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
         """Refuse new leases and abandon loads in flight (their trees are stopped)."""
-        self._fleet.closing = True
-        for slot in self._fleet.slots.values():
-            slot.expiry.disarm()
-            self._fleet.cancel_retry(slot)
-            if slot.load_task is not None:
-                slot.load_task.cancel()
+        self._closing = True
+        for runner in self._holders():
+            runner.close()
+            if runner.load_task is not None:
+                runner.load_task.cancel()
 
     async def stop_all(self) -> None:
         self.begin_shutdown()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        slots = list(self._fleet.slots.values())
-        tasks = [s.load_task for s in slots if s.load_task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        runners = list(self._holders())
+        loads = [r.load_task for r in runners if r.load_task is not None]
+        await asyncio.gather(*loads, return_exceptions=True)
         await asyncio.gather(
-            *(slot.worker.stop("vllama shutting down") for slot in slots),
+            *(runner.worker.stop("vllama shutting down") for runner in runners),
             *([self.spares.close()] if self.spares is not None else []),
             return_exceptions=True,
         )
 
     def kill_all_now(self) -> None:
-        for slot in self._fleet.slots.values():
-            slot.worker.kill_now()
+        for runner in self._holders():
+            runner.worker.kill_now()
         if self.spares is not None:
             self.spares.kill_now()
-
-
-def _retrieve_exception(task: asyncio.Task[None]) -> None:
-    # A load whose every waiter left still fails loudly in the log, not as "never retrieved".
-    if not task.cancelled():
-        task.exception()
