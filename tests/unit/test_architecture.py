@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "catalog": {"config"},
     "engine": {"config"},
     "remote": {"config", "catalog.names"},  # Ollama's naming rules, as the CLI uses them
-    "scheduling": {"engine", "config"},
+    "scheduling": {"engine", "config", "catalog.facts"},  # ModelFacts: what catalog hands it
     "ops": {"scheduling", "remote", "engine", "config"},
     "api": {"ops", "scheduling", "remote", "catalog", "engine", "config", "vllama"},
     "server": {"api", "ops", "scheduling", "remote", "catalog", "engine", "config", "demo"},

@@ -25,14 +25,14 @@ from vllama.catalog import library
 from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
+from vllama.catalog.facts import ModelFacts, kv_bytes_per_token
 from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, detect
 from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.catalog.pull import remote_weight_bytes
 from vllama.catalog.pulled import PulledNames
-from vllama.catalog.sizing import kv_bytes_per_token
 from vllama.config import vllm_args
-from vllama.config.settings import Config, ConfigError, ModelFacts, ModelSpec
+from vllama.config.settings import Config, ConfigError, ModelSpec
 
 log = structlog.get_logger("vllama.registry")
 

@@ -13,7 +13,6 @@ import re
 import sys
 import tomllib
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -163,18 +162,6 @@ class PeerSpec(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("lists a model twice")
         return value
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the catalog reads from a model's files that starting its worker needs."""
-
-    weight_bytes: int = 0  # the weights vLLM loads; 0 when unknown (not downloaded, offline)
-    engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (parsers, adapters)
-    kv_bytes_per_token: int | None = None  # KV cache per token of context, from config.json
-    context_length: int | None = None  # the model's full context, from config.json
-    # A request the model serves, sent after a wake from sleep mode to warm it up.
-    warm_up: tuple[str, tuple[tuple[str, object], ...]] | None = None
 
 
 class ServerSettings(BaseSettings):
