@@ -23,8 +23,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
-from vllama.config.settings import ModelFacts
 from vllama.scheduling.devices import DeviceMemory, Devices
 
 MiB, GiB = 1 << 20, 1 << 30

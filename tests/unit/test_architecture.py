@@ -1,5 +1,8 @@
 """The package's shape (docs/ARCHITECTURE.md), checked on the source: imports run one way between
-the parts, no module imports itself back through others, and modules stay small."""
+the parts, no module imports itself back through others, and no module grows past the size where
+it likely holds two jobs. Files follow seams (what changes together, what another part may see),
+not a line count: the size bound is loose on purpose, a smell to look at, not a target to split
+under."""
 
 from __future__ import annotations
 
@@ -10,18 +13,21 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vllama"
-MAX_LINES = 400
+MAX_LINES = 600  # past this a module most likely holds two jobs: split it by job, not to fit
 MAX_TOP_LEVEL_MODULES = 4
 
 # What each part may import (besides itself). A part lower in this list never imports a part
-# above it; `catalog` sits beside `scheduling` and neither imports the other, nor `remote`.
+# above it; `catalog` sits beside `scheduling` and `remote`. A dotted entry lets a part see one
+# module of another and nothing else of it; that module imports nothing of vllama but `config`
+# (checked below), so the narrow door stays narrow. Scheduling sees `catalog.facts`, the value
+# type catalog produces for it (`ModelFacts`); catalog imports nothing of scheduling.
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "demo": set(),
     "catalog": {"config"},
     "engine": {"config"},
     "remote": {"config", "catalog.names"},  # Ollama's naming rules, as the CLI uses them
-    "scheduling": {"engine", "config"},
+    "scheduling": {"engine", "config", "catalog.facts"},  # ModelFacts: what catalog hands it
     "ops": {"scheduling", "remote", "engine", "config"},
     "api": {"ops", "scheduling", "remote", "catalog", "engine", "config", "vllama"},
     "server": {"api", "ops", "scheduling", "remote", "catalog", "engine", "config", "demo"},
@@ -71,9 +77,10 @@ def graph() -> dict[str, set[str]]:
     return {name: set(imports_of(path, known)) - {name} for name, path in found.items()}
 
 
-def test_parts_import_only_the_parts_below_them() -> None:
+def wrong_way(edges: dict[str, set[str]]) -> list[str]:
+    """Every import that `ALLOWED` does not allow."""
     wrong = []
-    for module, targets in graph().items():
+    for module, targets in edges.items():
         mine = part(module)
         allowed = ALLOWED[mine]
         for target in targets:
@@ -82,11 +89,11 @@ def test_parts_import_only_the_parts_below_them() -> None:
             if theirs == mine or theirs in allowed or within in allowed:
                 continue
             wrong.append(f"{module} imports {target}")
-    assert not wrong, "\n".join(sorted(wrong))
+    return sorted(wrong)
 
 
-def test_no_module_imports_itself_back() -> None:
-    edges = graph()
+def cycles_in(edges: dict[str, set[str]]) -> list[str]:
+    """Every chain of imports that leads a module back to itself."""
     cycles = []
     for start in edges:
         stack = [(start, [start])]
@@ -99,7 +106,34 @@ def test_no_module_imports_itself_back() -> None:
                 elif target not in seen:
                     seen.add(target)
                     stack.append((target, [*path, target]))
-    assert not cycles, "\n".join(sorted(cycles))
+    return sorted(cycles)
+
+
+def test_parts_import_only_the_parts_below_them() -> None:
+    wrong = wrong_way(graph())
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_imports_itself_back() -> None:
+    cycles = cycles_in(graph())
+    assert not cycles, "\n".join(cycles)
+
+
+def test_a_module_another_part_may_see_alone_imports_only_config() -> None:
+    # `scheduling` may import `catalog.facts`; were facts to import `catalog.registry`,
+    # scheduling would depend on all of catalog through it.
+    edges = graph()
+    narrow = {
+        f"vllama.{entry}" for allowed in ALLOWED.values() for entry in allowed if "." in entry
+    }
+    assert narrow <= set(edges), narrow - set(edges)  # each names a module that exists
+    wide = {
+        f"{module} imports {target}"
+        for module in narrow
+        for target in edges[module]
+        if part(target) != "config"
+    }
+    assert not wide, "\n".join(sorted(wide))
 
 
 def test_the_check_sees_a_cycle_and_a_wrong_way_import(tmp_path: Path) -> None:
@@ -112,13 +146,27 @@ def test_the_check_sees_a_cycle_and_a_wrong_way_import(tmp_path: Path) -> None:
     )
     known = {"vllama.scheduling.scheduler", "vllama.api.app", "vllama.api"}
     assert set(imports_of(source, known)) == {"vllama.scheduling.scheduler", "vllama.api.app"}
-    assert "api" not in ALLOWED["scheduling"]
+    # ... and the rules report what they must: a wrong-way import, a module of a part seen
+    # through another's narrow door, and a cycle.
+    edges = {
+        "vllama.scheduling.scheduler": {"vllama.api.app", "vllama.catalog.facts"},
+        "vllama.scheduling.memory": {"vllama.catalog.registry"},
+        "vllama.api.app": {"vllama.scheduling.scheduler"},
+    }
+    assert wrong_way(edges) == [
+        "vllama.scheduling.memory imports vllama.catalog.registry",
+        "vllama.scheduling.scheduler imports vllama.api.app",
+    ]
+    assert cycles_in(edges) == [
+        "vllama.api.app -> vllama.scheduling.scheduler -> vllama.api.app",
+        "vllama.scheduling.scheduler -> vllama.api.app -> vllama.scheduling.scheduler",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
-def test_modules_stay_small(name: str) -> None:
+def test_no_module_grows_past_one_job(name: str) -> None:
     lines = len(modules()[name].read_text().splitlines())
-    assert lines <= MAX_LINES, f"{name} has {lines} lines (split it by job)"
+    assert lines <= MAX_LINES, f"{name} has {lines} lines: which two jobs does it hold?"
 
 
 def test_the_top_level_holds_only_the_entry_points() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vllama.catalog import family_markers as fm
+from vllama.catalog import families as fm
 from vllama.catalog.families import (
     REASONING_PARSERS,
     TOOL_PARSERS,

@@ -11,8 +11,9 @@ import pytest
 
 from tests.unit.fake_gpu import CONTEXT, EngineRefused, FakeGpuDevices, FakeGpuHost, FakeModel
 from tests.unit.fake_worker import FakeWorkers, settle, state
+from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
-from vllama.config.settings import ModelFacts, ModelSpec, load_config
+from vllama.config.settings import ModelSpec, load_config
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.scheduler import Scheduler

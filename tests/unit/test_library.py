@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from vllama.catalog import library
-from vllama.catalog.configured import with_library_models
 from vllama.catalog.hub import HubFile, PullError
 from vllama.catalog.pull import loaded_weight_bytes, select_files, target_of
 from vllama.catalog.pulled import PulledNames
-from vllama.catalog.registry import ModelNotFound, Registry
+from vllama.catalog.registry import ModelNotFound, Registry, with_library_models
 from vllama.config.settings import ConfigError, load_config
 
 TABLE = library.parse(

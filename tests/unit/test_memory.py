@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.component.fakes import FakeNvml
-from vllama.config.settings import ModelFacts, ModelSpec, load_config
+from vllama.catalog.facts import ModelFacts
+from vllama.config.settings import ModelSpec, load_config
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.sizing import ACTIVATIONS, GPU_CONTEXT, MIN_CONTEXT, NCCL_BUFFERS, estimate

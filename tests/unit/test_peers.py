@@ -8,8 +8,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from vllama.config.peers import PeerSpec
-from vllama.config.settings import ConfigError, load_config
+from vllama.config.settings import ConfigError, PeerSpec, load_config
 from vllama.remote.peers import PeerDirectory
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vllama.config.settings import ModelFacts, ModelSpec
+from vllama.catalog.facts import ModelFacts
+from vllama.config.settings import ModelSpec
 from vllama.engine import ray_cluster
 from vllama.engine.argv import build_argv, build_env
 from vllama.scheduling.sizing import estimate

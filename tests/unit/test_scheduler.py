@@ -16,7 +16,8 @@ import pytest
 
 from tests.component.fakes import FakeNvml, eventually
 from tests.unit.fake_worker import FakeWorkers, settle, state
-from vllama.config.settings import ModelFacts, ModelSpec, load_config
+from vllama.catalog.facts import ModelFacts
+from vllama.config.settings import ModelSpec, load_config
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.devices import DeviceMemory, Devices

@@ -8,7 +8,8 @@ from typing import Any, cast
 from tests.component.fakes import FakeNvml
 from tests.unit.fake_worker import FakeWorkers
 from tests.unit.test_scheduler import FakeDevices, config_for
-from vllama.config.settings import ModelFacts, ModelSpec
+from vllama.catalog.facts import ModelFacts
+from vllama.config.settings import ModelSpec
 from vllama.engine.spares import SparePool
 from vllama.scheduling.scheduler import Scheduler
 

@@ -32,8 +32,9 @@ from vllama.api.ollama import models as ollama_models
 from vllama.api.openapi import openapi_json
 from vllama.api.relay import new_upstream_session
 from vllama.api.security import Access, cors_headers, security_middleware
+from vllama.catalog.facts import ModelFacts
 from vllama.catalog.registry import Registry
-from vllama.config.settings import Config, ModelFacts, ModelSpec
+from vllama.config.settings import Config, ModelSpec
 from vllama.engine.argv import base_env
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.spares import SparePool

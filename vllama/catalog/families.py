@@ -5,7 +5,12 @@ Ollama users expect `tools` and `think` to just work. vLLM 0.32 needs flags for 
 switch that turns thinking on and off. `detect` reads what a model's files say (config.json, the
 chat template's markers, the tokenizer's special tokens, the file names) and never picks a parser
 whose tokens the vocabulary lacks: vLLM would refuse to start. `choose` applies the operator's
-overrides. Pure: the caller reads the files. Facts from vLLM's source live in family_markers.py.
+overrides. Pure: the caller reads the files.
+
+The facts read from vLLM 0.32.0's source that detection relies on (each parser's tokens and
+thinking switch) are the tables below; paths in their comments are inside the installed `vllm`
+package. Keep them in step with the pinned vLLM: a name that is not registered, or a parser whose
+tokens are missing, stops vLLM at start.
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
-from vllama.catalog import family_markers as fm
-from vllama.catalog.family_markers import ThinkingSwitch
 from vllama.config import vllm_args
 from vllama.config.vllm_args import REASONING_PARSERS, TOOL_PARSERS
 
@@ -26,6 +30,86 @@ NO_AUTO_TOOLS = "--no-enable-auto-tool-choice"  # vLLM's boolean flags have a --
 TOOL_FLAG = vllm_args.TOOL_PARSER
 REASONING_FLAG = vllm_args.REASONING_PARSER
 NONE = "none"  # in the config table: turn that role off
+
+# The chat_template_kwargs key that turns thinking on/off; "reasoning_effort" is the top-level
+# request field.
+ThinkingSwitch = Literal["enable_thinking", "thinking", "reasoning_effort"]
+
+
+# --- what vLLM 0.32's parsers need, read from its source -------------------------------
+
+# DeepSeek's markers use a full-width bar (U+FF5C) and SentencePiece's space (U+2581); escaped
+# here because they look like ASCII `|` and `_`.
+_BAR, _SP = "\uff5c", "\u2581"
+DS_USER = f"<{_BAR}User{_BAR}>"
+DS_ASSISTANT = f"<{_BAR}Assistant{_BAR}>"
+DS_TOOL_CALLS_BEGIN = f"<{_BAR}tool{_SP}calls{_SP}begin{_BAR}>"
+DS_TOOL_CALLS_END = f"<{_BAR}tool{_SP}calls{_SP}end{_BAR}>"
+
+THINK = ("<think>", "</think>")
+
+# Tokens each parser needs in the tokenizer's vocabulary. Two reasons, both read from the source:
+# (a) the constructor raises, and 0.32 builds every parser once at start
+#     (vllm/parser/parser_manager.py `validate_parser_tokenizer`), so vLLM refuses to start;
+# (b) the parser engine finds the end of thinking by token id (vllm/parser/engine/parser_engine.py
+#     `_derive_reasoning_end_token_ids`): without a single `</think>` token it never sees thinking
+#     end, which breaks structured output after it.
+# Parsers absent here (hermes, qwen3_coder, granite, granite4, llama4_pythonic, pythonic,
+# phi4_mini_json, openai, gemma4 tools, glm45 tools, ...) match plain text and need no token.
+TOOL_TOKENS: dict[str, tuple[str, ...]] = {
+    "llama3_json": (
+        "<|python_tag|>",
+    ),  # (a) Llama3JsonToolParser: "could not locate the bot token"
+    "llama4_json": ("<|python_tag|>",),  # (a) the same class
+    "deepseek_v3": (DS_TOOL_CALLS_BEGIN, DS_TOOL_CALLS_END),  # (a) DeepSeekV3ToolParser
+    "deepseek_v31": (DS_TOOL_CALLS_BEGIN, DS_TOOL_CALLS_END),  # (a) DeepSeekV31ToolParser
+    "mistral": ("[TOOL_CALLS]",),  # (a) MistralParser: "could not locate the tool call token"
+}
+REASONING_TOKENS: dict[str, tuple[str, ...]] = {
+    "deepseek_r1": THINK,  # (a) BaseThinkingReasoningParser
+    # (a) at request time: with thinking on it builds a DeepSeekR1ReasoningParser per request
+    "deepseek_v3": THINK,
+    "qwen3": THINK,  # (b), as for the other engine parsers below
+    "glm45": THINK,
+    "glm47": THINK,
+    "kimi_k2": THINK,
+    "nemotron_v3": THINK,
+    "granite_thinking_parser": THINK,
+    "deepseek_v4": THINK,
+    "deepseek_v41": THINK,
+    "seed_oss": ("<seed:think>", "</seed:think>"),
+    "gemma4": ("<|channel>", "<channel|>"),
+    # (a) the reasoning side builds the whole MistralParser, which needs [TOOL_CALLS]; without
+    # [THINK] it falls back to plain-text reasoning or none (vllm/parser/mistral.py).
+    "mistral": ("[TOOL_CALLS]", "[THINK]", "[/THINK]"),
+}
+
+# The chat-template kwarg (or top-level field) each reasoning parser reads to know whether the
+# model thinks; used when an operator picks a parser detection did not. From each parser's
+# __init__: qwen3/gemma4/nemotron_v3/granite_thinking/hf read enable_thinking; deepseek_v3/v4,
+# kimi_k2 and glm read thinking or enable_thinking; granite's switch is its template's `thinking`.
+PARSER_SWITCH: dict[str, ThinkingSwitch] = {
+    "qwen3": "enable_thinking",
+    "gemma4": "enable_thinking",
+    "glm45": "enable_thinking",
+    "glm47": "enable_thinking",
+    "nemotron_v3": "enable_thinking",
+    "granite_thinking_parser": "enable_thinking",
+    "hf": "enable_thinking",
+    "deepseek_v3": "thinking",
+    "deepseek_v4": "thinking",
+    "deepseek_v41": "thinking",
+    "kimi_k2": "thinking",
+    "granite": "thinking",
+    "mistral": "reasoning_effort",
+    "openai_gptoss": "reasoning_effort",
+}
+# deepseek_r1 takes everything before `</think>` as thinking: right only for models that always
+# think. Harmony (gpt-oss) refuses reasoning_effort="none" (vllm/renderers/online_renderer.py).
+ALWAYS_THINKS: frozenset[str] = frozenset({"deepseek_r1", "openai_gptoss"})
+
+
+# --- the decision -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -146,12 +230,37 @@ def choose(
     elif reasoning == detected.reasoning_parser:
         switch, always = detected.thinking_switch, detected.always_thinks
     else:
-        switch = fm.PARSER_SWITCH.get(reasoning)
-        always = reasoning in fm.ALWAYS_THINKS
+        switch = PARSER_SWITCH.get(reasoning)
+        always = reasoning in ALWAYS_THINKS
     return Parsers(detected.family, tool, reasoning, switch, always, given_flags=frozenset(given))
 
 
 # --- detection ----------------------------------------------------------------------------
+
+# Jinja code (`{{ ... }}` and `{% ... %}`), where a template reads its variables.
+_JINJA_CODE = re.compile(r"\{[{%](.*?)[%}]\}", re.DOTALL)
+# A generation prompt that opens `<think>` itself: QwQ, Qwen3-Thinking, R1 distills, Olmo-3-Think.
+_OPENS_THINK = re.compile(r"(?:assistant|Assistant\uff5c>)(?:\\n|\n)?<think>")
+# Templates that ask for Python-list calls, `[f(a=1), g(b=2)]` (vLLM's pythonic templates).
+_PYTHONIC = re.compile(r"python list|\[func_name\d*\(", re.IGNORECASE)
+
+
+def uses_var(template: str, name: str) -> bool:
+    """Whether the template's code reads variable `name` (not `x.name`, `'name'`, `enable_name`).
+
+    vLLM drops chat_template_kwargs a template does not reference, so this is how the thinking
+    switch a template honours is told apart from one it would silently ignore.
+    """
+    ident = re.compile(rf"(?<![\w.'\"]){re.escape(name)}(?![\w'\"])")
+    return any(ident.search(code) for code in _JINJA_CODE.findall(template))
+
+
+def opens_think(template: str) -> bool:
+    return _OPENS_THINK.search(template) is not None
+
+
+def asks_pythonic(template: str) -> bool:
+    return _PYTHONIC.search(template) is not None and uses_var(template, "tools")
 
 
 @dataclass(frozen=True)
@@ -168,7 +277,7 @@ class _Model:
 
     def switch(self, *names: ThinkingSwitch) -> ThinkingSwitch | None:
         """The first of `names` the template reads (vLLM drops the kwargs it does not)."""
-        return next((n for n in names if fm.uses_var(self.template, n)), None)
+        return next((n for n in names if uses_var(self.template, n)), None)
 
 
 _TOOLS_MARKERS = re.compile(r"\[TOOL_CALLS\]|\[AVAILABLE_TOOLS\]")
@@ -213,7 +322,7 @@ def _response_template(tokenizer_config: Mapping[str, object], template: str) ->
     if tool is None and reasoning is None:
         return None
     switch: ThinkingSwitch | None = None
-    if reasoning and fm.uses_var(template, "enable_thinking"):
+    if reasoning and uses_var(template, "enable_thinking"):
         switch = "enable_thinking"
     return _parsers("response-template", tool, reasoning, switch)
 
@@ -222,11 +331,11 @@ def _think_tags(model: _Model, parser: str = "qwen3") -> tuple[str | None, Think
     """`<think>` reasoning: switchable with enable_thinking, or always on when the generation
     prompt opens `<think>` itself (deepseek_r1). Otherwise none: a parser that expects thinking
     would file a non-thinking answer as thinking."""
-    if not model.has(*fm.THINK):
+    if not model.has(*THINK):
         return None, None
     if model.switch("enable_thinking"):
         return parser, "enable_thinking"
-    return ("deepseek_r1", None) if fm.opens_think(model.template) else (None, None)
+    return ("deepseek_r1", None) if opens_think(model.template) else (None, None)
 
 
 def _parsers(
@@ -243,17 +352,17 @@ def _from_markers(model: _Model) -> Parsers:
         if arch in _BY_ARCH:
             return _BY_ARCH[arch]
     deepseek = m.arch("Deepseek")
-    if has(fm.DS_ASSISTANT) and not deepseek and m.model_type != "kimi_k2":
+    if has(DS_ASSISTANT) and not deepseek and m.model_type != "kimi_k2":
         # R1 distills (Qwen/Llama bodies) keep R1's template, tool markers included, but cannot
         # call tools (vLLM docs); their generation prompt opens <think>.
         return _parsers("deepseek-r1-distill", None, "deepseek_r1", None)
     if has("<|tool_calls_section_begin|>") or m.model_type == "kimi_k2":
         tool = "kimi_k2" if has("<|tool_calls_section_begin|>") else None
-        reasoning = "kimi_k2" if has(*fm.THINK) else None
+        reasoning = "kimi_k2" if has(*THINK) else None
         switch = m.switch("thinking", "enable_thinking") if reasoning else None
         return _parsers("kimi-k2", tool, reasoning, switch)
-    if has(fm.DS_TOOL_CALLS_BEGIN, fm.DS_ASSISTANT):
-        tool = "deepseek_v3" if has(fm.DS_TOOL_CALLS_BEGIN) else None
+    if has(DS_TOOL_CALLS_BEGIN, DS_ASSISTANT):
+        tool = "deepseek_v3" if has(DS_TOOL_CALLS_BEGIN) else None
         if m.switch("thinking"):  # V3.1: hybrid, thinking off by default
             tool = "deepseek_v31" if tool else None
             return _parsers("deepseek-v3.1", tool, "deepseek_v3", "thinking")
@@ -262,7 +371,7 @@ def _from_markers(model: _Model) -> Parsers:
         return _parsers("deepseek-v3", tool, None, None)
     if has("<arg_key>"):  # GLM-4.5/4.6/4.7 (glm45 and glm47 are one class in 0.32)
         name = "glm47" if "Glm4MoeLiteForCausalLM" in m.archs else "glm45"
-        reasoning = name if has(*fm.THINK) else None
+        reasoning = name if has(*THINK) else None
         switch = m.switch("enable_thinking", "thinking") if reasoning else None
         return _parsers("glm", name, reasoning, switch)
     if has("<|tool_call>", "<|channel>") or m.arch("Gemma4"):
@@ -297,13 +406,11 @@ def _from_markers(model: _Model) -> Parsers:
         return _parsers(family, "hermes", reasoning, switch)
     if has("<|header_start|>") or m.arch("Llama4"):
         tool = (
-            "llama4_pythonic"
-            if has("<|python_start|>") or fm.uses_var(m.template, "tools")
-            else None
+            "llama4_pythonic" if has("<|python_start|>") or uses_var(m.template, "tools") else None
         )
         return _parsers("llama4", tool, None, None)
     if has("<|start_header_id|>"):  # Llama 3.x (3.0 has no <|python_tag|>: dropped by _fit)
-        tool = "llama3_json" if has("<|python_tag|>") or fm.uses_var(m.template, "tools") else None
+        tool = "llama3_json" if has("<|python_tag|>") or uses_var(m.template, "tools") else None
         return _parsers("llama3", tool, *_think_tags(m))
     if (
         (has("[INST]") and not has("<<SYS>>"))  # <<SYS>>: Llama 2, which has no tools
@@ -316,7 +423,7 @@ def _from_markers(model: _Model) -> Parsers:
         return _parsers("magistral" if reasoning else "mistral", tool, reasoning, switch)
     if has("functools"):  # Phi-4-mini: functools[{...}]
         return _parsers("phi4-mini", "phi4_mini_json", None, None)
-    pythonic = "pythonic" if fm.asks_pythonic(m.template) else None
+    pythonic = "pythonic" if asks_pythonic(m.template) else None
     if has("<start_of_turn>") or m.arch("Gemma3", "Gemma2"):
         # Gemma 2/3 templates have no tool support; only a pythonic one enables tools.
         return _parsers("gemma3", pythonic, None, None)
@@ -329,10 +436,10 @@ def _from_markers(model: _Model) -> Parsers:
 def _fit(guess: Parsers, vocab: frozenset[str]) -> Parsers:
     """Drop each role whose parser needs tokens the vocabulary lacks (vLLM would not start)."""
     tool = guess.tool_parser
-    if tool and not all(t in vocab for t in fm.TOOL_TOKENS.get(tool, ())):
+    if tool and not all(t in vocab for t in TOOL_TOKENS.get(tool, ())):
         guess = replace(guess, tool_parser=None)
     reasoning = guess.reasoning_parser
-    if reasoning and not all(t in vocab for t in fm.REASONING_TOKENS.get(reasoning, ())):
+    if reasoning and not all(t in vocab for t in REASONING_TOKENS.get(reasoning, ())):
         guess = replace(guess, reasoning_parser=None, thinking_switch=None, always_thinks=False)
     return guess
 

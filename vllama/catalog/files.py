@@ -19,7 +19,6 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from vllama.catalog.capabilities import capabilities_of
 from vllama.config.units import format_parameter_count
 
 
@@ -106,6 +105,7 @@ _INFO_SKIP = frozenset({"model_type", "transformers_version", "_name_or_path"})
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 
+# Capabilities (Ollama's `capabilities`): what the architecture can serve.
 # Encoders without a language-model head: all they can serve is embeddings.
 _DTYPE_LEVELS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 _LEVEL_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -316,6 +316,36 @@ def _context_length(config: dict[str, Any]) -> int | None:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     return None
+
+
+# Encoders without a language-model head: all they can serve is embeddings.
+_ENCODER_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "nomic_bert", "distilbert", "mpnet", "electra"}
+    | {"deberta", "deberta-v2", "modernbert", "camembert", "new"}
+)
+_GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "ForSeq2SeqLM")
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification")
+# sentence-transformers ships these beside any model it wraps, decoder-based embedders included.
+_SENTENCE_TRANSFORMERS_FILES = ("config_sentence_transformers.json", "modules.json")
+
+
+def capabilities_of(path: Path, config: dict[str, Any]) -> list[str]:
+    """What the architecture can serve. Tools and thinking depend on vLLM's parsers as well:
+    `catalog.families` decides those, and the registry adds them."""
+    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if any((path / f).is_file() for f in _SENTENCE_TRANSFORMERS_FILES):
+        return ["embedding"]
+    if any(a.endswith(_CLASSIFIER_SUFFIXES) for a in architectures):
+        return ["rerank"]  # cross-encoders and classifiers: /rerank, /score, /classify
+    generative = any(a.endswith(_GENERATIVE_SUFFIXES) for a in architectures)
+    # A bare backbone (BertModel, LlamaModel) has no LM head: all it gives is hidden states.
+    backbone = any(a.endswith("Model") for a in architectures)
+    if not generative and (backbone or config.get("model_type") in _ENCODER_TYPES):
+        return ["embedding"]
+    capabilities = ["completion"]
+    if isinstance(config.get("vision_config"), dict):
+        capabilities.append("vision")
+    return capabilities
 
 
 def _template(path: Path) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,17 +23,16 @@ import structlog
 
 from vllama.catalog import library
 from vllama.catalog.adapters import adapter_rank
-from vllama.catalog.configured import with_library_models
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
+from vllama.catalog.facts import ModelFacts, kv_bytes_per_token
 from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, detect
 from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.catalog.pull import remote_weight_bytes
 from vllama.catalog.pulled import PulledNames
-from vllama.catalog.sizing import kv_bytes_per_token
 from vllama.config import vllm_args
-from vllama.config.settings import Config, ModelFacts, ModelSpec
+from vllama.config.settings import Config, ConfigError, ModelSpec
 
 log = structlog.get_logger("vllama.registry")
 
@@ -368,6 +368,33 @@ def _load_library(models_dir: Path) -> library.Library:
     except (OSError, ValueError) as exc:
         log.error("library.toml left out", error=str(exc))
         return library.builtin()
+
+
+def with_library_models(
+    config: Config, names: library.Library, on_disk: Callable[[str, str], Path | None]
+) -> Config:
+    """`config` with its models named by an Ollama library name (`[models.chat] model =
+    "qwen3:8b"`) given to vLLM as what serves that name: its folder when it is on disk (pulled,
+    or in the Hugging Face cache), else its repo id (vLLM downloads it on the first start).
+    `on_disk(name, repo)` is where a pulled name or a repo is on disk, if it is. A tag with no
+    vLLM-ready repo is a `ConfigError` naming the model, as any other bad value is."""
+    models: dict[str, ModelSpec] = {}
+    for name, spec in config.models.items():
+        try:
+            match = (
+                library.lookup(spec.model, names) if not Path(spec.model).is_absolute() else None
+            )
+        except library.LibraryError as exc:
+            raise ConfigError(f"models.{name}.model: {exc}") from None
+        if match is None:
+            models[name] = spec
+            continue
+        where = on_disk(spec.model, match.repo)
+        extra = tuple(a for a in match.args if a not in spec.args)
+        models[name] = spec.model_copy(
+            update={"model": str(where) if where else match.repo, "args": (*spec.args, *extra)}
+        )
+    return config.model_copy(update={"models": models})
 
 
 def parsers_for(spec: ModelSpec, files: ModelFiles | None) -> Parsers:

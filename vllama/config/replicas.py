@@ -1,11 +1,11 @@
 """Replicas: several workers of one model (`replicas`, `max_replicas`), each its own scheduling
 slot. The first has the model's name; the others `name#2`, `name#3`, ... (`#` is never part of a
-model name, so a client cannot ask for one replica)."""
+model name, so a client cannot ask for one replica). How many a model may have is a setting
+(`settings.MAX_REPLICAS`)."""
 
 from __future__ import annotations
 
 MARK = "#"
-MAX_REPLICAS = 8
 
 
 def slot_names(name: str, replicas: int, max_replicas: int | None) -> list[str]:

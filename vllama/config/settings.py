@@ -1,8 +1,10 @@
-"""Configuration: server settings and per-model specs, validated once at load.
+"""Configuration: server settings, per-model specs and peers, validated once at load.
 
 Precedence for server settings: command-line flags > `VLLAMA_*` environment > the file's `[server]`
 table. Models come only from the file's `[models.<name>]` tables (or the built-in demo
-configuration when no file is given). Anything wrong raises `ConfigError` naming the dotted key.
+configuration when no file is given), peers only from its `[peers.<name>]` tables. Anything wrong
+raises `ConfigError` naming the dotted key. One module, because the tables are checked against
+each other (a name is used once across models, aliases, adapters and peers).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import re
 import sys
 import tomllib
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,13 +31,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from vllama.config import vllm_args
 from vllama.config.access import ApiKey
-from vllama.config.peers import PeerSpec
-from vllama.config.replicas import MAX_REPLICAS
 from vllama.config.units import parse_duration, parse_size
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 DEFAULT_MODELS_DIR = Path("~/.vllama/models")
+MAX_REPLICAS = 8  # workers of one model (`replicas`, `max_replicas`; config/replicas.py)
 
 # A model name is what clients send in `model`; Ollama's `name:tag` and Hugging Face's `org/name`
 # shapes both fit. It is only ever used as a dictionary key and an argv item, never as a path.
@@ -133,16 +134,34 @@ def _known(name: str | None, known: frozenset[str], role: str) -> str | None:
     raise ValueError(f"unknown {role} {name!r} (vLLM 0.32 has: none, {', '.join(sorted(known))})")
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the catalog reads from a model's files that starting its worker needs."""
+class PeerSpec(BaseModel):
+    """One `[peers.<name>]` table: another vllama, an Ollama, a vLLM server or any
+    OpenAI-compatible server, whose models this daemon serves by relaying to it."""
 
-    weight_bytes: int = 0  # the weights vLLM loads; 0 when unknown (not downloaded, offline)
-    engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (parsers, adapters)
-    kv_bytes_per_token: int | None = None  # KV cache per token of context, from config.json
-    context_length: int | None = None  # the model's full context, from config.json
-    # A request the model serves, sent after a wake from sleep mode to warm it up.
-    warm_up: tuple[str, tuple[tuple[str, object], ...]] | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    api_key: str | None = Field(default=None, min_length=1, repr=False)  # sent as a Bearer token
+    # The peer's models, as clients name them here. Empty: read from the peer (its /api/tags, or
+    # its /v1/models), and kept up to date by the health check.
+    models: tuple[str, ...] = ()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment")
+        return value.rstrip("/")
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a model twice")
+        return value
 
 
 class ServerSettings(BaseSettings):

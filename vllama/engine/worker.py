@@ -21,7 +21,6 @@ from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine import ray_cluster
 from vllama.engine.argv import build_argv, build_env, guarded
 from vllama.engine.leftovers import Leftovers
-from vllama.engine.output_log import OutputLog
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
 from vllama.engine.states import DOWN, RUNNING, FailureKind, WorkerState, check_transition
@@ -441,3 +440,33 @@ class Worker:
             self._ports.release(self.port)
             self.port = None
         return report
+
+
+# A worker's output lines in the daemon's log, tagged with the model and rate-limited.
+OUTPUT_BURST = 200  # a vLLM start prints ~100 lines
+OUTPUT_RATE = 20.0  # lines per second after the burst
+
+
+class OutputLog:
+    """A token bucket (a burst of `OUTPUT_BURST`, then `OUTPUT_RATE` lines per second) keeps a
+    chatty or crash-looping engine from flooding journald; suppressed lines are counted, and every
+    line stays in the tail the worker keeps for errors and `vllama logs`."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._tokens = float(OUTPUT_BURST)
+        self._at = time.monotonic()
+        self._suppressed = 0
+
+    def line(self, line: str) -> None:
+        now = time.monotonic()
+        self._tokens = min(OUTPUT_BURST, self._tokens + (now - self._at) * OUTPUT_RATE)
+        self._at = now
+        if self._tokens < 1:
+            self._suppressed += 1
+            return
+        self._tokens -= 1
+        if self._suppressed:
+            log.warning("worker output suppressed", model=self._model, lines=self._suppressed)
+            self._suppressed = 0
+        log.info("worker output", model=self._model, line=line)

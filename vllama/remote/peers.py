@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 
 from vllama.catalog.names import strip_latest  # names match as Ollama's: `tiny` is `tiny:latest`
-from vllama.config.peers import PeerSpec
+from vllama.config.settings import PeerSpec
 
 log = structlog.get_logger("vllama.peers")
 

@@ -21,8 +21,9 @@ from dataclasses import replace
 
 import structlog
 
+from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
-from vllama.config.settings import ModelFacts, ModelSpec, ServerSettings
+from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.spares import SparePool
 from vllama.scheduling.errors import PlacementRefused
 from vllama.scheduling.events import Events, ModelWoken

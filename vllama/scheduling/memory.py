@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
-from vllama.config.settings import ModelFacts, ModelSpec, ServerSettings
+from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.scheduling.devices import DeviceKind, Devices, cuda_visible_devices
 from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot
 from vllama.scheduling.sizing import Estimate, estimate, gpu_share

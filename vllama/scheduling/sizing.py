@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
-from vllama.config.settings import ModelFacts, ModelSpec
+from vllama.config.settings import ModelSpec
 from vllama.scheduling.devices import DeviceKind
 
 MiB = 1 << 20

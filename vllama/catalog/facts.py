@@ -1,9 +1,28 @@
-"""How much memory a model's KV cache takes per token, read from its config.json: what a GPU share
-must hold for one request of the model's context (vLLM refuses to start otherwise)."""
+"""What the catalog hands the scheduler about a model: `ModelFacts`, read from its files, and the
+one sizing rule it computes itself (KV cache bytes per token, from config.json: what a GPU share
+must hold for one request of the model's context; vLLM refuses to start otherwise).
+
+A value type and a pure function, importing nothing of vllama: scheduling may import this module
+(and no other of catalog), so the type lives with the part that produces it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the catalog reads from a model's files that starting its worker needs."""
+
+    weight_bytes: int = 0  # the weights vLLM loads; 0 when unknown (not downloaded, offline)
+    engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (parsers, adapters)
+    kv_bytes_per_token: int | None = None  # KV cache per token of context, from config.json
+    context_length: int | None = None  # the model's full context, from config.json
+    # A request the model serves, sent after a wake from sleep mode to warm it up.
+    warm_up: tuple[str, tuple[tuple[str, object], ...]] | None = None
+
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "float8_e4m3fn": 1}
 
