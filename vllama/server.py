@@ -26,12 +26,13 @@ from aiohttp import web
 
 from vllama.api.app import app_for
 from vllama.api.inflight import InFlight
+from vllama.api.relay import new_upstream_session
+from vllama.api.services import Services
 from vllama.config.settings import Config, ConfigError, ServerSettings, load_config, read_toml
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.support import check_engine_support
 from vllama.ops.logsetup import configure_logging
 from vllama.ops.systemd import Notifier, StatusLine, watchdog_loop
-from vllama.services import Services
 
 log = structlog.get_logger("vllama.server")
 
@@ -160,7 +161,7 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     # Before anything loads: stop what a previous daemon on this port left running.
     leftovers = Leftovers(runtime_dir(settings) / f"workers-{settings.port}.json")
     await asyncio.to_thread(leftovers.reap)
-    services = Services.build(config, leftovers=leftovers)
+    services = Services.build(config, new_upstream_session(), leftovers=leftovers)
     app = app_for(services)
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # upstream request so vLLM stops generating, even before the first byte is due.

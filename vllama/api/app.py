@@ -13,11 +13,12 @@ from vllama.api.observe import add_request_id, metrics_endpoint, observe_middlew
 from vllama.api.ollama import inference as ollama
 from vllama.api.ollama import models as ollama_models
 from vllama.api.openapi import openapi_json
+from vllama.api.relay import new_upstream_session
 from vllama.api.security import Access, cors_headers, security_middleware
+from vllama.api.services import Services
 from vllama.config.settings import Config, ModelSpec
 from vllama.engine.leftovers import Leftovers
 from vllama.scheduling.devices import Devices
-from vllama.services import Services
 
 
 async def root(request: web.Request) -> web.Response:
@@ -45,7 +46,7 @@ def build_app(
     app = _application(config)
 
     async def own_services(app: web.Application) -> AsyncIterator[None]:
-        services = Services.build(config, devices, weight_bytes, leftovers)
+        services = Services.build(config, new_upstream_session(), devices, weight_bytes, leftovers)
         app[SERVICES] = services
         try:
             await services.start()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from vllama.api.live import Shared
-
-if TYPE_CHECKING:  # vllama.services imports the api modules that import this one
-    from vllama.services import Services
+from vllama.api.services import Services
 
 # Everything the handlers share: one typed object (`services(request)`).
-SERVICES: web.AppKey[Services] = web.AppKey("services")
+SERVICES = web.AppKey("services", Services)
 # The status page's snapshot, measured once for every open page (status_page.SHARED_FOR).
 SNAPSHOTS: web.AppKey[Shared[dict[str, Any]]] = web.AppKey("snapshots")
 

@@ -3,6 +3,8 @@
 `server.serve` builds the services, starts them before it listens and closes them after the
 runner has drained requests in flight; `api.app.build_app` does the same around an in-process
 application's start and cleanup (tests). The handlers reach them through `api.keys.services`.
+Nothing here imports another api module that reaches them (`keys`, `relay`): the upstream pool
+comes in built (`relay.new_upstream_session`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import aiohttp
 
 from vllama.api.inflight import InFlight
 from vllama.api.live import Live
-from vllama.api.relay import new_upstream_session
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelFacts, ModelSpec
 from vllama.engine.argv import base_env
@@ -51,19 +52,20 @@ class Services:
     def build(
         cls,
         config: Config,
+        upstream: aiohttp.ClientSession,
         devices: Devices | None = None,
         weight_bytes: Callable[[ModelSpec], int] | None = None,
         leftovers: Leftovers | None = None,
     ) -> Services:
-        """Call from a coroutine (the upstream pool needs the running loop). Blocking: the
-        models folder is scanned. `devices` and `weight_bytes` replace the real NVML/psutil
-        boundary and the size of the model's files, for tests that play a GPU host."""
+        """Blocking: the models folder is scanned. `upstream` (the pool requests to workers
+        and peers go through) is closed by `close`. `devices` and `weight_bytes` replace the
+        real NVML/psutil boundary and the size of the model's files, for tests that play a GPU
+        host."""
         registry = Registry(config)
         config = registry.config
         devices = devices if devices is not None else Devices()
         facts = registry.facts
         sized = _with_sizes(facts, weight_bytes) if weight_bytes is not None else facts
-        upstream = new_upstream_session()
         spares = SparePool(config.server, base_env(os.environ), leftovers)
         scheduler = Scheduler(
             config,
