@@ -1,9 +1,12 @@
-"""The daemon: read its configuration, build the parts, serve, and shut down in a fixed order.
+"""The daemon: read its configuration, build the services, serve, and shut down in a fixed order.
 
-Shutdown order (first SIGTERM/SIGINT): refuse new work and abandon loads in flight, stop listening,
-let requests in flight finish up to `drain_timeout`, stop every worker (confirming each tree is
-gone), close the upstream pool, exit 0. A second signal SIGKILLs every worker group and exits at
-once.
+Signal handlers only queue work. SIGHUP asks the reload task for a pass (`Reloads`); the first
+SIGTERM/SIGINT sets the stop event that `serve` waits on.
+
+Shutdown order (first SIGTERM/SIGINT): stop taking reloads, refuse new work and abandon loads in
+flight, stop listening, let requests in flight finish up to `drain_timeout`, stop every worker
+(confirming each tree is gone), close the upstream pool, exit 0. A second signal SIGKILLs every
+worker group and exits at once, from the handler itself.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from vllama.api.app import build_app
-from vllama.api.keys import IN_FLIGHT, REGISTRY, SCHEDULER
+from vllama.api.app import app_for
+from vllama.api.inflight import InFlight
+from vllama.api.relay import new_upstream_session
+from vllama.api.services import Services
 from vllama.config.settings import Config, ConfigError, ServerSettings, load_config, read_toml
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.support import check_engine_support
@@ -54,9 +59,9 @@ def run_daemon(config_path: Path | None, host: str | None, port: int | None) -> 
         return EXIT_BAD_CONFIG
 
 
-def _cut_answers(app: web.Application, drain_timeout: float) -> None:
+def _cut_answers(in_flight: InFlight, drain_timeout: float) -> None:
     reason = f"vllama is stopping: drain_timeout ({drain_timeout:g}s) ran out before this answer"
-    cut = app[IN_FLIGHT].cut(reason)
+    cut = in_flight.cut(reason)
     if cut:
         log.warning("drain_timeout ran out; answers in flight cut", answers=cut)
 
@@ -105,6 +110,50 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)  # measured: docs/BENCHMARKS.md
 
 
+class Reloads:
+    """SIGHUP's work, off the signal handler. `request` (all the handler does) asks for a pass;
+    one task runs the passes, one at a time: signals that arrive during a pass make one more
+    pass after it, however many they are. A pass reads and checks the file in a thread, applies
+    it (`Registry.reconfigure`, then `Scheduler.reconfigure`) and waits for the model changes
+    that started before the next pass may plan its own from what then runs."""
+
+    def __init__(self, read: Callable[[], Config], services: Services, started: Config) -> None:
+        self._read = read
+        self._services = services
+        self._server = started.server
+        self._wanted = asyncio.Event()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            try:
+                await self._pass()
+            except Exception:  # a bug here must not end reloads for the daemon's lifetime
+                log.exception("config reload failed; keeping the running config")
+
+    async def _pass(self) -> None:
+        try:
+            read = await asyncio.to_thread(self._read)
+            fresh = self._services.registry.reconfigure(read)
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the running config", error=str(exc))
+            return
+        if fresh.server != self._server:
+            log.warning("server settings changed: they take effect at the next restart")
+        # What the scheduler starts for this reload: the tasks that exist after its synchronous
+        # `reconfigure` and did not before (nothing else runs on the loop in between).
+        before = asyncio.all_tasks()
+        self._services.scheduler.reconfigure(fresh)
+        changes = asyncio.all_tasks() - before
+        log.info("config reloaded", models=sorted(fresh.models))
+        if changes:
+            await asyncio.wait(changes)
+
+
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM/SIGINT. `reload` re-reads the configuration, for SIGHUP."""
     settings = config.server
@@ -112,7 +161,8 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     # Before anything loads: stop what a previous daemon on this port left running.
     leftovers = Leftovers(runtime_dir(settings) / f"workers-{settings.port}.json")
     await asyncio.to_thread(leftovers.reap)
-    app = build_app(config, leftovers=leftovers)
+    services = Services.build(config, new_upstream_session(), leftovers=leftovers)
+    app = app_for(services)
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # upstream request so vLLM stops generating, even before the first byte is due.
     runner = web.AppRunner(
@@ -126,15 +176,18 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     Notifier.unset_environment(os.environ)
     pinger = asyncio.create_task(watchdog_loop(notifier), name="watchdog")
     await runner.setup()
+    await services.start()
     # What startup built (modules, the app, its settings) lives as long as the daemon: frozen out
     # of the cyclic collector's sight, the full collections that requests in flight set off every
     # thousand or so walk what requests made, not tens of thousands of objects (50 ms each).
     gc.collect()
     gc.freeze()
-    scheduler = app[SCHEDULER]
+    scheduler = services.scheduler
     stop = asyncio.Event()
     signals_seen = 0
     cutter: asyncio.TimerHandle | None = None
+    reloads = Reloads(reload, services, config) if reload is not None else None
+    reloading = asyncio.create_task(reloads.run(), name="reloads") if reloads else None
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -148,18 +201,10 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         os._exit(EXIT_FORCED)
 
     def on_hangup() -> None:
-        if reload is None:
+        if reloads is None:
             log.warning("SIGHUP: no config file to reload")
-            return
-        try:
-            fresh = app[REGISTRY].reconfigure(reload())
-        except ConfigError as exc:
-            log.error("config reload failed; keeping the running config", error=str(exc))
-            return
-        if fresh.server != config.server:
-            log.warning("server settings changed: they take effect at the next restart")
-        scheduler.reconfigure(fresh)
-        log.info("config reloaded", models=sorted(fresh.models))
+        elif not stop.is_set():
+            reloads.request()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -185,16 +230,19 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         await stop.wait()
         notifier.stopping()
         notifier.status("draining requests, then stopping workers")
+        await _cancel(reloading)
         scheduler.begin_shutdown()
         # Just before aiohttp cancels what is still running at drain_timeout, end each relayed
         # answer with an error its client reads; the workers then stop as usual.
         cut_at = max(settings.drain_timeout - CUT_MARGIN, 0.0)
-        cutter = loop.call_later(cut_at, _cut_answers, app, settings.drain_timeout)
+        cutter = loop.call_later(cut_at, _cut_answers, services.in_flight, settings.drain_timeout)
         return 0
     finally:
-        # Stops the listener, waits up to drain_timeout for handlers in flight, then runs the
-        # app's cleanup: every worker stopped, the upstream pool closed.
+        await _cancel(reloading)
+        # Stops the listener and waits up to drain_timeout for handlers in flight; then the
+        # services close: every worker stopped, the upstream pool closed.
         await runner.cleanup()
+        await services.close()
         if cutter is not None:
             cutter.cancel()
         pinger.cancel()
@@ -202,3 +250,9 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         log.info("vllama stopped")
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task])  # its cancellation, not ours: `serve` may be cancelled too

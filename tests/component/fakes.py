@@ -15,7 +15,7 @@ import psutil
 from aiohttp import web
 
 from tests.conftest import EMPTY_MODELS_DIR, FAKE_ENGINE_COMMAND
-from vllama.api.keys import SCHEDULER
+from vllama.api.keys import SERVICES
 from vllama.config.settings import Config, load_config
 from vllama.engine.states import WorkerState
 from vllama.scheduling.events import Event, StateChanged
@@ -137,7 +137,7 @@ class WorkerView:
 
     @property
     def status(self) -> ModelStatus:
-        status = self._app[SCHEDULER].model_status(self.name)
+        status = self._app[SERVICES].scheduler.model_status(self.name)
         assert status is not None, f"{self.name} is not a scheduled model"
         return status
 
@@ -182,5 +182,5 @@ def count_starts(app: web.Application) -> list[str]:
         if isinstance(event, StateChanged) and event.new is WorkerState.STARTING:
             starts.append(event.model)
 
-    app[SCHEDULER].events.subscribe(listen)
+    app[SERVICES].scheduler.events.subscribe(listen)
     return starts

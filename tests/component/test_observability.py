@@ -16,7 +16,7 @@ from tests.component.fakes import WorkerView, fake_config, worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import Daemon, free_port, write_config
 from vllama.api.app import build_app
-from vllama.api.keys import METRICS, UPSTREAM
+from vllama.api.keys import SERVICES
 
 Client = TestClient[web.Request, web.Application]
 
@@ -57,7 +57,7 @@ async def test_metrics_after_real_traffic(aiohttp_client: Any) -> None:
     assert (await client.post("/v1/completions", json={"model": "nope"})).status == 404
     assert (await client.post("/v1/completions", json={"model": "b", "prompt": "x"})).status == 200
     await asyncio.sleep(1.0)  # b's keep-alive (0.2 s) runs out
-    await client.app[METRICS].sample(client.app[UPSTREAM])
+    await client.app[SERVICES].metrics.sample(client.app[SERVICES].upstream)
     text = await scrape(client)
     ok = {"model": "a", "endpoint": "/v1/chat/completions", "status": "200"}
     assert value(text, "vllama_requests_total", **ok) == 2
@@ -92,7 +92,8 @@ async def test_metrics_answer_while_a_worker_is_loading(aiohttp_client: Any) -> 
     await asyncio.sleep(0.5)
     loop = asyncio.get_running_loop()
     began = loop.time()
-    await client.app[METRICS].sample(client.app[UPSTREAM])  # a loading worker is skipped
+    parts = client.app[SERVICES]
+    await parts.metrics.sample(parts.upstream)  # a loading worker is skipped
     text = await scrape(client)
     assert loop.time() - began < 1.0
     assert value(text, "vllama_model_state", model="slow", state="starting") == 1

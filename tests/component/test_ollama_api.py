@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.component.fakes import WorkerView, fake_config
 from vllama.api.app import build_app
-from vllama.api.keys import SCHEDULER
+from vllama.api.keys import SERVICES
 from vllama.config.settings import Config
 from vllama.engine.states import WorkerState
 
@@ -494,7 +494,7 @@ async def test_name_latest_and_aliases_resolve(
         body = await json_of(await client.post("/api/generate", json=payload))
         assert body["model"] == name  # answers name the model as the client did
         assert (await last_request(client, "a"))["model"] == "a"
-    assert len(client.app[SCHEDULER].status().models) == 1
+    assert len(client.app[SERVICES].scheduler.status().models) == 1
 
 
 async def test_worker_crash_mid_stream_ends_with_an_error_line(

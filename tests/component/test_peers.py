@@ -21,7 +21,7 @@ from tests.component.fakes import eventually, fake_config
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import free_port
 from vllama.api.app import build_app
-from vllama.api.keys import PEERS
+from vllama.api.keys import SERVICES
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -82,7 +82,7 @@ async def start_front(
     aiohttp_client: ClientFactory, peers: dict[str, Any], **server: Any
 ) -> Client:
     client = await aiohttp_client(build_app(fake_config({"near": {}}, peers, **server)))
-    directory = client.app[PEERS]
+    directory = client.app[SERVICES].peers
     await eventually(
         lambda: all(view.checked_at is not None for view in directory.views()),
         what="every peer checked once",
@@ -104,7 +104,7 @@ async def test_another_vllama_serves_its_models_here_on_both_apis(
     far = await far_vllama(aiohttp_server, api_keys=[{"key": PEER_KEY, "scope": "admin"}])
     url = str(far.make_url("")).rstrip("/")
     client = await start_front(aiohttp_client, {"gpu2": {"url": url, "api_key": PEER_KEY}})
-    (view,) = client.app[PEERS].views()
+    (view,) = client.app[SERVICES].peers.views()
     assert (view.up, view.kind, view.models) == (True, "ollama", ("far:latest",))
     # OpenAI: relayed as a worker's answer, streamed or not.
     reply = await client.post(
@@ -121,7 +121,7 @@ async def test_another_vllama_serves_its_models_here_on_both_apis(
     # Listed as Ollama lists remote models; running there, so in /api/ps too.
     tags = {m["name"]: m for m in (await (await client.get("/api/tags")).json())["models"]}
     assert tags["far:latest"]["remote_host"] == url and "near:latest" in tags
-    await client.app[PEERS].check(client.app[PEERS].find("far"))  # type: ignore[arg-type]
+    await client.app[SERVICES].peers.check(client.app[SERVICES].peers.find("far"))  # type: ignore[arg-type]
     ps = (await (await client.get("/api/ps")).json())["models"]
     assert [(m["name"], m["remote_host"]) for m in ps] == [("far:latest", url)]
     cards = {
@@ -138,7 +138,7 @@ async def test_a_plain_vllm_server_is_spoken_to_in_openai_and_ollama_is_translat
     aiohttp_client: ClientFactory, plain: PlainServer
 ) -> None:
     client = await start_front(aiohttp_client, {"box": {"url": plain.url}})
-    (view,) = client.app[PEERS].views()
+    (view,) = client.app[SERVICES].peers.views()
     assert (view.up, view.kind, view.models) == (True, "openai", ("plain-m",))
     reply = await client.post("/api/chat", json={"model": "plain-m", "messages": MESSAGES})
     assert reply.status == 200 and reply.headers["Content-Type"].startswith("application/x-ndjson")
@@ -168,7 +168,8 @@ async def test_a_peer_that_goes_down_answers_within_seconds_and_local_models_go_
     # Either the check saw it first (503, Retry-After) or the request did (502, then a recheck).
     assert reply.status in (502, 503)
     assert "box" in (await reply.json())["error"]["message"]
-    await eventually(lambda: not client.app[PEERS].views()[0].up, what="the peer marked down")
+    peers = client.app[SERVICES].peers
+    await eventually(lambda: not peers.views()[0].up, what="the peer marked down")
     began = asyncio.get_running_loop().time()
     reply = await client.post("/api/chat", json={"model": "plain-m", "messages": MESSAGES})
     assert reply.status == 503 and "Retry-After" in reply.headers
@@ -200,7 +201,7 @@ async def test_a_local_model_wins_over_a_peer_model_of_the_same_name(
 ) -> None:
     far = await aiohttp_server(build_app(fake_config({"near": {"env": {"FAKE_VLLM_TOKENS": "7"}}})))
     client = await start_front(aiohttp_client, {"p": {"url": str(far.make_url("")).rstrip("/")}})
-    assert client.app[PEERS].find("near") is None
+    assert client.app[SERVICES].peers.find("near") is None
     reply = await client.post(
         "/v1/chat/completions", json={"model": "near", "messages": MESSAGES, "max_tokens": 2}
     )
@@ -216,13 +217,13 @@ async def test_a_peers_own_peers_are_not_served_through_it(
     # so two daemons peering each other never pass a request around in a circle.
     far_app = build_app(fake_config({"far": {}}, {"c": {"url": plain.url}}))
     far = await aiohttp_server(far_app)
-    await eventually(lambda: far_app[PEERS].views()[0].up, what="b's own peer checked")
+    await eventually(lambda: far_app[SERVICES].peers.views()[0].up, what="b's own peer checked")
     url = str(far.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as http, http.get(url + "/api/tags") as listing:
         tags = (await listing.json())["models"]
     assert {m["name"] for m in tags} == {"far:latest", "plain-m:latest"}  # b lists both
     client = await start_front(aiohttp_client, {"b": {"url": url}})
-    (view,) = client.app[PEERS].views()
+    (view,) = client.app[SERVICES].peers.views()
     assert view.models == ("far:latest",)
     reply = await client.post("/api/chat", json={"model": "plain-m", "messages": MESSAGES})
     assert reply.status == 404

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import signal
 import socket
@@ -154,3 +156,71 @@ def test_sighup_reloads_changed_models_and_keeps_the_rest(tmp_path: Path) -> Non
         assert daemon.proc.poll() is None
         assert complete(daemon, "keep").status_code == 200
         assert complete(daemon, "chat").status_code == 404
+
+
+def _engines_of(daemon: Daemon, model: str) -> list[int]:
+    """Every worker's engine serving `model`: a guard's child that names it (the fake's own
+    child and the guards left out). A stale replacement's worker is a second one."""
+    found = []
+    for child in psutil.Process(daemon.proc.pid).children(recursive=True):
+        try:
+            line = " ".join(child.cmdline()).split()  # a retitled spare: one string
+            parent = child.parent()
+            guarded = parent is not None and "vllama.engine.guard" in parent.cmdline()
+        except psutil.Error:
+            continue
+        named = "--served-model-name" in line
+        if guarded and named and line[line.index("--served-model-name") + 1] == model:
+            found.append(child.pid)
+    return found
+
+
+def _quiet(daemon: Daemon, seconds: float = 2.0, within: float = 60) -> None:
+    """Wait until the daemon has logged nothing for `seconds` (its reloads have settled)."""
+    seen = {"size": -1, "since": time.monotonic()}
+
+    def settled() -> bool:
+        size = daemon.log_path.stat().st_size
+        if size != seen["size"]:
+            seen["size"], seen["since"] = size, time.monotonic()
+        return time.monotonic() - seen["since"] >= seconds
+
+    eventually_blocking(settled, within=within, what="the daemon's log to go quiet")
+
+
+def test_a_sighup_storm_reloads_one_pass_at_a_time_and_applies_the_last_file(
+    tmp_path: Path,
+) -> None:
+    """20 SIGHUPs 10 ms apart, each after rewriting the file: the handler only queues a reload,
+    one pass runs at a time (signals that arrive meanwhile make one more pass, not one each), a
+    pass's model changes finish before the next pass plans its own, the last file wins, and the
+    changed model ends up with exactly one worker (none left behind by a stale replacement)."""
+    path = tmp_path / "v.toml"
+    models: dict[str, dict[str, Any]] = {"m": {"model": "fake/m"}, "keep": {"model": "fake/k"}}
+    write_config(path, server_table(), models)
+    with Daemon(path, free_port(), tmp_path / "v.log") as daemon:
+        assert tokens(daemon, "m") == 8
+        assert complete(daemon, "keep").status_code == 200
+        keep_pid = worker_pid(daemon, "keep")
+        for i in range(20):
+            models["m"]["env"] = {"FAKE_VLLM_TOKENS": str(i % 5 + 1)}
+            # Whole files only (as an editor saves them): a pass never reads a half-written one.
+            os.replace(write_config(tmp_path / "next.toml", server_table(), models), path)
+            daemon.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        _quiet(daemon)  # no requests meanwhile: only the reloads act on the model
+        assert len(_engines_of(daemon, "m")) == 1
+        assert tokens(daemon, "m") == 5  # the last file's setting (the 20th: 5 tokens)
+        assert len(_engines_of(daemon, "m")) == 1
+        assert worker_pid(daemon, "keep") == keep_pid
+        log = daemon.log()
+        assert "Traceback" not in log and "KeyError" not in log, log
+        # Passes, in order: each one's model change done before the next pass starts.
+        events = [json.loads(line).get("event") for line in log.splitlines() if line[:1] == "{"]
+        passes = [e for e in events if e in ("config reloaded", "model changed by config reload")]
+        assert 1 <= passes.count("config reloaded") < 20, passes
+        changed = "model changed by config reload"
+        assert passes[0] == "config reloaded"
+        assert not any(a == b == changed for a, b in itertools.pairwise(passes)), passes
+        assert daemon.proc.poll() is None
+        assert daemon.terminate() == 0

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.component.fakes import FakeNvml, WorkerView, engine_cmdline, eventually, fake_config
 from vllama.api.app import build_app
-from vllama.api.keys import SCHEDULER
+from vllama.api.keys import SERVICES
 from vllama.engine.states import WorkerState
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.events import Event, StateChanged
@@ -56,7 +56,7 @@ async def ask(client: Client, model: str, tokens: int = 1) -> int:
 
 
 def states(client: Client) -> dict[str, WorkerState]:
-    return {model.name: model.state for model in client.app[SCHEDULER].status().models}
+    return {model.name: model.state for model in client.app[SERVICES].scheduler.status().models}
 
 
 def loaded(client: Client) -> set[str]:
@@ -171,7 +171,7 @@ async def test_concurrent_loads_on_one_gpu_are_serialized(aiohttp_client: Any) -
                 starting.discard(event.model)
             starting_at_once = max(starting_at_once, len(starting))
 
-    client.app[SCHEDULER].events.subscribe(listen)
+    client.app[SERVICES].scheduler.events.subscribe(listen)
     results = await asyncio.gather(*(ask(client, name) for name in "abc"))
     assert results == [200, 200, 200]
     assert starting_at_once == 1
@@ -216,7 +216,7 @@ async def test_queue_overflow_is_503_with_retry_after(aiohttp_client: Any) -> No
     models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "1.5"}}}
     client = await gpu_host(aiohttp_client, models, {"slow": 1}, max_queue=3)
     waiting = [asyncio.create_task(ask(client, "slow")) for _ in range(3)]
-    await eventually(lambda: client.app[SCHEDULER].status().queued == 3)
+    await eventually(lambda: client.app[SERVICES].scheduler.status().queued == 3)
     response = await client.post(
         "/v1/completions", json={"model": "slow", "prompt": "hi", "max_tokens": 1}
     )

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.component.fakes import WorkerView, engine_cmdline, eventually, fake_config
 from vllama.api.app import build_app
-from vllama.api.keys import SCHEDULER
+from vllama.api.keys import SERVICES
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -33,7 +33,7 @@ async def start(aiohttp_client: ClientFactory, models: dict[str, Any], **server:
 
 
 def spare_pids(client: Client) -> list[int]:
-    spares = client.app[SCHEDULER].spares
+    spares = client.app[SERVICES].scheduler.spares
     assert spares is not None
     return [spare.process.pid for spare in spares._idle]
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from vllama.api.errors import BadRequest
-from vllama.api.keys import MODEL_KEY, PEERS, REGISTRY, SCHEDULER
+from vllama.api.keys import MODEL_KEY, services
 from vllama.catalog.registry import ModelNotFound, ModelTraits, Resolved
 from vllama.remote.peers import Peer
 
@@ -45,8 +45,8 @@ def requested_model(payload: dict[str, Any], *keys: str) -> str:
 
 async def servable_model(request: web.Request, requested: str) -> Resolved:
     """The model behind a name, made schedulable (`ModelNotFound` otherwise)."""
-    resolved = await request.app[REGISTRY].lookup(requested)
-    request.app[SCHEDULER].add_model(resolved.served_name, resolved.spec)
+    resolved = await services(request).registry.lookup(requested)
+    services(request).scheduler.add_model(resolved.served_name, resolved.spec)
     request[MODEL_KEY] = resolved.served_name  # the metrics label and access-log field
     return resolved
 
@@ -57,7 +57,7 @@ async def local_or_peer(request: web.Request, requested: str) -> Resolved | Peer
     try:
         return await servable_model(request, requested)
     except ModelNotFound:
-        peer = request.app[PEERS].find(requested)
+        peer = services(request).peers.find(requested)
         if peer is None:
             raise
         request[MODEL_KEY] = requested  # the metrics label and access-log field
@@ -66,9 +66,9 @@ async def local_or_peer(request: web.Request, requested: str) -> Resolved | Peer
 
 async def served_traits(request: web.Request, resolved: Resolved) -> ModelTraits:
     """The model's traits, with the context length its worker served when it last ran."""
-    status = request.app[SCHEDULER].model_status(resolved.served_name)
+    status = services(request).scheduler.model_status(resolved.served_name)
     served = status.context_length if status is not None else None
-    return await request.app[REGISTRY].traits(resolved, served)
+    return await services(request).registry.traits(resolved, served)
 
 
 def check_capability(
@@ -86,7 +86,7 @@ async def check_files_capability(
     """`check_capability` for needs that a model's files alone decide (completion, embedding,
     rerank; not tools or thinking, which its parsers add): what every relayed request checks,
     without the worker's status and the parser detection that full traits take."""
-    files = await request.app[REGISTRY].files(resolved)
+    files = await services(request).registry.files(resolved)
     if files is not None and needs.isdisjoint(files.capabilities):
         raise _unsupported(requested, action)
 

@@ -20,7 +20,7 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
-from vllama.api.keys import CONFIG
+from vllama.api.keys import services
 from vllama.catalog.hub import PullError
 from vllama.catalog.names import InvalidName
 from vllama.catalog.registry import ModelNotFound
@@ -225,7 +225,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _http_message(exc: web.HTTPException, request: web.Request) -> str:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        limit = request.app[CONFIG].server.max_request_bytes
+        limit = services(request).config.server.max_request_bytes
         return f"request body too large (limit {limit} bytes)"
     if isinstance(exc, web.HTTPNotFound):
         return f"{request.method} {request.path}: no such endpoint"

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from vllama.api.inflight import InFlight
-from vllama.api.live import Live, Shared
-from vllama.catalog.registry import Registry
-from vllama.config.settings import Config, ModelSpec
-from vllama.engine.leftovers import Leftovers
-from vllama.ops.metrics import Metrics
-from vllama.remote.peers import PeerDirectory
-from vllama.scheduling.devices import Devices
-from vllama.scheduling.scheduler import Scheduler
+from vllama.api.live import Shared
+from vllama.api.services import Services
 
-CONFIG = web.AppKey("config", Config)
-SCHEDULER = web.AppKey("scheduler", Scheduler)
-UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
-REGISTRY = web.AppKey("registry", Registry)
-DEVICES = web.AppKey("devices", Devices)
-WEIGHT_BYTES: web.AppKey[Callable[[ModelSpec], int]] = web.AppKey("weight_bytes")
-METRICS = web.AppKey("metrics", Metrics)
-LEFTOVERS = web.AppKey("leftovers", Leftovers)
-IN_FLIGHT = web.AppKey("in_flight", InFlight)
-PEERS = web.AppKey("peers", PeerDirectory)
-LIVE = web.AppKey("live", Live)  # the status page's streams and recent requests
+# Everything the handlers share: one typed object (`services(request)`).
+SERVICES = web.AppKey("services", Services)
 # The status page's snapshot, measured once for every open page (status_page.SHARED_FOR).
 SNAPSHOTS: web.AppKey[Shared[dict[str, Any]]] = web.AppKey("snapshots")
+
+
+def services(request: web.Request) -> Services:
+    """The daemon's services (`vllama.services`), as `server.serve` or `app.build_app` set them."""
+    return request.app[SERVICES]
+
 
 # Per-request values, set by the observability middleware and the handlers.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)

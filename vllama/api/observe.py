@@ -13,12 +13,11 @@ from aiohttp import web
 from vllama.api.errors import Handler
 from vllama.api.keys import (
     FIRST_BYTE_KEY,
-    LIVE,
-    METRICS,
     MODEL_KEY,
     REQUEST_ID_KEY,
     STARTED_KEY,
     TOKENS_KEY,
+    services,
 )
 from vllama.ops.metrics import CONTENT_TYPE
 
@@ -74,7 +73,7 @@ def _record(request: web.Request, status: int) -> None:
     route = request.match_info.route.resource
     endpoint = route.canonical if route is not None else "unmatched"
     model = request.get(MODEL_KEY, "")
-    metrics = request.app[METRICS]
+    metrics = services(request).metrics
     metrics.requests.labels(model, endpoint, str(status)).inc()
     metrics.request_seconds.labels(model, endpoint).observe(seconds)
     first = request.get(FIRST_BYTE_KEY)
@@ -82,7 +81,7 @@ def _record(request: web.Request, status: int) -> None:
     if ttft is not None:
         metrics.ttft_seconds.labels(model, endpoint).observe(ttft)
     if model:  # a model's request, for the status page (not its own polls and streams)
-        request.app[LIVE].record(
+        services(request).live.record(
             {
                 "time": time.time(),
                 "model": model,
@@ -117,5 +116,5 @@ def mark_first_byte(request: web.Request) -> None:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = request.app[METRICS].exposition()
+    body = services(request).metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -27,7 +27,7 @@ from vllama.api.common import (
     requested_model,
 )
 from vllama.api.errors import BadRequest
-from vllama.api.keys import REGISTRY
+from vllama.api.keys import services
 from vllama.api.ollama.options import map_options
 from vllama.api.relay import relay_response, worker_request
 from vllama.api.remote import peer_request, rename_model
@@ -174,7 +174,7 @@ def _model_card(name: str, owner: str = "vllama") -> dict[str, Any]:
 async def list_models(request: web.Request) -> web.Response:
     """Every servable model once: configured ones by their configured name, the rest (found on
     disk, derived) by their Ollama name."""
-    available = await request.app[REGISTRY].available()
+    available = await services(request).registry.available()
     names = sorted(
         resolved.upstream_model if resolved.source == "config" and not resolved.derived else name
         for name, resolved in available.items()

@@ -33,16 +33,7 @@ from vllama.api.errors import (
     error_body,
     openai_error_body,
 )
-from vllama.api.keys import (
-    CONFIG,
-    IN_FLIGHT,
-    METRICS,
-    MODEL_KEY,
-    REQUEST_ID_KEY,
-    SCHEDULER,
-    TOKENS_KEY,
-    UPSTREAM,
-)
+from vllama.api.keys import MODEL_KEY, REQUEST_ID_KEY, TOKENS_KEY, services
 from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.scheduling.runner import WorkerLike
 
@@ -98,7 +89,7 @@ async def worker_request(
     headers (else `WorkerTimeout`, and no retry: the worker took the request) and between its
     chunks (then the read raises `aiohttp.SocketTimeoutError`: see `worker_error`).
     """
-    scheduler = request.app[SCHEDULER]
+    scheduler = services(request).scheduler
     for attempt in range(2):
         async with scheduler.lease(model, keep_alive) as worker:
             sent = time.perf_counter_ns()
@@ -136,13 +127,13 @@ async def send_upstream(
     `stream_idle_timeout` at most, for the response's headers (else `WorkerTimeout`) and between
     its chunks (then the read raises `aiohttp.SocketTimeoutError`: see `worker_error`). A
     connection that fails raises `aiohttp.ClientConnectionError`, for the caller to judge."""
-    in_flight = request.app[IN_FLIGHT]
+    in_flight = services(request).in_flight
     # aiohttp's sock_read restarts on every byte received, and covers the wait for headers.
-    idle = request.app[CONFIG].server.stream_idle_timeout if stream else None
+    idle = services(request).config.server.stream_idle_timeout if stream else None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle)
     # vLLM takes X-Request-Id as its own request id: one id in both logs.
     sent = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, ""), **(headers or {})}
-    session = request.app[UPSTREAM]
+    session = services(request).upstream
     try:
         upstream = await in_flight.unless_cut(
             session.request(method, url, data=body, headers=sent, timeout=timeout)
@@ -160,7 +151,7 @@ def held(request: web.Request, upstream: aiohttp.ClientResponse) -> Iterator[Non
     the connection goes back to the pool when the answer was read to its end, else it is closed
     (which makes vLLM abort the generation)."""
     try:
-        with request.app[IN_FLIGHT].track(upstream):
+        with services(request).in_flight.track(upstream):
             yield
     finally:
         if upstream.content.is_eof():
@@ -227,7 +218,7 @@ def count_usage(request: web.Request, usage: dict[str, object] | None) -> None:
     prompt, generated = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if isinstance(generated, int):
         request[TOKENS_KEY] = generated
-    request.app[METRICS].count_usage(
+    services(request).metrics.count_usage(
         request.get(MODEL_KEY, ""),
         prompt if isinstance(prompt, int) else 0,
         generated if isinstance(generated, int) else 0,
@@ -267,11 +258,11 @@ def worker_error(request: web.Request, exc: aiohttp.ClientError, when: str) -> A
     """A broken read of a worker's answer, as the client sees it: a silence past
     `stream_idle_timeout` is a `WorkerTimeout` (504), an answer cut because vllama's drain ran
     out a 503 `shutting_down`, anything else a `WorkerFailed` (502)."""
-    cut = request.app[IN_FLIGHT].cut_reason
+    cut = services(request).in_flight.cut_reason
     if cut is not None:
         return ApiError(503, cut, code="shutting_down")
     if isinstance(exc, aiohttp.SocketTimeoutError):
-        idle = request.app[CONFIG].server.stream_idle_timeout
+        idle = services(request).config.server.stream_idle_timeout
         return WorkerTimeout(
             f"the model's worker sent nothing for {idle:g}s {when} (stream_idle_timeout); "
             "the request was aborted"

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from vllama.api.errors import ApiError
-from vllama.api.keys import PEERS
+from vllama.api.keys import services
 from vllama.api.observe import mark_first_byte
 from vllama.api.relay import count_usage, held, send_upstream, worker_error
 from vllama.catalog.names import normalize_name, strip_latest
@@ -53,14 +53,14 @@ async def peer_request(
             503,
             f"peer {peer.name!r} ({peer.url}) is down: {peer.error}",
             code="peer_unavailable",
-            headers={"Retry-After": str(max(1, round(request.app[PEERS].interval)))},
+            headers={"Retry-After": str(max(1, round(services(request).peers.interval)))},
         )
     try:
         upstream = await send_upstream(
             request, "POST", peer.url + path, body, stream, PEER_CONNECT_TIMEOUT, peer.headers
         )
     except aiohttp.ClientConnectionError as exc:
-        request.app[PEERS].recheck(peer)
+        services(request).peers.recheck(peer)
         raise ApiError(
             502, f"peer {peer.name!r} ({peer.url}) did not answer: {exc}", code="peer_unreachable"
         ) from None
@@ -137,7 +137,7 @@ def tag_entries(
             "digest": "",
             "details": details,
         }
-        for model, peer in request.app[PEERS].served()
+        for model, peer in services(request).peers.served()
     ]
 
 
@@ -145,8 +145,8 @@ def ps_entries(request: web.Request, expires_at: str) -> list[dict[str, Any]]:
     """`/api/ps` entries for what the peers that are up have loaded (sizes are theirs, not
     this host's: 0 here)."""
     entries = []
-    served = {strip_latest(model): peer for model, peer in request.app[PEERS].served()}
-    for view in request.app[PEERS].views():
+    served = {strip_latest(model): peer for model, peer in services(request).peers.served()}
+    for view in services(request).peers.views():
         for model in view.loaded:
             peer = served.get(strip_latest(model))
             if not view.up or peer is None or peer.name != view.name:
@@ -167,7 +167,7 @@ def ps_entries(request: web.Request, expires_at: str) -> list[dict[str, Any]]:
 
 def model_cards(request: web.Request) -> list[tuple[str, str]]:
     """(name, owner) for `/v1/models`: each peer's models, owned by the peer."""
-    return [(model, owner(peer)) for model, peer in request.app[PEERS].served()]
+    return [(model, owner(peer)) for model, peer in services(request).peers.served()]
 
 
 def owner(peer: Peer) -> str:

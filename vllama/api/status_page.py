@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from vllama.api.errors import Handler
-from vllama.api.keys import CONFIG, DEVICES, LIVE, SCHEDULER, SNAPSHOTS
+from vllama.api.keys import SERVICES, SNAPSHOTS, services
 from vllama.api.live import Shared
 from vllama.config.replicas import model_of
 from vllama.engine.states import DOWN
@@ -44,7 +44,8 @@ def _asset(name: str) -> bytes:
 
 async def snapshot(app: web.Application) -> dict[str, Any]:
     """Everything the page shows but the recent requests' updates, in one JSON object."""
-    scheduler, devices, live = app[SCHEDULER], app[DEVICES], app[LIVE]
+    parts = app[SERVICES]
+    scheduler, devices, live = parts.scheduler, parts.devices, parts.live
     status = scheduler.status()
     now = time.time()
     models: list[dict[str, Any]] = []
@@ -56,7 +57,7 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
         tail = scheduler.log_tail(model.name, ERROR_LINES) if model.state in DOWN else []
         models.append(_model(model, usage, now, live.since.get(model.name), tail))
     running = {model_of(m.name) for m in status.models}
-    for name in sorted(app[CONFIG].models):
+    for name in sorted(parts.config.models):
         if name not in running:
             models.append(_unloaded(name))
     memory = []
@@ -127,7 +128,7 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    app, live = request.app, request.app[LIVE]
+    app, live = request.app, services(request).live
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -173,7 +174,7 @@ def _page(name: str) -> Handler:
 
 
 async def _close_streams(app: web.Application) -> None:
-    app[LIVE].close()
+    app[SERVICES].live.close()
 
 
 def add_routes(app: web.Application) -> None:

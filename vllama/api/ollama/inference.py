@@ -24,7 +24,7 @@ from vllama.api.common import (
     served_traits,
 )
 from vllama.api.errors import ApiError, BadRequest, WorkerFailed, upstream_refusal
-from vllama.api.keys import METRICS, MODEL_KEY, SCHEDULER, TOKENS_KEY
+from vllama.api.keys import MODEL_KEY, TOKENS_KEY, services
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.options import keep_alive_of, stream_flag
 from vllama.api.ollama.request import Endpoint, chat_call, generate_call
@@ -42,7 +42,7 @@ EMBEDDING = frozenset({"embedding"})
 
 async def load_only(request: web.Request, model: str, keep_alive: float | None) -> int:
     """Load a model without a request to it (Ollama's empty prompt); returns when it was ready."""
-    async with request.app[SCHEDULER].lease(model, keep_alive, explicit=True):
+    async with services(request).scheduler.lease(model, keep_alive, explicit=True):
         return Timing.now()
 
 
@@ -71,7 +71,7 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     call = (generate_call if endpoint == "generate" else chat_call)(payload, traits, requested)
     if load_request:
         if keep_alive == 0:
-            request.app[SCHEDULER].expire(model)
+            services(request).scheduler.expire(model)
             return web.json_response(load_response(requested, endpoint, "unload"))
         await load_only(request, model, keep_alive)
         return web.json_response(load_response(requested, endpoint, "load"))
@@ -177,7 +177,7 @@ async def _relay_translated(
 
 def _count_usage(request: web.Request, translator: OllamaStream) -> None:
     request[TOKENS_KEY] = translator.completion_tokens
-    request.app[METRICS].count_usage(
+    services(request).metrics.count_usage(
         request.get(MODEL_KEY, ""), translator.prompt_tokens, translator.completion_tokens
     )
 

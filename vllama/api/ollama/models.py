@@ -18,7 +18,7 @@ from vllama import __version__
 from vllama.api import remote
 from vllama.api.common import read_json_object, requested_model, served_traits
 from vllama.api.errors import ApiError, BadRequest
-from vllama.api.keys import DEVICES, PEERS, REGISTRY, SCHEDULER
+from vllama.api.keys import services
 from vllama.api.ollama.options import map_options, stream_flag
 from vllama.api.ollama.stream import respond_progress
 from vllama.catalog.adapters import adapter_rank
@@ -74,7 +74,7 @@ def _parent(resolved: Resolved) -> str:
 
 
 async def tags(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
+    registry = services(request).registry
     models = []
     for name, resolved in sorted((await registry.available()).items()):
         models.append(_entry(name, resolved, await registry.files(resolved)))
@@ -93,11 +93,11 @@ def _parameters_text(parameters: dict[str, Any]) -> str:
 async def show(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = check_name(requested_model(payload, "model", "name"))
-    registry = request.app[REGISTRY]
+    registry = services(request).registry
     try:
         resolved = await registry.lookup(requested)
     except ModelNotFound:
-        peer = request.app[PEERS].find(requested)
+        peer = services(request).peers.find(requested)
         if peer is None:
             raise
         return await remote.show(request, peer, requested, _details(None))
@@ -148,11 +148,11 @@ def _expires(model: ModelStatus, now: datetime) -> datetime:
 
 
 async def ps(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    devices = request.app[DEVICES]
+    registry = services(request).registry
+    devices = services(request).devices
     models = []
     now = datetime.now(UTC)
-    ready = [m for m in request.app[SCHEDULER].status().models if m.state is WorkerState.READY]
+    ready = [m for m in services(request).scheduler.status().models if m.state is WorkerState.READY]
     copies = Counter(replicas.model_of(m.name) for m in ready)
     for model in ready:
         served = replicas.model_of(model.name)  # a replica (`name#2`) is listed as its model
@@ -193,7 +193,7 @@ async def ps(request: web.Request) -> web.Response:
 async def pull(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload, "model", "name")
-    registry = request.app[REGISTRY]
+    registry = services(request).registry
     return await respond_progress(
         request,
         stream_flag(payload),
@@ -225,7 +225,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     for unsupported in ("files", "quantize"):
         if payload.get(unsupported):
             raise BadRequest(f"{unsupported} is not supported: vLLM loads Hugging Face folders")
-    registry = request.app[REGISTRY]
+    registry = services(request).registry
     resolved = await registry.lookup(base)
     adapter = await _adapter_folder(payload.get("adapters"))
     system, template = payload.get("system"), payload.get("template")
@@ -257,7 +257,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         if adapter is not None:
             # The base model's worker serves its adapters from its start: a running one
             # restarts with the new adapter once its requests are done.
-            request.app[SCHEDULER].expire(resolved.served_name)
+            services(request).scheduler.expire(resolved.served_name)
             yield {"status": "using adapter"}
         yield {"status": "writing manifest"}
         yield {"status": "success"}
@@ -291,7 +291,7 @@ async def copy(request: web.Request) -> web.Response:
         raise BadRequest("destination is required")
     check_name(source)
     check_name(destination)
-    registry = request.app[REGISTRY]
+    registry = services(request).registry
     resolved = await registry.lookup(source)
     derived = resolved.derived
     model = DerivedModel(
@@ -309,7 +309,7 @@ async def copy(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
     requested = check_name(requested_model(payload, "model", "name"))
-    registry = request.app[REGISTRY]
+    registry = services(request).registry
     resolved = await registry.lookup(requested)
     if resolved.derived is not None:
         await asyncio.to_thread(registry.derived.delete, requested)
@@ -336,7 +336,7 @@ async def delete(request: web.Request) -> web.Response:
         # Pulled under other names too (`qwen3` and `qwen3:8b`): only this name goes.
         await asyncio.to_thread(registry.pulled.delete, requested)
         return web.Response(status=200)
-    stopping = request.app[SCHEDULER].unload(resolved.served_name, "model deleted", "deleted")
+    stopping = services(request).scheduler.unload(resolved.served_name, "model deleted", "deleted")
     if stopping is not None:
         await stopping
     await asyncio.to_thread(shutil.rmtree, resolved.spec.model)
@@ -364,8 +364,8 @@ async def logs(request: web.Request) -> web.Response:
         lines = int(request.query.get("lines", "100"))
     except ValueError:
         raise BadRequest("lines must be an integer") from None
-    resolved = await request.app[REGISTRY].lookup(requested)
-    tail = request.app[SCHEDULER].log_tail(resolved.served_name, max(lines, 0))
+    resolved = await services(request).registry.lookup(requested)
+    tail = services(request).scheduler.log_tail(resolved.served_name, max(lines, 0))
     return web.json_response({"model": resolved.served_name, "lines": tail})
 
 
