@@ -144,11 +144,7 @@ class Reloads:
             return
         if fresh.server != self._server:
             log.warning("server settings changed: they take effect at the next restart")
-        # What the scheduler starts for this reload: the tasks that exist after its synchronous
-        # `reconfigure` and did not before (nothing else runs on the loop in between).
-        before = asyncio.all_tasks()
-        self._services.scheduler.reconfigure(fresh)
-        changes = asyncio.all_tasks() - before
+        changes = self._services.scheduler.reconfigure(fresh)
         log.info("config reloaded", models=sorted(fresh.models))
         if changes:
             await asyncio.wait(changes)

@@ -214,7 +214,14 @@ def test_a_sighup_storm_reloads_one_pass_at_a_time_and_applies_the_last_file(
         assert len(_engines_of(daemon, "m")) == 1
         assert worker_pid(daemon, "keep") == keep_pid
         log = daemon.log()
-        assert "Traceback" not in log and "KeyError" not in log, log
+        # vllama's own lines (a worker's output is the engine's: the fake may print an ignored
+        # exception when SIGTERM lands while it starts).
+        own = [
+            line
+            for line in log.splitlines()
+            if line[:1] != "{" or json.loads(line).get("event") != "worker output"
+        ]
+        assert not any("Traceback" in line or "KeyError" in line for line in own), log
         # Passes, in order: each one's model change done before the next pass starts.
         events = [json.loads(line).get("event") for line in log.splitlines() if line[:1] == "{"]
         passes = [e for e in events if e in ("config reloaded", "model changed by config reload")]

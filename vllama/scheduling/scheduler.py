@@ -254,9 +254,10 @@ class Scheduler:
 
     # -- config reload -----------------------------------------------------------------------
 
-    def reconfigure(self, config: Config) -> None:
-        """Apply a reloaded config's models (see `reload.plan_reload`). Server settings are not
-        re-read: they need a restart."""
+    def reconfigure(self, config: Config) -> list[asyncio.Task[object]]:
+        """Apply a reloaded config's models (see `reload.plan_reload`); the changes it starts
+        (a changed model's replacement, a removed one's stop) are the tasks returned. Server
+        settings are not re-read: they need a restart."""
         runners = self._runners
         models = {name: r for name, r in runners.items() if name == replicas.model_of(name)}
         plan = plan_reload(
@@ -268,18 +269,28 @@ class Scheduler:
         self._config = config
         for name in plan.added:
             self.add_model(name, config.models[name])
-        for name in plan.changed:
-            self._background(self._replace_model(name, config.models[name]), f"reload-{name}")
-        for name in plan.removed:
-            self._background(self._replace_model(name, None), f"remove-{name}")
+        changes = [
+            *(
+                self._background(self._replace_model(name, config.models[name]), f"reload-{name}")
+                for name in plan.changed
+            ),
+            *(
+                self._background(self._replace_model(name, None), f"remove-{name}")
+                for name in plan.removed
+            ),
+        ]
         for name in plan.cleared:
             runners[name].clear_failures()
-            self._background(runners[name].worker.stop("config reloaded"), f"clear-{name}")
+            changes.append(
+                self._background(runners[name].worker.stop("config reloaded"), f"clear-{name}")
+            )
+        return changes
 
-    def _background(self, work: Coroutine[Any, Any, object], name: str) -> None:
+    def _background(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)  # a reference, so the task is not garbage-collected mid-way
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _replace_model(self, name: str, spec: ModelSpec | None) -> None:
         """Run a model's new spec (or none): a loaded model with one worker starts its new
