@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from vllama.api.errors import BadRequest, upstream_error_message
 from vllama.api.ollama.options import IGNORED_OPTIONS, map_options
 from vllama.api.ollama.request import CHAT_PATH, COMPLETIONS_PATH, chat_call, generate_call
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
+from vllama.api.ollama.wire import Chunk
 from vllama.catalog.families import ThinkingSwitch
 from vllama.catalog.registry import ModelTraits
 
@@ -63,7 +65,7 @@ JPEG = "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAAMCAgMCAgMDAwMEAwMEBQgFBQUFBQoH"
 def test_each_option_lands_under_its_vllm_name(
     option: str, value: Any, key: str, expected: Any
 ) -> None:
-    mapped = map_options({option: value}, 4096)
+    mapped: Mapping[str, object] = map_options({option: value}, 4096)
     assert mapped == {key: expected}
     assert type(mapped[key]) is type(expected)
 
@@ -381,7 +383,7 @@ def test_chat_messages_pass_through_with_images() -> None:
     assert call.body["seed"] == 3
     assert call.body["stream"] is True
     assert call.body["stream_options"] == {"include_usage": True}
-    messages = call.body["messages"]
+    messages: list[Any] = call.body["messages"]
     assert messages[0] == {"role": "system", "content": "sys"}
     assert messages[1]["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert messages[2] == {"role": "assistant", "content": ""}
@@ -489,26 +491,26 @@ def test_chat_think_with_the_capability() -> None:
 # -- OllamaStream -----------------------------------------------------------------------------
 
 
-def chat_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+def chat_chunk(delta: dict[str, Any], finish: str | None = None) -> Any:
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [choice]}
 
 
-def text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+def text_chunk(text: str, finish: str | None = None) -> Any:
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
     return {"id": "cmpl-1", "object": "text_completion", "choices": [choice]}
 
 
-def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
+def usage_chunk(prompt: int, completion: int) -> Any:
     usage = {"prompt_tokens": prompt, "completion_tokens": completion}
     return {"id": "x", "choices": [], "usage": usage | {"total_tokens": prompt + completion}}
 
 
-def feed(stream: OllamaStream, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def feed(stream: OllamaStream, chunks: list[Any]) -> list[Any]:
     return [obj for chunk in chunks for obj in stream.on_chunk(chunk)]
 
 
-def assert_piece(obj: dict[str, Any], model: str) -> None:
+def assert_piece(obj: Mapping[str, Any], model: str) -> None:
     assert obj["model"] == model
     assert obj["done"] is False
     assert RFC3339_Z.match(obj["created_at"]), obj["created_at"]
@@ -523,7 +525,7 @@ DURATIONS = (
 )
 
 
-def assert_metrics(obj: dict[str, Any]) -> None:
+def assert_metrics(obj: Mapping[str, Any]) -> None:
     for key in (*DURATIONS, "prompt_eval_count", "eval_count"):
         assert isinstance(obj[key], int) and not isinstance(obj[key], bool), key
         assert obj[key] >= 0, key
@@ -899,12 +901,12 @@ def test_logprobs_come_back_in_ollamas_shape_streamed_and_whole() -> None:
         "bytes": [104, 105],
         "top_logprobs": [{"token": "hi", "logprob": -0.5, "bytes": [104, 105]}],
     }
-    chunk = {"choices": [{"delta": {"content": "hi"}, "logprobs": {"content": [entry]}}]}
+    chunk: Any = {"choices": [{"delta": {"content": "hi"}, "logprobs": {"content": [entry]}}]}
     (piece,) = stream.on_chunk(chunk)
     assert piece["logprobs"] == [entry]
     assert stream.whole()["logprobs"] == [entry]
     raw = OllamaStream("generate", "m", Timing())
-    completion = {
+    completion: Chunk = {
         "choices": [
             {
                 "text": "a",

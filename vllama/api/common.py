@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
 
 from aiohttp import web
 
 from vllama.api.errors import BadRequest
 from vllama.api.keys import MODEL_KEY, services
+from vllama.api.protocol import JsonObject
 from vllama.catalog.registry import ModelNotFound, ModelTraits, Resolved
 from vllama.remote.peers import Peer
 
 
-async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+async def read_json_object(request: web.Request) -> tuple[bytes, JsonObject]:
     """The raw body and its parsed JSON object; 400 for anything else, 413 past the size limit."""
     body = await request.read()  # aiohttp raises 413 past client_max_size
     if not body:
@@ -29,7 +30,7 @@ async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]
     return body, payload
 
 
-def requested_model(payload: dict[str, Any], *keys: str) -> str:
+def requested_model(payload: Mapping[str, object], *keys: str) -> str:
     """The model the request names (under `model`, or the first of `keys` present)."""
     value = None
     for key in keys or ("model",):

@@ -15,20 +15,26 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict, cast
 
 from aiohttp import web
 
 from vllama.api import remote
-from vllama.api.common import (
-    check_files_capability,
-    local_or_peer,
-    read_json_object,
-    requested_model,
-)
+from vllama.api.common import check_files_capability, local_or_peer, read_json_object
 from vllama.api.errors import BadRequest
 from vllama.api.keys import services
 from vllama.api.ollama.options import map_options
+from vllama.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Json,
+    JsonObject,
+    MessagesRequest,
+    Relayed,
+    ResponsesRequest,
+    VllmRequest,
+)
 from vllama.api.relay import relay_response, worker_request
 from vllama.api.remote import peer_request, rename_model
 from vllama.catalog.derived import DerivedModel
@@ -47,36 +53,38 @@ class Route:
     # The model must have one of these (capabilities its files decide); None: any model.
     needs: frozenset[str] | None
     action: str  # for "x does not support <action>"
+    body: type[Relayed]  # what vllama reads of the body
     derived_defaults: bool = False  # a derived model's system prompt and options apply
 
 
 ROUTES = (
-    Route("/v1/chat/completions", GENERATES, "chat", derived_defaults=True),
-    Route("/v1/completions", GENERATES, "completion", derived_defaults=True),
-    Route("/v1/embeddings", EMBEDS, "embeddings"),
-    Route("/v1/messages", GENERATES, "messages"),
-    Route("/v1/messages/count_tokens", GENERATES, "messages"),
-    Route("/v1/responses", GENERATES, "responses"),
-    Route("/tokenize", None, "tokenize"),
-    Route("/detokenize", None, "detokenize"),
-    Route("/pooling", POOLS, "pooling"),
-    Route("/classify", POOLS, "classify"),
-    Route("/score", SCORES, "score"),
-    Route("/v1/score", SCORES, "score"),
-    Route("/rerank", SCORES, "rerank"),
-    Route("/v1/rerank", SCORES, "rerank"),
-    Route("/v2/rerank", SCORES, "rerank"),
-    Route("/v2/embed", EMBEDS, "embeddings"),
+    Route("/v1/chat/completions", GENERATES, "chat", ChatCompletionRequest, derived_defaults=True),
+    Route("/v1/completions", GENERATES, "completion", CompletionRequest, derived_defaults=True),
+    Route("/v1/embeddings", EMBEDS, "embeddings", EmbeddingRequest),
+    Route("/v1/messages", GENERATES, "messages", MessagesRequest),
+    Route("/v1/messages/count_tokens", GENERATES, "messages", MessagesRequest),
+    Route("/v1/responses", GENERATES, "responses", ResponsesRequest),
+    Route("/tokenize", None, "tokenize", VllmRequest),
+    Route("/detokenize", None, "detokenize", VllmRequest),
+    Route("/pooling", POOLS, "pooling", VllmRequest),
+    Route("/classify", POOLS, "classify", VllmRequest),
+    Route("/score", SCORES, "score", VllmRequest),
+    Route("/v1/score", SCORES, "score", VllmRequest),
+    Route("/rerank", SCORES, "rerank", VllmRequest),
+    Route("/v1/rerank", SCORES, "rerank", VllmRequest),
+    Route("/v2/rerank", SCORES, "rerank", VllmRequest),
+    Route("/v2/embed", EMBEDS, "embeddings", EmbeddingRequest),
 )
 
 
-def apply_derived(payload: dict[str, Any], derived: DerivedModel) -> None:
+def apply_derived(payload: JsonObject, derived: DerivedModel) -> None:
     """A derived model's system prompt and parameters, under what the request sets itself."""
     try:
         defaults = map_options(derived.parameters, None)
     except BadRequest:  # validated at /api/create; a hand-edited store must not break requests
         defaults = {}
-    for key, value in defaults.items():
+    # Sampling's values are numbers, strings and lists of strings: JSON all.
+    for key, value in cast(dict[str, Json], defaults).items():
         payload.setdefault(key, value)
     messages = payload.get("messages")
     if derived.system and isinstance(messages, list):
@@ -90,9 +98,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def relay_handler(route: Route) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         body, payload = await read_json_object(request)
-        requested = requested_model(payload)
+        parsed = route.body.parse(payload)
+        requested = parsed.model
         resolved = await local_or_peer(request, requested)
-        stream = payload.get("stream") is True
+        stream = parsed.stream
         if isinstance(resolved, Peer):
             body = rename_model(payload, resolved, requested)
             async with peer_request(request, resolved, route.path, body, stream) as answer:
@@ -167,7 +176,14 @@ def _by_response_id(suffix: str, method: str) -> Handler:
 # -- model listing ----------------------------------------------------------------------------
 
 
-def _model_card(name: str, owner: str = "vllama") -> dict[str, Any]:
+class ModelCard(TypedDict):
+    id: str
+    object: str
+    created: int
+    owned_by: str
+
+
+def _model_card(name: str, owner: str = "vllama") -> ModelCard:
     return {"id": name, "object": "model", "created": _CREATED, "owned_by": owner}
 
 

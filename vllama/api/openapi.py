@@ -9,14 +9,27 @@ errors) is described field by field. `docs/openapi.yaml` is this document, writt
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TypedDict
 
 from aiohttp import web
 
 from vllama import __version__
 from vllama.api.openai import ROUTES
+from vllama.api.protocol import Json, JsonObject
 
-Schema = dict[str, Any]
+# A JSON Schema, or any other part of the document: a JSON object.
+Schema = JsonObject
+# The operations on each path, by path.
+Paths = dict[str, JsonObject]
+
+
+class Document(TypedDict):
+    openapi: str
+    info: JsonObject
+    components: JsonObject
+    security: list[Json]
+    paths: Paths
+
 
 OBJECT: Schema = {"type": "object"}
 OLLAMA_ERROR: Schema = {
@@ -52,8 +65,11 @@ ANTHROPIC_ERROR: Schema = {
         },
     },
 }
-MODEL = {"type": "string", "description": "a model name (`name`, `name:tag`, `org/name`)"}
-DURATION = {"type": ["string", "number"], "description": 'seconds, or "5m"; negative: forever'}
+MODEL: Schema = {"type": "string", "description": "a model name (`name`, `name:tag`, `org/name`)"}
+DURATION: Schema = {
+    "type": ["string", "number"],
+    "description": 'seconds, or "5m"; negative: forever',
+}
 OLLAMA_MODEL_ENTRY: Schema = {
     "type": "object",
     "required": ["name", "model"],
@@ -69,17 +85,21 @@ OLLAMA_MODEL_ENTRY: Schema = {
         "context_length": {"type": ["integer", "null"]},
     },
 }
-NDJSON_OR_JSON = {
+NDJSON_OR_JSON: JsonObject = {
     "application/json": {"schema": OBJECT},
     "application/x-ndjson": {"schema": {"type": "string"}},
 }
 
 
-def _json(schema: Schema) -> dict[str, Any]:
+def _json(schema: Schema) -> JsonObject:
     return {"application/json": {"schema": schema}}
 
 
-ERRORS = {"Ollama": OLLAMA_ERROR, "OpenAI": OPENAI_ERROR, "Anthropic": ANTHROPIC_ERROR}
+ERRORS: dict[str, Schema] = {
+    "Ollama": OLLAMA_ERROR,
+    "OpenAI": OPENAI_ERROR,
+    "Anthropic": ANTHROPIC_ERROR,
+}
 STATUS_TEXT = {
     400: "bad input, or a model that cannot do this (nothing is loaded)",
     401: "an API key is required, or it is wrong",
@@ -94,7 +114,7 @@ STATUS_TEXT = {
 }
 
 
-def _error_responses() -> dict[str, Any]:
+def _error_responses() -> JsonObject:
     """One shared response per API's error envelope and status, referred to by operations."""
     return {
         f"{api}{status}": {
@@ -106,18 +126,18 @@ def _error_responses() -> dict[str, Any]:
     }
 
 
-def _errors(api: str, *statuses: int) -> dict[str, Any]:
+def _errors(api: str, *statuses: int) -> JsonObject:
     return {str(s): {"$ref": f"#/components/responses/{api}{s}"} for s in statuses}
 
 
 def _operation(
     summary: str,
     api: str,
-    ok: dict[str, Any],
+    ok: JsonObject,
     body: Schema | None = None,
     statuses: tuple[int, ...] = (400, 401, 403, 404, 413, 502, 503, 504),
-) -> dict[str, Any]:
-    operation: dict[str, Any] = {
+) -> JsonObject:
+    operation: JsonObject = {
         "summary": summary,
         "responses": {"200": {"description": "OK", "content": ok}, **_errors(api, *statuses)},
     }
@@ -134,23 +154,25 @@ def _nullable(schema: Schema) -> Schema:
     return {**schema, "type": [*listed, "null"]}
 
 
-def _ollama(summary: str, properties: Schema, required: list[str], ok: Any = None) -> Any:
+def _ollama(
+    summary: str, properties: dict[str, Schema], required: list[Json], ok: JsonObject | None = None
+) -> JsonObject:
     # Ollama's Go decoder takes null for any field as its zero value; so does vllama.
-    nullable = {name: _nullable(schema) for name, schema in properties.items()}
-    body = {"type": "object", "required": required, "properties": nullable}
+    nullable: Schema = {name: _nullable(schema) for name, schema in properties.items()}
+    body: Schema = {"type": "object", "required": required, "properties": nullable}
     return {"post": _operation(summary, "Ollama", ok or _json(OBJECT), body)}
 
 
-def _relayed(summary: str, api: str) -> dict[str, Any]:
-    body = {"type": "object", "required": ["model"], "properties": {"model": MODEL}}
-    ok = {"application/json": {"schema": OBJECT}, "text/event-stream": {"schema": {}}}
+def _relayed(summary: str, api: str) -> JsonObject:
+    body: Schema = {"type": "object", "required": ["model"], "properties": {"model": MODEL}}
+    ok: JsonObject = {"application/json": {"schema": OBJECT}, "text/event-stream": {"schema": {}}}
     # vLLM's own errors (a 500 from a broken engine included) are relayed with their status.
     statuses = (400, 401, 403, 404, 413, 500, 502, 503, 504)
     return {"post": _operation(summary + " (relayed to vLLM by `model`)", api, ok, body, statuses)}
 
 
-def _ollama_paths() -> dict[str, Any]:
-    generate = {
+def _ollama_paths() -> Paths:
+    generate: dict[str, Schema] = {
         "model": MODEL,
         "prompt": {"type": "string"},
         "system": {"type": "string"},
@@ -164,19 +186,23 @@ def _ollama_paths() -> dict[str, Any]:
         "logprobs": {"type": "boolean"},
         "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
     }
-    chat = {**generate, "messages": {"type": "array", "items": OBJECT}, "tools": {"type": "array"}}
+    chat: dict[str, Schema] = {
+        **generate,
+        "messages": {"type": "array", "items": OBJECT},
+        "tools": {"type": "array"},
+    }
     for key in ("prompt", "system", "raw", "images"):
         chat.pop(key)
-    models = {"type": "array", "items": OLLAMA_MODEL_ENTRY}
+    models: Schema = {"type": "array", "items": OLLAMA_MODEL_ENTRY}
     tags = _json({"type": "object", "properties": {"models": models}})
-    create = {
+    create: dict[str, Schema] = {
         "model": MODEL,
         "from": MODEL,
         "system": {"type": "string"},
         "parameters": OBJECT,
         "adapters": OBJECT,
     }
-    named = {"type": "object", "required": ["model"], "properties": {"model": MODEL}}
+    named: Schema = {"type": "object", "required": ["model"], "properties": {"model": MODEL}}
     listing = (401, 403)
     return {
         "/api/version": {
@@ -221,16 +247,16 @@ def _ollama_paths() -> dict[str, Any]:
     }
 
 
-def _query(name: str, required: bool) -> dict[str, Any]:
+def _query(name: str, required: bool) -> JsonObject:
     return {"name": name, "in": "query", "required": required, "schema": {"type": "string"}}
 
 
-def _path(name: str) -> dict[str, Any]:
+def _path(name: str) -> JsonObject:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _relayed_paths() -> dict[str, Any]:
-    paths: dict[str, Any] = {}
+def _relayed_paths() -> Paths:
+    paths: Paths = {}
     for route in ROUTES:
         anthropic = route.path.startswith("/v1/messages")
         paths[route.path] = _relayed(route.action, "Anthropic" if anthropic else "OpenAI")
@@ -248,14 +274,14 @@ def _relayed_paths() -> dict[str, Any]:
     return paths
 
 
-def _static(summary: str, media: str) -> dict[str, Any]:
+def _static(summary: str, media: str) -> JsonObject:
     """One of the status page's files: open (they hold no data), 403 only for a foreign Origin."""
-    ok = {"description": summary, "content": {media: {"schema": {"type": "string"}}}}
+    ok: JsonObject = {"description": summary, "content": {media: {"schema": {"type": "string"}}}}
     return {"get": {"summary": summary, "responses": {"200": ok, **_errors("Ollama", 403)}}}
 
 
-def _status_page_paths() -> dict[str, Any]:
-    events = {
+def _status_page_paths() -> Paths:
+    events: JsonObject = {
         "description": "Server-Sent Events: `status` (the whole snapshot) at connect, on every "
         "scheduler event and every 2 s; `request` per finished request (docs/API.md)",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -273,9 +299,9 @@ def _status_page_paths() -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
+def document() -> Document:
     """vllama's API as OpenAPI 3.1."""
-    paths: dict[str, Any] = {
+    paths: Paths = {
         "/": {"get": {"summary": "liveness", "responses": {"200": {"description": "running"}}}},
         "/metrics": {
             "get": {

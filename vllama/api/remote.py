@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import structlog
@@ -22,6 +21,8 @@ from aiohttp import web
 from vllama.api.errors import ApiError
 from vllama.api.keys import services
 from vllama.api.observe import mark_first_byte
+from vllama.api.ollama.response import Details, ModelEntry
+from vllama.api.protocol import JsonObject
 from vllama.api.relay import count_usage, held, send_upstream, worker_error
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.remote.peers import Peer
@@ -33,7 +34,7 @@ PEER_CONNECT_TIMEOUT = 5.0
 _PASSED_HEADERS = ("Content-Type", "Cache-Control")
 
 
-def rename_model(payload: dict[str, object], peer: Peer, requested: str) -> bytes:
+def rename_model(payload: JsonObject, peer: Peer, requested: str) -> bytes:
     """The body with `model` as the peer names it."""
     payload["model"] = peer.name_for(requested)
     return json.dumps(payload).encode()
@@ -122,9 +123,7 @@ def _count_ollama_usage(request: web.Request, tail: bytes) -> None:
 # -- listing ----------------------------------------------------------------------------------
 
 
-def tag_entries(
-    request: web.Request, details: dict[str, Any], modified_at: str
-) -> list[dict[str, Any]]:
+def tag_entries(request: web.Request, details: Details, modified_at: str) -> list[ModelEntry]:
     """`/api/tags` entries for the peers' models, marked as Ollama marks remote models."""
     return [
         {
@@ -141,10 +140,10 @@ def tag_entries(
     ]
 
 
-def ps_entries(request: web.Request, expires_at: str) -> list[dict[str, Any]]:
+def ps_entries(request: web.Request, expires_at: str) -> list[ModelEntry]:
     """`/api/ps` entries for what the peers that are up have loaded (sizes are theirs, not
     this host's: 0 here)."""
-    entries = []
+    entries: list[ModelEntry] = []
     served = {strip_latest(model): peer for model, peer in services(request).peers.served()}
     for view in services(request).peers.views():
         for model in view.loaded:
@@ -176,7 +175,7 @@ def owner(peer: Peer) -> str:
 
 
 async def show(
-    request: web.Request, peer: Peer, requested: str, details: dict[str, Any]
+    request: web.Request, peer: Peer, requested: str, details: Details
 ) -> web.StreamResponse:
     """`/api/show` for a peer's model: the peer's own answer when it speaks Ollama, else what
     an OpenAI-compatible server says of a model (its name)."""

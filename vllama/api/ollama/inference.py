@@ -11,7 +11,7 @@ does.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
@@ -23,13 +23,20 @@ from vllama.api.common import (
     requested_model,
     served_traits,
 )
-from vllama.api.errors import ApiError, BadRequest, WorkerFailed, upstream_refusal
+from vllama.api.errors import ApiError, WorkerFailed, upstream_refusal
 from vllama.api.keys import MODEL_KEY, TOKENS_KEY, services
 from vllama.api.observe import mark_first_byte
-from vllama.api.ollama.options import keep_alive_of, stream_flag
-from vllama.api.ollama.request import Endpoint, chat_call, generate_call
+from vllama.api.ollama.protocol import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    Streamed,
+)
+from vllama.api.ollama.request import Endpoint, UpstreamCall, chat_call, generate_call
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
 from vllama.api.ollama.stream import NDJSON, ndjson, ndjson_lines, sse_events
+from vllama.api.ollama.wire import EmbeddingBody
 from vllama.api.relay import worker_error, worker_request
 from vllama.api.remote import pass_through, peer_request
 from vllama.catalog.registry import ModelTraits, Resolved
@@ -58,73 +65,70 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
     found = await local_or_peer(request, requested)
-    streaming = stream_flag(payload)
     if isinstance(found, Peer):
-        return await _peer_inference(request, found, requested, payload, endpoint, streaming)
+        return await _peer_inference(request, found, requested, payload, endpoint)
+    parsed = _parse(payload, endpoint)
     resolved = found
     model = resolved.served_name
-    keep_alive = keep_alive_of(payload)
     traits = await served_traits(request, resolved)
     check_capability(traits, requested, COMPLETION, endpoint)  # as Ollama: before any load
-    load_request = _is_load_request(payload, endpoint)
     # Translated even for a load: every field is checked (a 400) as Ollama's decoder would.
-    call = (generate_call if endpoint == "generate" else chat_call)(payload, traits, requested)
-    if load_request:
-        if keep_alive == 0:
+    call = _translate(parsed, traits, requested)
+    if parsed.loads_only:
+        if parsed.keep_alive == 0:
             services(request).scheduler.expire(model)
             return web.json_response(load_response(requested, endpoint, "unload"))
-        await load_only(request, model, keep_alive)
+        await load_only(request, model, parsed.keep_alive)
         return web.json_response(load_response(requested, endpoint, "load"))
     body = json.dumps(call.body).encode()
     timing = Timing()
     translator = OllamaStream(endpoint, requested, timing)
     # Always streamed from the worker, so always held to stream_idle_timeout.
-    async with worker_request(request, model, call.path, body, keep_alive, stream=True) as leased:
+    async with worker_request(
+        request, model, call.path, body, parsed.keep_alive, stream=True
+    ) as leased:
         timing.loaded = timing.sent = leased.sent_ns
-        return await _relay_translated(request, leased.response, translator, streaming)
+        return await _relay_translated(request, leased.response, translator, parsed.streaming)
+
+
+def _parse(payload: Mapping[str, object], endpoint: Endpoint) -> GenerateRequest | ChatRequest:
+    return (GenerateRequest if endpoint == "generate" else ChatRequest).parse(payload)
+
+
+def _translate(
+    parsed: GenerateRequest | ChatRequest, traits: ModelTraits, requested: str
+) -> UpstreamCall:
+    if isinstance(parsed, GenerateRequest):
+        return generate_call(parsed, traits, requested)
+    return chat_call(parsed, traits, requested)
 
 
 async def _peer_inference(
     request: web.Request,
     peer: Peer,
     requested: str,
-    payload: dict[str, Any],
+    payload: Mapping[str, object],
     endpoint: Endpoint,
-    streaming: bool,
 ) -> web.StreamResponse:
     """A peer's model: passed through to a peer that speaks Ollama's API, else translated here
     as for a local worker (with no model files to read: `described=False`)."""
     if peer.kind == "ollama":  # it resolves names as vllama does: the body goes as it came
+        streaming = Streamed.parse(payload).streaming
         body = await request.read()
         async with peer_request(request, peer, request.path, body, streaming) as answer:
             return await pass_through(request, answer)
+    parsed = _parse(payload, endpoint)
     traits = ModelTraits(peer.name_for(requested), described=False)
-    call = (generate_call if endpoint == "generate" else chat_call)(payload, traits, requested)
-    if _is_load_request(payload, endpoint):  # a peer's models are its own to load and unload
-        unload = keep_alive_of(payload) == 0
+    call = _translate(parsed, traits, requested)
+    if parsed.loads_only:  # a peer's models are its own to load and unload
+        unload = parsed.keep_alive == 0
         return web.json_response(load_response(requested, endpoint, "unload" if unload else "load"))
     timing = Timing()
     translator = OllamaStream(endpoint, requested, timing)
     body = json.dumps(call.body).encode()
     async with peer_request(request, peer, call.path, body, stream=True) as answer:
         timing.loaded = timing.sent = Timing.now()
-        return await _relay_translated(request, answer, translator, streaming)
-
-
-def _is_load_request(payload: dict[str, Any], endpoint: Endpoint) -> bool:
-    """An empty prompt (or no messages) only loads the model; anything else of the wrong type
-    is a 400, never taken for a load."""
-    if endpoint == "generate":
-        prompt, images = payload.get("prompt"), payload.get("images")
-        if prompt is not None and not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
-        if images is not None and not isinstance(images, list):
-            raise BadRequest("images must be a list of base64 strings")
-        return not prompt and not images
-    messages = payload.get("messages")
-    if messages is not None and not isinstance(messages, list):
-        raise BadRequest("messages must be a list")
-    return not messages
+        return await _relay_translated(request, answer, translator, parsed.streaming)
 
 
 async def _relay_translated(
@@ -191,29 +195,21 @@ async def embed(request: web.Request) -> web.StreamResponse:
     found = await local_or_peer(request, requested)
     if isinstance(found, Peer) and found.kind == "ollama":
         return await _pass_to_peer(request, found)
-    keep_alive = keep_alive_of(payload)
-    texts = payload.get("input", [])
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("input must be a string or a list of strings")
-    body: dict[str, Any] = {"model": _upstream_name(found, requested), "input": texts}
-    dimensions = payload.get("dimensions")
-    if dimensions is not None:
-        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
-            raise BadRequest("dimensions must be a positive integer")
-        body["dimensions"] = dimensions
-    truncate = payload.get("truncate", True)
-    if not isinstance(truncate, bool):
-        raise BadRequest("truncate must be a boolean")
-    if truncate:
+    parsed = EmbedRequest.parse(payload)
+    texts = parsed.texts
+    body: EmbeddingBody = {"model": _upstream_name(found, requested), "input": texts}
+    if parsed.dimensions is not None:
+        body["dimensions"] = parsed.dimensions
+    if parsed.truncate:
         body["truncate_prompt_tokens"] = -1  # vLLM: truncate to the model's maximum length
     await _check_embedding(request, found, requested)
     timing = Timing()
     if texts:
-        vectors, prompt_tokens = await _embed_upstream(request, found, body, keep_alive, timing)
+        vectors, prompt_tokens = await _embed_upstream(
+            request, found, body, parsed.keep_alive, timing
+        )
     else:  # Ollama loads the model and answers with no embeddings
-        timing.loaded = await _load_for_embedding(request, found, keep_alive)
+        timing.loaded = await _load_for_embedding(request, found, parsed.keep_alive)
         vectors, prompt_tokens = [], 0
     end = Timing.now()
     return web.json_response(
@@ -234,16 +230,13 @@ async def embeddings_legacy(request: web.Request) -> web.StreamResponse:
     found = await local_or_peer(request, requested)
     if isinstance(found, Peer) and found.kind == "ollama":
         return await _pass_to_peer(request, found)
-    keep_alive = keep_alive_of(payload)
-    prompt = payload.get("prompt", "")
-    if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
+    parsed = EmbeddingsRequest.parse(payload)
     await _check_embedding(request, found, requested)
-    if not prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
-        await _load_for_embedding(request, found, keep_alive)
+    if not parsed.prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
+        await _load_for_embedding(request, found, parsed.keep_alive)
         return web.json_response({"embedding": []})
-    body = {"model": _upstream_name(found, requested), "input": [prompt]}
-    vectors, _ = await _embed_upstream(request, found, body, keep_alive, Timing())
+    body: EmbeddingBody = {"model": _upstream_name(found, requested), "input": [parsed.prompt]}
+    vectors, _ = await _embed_upstream(request, found, body, parsed.keep_alive, Timing())
     return web.json_response({"embedding": vectors[0]})
 
 
@@ -274,7 +267,7 @@ async def _pass_to_peer(request: web.Request, peer: Peer) -> web.StreamResponse:
 async def _embed_upstream(
     request: web.Request,
     found: Resolved | Peer,
-    body: dict[str, Any],
+    body: EmbeddingBody,
     keep_alive: float | None,
     timing: Timing,
 ) -> tuple[list[list[float]], int]:

@@ -7,10 +7,9 @@ import json
 import math
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -19,7 +18,9 @@ from vllama.api import remote
 from vllama.api.common import read_json_object, requested_model, served_traits
 from vllama.api.errors import ApiError, BadRequest
 from vllama.api.keys import services
-from vllama.api.ollama.options import map_options, stream_flag
+from vllama.api.ollama.options import map_options
+from vllama.api.ollama.protocol import MAX_PARAMETERS, CopyRequest, CreateRequest, Streamed
+from vllama.api.ollama.response import Details, ModelEntry, Progress, ShowAnswer
 from vllama.api.ollama.stream import respond_progress
 from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel
@@ -34,10 +35,7 @@ from vllama.scheduling.status import ModelStatus
 # The Ollama API level vllama matches (clients gate features on it); see docs/API.md.
 OLLAMA_API_VERSION = "0.12.0"
 _FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
-# Bounds on what /api/create stores (the derived-model store is one file, rewritten on change).
-MAX_SYSTEM = 256 * 1024  # characters
-MAX_PARAMETERS = 64 * 1024  # bytes of JSON
-MAX_DERIVED = 1000  # how Ollama shows "never expires" (~292 years on)
+MAX_DERIVED = 1000  # how many derived models /api/create stores
 _NO_DETAILS = ModelDetails(
     format="", family="", families=[], parameter_size="", quantization_level=""
 )
@@ -51,13 +49,19 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": OLLAMA_API_VERSION, "vllama_version": __version__})
 
 
-def _details(files: ModelFiles | None, derived_from: str = "") -> dict[str, Any]:
-    details = (files.details if files is not None else _NO_DETAILS).to_json()
-    details["parent_model"] = derived_from
-    return details
+def _details(files: ModelFiles | None, derived_from: str = "") -> Details:
+    details = files.details if files is not None else _NO_DETAILS
+    return {
+        "parent_model": derived_from,
+        "format": details.format,
+        "family": details.family,
+        "families": details.families,
+        "parameter_size": details.parameter_size,
+        "quantization_level": details.quantization_level,
+    }
 
 
-def _entry(name: str, resolved: Resolved, files: ModelFiles | None) -> dict[str, Any]:
+def _entry(name: str, resolved: Resolved, files: ModelFiles | None) -> ModelEntry:
     return {
         "name": name,
         "model": name,
@@ -82,7 +86,7 @@ async def tags(request: web.Request) -> web.Response:
     return web.json_response({"models": models})
 
 
-def _parameters_text(parameters: dict[str, Any]) -> str:
+def _parameters_text(parameters: Mapping[str, object]) -> str:
     lines = []
     for key, value in parameters.items():
         for item in value if isinstance(value, list) else [value]:
@@ -120,7 +124,7 @@ async def show(request: web.Request) -> web.StreamResponse:
     if traits.context_length is not None:
         family = files.details.family if files else "general"
         model_info[f"{family}.context_length"] = traits.context_length
-    body: dict[str, Any] = {
+    body: ShowAnswer = {
         "license": "",
         "modelfile": "\n".join(modelfile) + "\n",
         "parameters": _parameters_text(parameters),
@@ -161,7 +165,7 @@ async def ps(request: web.Request) -> web.Response:
         try:
             resolved = registry.resolve(served)
         except ModelNotFound:  # served from a folder that has gone since
-            entry: dict[str, Any] = {"name": name, "model": name}
+            entry: ModelEntry = {"name": name, "model": name}
         else:
             entry = _entry(name, resolved, await registry.files(resolved))
         entry.pop("modified_at", None)
@@ -169,21 +173,19 @@ async def ps(request: web.Request) -> web.Response:
         # the load took, as the metrics and the status page count it.
         usage = await devices.worker_usage(model.pid, model.devices, model.footprint)
         vram = sum(used for device, used in usage.items() if device != "cpu")
-        entry |= {
-            # Ollama's size is the model's whole footprint and size_vram the part on GPUs;
-            # here both are measured: the worker tree's host RSS plus its GPU memory (NVML).
-            "size": usage.get("cpu", 0) + vram,
-            "size_vram": vram,
-            "expires_at": _iso(_expires(model, now)),
-            "context_length": model.context_length,
-        }
+        # Ollama's size is the model's whole footprint and size_vram the part on GPUs; here
+        # both are measured: the worker tree's host RSS plus its GPU memory (NVML).
+        entry["size"] = usage.get("cpu", 0) + vram
+        entry["size_vram"] = vram
+        entry["expires_at"] = _iso(_expires(model, now))
+        entry["context_length"] = model.context_length
         if copies[served] > 1:  # one entry per running replica, told apart by this
             entry["replica"] = replicas.index_of(model.name)
         if model.ray_nodes:  # a multi-node model: where Ray runs it (its size is this host's)
             entry["ray_nodes"] = list(model.ray_nodes)
         models.append(entry)
     models += remote.ps_entries(request, _iso(_FOREVER))
-    models.sort(key=lambda m: str(m["expires_at"]), reverse=True)
+    models.sort(key=lambda m: m.get("expires_at", ""), reverse=True)
     return web.json_response({"models": models})
 
 
@@ -196,7 +198,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     registry = services(request).registry
     return await respond_progress(
         request,
-        stream_flag(payload),
+        Streamed.parse(payload).streaming,
         _then_rescan(
             registry,
             pull_progress(requested, registry.models_dir, registry.library, registry.pulled),
@@ -205,8 +207,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
 
 
 async def _then_rescan(
-    registry: Registry, updates: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[dict[str, Any]]:
+    registry: Registry, updates: AsyncIterator[Mapping[str, object]]
+) -> AsyncIterator[Mapping[str, object]]:
     """A pull's updates; the models folder is rescanned before the last, so the new model
     resolves by name as soon as the client sees `success`."""
     async for update in updates:
@@ -218,30 +220,16 @@ async def _then_rescan(
 async def create(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     name = check_name(requested_model(payload))
-    base = payload.get("from")
-    if not isinstance(base, str) or not base:
-        raise BadRequest("from is required: vllama creates models from an existing model")
+    parsed = CreateRequest.parse(payload)
+    base, system = parsed.base, parsed.system
     check_name(base)
-    for unsupported in ("files", "quantize"):
-        if payload.get(unsupported):
-            raise BadRequest(f"{unsupported} is not supported: vLLM loads Hugging Face folders")
     registry = services(request).registry
     resolved = await registry.lookup(base)
-    adapter = await _adapter_folder(payload.get("adapters"))
-    system, template = payload.get("system"), payload.get("template")
-    if not (system is None or isinstance(system, str)):
-        raise BadRequest("system must be a string")
-    if system is not None and len(system) > MAX_SYSTEM:
-        raise BadRequest(f"system is longer than {MAX_SYSTEM} characters")
+    adapter = await _adapter_folder(parsed.adapters)
     if len(registry.derived.all()) >= MAX_DERIVED and registry.derived.get(name) is None:
         raise BadRequest(f"there are {MAX_DERIVED} derived models already; delete some first")
-    if template:
-        raise BadRequest(
-            "template is not supported: vLLM renders the model's own Jinja chat template "
-            "(Ollama's Go templates do not apply); see docs/API.md"
-        )
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict) or len(json.dumps(parameters)) > MAX_PARAMETERS:
+    parameters = parsed.parameters or {}
+    if len(json.dumps(parameters)) > MAX_PARAMETERS:
         raise BadRequest(f"parameters must be an object of at most {MAX_PARAMETERS} bytes")
     try:
         map_options(parameters, None)  # the same validation a request's options get
@@ -251,7 +239,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         name=name, base=base, system=system, parameters=parameters, adapter=adapter
     )
 
-    async def updates() -> AsyncIterator[dict[str, Any]]:
+    async def updates() -> AsyncIterator[Progress]:
         yield {"status": f"using existing model {normalize_name(base)}"}
         await asyncio.to_thread(registry.derived.put, model)
         if adapter is not None:
@@ -262,16 +250,14 @@ async def create(request: web.Request) -> web.StreamResponse:
         yield {"status": "writing manifest"}
         yield {"status": "success"}
 
-    return await respond_progress(request, stream_flag(payload), updates())
+    return await respond_progress(request, parsed.streaming, updates())
 
 
-async def _adapter_folder(adapters: object) -> str | None:
-    """`adapters`, as vllama takes it: one entry whose value is a local PEFT LoRA folder
-    (Ollama's blob digests have no vLLM counterpart)."""
-    if not adapters:
+async def _adapter_folder(adapters: Mapping[str, object] | None) -> str | None:
+    """`adapters`, as vllama takes it: one entry (`CreateRequest`) whose value is a local PEFT
+    LoRA folder (Ollama's blob digests have no vLLM counterpart)."""
+    if adapters is None:
         return None
-    if not isinstance(adapters, dict) or len(adapters) != 1:
-        raise BadRequest('adapters must be one entry, {"<name>": "/path/to/peft-lora-folder"}')
     (folder,) = adapters.values()
     if not isinstance(folder, str) or not Path(folder).is_absolute():
         raise BadRequest("adapters: the value must be an absolute path to a PEFT LoRA folder")
@@ -284,11 +270,8 @@ async def _adapter_folder(adapters: object) -> str | None:
 
 async def copy(request: web.Request) -> web.Response:
     _, payload = await read_json_object(request)
-    source, destination = payload.get("source"), payload.get("destination")
-    if not isinstance(source, str) or not source:
-        raise BadRequest("source is required")
-    if not isinstance(destination, str) or not destination:
-        raise BadRequest("destination is required")
+    parsed = CopyRequest.parse(payload)
+    source, destination = parsed.source, parsed.destination
     check_name(source)
     check_name(destination)
     registry = services(request).registry

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Literal, TypedDict
 
 from vllama.api.errors import BadRequest
-from vllama.config.units import DurationError, parse_duration
 
-_FLOAT_OPTIONS = {
+
+class Sampling(TypedDict, total=False):
+    """vLLM's sampling parameters that Ollama's options set."""
+
+    temperature: float
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    top_k: int
+    seed: int
+    max_tokens: int
+    stop: list[str]
+
+
+_FloatKey = Literal[
+    "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"
+]
+_FLOAT_OPTIONS: dict[str, _FloatKey] = {
     "temperature": "temperature",
     "top_p": "top_p",
     "min_p": "min_p",
@@ -17,7 +35,7 @@ _FLOAT_OPTIONS = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
-_INT_OPTIONS = {"top_k": "top_k", "seed": "seed"}
+_INT_OPTIONS: dict[str, Literal["top_k", "seed"]] = {"top_k": "top_k", "seed": "seed"}
 # Ollama runner settings with no vLLM per-request equivalent: accepted and ignored, as Ollama
 # ignores options a runner doesn't use (documented in docs/API.md).
 IGNORED_OPTIONS = frozenset(
@@ -53,13 +71,19 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def map_options(options: object, context_length: int | None) -> dict[str, Any]:
+def map_options(options: object, context_length: int | None) -> Sampling:
     """Ollama `options` -> vLLM sampling parameters. Unknown keys are ignored, as Ollama does."""
+    sampling: Sampling = {}
+    set_sampling(sampling, options, context_length)
+    return sampling
+
+
+def set_sampling(sampling: Sampling, options: object, context_length: int | None) -> None:
+    """`map_options` into `sampling` (a request's body)."""
     if options is None:
-        return {}
+        return
     if not isinstance(options, dict):
         raise BadRequest("options must be a JSON object")
-    sampling: dict[str, Any] = {}
     for key, value in options.items():
         if value is None:
             continue
@@ -86,7 +110,6 @@ def map_options(options: object, context_length: int | None) -> dict[str, Any]:
                     f"num_ctx {int(value)} exceeds the model's context length {context_length} "
                     "(set by vLLM's --max-model-len at load)"
                 )
-    return sampling
 
 
 def _stop_list(value: object) -> list[str]:
@@ -95,22 +118,3 @@ def _stop_list(value: object) -> list[str]:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
     raise BadRequest("option 'stop' must be a string or a list of strings")
-
-
-def keep_alive_of(payload: dict[str, Any]) -> float | None:
-    """The request's `keep_alive` in seconds (`math.inf` = forever), or None when unset."""
-    if payload.get("keep_alive") is None:
-        return None
-    try:
-        return parse_duration(payload["keep_alive"])
-    except DurationError as exc:
-        raise BadRequest(f"keep_alive: {exc}") from None
-
-
-def stream_flag(payload: dict[str, Any]) -> bool:
-    value = payload.get("stream", True)
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise BadRequest("stream must be a boolean")
-    return value

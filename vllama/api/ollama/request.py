@@ -1,17 +1,31 @@
-"""Ollama's `/api/generate` and `/api/chat` bodies as vLLM OpenAI requests: pure, no I/O.
+"""Ollama's `/api/generate` and `/api/chat` requests as vLLM OpenAI requests: pure, no I/O.
 
 Requests go upstream always streamed with usage, so durations are measured even when the client
-asked for one JSON object. Anything malformed raises `BadRequest` before a worker is touched.
+asked for one JSON object. The body is validated once (`protocol.GenerateRequest`,
+`protocol.ChatRequest`); what depends on the model is refused here, as `BadRequest`, before a
+worker is touched.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from vllama.api.errors import BadRequest
-from vllama.api.ollama.options import map_options
+from vllama.api.ollama.options import set_sampling
+from vllama.api.ollama.protocol import ChatRequest, GenerateRequest, Message, Think, ToolCall
+from vllama.api.ollama.wire import (
+    ChatMessage,
+    Content,
+    ImagePart,
+    ResponseFormat,
+    TextPart,
+    UpstreamBody,
+)
+from vllama.api.ollama.wire import ToolCall as UpstreamToolCall
+from vllama.api.protocol import JsonObject
 from vllama.catalog.registry import ModelTraits
 
 Endpoint = Literal["generate", "chat"]
@@ -23,91 +37,49 @@ COMPLETIONS_PATH = "/v1/completions"
 @dataclass(frozen=True)
 class UpstreamCall:
     path: str
-    body: dict[str, Any]
+    body: UpstreamBody
 
 
-def _optional_str(payload: dict[str, Any], key: str) -> str | None:
-    value = payload.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
-    return value
-
-
-def _format(value: object) -> dict[str, Any] | None:
-    if value is None or value == "":
+def _format(value: str | JsonObject | None) -> ResponseFormat | None:
+    if not value:
         return None
     if value == "json":
         return {"type": "json_object"}
-    if isinstance(value, dict):
-        return {"type": "json_schema", "json_schema": {"name": "format", "schema": value}}
-    raise BadRequest('format must be "json" or a JSON schema object')
+    assert isinstance(value, dict)  # the request's type: "", "json" or an object
+    return {"type": "json_schema", "json_schema": {"name": "format", "schema": value}}
 
 
-def _think(value: object, traits: ModelTraits, requested: str) -> dict[str, Any]:
+def _think(body: UpstreamBody, value: Think | None, traits: ModelTraits, requested: str) -> None:
     """Ollama's `think` in the switch this model's template reads (see docs/MODELS.md)."""
     if value is None:
-        return {}
-    if not isinstance(value, bool) and value not in ("low", "medium", "high", "max"):
-        raise BadRequest('think must be true, false, "low", "medium", "high" or "max"')
+        return
     if "thinking" not in traits.capabilities:
         if value is False:
-            return {}
+            return
         raise BadRequest(f'"{requested}" does not support thinking')
     effort = ("high" if value == "max" else value) if isinstance(value, str) else None
     switch = traits.thinking_switch
     if switch == "reasoning_effort":  # gpt-oss: always reasons; the effort is all it takes
-        return {"reasoning_effort": effort or ("low" if value is False else "medium")}
-    if traits.always_thinks or switch is None:
-        return {"reasoning_effort": effort} if effort else {}
-    extra: dict[str, Any] = {"chat_template_kwargs": {switch: value is not False}}
+        body["reasoning_effort"] = effort or ("low" if value is False else "medium")
+        return
+    if not (traits.always_thinks or switch is None):
+        body["chat_template_kwargs"] = {switch: value is not False}
     if effort:
-        extra["reasoning_effort"] = effort
-    return extra
+        body["reasoning_effort"] = effort
 
 
-def _logprobs(payload: dict[str, Any], chat: bool) -> dict[str, Any]:
+def _logprobs(body: UpstreamBody, request: GenerateRequest | ChatRequest, chat: bool) -> None:
     """Ollama's `logprobs` and `top_logprobs` (0-20) in vLLM's chat or completions form."""
-    wanted = payload.get("logprobs")
-    top = payload.get("top_logprobs")
-    if wanted is not None and not isinstance(wanted, bool):
-        raise BadRequest("logprobs must be a boolean")
-    if top is not None and (
-        not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20
-    ):
-        raise BadRequest("top_logprobs must be between 0 and 20")
-    if not wanted and not top:
-        return {}
+    top = request.top_logprobs
+    if not request.logprobs and not top:
+        return
     if chat:
-        return {"logprobs": True, "top_logprobs": top or 0}
-    return {"logprobs": top or 0}
+        body["logprobs"], body["top_logprobs"] = True, top or 0
+    else:
+        body["logprobs"] = top or 0
 
 
-def _refused_fields(payload: dict[str, Any]) -> dict[str, Any]:
-    """Fields vLLM cannot honour are refused before any load; `truncate: true` is vLLM's
-    truncation of the prompt to the model's length (the oldest tokens go)."""
-    if payload.get("template"):
-        raise BadRequest(
-            "template is not supported: vLLM renders the model's own Jinja chat template "
-            "(Ollama's Go templates do not apply); see docs/API.md"
-        )
-    shift, truncate = payload.get("shift"), payload.get("truncate")
-    if shift is not None and not isinstance(shift, bool):
-        raise BadRequest("shift must be a boolean")
-    if shift:
-        raise BadRequest(
-            "shift is not supported: vLLM does not shift the context; a generation that "
-            'reaches the context length stops with done_reason "length"'
-        )
-    if truncate is not None and not isinstance(truncate, bool):
-        raise BadRequest("truncate must be a boolean")
-    return {"truncate_prompt_tokens": -1} if truncate else {}
-
-
-def _image_part(image: object) -> dict[str, Any]:
-    if not isinstance(image, str):
-        raise BadRequest("images must be base64 strings")
+def _image_part(image: str) -> ImagePart:
     mime = "image/png"
     for prefix, kind in (("/9j/", "image/jpeg"), ("R0lG", "image/gif"), ("UklG", "image/webp")):
         if image.startswith(prefix):
@@ -115,137 +87,105 @@ def _image_part(image: object) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{image}"}}
 
 
-def _content(text: str, images: object) -> str | list[dict[str, Any]]:
-    if images is not None and not isinstance(images, list):
-        raise BadRequest("images must be a list of base64 strings")
+def _content(text: str, images: list[str] | None) -> Content:
     if not images:
         return text
-    return [{"type": "text", "text": text}, *(_image_part(image) for image in images)]
+    text_part: TextPart = {"type": "text", "text": text}
+    return [text_part, *(_image_part(image) for image in images)]
 
 
-def _sampling(payload: dict[str, Any], traits: ModelTraits) -> dict[str, Any]:
-    options = payload.get("options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("options must be a JSON object")
-    merged = {**traits.parameters, **(options or {})}
-    body = map_options(merged, traits.context_length)
-    response_format = _format(payload.get("format"))
+def _body(request: GenerateRequest | ChatRequest, traits: ModelTraits) -> UpstreamBody:
+    """The model, sampling, format and stream settings every translated request carries."""
+    merged = {**traits.parameters, **(request.options or {})}
+    body: UpstreamBody = {"model": traits.served_name}
+    set_sampling(body, merged, traits.context_length)
+    response_format = _format(request.format)
     if response_format is not None:
         body["response_format"] = response_format
+    body["stream"], body["stream_options"] = True, {"include_usage": True}
+    if request.truncate:  # vLLM truncates the prompt to the model's length (the oldest go)
+        body["truncate_prompt_tokens"] = -1
     return body
 
 
-def _stream_settings() -> dict[str, Any]:
-    return {"stream": True, "stream_options": {"include_usage": True}}
-
-
-def generate_call(payload: dict[str, Any], traits: ModelTraits, requested: str) -> UpstreamCall:
+def generate_call(
+    payload: GenerateRequest | Mapping[str, object], traits: ModelTraits, requested: str
+) -> UpstreamCall:
     """`/api/generate` -> a vLLM request (chat when templated, completions when raw)."""
-    prompt = _optional_str(payload, "prompt") or ""
-    system = _optional_str(payload, "system")
-    raw = payload.get("raw", False)
-    if not isinstance(raw, bool):
-        raise BadRequest("raw must be a boolean")
-    if _optional_str(payload, "suffix"):
+    request = payload if isinstance(payload, GenerateRequest) else GenerateRequest.parse(payload)
+    if request.suffix:
         raise BadRequest(
             f'"{requested}" does not support insert: vLLM has no fill-in-the-middle (suffix) API'
         )
-    if payload.get("context"):
-        raise BadRequest(
-            "context (the deprecated token memory of /api/generate) is not supported; "
-            "use /api/chat with the conversation's messages"
-        )
-    if raw and (payload.get("template") or system):
-        raise BadRequest("raw mode does not support template, system, or context")
-    body: dict[str, Any] = {"model": traits.served_name, **_sampling(payload, traits)}
-    body |= _stream_settings() | _refused_fields(payload)
-    if raw:
-        if payload.get("images"):
-            raise BadRequest("raw mode does not support images")
+    prompt = request.prompt or ""
+    body = _body(request, traits)
+    if request.raw:
         body["prompt"] = prompt
-        return UpstreamCall(COMPLETIONS_PATH, body | _logprobs(payload, chat=False))
-    messages: list[dict[str, Any]] = []
-    system = system if system is not None else traits.system
+        _logprobs(body, request, chat=False)
+        return UpstreamCall(COMPLETIONS_PATH, body)
+    messages: list[ChatMessage] = []
+    system = request.system if request.system is not None else traits.system
     if system:
         messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": _content(prompt, payload.get("images"))})
+    messages.append({"role": "user", "content": _content(prompt, request.images)})
     body["messages"] = messages
-    body |= _think(payload.get("think"), traits, requested) | _logprobs(payload, chat=True)
+    _think(body, request.think, traits, requested)
+    _logprobs(body, request, chat=True)
     return UpstreamCall(CHAT_PATH, body)
 
 
-_ROLES = ("system", "user", "assistant", "tool")
-
-
-def chat_call(payload: dict[str, Any], traits: ModelTraits, requested: str) -> UpstreamCall:
-    """`/api/chat` -> a vLLM chat completion request."""
-    messages = payload.get("messages")
-    if messages is None:
-        messages = []  # no messages: a load (Ollama's), still checked field by field
-    if not isinstance(messages, list):
-        raise BadRequest("messages must be a list")
-    converted = [_message(m, i) for i, m in enumerate(messages)]
+def chat_call(
+    payload: ChatRequest | Mapping[str, object], traits: ModelTraits, requested: str
+) -> UpstreamCall:
+    """`/api/chat` -> a vLLM chat completion request (no messages: a load)."""
+    request = payload if isinstance(payload, ChatRequest) else ChatRequest.parse(payload)
+    converted = [_message(m, i) for i, m in enumerate(request.messages or [])]
     if traits.system and not any(m["role"] == "system" for m in converted):
         converted.insert(0, {"role": "system", "content": traits.system})
     _link_tool_results(converted)
-    body: dict[str, Any] = {"model": traits.served_name, "messages": converted}
-    body |= _sampling(payload, traits) | _stream_settings() | _refused_fields(payload)
-    tools = payload.get("tools")
-    if tools is not None and (
-        not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)
-    ):
-        raise BadRequest("tools must be a list of tool objects")
-    if tools:
+    body = _body(request, traits)
+    body["messages"] = converted
+    if request.tools:
         if "tools" not in traits.capabilities:
             raise BadRequest(f'"{requested}" does not support tools')
-        body["tools"] = [tool if "type" in tool else {"type": "function", **tool} for tool in tools]
-    body |= _think(payload.get("think"), traits, requested) | _logprobs(payload, chat=True)
+        body["tools"] = [t if "type" in t else {"type": "function", **t} for t in request.tools]
+    _think(body, request.think, traits, requested)
+    _logprobs(body, request, chat=True)
     return UpstreamCall(CHAT_PATH, body)
 
 
-def _message(message: object, index: int) -> dict[str, Any]:
-    if not isinstance(message, dict):
-        raise BadRequest(f"messages[{index}] must be an object")
-    role = message.get("role")
-    if role not in _ROLES:
-        raise BadRequest(f"messages[{index}].role must be one of {', '.join(_ROLES)}")
-    content = message.get("content", "")
-    if content is None:
-        content = ""
-    if not isinstance(content, str):
-        raise BadRequest(f"messages[{index}].content must be a string")
-    out: dict[str, Any] = {"role": role, "content": _content(content, message.get("images"))}
-    calls = message.get("tool_calls")
-    if calls:
-        if role != "assistant" or not isinstance(calls, list):
-            raise BadRequest(f"messages[{index}].tool_calls belong to assistant messages")
-        out["tool_calls"] = [_tool_call_out(call, index, i) for i, call in enumerate(calls)]
-    if role == "tool":
-        for key in ("tool_call_id", "tool_name"):
-            if isinstance(message.get(key), str):
-                out[key] = message[key]
+def _message(message: Message, index: int) -> ChatMessage:
+    out: ChatMessage = {
+        "role": message.role,
+        "content": _content(message.content or "", message.images),
+    }
+    if message.tool_calls:
+        out["tool_calls"] = [
+            _tool_call(call, index, i) for i, call in enumerate(message.tool_calls)
+        ]
+    if message.role == "tool":
+        if message.tool_call_id is not None:
+            out["tool_call_id"] = message.tool_call_id
+        if message.tool_name is not None:
+            out["tool_name"] = message.tool_name
     return out
 
 
-def _tool_call_out(call: object, message_index: int, index: int) -> dict[str, Any]:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise BadRequest(f"messages[{message_index}].tool_calls[{index}] needs function.name")
-    arguments = function.get("arguments", {})
-    call_id = call.get("id") if isinstance(call, dict) else None
+def _tool_call(call: ToolCall, message_index: int, index: int) -> UpstreamToolCall:
+    arguments = call.function.arguments
     return {
-        "id": call_id if isinstance(call_id, str) and call_id else f"call_{message_index}_{index}",
+        "id": call.id or f"call_{message_index}_{index}",
         "type": "function",
         "function": {
-            "name": function["name"],
+            "name": call.function.name,
             "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
         },
     }
 
 
-def _link_tool_results(messages: list[dict[str, Any]]) -> None:
+def _link_tool_results(messages: list[ChatMessage]) -> None:
     """OpenAI needs each tool result's `tool_call_id`; Ollama clients often send only a name."""
-    pending: list[dict[str, Any]] = []
+    pending: list[UpstreamToolCall] = []
     for message in messages:
         if message["role"] == "assistant" and "tool_calls" in message:
             pending = list(message["tool_calls"])

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import json.scanner
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from vllama.api.errors import http_error, upstream_refusal
+from vllama.api.ollama.wire import Chunk
+
+# What goes out as a line: an Ollama object (a TypedDict), a progress update, an error.
+Line = Mapping[str, object]
 
 NDJSON = "application/x-ndjson"
 
@@ -22,16 +26,16 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed's TODO
 
 
-def ndjson(obj: dict[str, Any]) -> bytes:
+def ndjson(obj: Line) -> bytes:
     return _COMPACT.encode(obj).encode() + b"\n"
 
 
-def ndjson_lines(objs: list[dict[str, Any]]) -> bytes:
+def ndjson_lines(objs: Sequence[Line]) -> bytes:
     """Several NDJSON lines as one piece, to go out in one write."""
     return "".join([_COMPACT.encode(obj) + "\n" for obj in objs]).encode()
 
 
-async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, Any]]]:
+async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[list[Chunk]]:
     """The JSON objects of an SSE stream, until `[DONE]`, as they arrive: each item holds the
     events that one read of the stream completed (all at once when the worker is ahead), so the
     caller can answer them in one write.
@@ -47,7 +51,7 @@ async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[list[dic
         if not chunk:
             return
         *events, buffer = (buffer + chunk).split(b"\n\n")
-        batch: list[dict[str, Any]] = []
+        batch: list[Chunk] = []
         try:
             done = _decode(events, batch)
         except Exception:
@@ -60,7 +64,7 @@ async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[list[dic
             return
 
 
-def _decode(events: list[bytes], into: list[dict[str, Any]]) -> bool:
+def _decode(events: list[bytes], into: list[Chunk]) -> bool:
     """The events' JSON objects, appended to `into`; True at `[DONE]` (the rest is ignored)."""
     for event in events:
         for line in event.split(b"\n"):
@@ -96,7 +100,7 @@ def _error_status(error: object) -> int:
 
 
 async def respond_progress(
-    request: web.Request, streaming: bool, updates: AsyncIterator[dict[str, Any]]
+    request: web.Request, streaming: bool, updates: AsyncIterator[Line]
 ) -> web.StreamResponse:
     """Ollama's progress protocol: NDJSON updates, or just the last one with `stream: false`.
 
@@ -104,7 +108,7 @@ async def respond_progress(
     line, as Ollama does.
     """
     if not streaming:
-        last: dict[str, Any] = {}
+        last: Line = {}
         async for update in updates:
             last = update
         return web.json_response(last)
