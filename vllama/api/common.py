@@ -10,8 +10,7 @@ from aiohttp import web
 from vllama.api.errors import BadRequest
 from vllama.api.keys import MODEL_KEY, services
 from vllama.api.protocol import JsonObject
-from vllama.catalog.registry import ModelNotFound, ModelTraits, Resolved
-from vllama.remote.peers import Peer
+from vllama.catalog.registry import ModelTraits, Resolved
 
 
 async def read_json_object(request: web.Request) -> tuple[bytes, JsonObject]:
@@ -50,19 +49,6 @@ async def servable_model(request: web.Request, requested: str) -> Resolved:
     services(request).scheduler.add_model(resolved.served_name, resolved.spec)
     request[MODEL_KEY] = resolved.served_name  # the metrics label and access-log field
     return resolved
-
-
-async def local_or_peer(request: web.Request, requested: str) -> Resolved | Peer:
-    """A local model (made schedulable), else the peer that serves the name (`ModelNotFound`
-    when neither does): local names always win."""
-    try:
-        return await servable_model(request, requested)
-    except ModelNotFound:
-        peer = services(request).peers.find(requested)
-        if peer is None:
-            raise
-        request[MODEL_KEY] = requested  # the metrics label and access-log field
-        return peer
 
 
 async def served_traits(request: web.Request, resolved: Resolved) -> ModelTraits:

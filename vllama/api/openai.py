@@ -20,7 +20,8 @@ from typing import TypedDict, cast
 from aiohttp import web
 
 from vllama.api import remote
-from vllama.api.common import check_files_capability, local_or_peer, read_json_object
+from vllama.api.backends import backend_for
+from vllama.api.common import read_json_object
 from vllama.api.errors import BadRequest
 from vllama.api.keys import services
 from vllama.api.ollama.options import map_options
@@ -36,9 +37,7 @@ from vllama.api.protocol import (
     VllmRequest,
 )
 from vllama.api.relay import relay_response, worker_request
-from vllama.api.remote import peer_request, rename_model
 from vllama.catalog.derived import DerivedModel
-from vllama.remote.peers import Peer
 
 _CREATED = int(time.time())
 GENERATES = frozenset({"completion"})
@@ -100,25 +99,25 @@ def relay_handler(route: Route) -> Handler:
         body, payload = await read_json_object(request)
         parsed = route.body.parse(payload)
         requested = parsed.model
-        resolved = await local_or_peer(request, requested)
-        stream = parsed.stream
-        if isinstance(resolved, Peer):
-            body = rename_model(payload, resolved, requested)
-            async with peer_request(request, resolved, route.path, body, stream) as answer:
-                return await relay_response(request, answer)
+        backend = await backend_for(request, requested)
         if route.needs is not None:
-            await check_files_capability(request, resolved, requested, route.needs, route.action)
-        served, upstream = resolved.served_name, resolved.upstream_model
-        derived = resolved.derived if route.derived_defaults else None
+            await backend.check_files(request, route.needs, route.action)
+        upstream = backend.upstream_model
+        derived = backend.derived if route.derived_defaults else None
         if payload["model"] != upstream or derived is not None:
             payload["model"] = upstream
             if derived is not None:
                 apply_derived(payload, derived)
             body = json.dumps(payload).encode()
-        watch = _RESPONSE_IDS.watcher(served) if route.path == "/v1/responses" else None
+        served = backend.scheduled_name
+        watch = (
+            _RESPONSE_IDS.watcher(served)
+            if route.path == "/v1/responses" and served is not None
+            else None
+        )
         # A streamed answer is held to stream_idle_timeout; a whole one has no deadline.
-        async with worker_request(request, served, route.path, body, stream=stream) as leased:
-            return await relay_response(request, leased.response, watch)
+        async with backend.send(request, route.path, body, stream=parsed.stream) as answer:
+            return await relay_response(request, answer.response, watch)
 
     return handler
 
@@ -202,9 +201,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     requested = request.match_info["model"]
-    found = await local_or_peer(request, requested)
-    owner = remote.owner(found) if isinstance(found, Peer) else "vllama"
-    return web.json_response(_model_card(requested, owner))
+    backend = await backend_for(request, requested)
+    return web.json_response(_model_card(requested, backend.owner))
 
 
 def add_routes(app: web.Application) -> None:

@@ -22,7 +22,6 @@ from vllama.api.errors import ApiError
 from vllama.api.keys import services
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.response import Details, ModelEntry
-from vllama.api.protocol import JsonObject
 from vllama.api.relay import count_usage, held, send_upstream, worker_error
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.remote.peers import Peer
@@ -32,12 +31,6 @@ log = structlog.get_logger("vllama.remote")
 # A peer on the network, not a local process: a connection it does not take within this is down.
 PEER_CONNECT_TIMEOUT = 5.0
 _PASSED_HEADERS = ("Content-Type", "Cache-Control")
-
-
-def rename_model(payload: JsonObject, peer: Peer, requested: str) -> bytes:
-    """The body with `model` as the peer names it."""
-    payload["model"] = peer.name_for(requested)
-    return json.dumps(payload).encode()
 
 
 @contextlib.asynccontextmanager

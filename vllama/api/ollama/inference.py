@@ -16,13 +16,8 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
-from vllama.api.common import (
-    check_capability,
-    local_or_peer,
-    read_json_object,
-    requested_model,
-    served_traits,
-)
+from vllama.api.backends import Backend, backend_for
+from vllama.api.common import check_capability, read_json_object, requested_model
 from vllama.api.errors import ApiError, WorkerFailed, upstream_refusal
 from vllama.api.keys import MODEL_KEY, TOKENS_KEY, services
 from vllama.api.observe import mark_first_byte
@@ -37,20 +32,13 @@ from vllama.api.ollama.request import Endpoint, UpstreamCall, chat_call, generat
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
 from vllama.api.ollama.stream import NDJSON, ndjson, ndjson_lines, sse_events
 from vllama.api.ollama.wire import EmbeddingBody
-from vllama.api.relay import worker_error, worker_request
-from vllama.api.remote import pass_through, peer_request
-from vllama.catalog.registry import ModelTraits, Resolved
-from vllama.remote.peers import Peer
+from vllama.api.relay import worker_error
+from vllama.api.remote import pass_through
+from vllama.catalog.registry import ModelTraits
 
 EMBEDDINGS_PATH = "/v1/embeddings"
 COMPLETION = frozenset({"completion"})
 EMBEDDING = frozenset({"embedding"})
-
-
-async def load_only(request: web.Request, model: str, keep_alive: float | None) -> int:
-    """Load a model without a request to it (Ollama's empty prompt); returns when it was ready."""
-    async with services(request).scheduler.lease(model, keep_alive, explicit=True):
-        return Timing.now()
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -64,31 +52,27 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    found = await local_or_peer(request, requested)
-    if isinstance(found, Peer):
-        return await _peer_inference(request, found, requested, payload, endpoint)
+    backend = await backend_for(request, requested)
+    if backend.passes_ollama:  # it resolves names as vllama does: the body goes as it came
+        return await _pass_through(request, backend, Streamed.parse(payload).streaming)
     parsed = _parse(payload, endpoint)
-    resolved = found
-    model = resolved.served_name
-    traits = await served_traits(request, resolved)
+    traits = await backend.traits(request)
     check_capability(traits, requested, COMPLETION, endpoint)  # as Ollama: before any load
     # Translated even for a load: every field is checked (a 400) as Ollama's decoder would.
     call = _translate(parsed, traits, requested)
     if parsed.loads_only:
         if parsed.keep_alive == 0:
-            services(request).scheduler.expire(model)
+            backend.unload(request)
             return web.json_response(load_response(requested, endpoint, "unload"))
-        await load_only(request, model, parsed.keep_alive)
+        await backend.load(request, parsed.keep_alive)
         return web.json_response(load_response(requested, endpoint, "load"))
     body = json.dumps(call.body).encode()
     timing = Timing()
     translator = OllamaStream(endpoint, requested, timing)
     # Always streamed from the worker, so always held to stream_idle_timeout.
-    async with worker_request(
-        request, model, call.path, body, parsed.keep_alive, stream=True
-    ) as leased:
-        timing.loaded = timing.sent = leased.sent_ns
-        return await _relay_translated(request, leased.response, translator, parsed.streaming)
+    async with backend.send(request, call.path, body, parsed.keep_alive, stream=True) as answer:
+        timing.loaded = timing.sent = answer.sent_ns
+        return await _relay_translated(request, answer.response, translator, parsed.streaming)
 
 
 def _parse(payload: Mapping[str, object], endpoint: Endpoint) -> GenerateRequest | ChatRequest:
@@ -101,34 +85,6 @@ def _translate(
     if isinstance(parsed, GenerateRequest):
         return generate_call(parsed, traits, requested)
     return chat_call(parsed, traits, requested)
-
-
-async def _peer_inference(
-    request: web.Request,
-    peer: Peer,
-    requested: str,
-    payload: Mapping[str, object],
-    endpoint: Endpoint,
-) -> web.StreamResponse:
-    """A peer's model: passed through to a peer that speaks Ollama's API, else translated here
-    as for a local worker (with no model files to read: `described=False`)."""
-    if peer.kind == "ollama":  # it resolves names as vllama does: the body goes as it came
-        streaming = Streamed.parse(payload).streaming
-        body = await request.read()
-        async with peer_request(request, peer, request.path, body, streaming) as answer:
-            return await pass_through(request, answer)
-    parsed = _parse(payload, endpoint)
-    traits = ModelTraits(peer.name_for(requested), described=False)
-    call = _translate(parsed, traits, requested)
-    if parsed.loads_only:  # a peer's models are its own to load and unload
-        unload = parsed.keep_alive == 0
-        return web.json_response(load_response(requested, endpoint, "unload" if unload else "load"))
-    timing = Timing()
-    translator = OllamaStream(endpoint, requested, timing)
-    body = json.dumps(call.body).encode()
-    async with peer_request(request, peer, call.path, body, stream=True) as answer:
-        timing.loaded = timing.sent = Timing.now()
-        return await _relay_translated(request, answer, translator, parsed.streaming)
 
 
 async def _relay_translated(
@@ -192,24 +148,24 @@ def _count_usage(request: web.Request, translator: OllamaStream) -> None:
 async def embed(request: web.Request) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    found = await local_or_peer(request, requested)
-    if isinstance(found, Peer) and found.kind == "ollama":
-        return await _pass_to_peer(request, found)
+    backend = await backend_for(request, requested)
+    if backend.passes_ollama:
+        return await _pass_through(request, backend)
     parsed = EmbedRequest.parse(payload)
     texts = parsed.texts
-    body: EmbeddingBody = {"model": _upstream_name(found, requested), "input": texts}
+    body: EmbeddingBody = {"model": backend.upstream_model, "input": texts}
     if parsed.dimensions is not None:
         body["dimensions"] = parsed.dimensions
     if parsed.truncate:
         body["truncate_prompt_tokens"] = -1  # vLLM: truncate to the model's maximum length
-    await _check_embedding(request, found, requested)
+    await _check_embedding(request, backend, requested)
     timing = Timing()
     if texts:
         vectors, prompt_tokens = await _embed_upstream(
-            request, found, body, parsed.keep_alive, timing
+            request, backend, body, parsed.keep_alive, timing
         )
     else:  # Ollama loads the model and answers with no embeddings
-        timing.loaded = await _load_for_embedding(request, found, parsed.keep_alive)
+        timing.loaded = await backend.load(request, parsed.keep_alive)
         vectors, prompt_tokens = [], 0
     end = Timing.now()
     return web.json_response(
@@ -227,61 +183,44 @@ async def embeddings_legacy(request: web.Request) -> web.StreamResponse:
     """The older `/api/embeddings`: `prompt` -> `embedding`."""
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    found = await local_or_peer(request, requested)
-    if isinstance(found, Peer) and found.kind == "ollama":
-        return await _pass_to_peer(request, found)
+    backend = await backend_for(request, requested)
+    if backend.passes_ollama:
+        return await _pass_through(request, backend)
     parsed = EmbeddingsRequest.parse(payload)
-    await _check_embedding(request, found, requested)
+    await _check_embedding(request, backend, requested)
     if not parsed.prompt:  # Ollama answers an empty prompt with an empty embedding (and loads)
-        await _load_for_embedding(request, found, parsed.keep_alive)
+        await backend.load(request, parsed.keep_alive)
         return web.json_response({"embedding": []})
-    body: EmbeddingBody = {"model": _upstream_name(found, requested), "input": [parsed.prompt]}
-    vectors, _ = await _embed_upstream(request, found, body, parsed.keep_alive, Timing())
+    body: EmbeddingBody = {"model": backend.upstream_model, "input": [parsed.prompt]}
+    vectors, _ = await _embed_upstream(request, backend, body, parsed.keep_alive, Timing())
     return web.json_response({"embedding": vectors[0]})
 
 
-async def _check_embedding(request: web.Request, found: Resolved | Peer, requested: str) -> None:
-    """400 for a local model that cannot embed; a peer's own validation answers for its models."""
-    if not isinstance(found, Peer):
-        check_capability(await served_traits(request, found), requested, EMBEDDING, "embeddings")
+async def _check_embedding(request: web.Request, backend: Backend, requested: str) -> None:
+    """400 for a model that cannot embed (a peer's own validation answers for its models)."""
+    check_capability(await backend.traits(request), requested, EMBEDDING, "embeddings")
 
 
-async def _load_for_embedding(
-    request: web.Request, found: Resolved | Peer, keep_alive: float | None
-) -> int | None:
-    """A load-only request: when the local model was ready; None for a peer's (its own to load)."""
-    if isinstance(found, Peer):
-        return None
-    return await load_only(request, found.served_name, keep_alive)
-
-
-def _upstream_name(found: Resolved | Peer, requested: str) -> str:
-    return found.name_for(requested) if isinstance(found, Peer) else found.upstream_model
-
-
-async def _pass_to_peer(request: web.Request, peer: Peer) -> web.StreamResponse:
-    async with peer_request(request, peer, request.path, await request.read()) as answer:
-        return await pass_through(request, answer)
+async def _pass_through(
+    request: web.Request, backend: Backend, stream: bool = False
+) -> web.StreamResponse:
+    """An Ollama request to an upstream that speaks Ollama's API: as it came, and its answer."""
+    body = await request.read()
+    async with backend.send(request, request.path, body, stream=stream) as answer:
+        return await pass_through(request, answer.response)
 
 
 async def _embed_upstream(
     request: web.Request,
-    found: Resolved | Peer,
+    backend: Backend,
     body: EmbeddingBody,
     keep_alive: float | None,
     timing: Timing,
 ) -> tuple[list[list[float]], int]:
     data = json.dumps(body).encode()
-    if isinstance(found, Peer):  # an OpenAI-compatible server: its embeddings, translated
-        async with peer_request(request, found, EMBEDDINGS_PATH, data) as upstream:
-            timing.loaded = Timing.now()
-            raw = await _read_embeddings(upstream)
-    else:
-        async with worker_request(
-            request, found.served_name, EMBEDDINGS_PATH, data, keep_alive
-        ) as leased:
-            timing.loaded = leased.sent_ns
-            raw = await _read_embeddings(leased.response)
+    async with backend.send(request, EMBEDDINGS_PATH, data, keep_alive) as answer:
+        timing.loaded = answer.sent_ns
+        raw = await _read_embeddings(answer.response)
     answer = json.loads(raw)
     ordered = sorted(answer["data"], key=lambda item: item["index"])
     usage = answer.get("usage") or {}
