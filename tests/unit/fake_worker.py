@@ -168,7 +168,8 @@ class FakeWorkers:
     def __init__(
         self, host: FakeGpuHost | None = None, models: Mapping[str, FakeModel] | None = None
     ) -> None:
-        self.made: dict[str, FakeWorker] = {}
+        self.made: dict[str, FakeWorker] = {}  # the latest worker of each model
+        self.every: list[FakeWorker] = []  # every worker made, in order
         self.host, self.models = host, dict(models or {})
         self.gate_new: asyncio.Event | None = None  # set: workers made from now on start on it
 
@@ -177,6 +178,7 @@ class FakeWorkers:
         if self.gate_new is not None:
             worker.gate = self.gate_new
         self.made[name] = worker
+        self.every.append(worker)
         return worker
 
 

@@ -26,7 +26,7 @@ from vllama.engine.ray_cluster import Cluster
 from vllama.engine.states import HOLDS_MEMORY, RUNNING, FailureKind, WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.admission import Admission, admit
-from vllama.scheduling.errors import CrashLoop, PlacementRefused, ShuttingDown
+from vllama.scheduling.errors import CrashLoop, PlacementRefused, Replaced, ShuttingDown
 from vllama.scheduling.events import Events, LoadFailed, ModelLoaded, ModelUnloaded, StateChanged
 from vllama.scheduling.keepalive import Expiry, on_expiry
 from vllama.scheduling.placement import LoadedModel
@@ -164,6 +164,9 @@ class ModelRunner:
         # others are busy, and only where it fits without evicting anything.
         self.extra = extra
         self.extra_refused_until = 0.0  # monotonic: no room for it was found; not tried before
+        # Replaced or removed by a reload: it serves what it has, but never loads again (a
+        # waiter that would start a load asks the scheduler's table instead).
+        self._retired = False
 
     # -- what it is --------------------------------------------------------------------------
 
@@ -298,6 +301,8 @@ class ModelRunner:
     async def _load(self, explicit: bool, may_evict: bool) -> None:
         """Make the worker READY; `LoadError` (or a typed refusal) says why it could not be."""
         try:
+            if self._retired:
+                raise Replaced(self.name)
             for pending in (self.sleep_task, self.stop_task):  # a sleep or unload finishes first
                 if pending is not None:
                     await pending
@@ -519,6 +524,7 @@ class ModelRunner:
 
     async def retire(self, reason: str) -> None:
         """Stop the worker for good (a reload or a removal), once it is idle."""
+        self._retired = True
         while not self.idle or self.load_task is not None:
             load = self.load_task
             if load is not None:
@@ -532,7 +538,11 @@ class ModelRunner:
                         return  # the load was abandoned: shutdown stops every worker
                     raise
             else:
-                await self._shared.changes.wait()
+                await self._shared.changes.wait(1.0)
+        # No request starts on it from here: its stop may wait for the coordinator's lock, and
+        # a request let in meanwhile would lose its worker mid-answer. Requests queue instead,
+        # and go to its successor (`Replaced`).
+        self.draining = True
         self.close()
         if self.stop_task is not None:
             await self.stop_task
