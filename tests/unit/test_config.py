@@ -125,3 +125,8 @@ def test_the_same_file_read_twice_gives_equal_settings() -> None:
     first, second = load_config(file_data=table), load_config(file_data=table)
     assert first.server == second.server
     assert load_config(file_data={"server": {"port": 1235}}).server != first.server
+
+
+def test_a_configured_model_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        load_config(file_data={"models": {"tiny\n": {"model": "org/tiny"}}})

@@ -40,7 +40,7 @@ MAX_REPLICAS = 8  # workers of one model (`replicas`, `max_replicas`; config/rep
 
 # A model name is what clients send in `model`; Ollama's `name:tag` and Hugging Face's `org/name`
 # shapes both fit. It is only ever used as a dictionary key and an argv item, never as a path.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}\Z")
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 Bytes = Annotated[int, BeforeValidator(parse_size)]
