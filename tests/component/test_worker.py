@@ -211,11 +211,13 @@ async def test_a_worker_that_lost_its_port_without_exiting_is_restarted_on_the_n
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("wording", ["uvicorn", "vllm"])
 async def test_a_port_taken_before_the_worker_binds_it_is_retried_on_the_next(
-    http: aiohttp.ClientSession, tmp_path: Path
+    http: aiohttp.ClientSession, tmp_path: Path, wording: str
 ) -> None:
     marker = tmp_path / "taken"
-    worker = make_worker(http, {"FAKE_VLLM_PORT_TAKEN_ONCE": str(marker)})
+    env = {"FAKE_VLLM_PORT_TAKEN_ONCE": str(marker), "FAKE_VLLM_PORT_TAKEN_WORDING": wording}
+    worker = make_worker(http, env)
     await worker.start()
     assert marker.exists()  # the first start found its port taken
     assert worker.is_ready and worker.port is not None

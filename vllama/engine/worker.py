@@ -29,7 +29,9 @@ log = structlog.get_logger("vllama.worker")
 
 WORKER_HOST = "127.0.0.1"
 ERROR_TAIL_LINES = 20
-PORT_TAKEN = "address already in use"  # uvicorn's bind error, in the worker's output
+# The bind error in the worker's output, compared without case: uvicorn says "address already
+# in use", vLLM's own bind (`create_server_socket`) raises "[Errno 98] Address already in use".
+PORT_TAKEN = "address already in use"
 _READY_POLL = 0.25
 _HEALTH_TIMEOUT = 10.0
 _HEALTH_FAILURES_TO_FAIL = 3  # a busy 2-core host can answer /health slowly; a 503 fails at once
@@ -216,7 +218,9 @@ class Worker:
         try:
             await self._spawn_on_a_port()
         except LoadError as error:
-            if not isinstance(error, PortTaken) and not any(PORT_TAKEN in ln for ln in error.tail):
+            if not isinstance(error, PortTaken) and not any(
+                PORT_TAKEN in ln.lower() for ln in error.tail
+            ):
                 raise
             # Between the free-port check and vLLM's bind (seconds later) another process
             # took the port: once more, on the next port.
