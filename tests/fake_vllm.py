@@ -18,7 +18,8 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_GRANDCHILD ("1"): spawn a sleeping grandchild (like vLLM's EngineCore) in the same
   process group, sharing stdout/stderr (argv contains ``fake_vllm_enginecore``); it outlives
   a SIGKILL of this process.
-  FAKE_VLLM_GRANDCHILD_PIDFILE: file to write the grandchild's pid to.
+  FAKE_VLLM_GRANDCHILD_PIDFILE: file to write the grandchild's pid to;
+  FAKE_VLLM_GRANDCHILD_IGNORE_TERM ("1"): the grandchild ignores SIGTERM (only SIGKILL ends it).
 - FAKE_VLLM_TOKEN_DELAY (float s, default 0): delay before each generated token (streaming and
   non-streaming alike).
 - FAKE_VLLM_TOKENS (int, default 8): tokens generated when a request sets no max_tokens.
@@ -776,6 +777,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def spawn_grandchild() -> subprocess.Popen[bytes]:
     # The trailing argument only makes the process findable with `pgrep -f fake_vllm`.
     code = "import time; time.sleep(3600)"
+    if env_flag("FAKE_VLLM_GRANDCHILD_IGNORE_TERM"):  # an engine slow to stop: SIGKILL only
+        code = (
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
+        )
     child = subprocess.Popen(
         [sys.executable, "-c", code, "fake_vllm_enginecore"], stdin=subprocess.DEVNULL
     )

@@ -120,6 +120,22 @@ async def test_fast_failures_in_a_row_are_fatal_until_an_explicit_load() -> None
     assert state(scheduler, "a") is S.READY and worker.starts == 4
 
 
+async def test_crashes_soon_after_ready_are_timed_from_the_engines_exit() -> None:
+    # Each worker ran 1 s before its engine died, but the worker noticed only 100 s after its
+    # start (the guard waits for the engine's group before it exits): three fast failures in
+    # a row, so the model is FATAL, as a crash loop after ready must be.
+    scheduler, workers, _ = host({"a": {}}, {"a": 1}, crash_loop_failures=3, crash_loop_window=5)
+    worker = workers.made["a"]
+    for _ in range(3):
+        await _use(scheduler, "a")
+        assert worker.ready_at is not None
+        worker.ready_at -= 100.0
+        worker.crash(ended_at=worker.ready_at + 1.0)
+    with pytest.raises(LoadError, match="marked failed after 3 failures"):
+        await _use(scheduler, "a")
+    assert state(scheduler, "a") is S.FATAL and worker.starts == 3
+
+
 async def test_a_fatal_model_is_retried_on_its_own_later_each_time() -> None:
     # The one test here that waits on a clock: vllama's own retry timer (50 ms, then 100 ms).
     scheduler, workers, _ = host(
