@@ -327,6 +327,8 @@ class ModelRunner:
         except LoadError as error:
             log.error("model load failed", model=self.name, reason=error.reason)
             self._shared.events.emit(LoadFailed(self.name, error.code))
+            if error.retry_after is None:  # its waiters' Retry-After: when a start is tried again
+                error.retry_after = self._next_start_in()
             raise
         seconds = time.monotonic() - started
         log.info("model loaded", model=self.name, seconds=round(seconds, 2))
@@ -367,6 +369,14 @@ class ModelRunner:
         if delay and worker.state is WorkerState.FAILED:
             worker.enter_backoff(f"restart in {delay:g}s after {self.fast_failures} failure(s)")
             await asyncio.sleep(delay)
+
+    def _next_start_in(self) -> float:
+        """Seconds until a start after this failure may succeed: the restart back-off, or, once
+        the failures make a crash loop, vllama's own retry of the FATAL model."""
+        restarts = self._shared.restarts
+        if is_crash_loop(self.fast_failures, restarts):
+            return fatal_retry_delay(self._fatal_retries, restarts)
+        return max(restart_delay(self.fast_failures, restarts), 1.0)
 
     def clear_failures(self) -> None:
         """A config reload clears a crash loop."""
