@@ -50,6 +50,7 @@ class WorkerLike(Protocol):
     reason: str
     failure: FailureKind | None
     ready_at: float | None
+    ended_at: float | None  # when its engine ended, while FAILED (monotonic)
     max_model_len: int | None
     last_error: LoadError | None
     cluster: Cluster | None
@@ -419,7 +420,9 @@ class ModelRunner:
         if worker is not self.worker:
             return
         if new is WorkerState.FAILED:
-            up_for = time.monotonic() - worker.ready_at if worker.ready_at else None
+            # From the engine's own exit: the worker may notice it seconds later.
+            ended = worker.ended_at or time.monotonic()
+            up_for = ended - worker.ready_at if worker.ready_at else None
             self.fast_failures = count_failure(self.fast_failures, up_for, self._shared.restarts)
             if up_for is not None and up_for >= self._shared.restarts.window:
                 self._fatal_retries = 0  # it ran a while: a crash loop starts over
