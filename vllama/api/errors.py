@@ -107,6 +107,8 @@ def http_error(error: Exception, path: str) -> ApiError | None:
     """The HTTP error for `error` on `path`; None for an exception that is a bug."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, web.RequestPayloadError):  # a body that does not decompress, or is cut
+        return BadRequest(f"request body could not be decoded: {error.__cause__ or error}")
     if isinstance(error, ModelNotFound):
         if envelope_of(path) != "ollama":
             message = f"The model `{error.name}` does not exist."
