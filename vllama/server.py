@@ -177,6 +177,9 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         handler_cancellation=True,
         shutdown_timeout=settings.drain_timeout,
         access_log=None,
+        # From a connection's start, and between its requests: a client that never completes
+        # its headers (slowloris) is closed then too.
+        keepalive_timeout=settings.idle_timeout,
     )
     # Workers must not inherit systemd's socket: a READY=1 from a worker would be the daemon's.
     notifier = Notifier.from_environment()

@@ -182,6 +182,11 @@ class ServerSettings(BaseSettings):
     # The longest a worker may send nothing on a streamed answer (headers, between chunks): a hung
     # engine whose /health still answers (ai/DECISIONS.md). Non-streamed /v1 has no deadline.
     stream_idle_timeout: Seconds = Field(default=300.0, gt=0)
+    # Slow clients: a connection with no complete request headers this long is closed (a
+    # keep-alive connection left idle too; nginx's keepalive_timeout is 75 s), and a request
+    # body not received within body_timeout is a 408.
+    idle_timeout: Seconds = Field(default=60.0, gt=0)
+    body_timeout: Seconds = Field(default=120.0, gt=0)
     # Engine processes kept started ahead of need, vLLM already imported (~10 s of a cold start):
     # a load takes one over. Each holds ~0.5-1 GB of host RAM (counted in memory_limit_cpu).
     warm_spares: int = Field(default=1, ge=0, le=8)
