@@ -18,7 +18,8 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_GRANDCHILD ("1"): spawn a sleeping grandchild (like vLLM's EngineCore) in the same
   process group, sharing stdout/stderr (argv contains ``fake_vllm_enginecore``); it outlives
   a SIGKILL of this process.
-  FAKE_VLLM_GRANDCHILD_PIDFILE: file to write the grandchild's pid to.
+  FAKE_VLLM_GRANDCHILD_PIDFILE: file to write the grandchild's pid to;
+  FAKE_VLLM_GRANDCHILD_IGNORE_TERM ("1"): the grandchild ignores SIGTERM (only SIGKILL ends it).
 - FAKE_VLLM_TOKEN_DELAY (float s, default 0): delay before each generated token (streaming and
   non-streaming alike).
 - FAKE_VLLM_TOKENS (int, default 8): tokens generated when a request sets no max_tokens.
@@ -40,6 +41,9 @@ Knobs (environment variables, all optional):
   stream (500: ``InternalServerError``; 503: ``ServiceUnavailableError``, vLLM's retryable error).
 - FAKE_VLLM_DROP_CONNECTIONS ("1"): every inference request's connection is closed with no
   answer at all (counted first), while /health keeps answering: a server that accepts and drops.
+- FAKE_VLLM_PORT_TAKEN_ONCE (a file path): the first start (the file absent) says its port is
+  taken and exits 1; FAKE_VLLM_PORT_TAKEN_WORDING "vllm" says it as vLLM's own bind does
+  (``OSError: [Errno 98] Address already in use``), else as uvicorn does.
 
 Sleep mode (as vLLM's with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1): POST /sleep?level=1,
 POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping engine fails with
@@ -773,6 +777,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def spawn_grandchild() -> subprocess.Popen[bytes]:
     # The trailing argument only makes the process findable with `pgrep -f fake_vllm`.
     code = "import time; time.sleep(3600)"
+    if env_flag("FAKE_VLLM_GRANDCHILD_IGNORE_TERM"):  # an engine slow to stop: SIGKILL only
+        code = (
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
+        )
     child = subprocess.Popen(
         [sys.executable, "-c", code, "fake_vllm_enginecore"], stdin=subprocess.DEVNULL
     )
@@ -865,8 +873,13 @@ def main() -> None:
     marker = os.environ.get("FAKE_VLLM_PORT_TAKEN_ONCE")  # a file: absent the first time
     if marker and not os.path.exists(marker):
         open(marker, "w").close()
-        log(f"OSError: [Errno 98] error while attempting to bind on address "
-            f"('{args.host}', {args.port}): address already in use")  # fmt: skip
+        if os.environ.get("FAKE_VLLM_PORT_TAKEN_WORDING") == "vllm":  # its own bind's traceback
+            log("Traceback (most recent call last):")
+            log("    sock.bind(addr)")
+            log("OSError: [Errno 98] Address already in use")
+        else:  # uvicorn's
+            log(f"OSError: [Errno 98] error while attempting to bind on address "
+                f"('{args.host}', {args.port}): address already in use")  # fmt: skip
         sys.exit(1)
     deaf = os.environ.get("FAKE_VLLM_DEAF_ONCE")  # a file: absent the first time
     if deaf and not os.path.exists(deaf):

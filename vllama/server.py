@@ -30,6 +30,7 @@ from vllama.api.relay import new_upstream_session
 from vllama.api.services import Services
 from vllama.config.settings import Config, ConfigError, ServerSettings, load_config, read_toml
 from vllama.engine.leftovers import Leftovers
+from vllama.engine.ports import ephemeral_overlap, ephemeral_range
 from vllama.engine.support import check_engine_support
 from vllama.ops.logsetup import configure_logging
 from vllama.ops.systemd import Notifier, StatusLine, watchdog_loop
@@ -157,6 +158,16 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     # Before anything loads: stop what a previous daemon on this port left running.
     leftovers = Leftovers(runtime_dir(settings) / f"workers-{settings.port}.json")
     await asyncio.to_thread(leftovers.reap)
+    overlap = ephemeral_overlap(
+        settings.worker_port_min, settings.worker_port_max, ephemeral_range()
+    )
+    if overlap is not None:
+        log.warning(
+            "worker ports overlap the kernel's ephemeral range: outgoing connections may take "
+            "them, and a worker then starts again on the next port",
+            worker_ports=f"{settings.worker_port_min}-{settings.worker_port_max}",
+            overlap=f"{overlap[0]}-{overlap[1]}",
+        )
     services = Services.build(config, new_upstream_session(), leftovers=leftovers)
     app = app_for(services)
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
@@ -166,6 +177,9 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         handler_cancellation=True,
         shutdown_timeout=settings.drain_timeout,
         access_log=None,
+        # From a connection's start, and between its requests: a client that never completes
+        # its headers (slowloris) is closed then too.
+        keepalive_timeout=settings.idle_timeout,
     )
     # Workers must not inherit systemd's socket: a READY=1 from a worker would be the daemon's.
     notifier = Notifier.from_environment()

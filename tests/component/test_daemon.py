@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -206,3 +207,54 @@ def test_invalid_config_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "server.port" in result.stderr
+
+
+def _slow_client_daemon(tmp_path: Path) -> Daemon:
+    config = write_config(
+        tmp_path / "vllama.toml",
+        {"engine_command": FAKE_ENGINE_COMMAND, "idle_timeout": 1, "body_timeout": 1},
+        {"a": {"model": "fake/a"}},
+    )
+    return Daemon(config, free_port(), tmp_path / "vllama.log")
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True if the server closes the connection within `seconds` (what it sent is skipped)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_slow_clients_are_cut_off_and_malformed_requests_log_one_line(tmp_path: Path) -> None:
+    with _slow_client_daemon(tmp_path) as daemon:
+        # Headers that never end (slowloris): closed after idle_timeout (1 s here).
+        with socket.create_connection(("127.0.0.1", daemon.port)) as slow:
+            slow.sendall(b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            assert _closed_within(slow, 20)
+        # A body that never comes: 408 after body_timeout, in Ollama's envelope.
+        with socket.create_connection(("127.0.0.1", daemon.port)) as slow:
+            slow.sendall(
+                b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                b"\r\nContent-Length: 100\r\n\r\n{"
+            )
+            slow.settimeout(20)
+            answer = slow.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"request body not received within 1s" in answer
+        # A malformed request: a 400, and one line in the log, not the parser's traceback.
+        with socket.create_connection(("127.0.0.1", daemon.port)) as bad:
+            bad.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n")
+            bad.settimeout(20)
+            assert b" 400 Bad Request" in bad.recv(4096)
+        assert daemon.terminate() == 0
+    lines = [line for line in daemon.log().splitlines() if "Error handling request" in line]
+    assert len(lines) == 1, daemon.log()
+    event = json.loads(lines[0])
+    assert event["level"] == "error" and "Invalid header token" in event["error"]
+    assert "Traceback" not in daemon.log()

@@ -207,3 +207,21 @@ async def test_a_write_to_a_client_that_left_is_a_499_not_a_500(
     metrics = await (await client.get("/metrics")).text()
     assert 'endpoint="/api/leaving",model="",status="499"' in metrics
     assert "Error handling request" not in caplog.text
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/v1/messages"])
+async def test_a_body_that_does_not_decompress_is_400(
+    aiohttp_client: ClientFactory, tmp_path: Path, encoding: str, path: str
+) -> None:
+    client = await start(aiohttp_client, tmp_path)
+    response = await client.post(
+        path,
+        data=b"\x1f\x8b\x08\x00 this is not what the header says",
+        headers={"Content-Encoding": encoding, "Content-Type": "application/json"},
+    )
+    assert response.status == 400, await response.text()
+    # Brotli is not installed: aiohttp's parser refuses the encoding itself, saying so.
+    reason = "brotli" if encoding == "br" else "request body could not be decoded"
+    assert reason in await response.text()
+    assert WorkerView(client.app, "a").state is WorkerState.STOPPED  # never a load

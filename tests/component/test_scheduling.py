@@ -194,9 +194,17 @@ async def test_a_crash_loop_marks_the_model_failed_and_others_keep_serving(
     assert await ask(client, "fine") == 200
     loop = asyncio.get_running_loop()
     began = loop.time()
+    retry_after = []
     for _ in range(3):
-        assert await ask(client, "broken") == 503
+        failed = await client.post(
+            "/v1/completions", json={"model": "broken", "prompt": "hi", "max_tokens": 1}
+        )
+        assert failed.status == 503
+        retry_after.append(failed.headers.get("Retry-After"))
     assert loop.time() - began >= 0.2 + 0.4  # backed off 0.2 s, then 0.4 s between restarts
+    # Each failed start says when a start is tried again: after the back-off (rounded up to a
+    # second), then, the failures making a crash loop, at vllama's own retry (10 s).
+    assert retry_after == ["1", "1", "10"]
     assert states(client)["broken"] is WorkerState.FAILED
     response = await client.post(
         "/v1/completions", json={"model": "broken", "prompt": "hi", "max_tokens": 1}

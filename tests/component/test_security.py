@@ -153,3 +153,21 @@ async def test_a_foreign_host_is_refused_on_a_loopback_bind(
 async def test_any_host_on_a_public_bind(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
     client = await start(aiohttp_client, tmp_path, host="0.0.0.0")
     assert (await client.get("/api/tags", headers={"Host": "gpu-box.lan"})).status == 200
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
+async def test_malformed_host_and_origin_headers_get_an_answer_with_a_reason(
+    aiohttp_client: ClientFactory, tmp_path: Path, host: str
+) -> None:
+    # An IPv6 bracket left open: Python's URL parser raises on it; the answer must still go out.
+    client = await start(aiohttp_client, tmp_path, host=host)
+    bad_host = await client.get("/api/tags", headers={"Host": "[zz"})
+    assert bad_host.status == 400
+    assert (await bad_host.json())["error"] == "malformed Host header"
+    bad_origin = await client.post(
+        "/api/show", json={"model": "a"}, headers={"Origin": "http://[zz"}
+    )
+    assert bad_origin.status == 403
+    assert (await bad_origin.json())["error"] == "origin 'http://[zz' not allowed"
+    preflight = await client.options("/api/chat", headers={"Origin": "http://[zz:1"})
+    assert preflight.status == 403

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.component.fakes import eventually, fake_config
+from vllama.engine.guard import GROUP_EXIT_WAIT
 from vllama.engine.ports import PortAllocator
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError, MemoryRefused, Worker
@@ -211,12 +213,41 @@ async def test_a_worker_that_lost_its_port_without_exiting_is_restarted_on_the_n
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("wording", ["uvicorn", "vllm"])
 async def test_a_port_taken_before_the_worker_binds_it_is_retried_on_the_next(
-    http: aiohttp.ClientSession, tmp_path: Path
+    http: aiohttp.ClientSession, tmp_path: Path, wording: str
 ) -> None:
     marker = tmp_path / "taken"
-    worker = make_worker(http, {"FAKE_VLLM_PORT_TAKEN_ONCE": str(marker)})
+    env = {"FAKE_VLLM_PORT_TAKEN_ONCE": str(marker), "FAKE_VLLM_PORT_TAKEN_WORDING": wording}
+    worker = make_worker(http, env)
     await worker.start()
     assert marker.exists()  # the first start found its port taken
     assert worker.is_ready and worker.port is not None
     await worker.stop("test")
+
+
+async def test_a_crash_is_timed_from_the_engines_exit_not_the_guards(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The guard waits up to GROUP_EXIT_WAIT (5 s) for an engine group that ignores SIGTERM
+    before it exits, so the worker notices late; `ended_at` is when vLLM itself exited, which
+    the crash-loop window is measured to."""
+    pidfile = tmp_path / "grandchild.pid"
+    env = {
+        "FAKE_VLLM_GRANDCHILD": "1",
+        "FAKE_VLLM_GRANDCHILD_PIDFILE": str(pidfile),
+        "FAKE_VLLM_GRANDCHILD_IGNORE_TERM": "1",
+    }
+    # Health checks far apart: the exit is what the worker notices.
+    worker = make_worker(http, env, health_interval=30)
+    await worker.start()
+    grandchild = int(pidfile.read_text())
+    assert worker.process is not None
+    # The guard's child: vLLM's API server (killed as an OOM killer would).
+    (api_server,) = psutil.Process(worker.process.pid).children()
+    os.kill(api_server.pid, signal.SIGKILL)
+    await eventually(lambda: worker.state is WorkerState.FAILED, within=20, what="the failure")
+    noticed = time.monotonic()
+    assert worker.ended_at is not None
+    assert noticed - worker.ended_at >= GROUP_EXIT_WAIT - 1.5  # the guard's wait, not counted
+    await eventually(lambda: not pid_alive(grandchild), within=10, what="the engine is killed")

@@ -39,6 +39,7 @@ class FakeWorker:
         self.reason = "never started"
         self.failure: FailureKind | None = None
         self.ready_at: float | None = None
+        self.ended_at: float | None = None
         self.max_model_len: int | None = None
         self.cluster: Cluster | None = None
         self.last_error: LoadError | None = None
@@ -123,8 +124,12 @@ class FakeWorker:
         elif self.state in DOWN:
             self._set(WorkerState.STOPPED, reason)
 
-    def crash(self, reason: str = "worker exited with code 9") -> None:
-        """What the real worker's watcher does when its process dies while READY."""
+    def crash(
+        self, reason: str = "worker exited with code 9", ended_at: float | None = None
+    ) -> None:
+        """What the real worker's watcher does when its process dies while READY (`ended_at`:
+        when its engine ended, if earlier than now)."""
+        self.ended_at = ended_at
         self.last_error = LoadError(self.name, reason, ["killed"])
         self._set(WorkerState.FAILED, reason, "exited")
 
@@ -168,7 +173,8 @@ class FakeWorkers:
     def __init__(
         self, host: FakeGpuHost | None = None, models: Mapping[str, FakeModel] | None = None
     ) -> None:
-        self.made: dict[str, FakeWorker] = {}
+        self.made: dict[str, FakeWorker] = {}  # the latest worker of each model
+        self.every: list[FakeWorker] = []  # every worker made, in order
         self.host, self.models = host, dict(models or {})
         self.gate_new: asyncio.Event | None = None  # set: workers made from now on start on it
 
@@ -177,6 +183,7 @@ class FakeWorkers:
         if self.gate_new is not None:
             worker.gate = self.gate_new
         self.made[name] = worker
+        self.every.append(worker)
         return worker
 
 

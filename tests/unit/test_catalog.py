@@ -15,7 +15,7 @@ from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.files import ModelFormatError, read_model
-from vllama.catalog.names import normalize_name
+from vllama.catalog.names import InvalidName, check_name, is_repo_id, normalize_name
 from vllama.catalog.pull import loaded_weight_bytes
 from vllama.catalog.registry import Registry, parsers_for
 from vllama.config.settings import ConfigError, ModelSpec, load_config
@@ -508,3 +508,16 @@ def test_local_weights_count_only_what_vllm_loads(tmp_path: Path) -> None:
     (folder / "original" / "consolidated.00.pth").write_text("x" * 1000)
     model = read_model(folder)
     assert model.size > model.weight_bytes > 0  # the .pth copy is on disk, not loaded
+
+
+@pytest.mark.parametrize(
+    "name", ["evil\n", "qwen3:8b\n", "org/name\n", "a\n:b", "host:11434/ns/name\n"]
+)
+def test_a_name_with_a_trailing_newline_is_refused(name: str) -> None:
+    # `$` matches before a trailing newline; names are matched whole.
+    with pytest.raises(InvalidName):
+        check_name(name)
+
+
+def test_a_repo_id_with_a_trailing_newline_is_not_one() -> None:
+    assert is_repo_id("org/name") and not is_repo_id("org/name\n")

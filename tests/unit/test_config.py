@@ -125,3 +125,17 @@ def test_the_same_file_read_twice_gives_equal_settings() -> None:
     first, second = load_config(file_data=table), load_config(file_data=table)
     assert first.server == second.server
     assert load_config(file_data={"server": {"port": 1235}}).server != first.server
+
+
+def test_a_configured_model_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        load_config(file_data={"models": {"tiny\n": {"model": "org/tiny"}}})
+
+
+def test_a_config_path_that_is_a_directory_or_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_toml(tmp_path)
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('[server]\nhost = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_toml(latin)

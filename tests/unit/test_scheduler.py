@@ -120,6 +120,22 @@ async def test_fast_failures_in_a_row_are_fatal_until_an_explicit_load() -> None
     assert state(scheduler, "a") is S.READY and worker.starts == 4
 
 
+async def test_crashes_soon_after_ready_are_timed_from_the_engines_exit() -> None:
+    # Each worker ran 1 s before its engine died, but the worker noticed only 100 s after its
+    # start (the guard waits for the engine's group before it exits): three fast failures in
+    # a row, so the model is FATAL, as a crash loop after ready must be.
+    scheduler, workers, _ = host({"a": {}}, {"a": 1}, crash_loop_failures=3, crash_loop_window=5)
+    worker = workers.made["a"]
+    for _ in range(3):
+        await _use(scheduler, "a")
+        assert worker.ready_at is not None
+        worker.ready_at -= 100.0
+        worker.crash(ended_at=worker.ready_at + 1.0)
+    with pytest.raises(LoadError, match="marked failed after 3 failures"):
+        await _use(scheduler, "a")
+    assert state(scheduler, "a") is S.FATAL and worker.starts == 3
+
+
 async def test_a_fatal_model_is_retried_on_its_own_later_each_time() -> None:
     # The one test here that waits on a clock: vllama's own retry timer (50 ms, then 100 ms).
     scheduler, workers, _ = host(
@@ -310,6 +326,55 @@ async def test_a_reload_stops_the_old_worker_first_where_both_do_not_fit() -> No
     workers.gate_new.set()
     await settle(200)
     assert (new_a.state, old_a.stops) == (S.READY, 1)
+
+
+@pytest.mark.parametrize("gpu_gib", [40, 10])  # both fit beside each other / only one fits
+async def test_reloads_close_together_change_a_model_one_after_the_other(gpu_gib: int) -> None:
+    scheduler, workers, _ = host({"a": {}}, {"a": 6}, gpus=(gpu_gib * GiB,))
+    await _use(scheduler, "a")
+    first = scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}}))
+    second = scheduler.reconfigure(config_for({"a": {"keep_alive": "2h"}}))
+    await asyncio.gather(*first, *second)
+    await settle(200)
+    running = [w for w in workers.every if w.state in (S.READY, S.STARTING)]
+    assert len(running) == 1, [w.state for w in workers.every]
+    assert running[0] is workers.made["a"]
+    status = scheduler.model_status("a")
+    assert status is not None and status.keep_alive == 7200 and status.state is S.READY
+
+
+async def test_a_request_during_a_reload_never_starts_the_retired_worker_again() -> None:
+    # "a" crashed, so a reload retires its runner at once (nothing to start beside); the stop
+    # waits for the load lock, which "b"'s start holds. A request for "a" meanwhile must not
+    # start the retired runner's worker (it would run with nothing left to stop it): it waits
+    # for the new runner and is served there.
+    scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 3, "b": 1})
+    await _use(scheduler, "a")
+    old_a = workers.made["a"]
+    old_a.crash()
+    workers.made["b"].gate.clear()
+    loading_b = asyncio.create_task(_use(scheduler, "b"))
+    await settle()
+    changes = scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}, "b": {}}))
+    await settle()
+    served: list[object] = []
+
+    async def request() -> None:
+        async with scheduler.lease("a") as worker:
+            served.append(worker)
+
+    waiting = asyncio.create_task(request())
+    await settle()
+    workers.made["b"].gate.set()
+    await loading_b
+    await asyncio.gather(*changes)
+    await asyncio.wait_for(waiting, 5)
+    assert served == [workers.made["a"]] and workers.made["a"] is not old_a
+    assert old_a.starts == 1  # never started again once retired
+    assert [w for w in workers.every if w.state is S.READY] == [
+        workers.made["b"],
+        workers.made["a"],
+    ]
 
 
 async def test_shutdown_refuses_new_leases_and_stops_every_worker() -> None:

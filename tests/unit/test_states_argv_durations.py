@@ -102,6 +102,13 @@ def test_env_drops_systemd_notify_and_adds_model_env() -> None:
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
 
 
+def test_the_admin_key_never_reaches_a_worker() -> None:
+    spec = ModelSpec(model="a/b")
+    env = build_env({"PATH": "/bin", "VLLAMA_API_KEY": "k" * 32, "HF_TOKEN": "hf_x"}, spec)
+    assert "VLLAMA_API_KEY" not in env
+    assert env["HF_TOKEN"] == "hf_x"  # vLLM itself needs the Hub token for gated repos
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [

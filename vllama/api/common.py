@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 
 from aiohttp import web
 
-from vllama.api.errors import BadRequest
+from vllama.api.errors import ApiError, BadRequest
 from vllama.api.keys import MODEL_KEY, services
 from vllama.api.protocol import JsonObject
 from vllama.catalog.registry import ModelTraits, Resolved
@@ -15,7 +16,12 @@ from vllama.catalog.registry import ModelTraits, Resolved
 
 async def read_json_object(request: web.Request) -> tuple[bytes, JsonObject]:
     """The raw body and its parsed JSON object; 400 for anything else, 413 past the size limit."""
-    body = await request.read()  # aiohttp raises 413 past client_max_size
+    timeout = services(request).config.server.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            body = await request.read()  # aiohttp raises 413 past client_max_size
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout:g}s") from None
     if not body:
         raise BadRequest("missing request body")
     try:

@@ -107,6 +107,8 @@ def http_error(error: Exception, path: str) -> ApiError | None:
     """The HTTP error for `error` on `path`; None for an exception that is a bug."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, web.RequestPayloadError):  # a body that does not decompress, or is cut
+        return BadRequest(f"request body could not be decoded: {error.__cause__ or error}")
     if isinstance(error, ModelNotFound):
         if envelope_of(path) != "ollama":
             message = f"The model `{error.name}` does not exist."
@@ -114,8 +116,11 @@ def http_error(error: Exception, path: str) -> ApiError | None:
             message = f"model '{error.name}' not found"
         return ApiError(404, message, code="model_not_found", param="model")
     if isinstance(error, LoadError):
-        retry = {"Retry-After": str(math.ceil(error.retry_after))} if error.retry_after else {}
-        return ApiError(503, error.detail(), code="model_load_failed", headers=retry)
+        # Every refusal says when to ask again: the scheduler's own figure where it has one
+        # (a restart's back-off, a FATAL model's next try), else soon.
+        retry = math.ceil(error.retry_after) if error.retry_after else 1
+        headers = {"Retry-After": str(retry)}
+        return ApiError(503, error.detail(), code="model_load_failed", headers=headers)
     if isinstance(error, QueueFull):
         return ApiError(503, str(error), code="queue_full", headers={"Retry-After": "1"})
     if isinstance(error, ShuttingDown):

@@ -26,7 +26,7 @@ log = structlog.get_logger("vllama.access")
 REQUEST_ID = "X-Request-Id"
 CLIENT_CLOSED = 499  # nginx's and Ollama's status for "client closed the request"
 # A client's own id is kept (so its logs and ours join up) if it is short and plain.
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 
 # A random (version 4) UUID's bits. Not uuid.uuid4(): its os.urandom is a system call per

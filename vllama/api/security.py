@@ -24,12 +24,12 @@ import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from vllama.api.errors import ApiError, Handler, error_response
+from vllama.api.errors import ApiError, BadRequest, Handler, error_response
 from vllama.config.access import Scope, sha256_hex
 from vllama.config.settings import ServerSettings
 
@@ -86,7 +86,9 @@ class Access:
     def origin_allowed(self, origin: str) -> bool:
         if any(pattern == "*" or fnmatch.fnmatchcase(origin, pattern) for pattern in self.origins):
             return True
-        parts = urlsplit(origin)
+        parts = _split(origin)
+        if parts is None:
+            return False
         if parts.scheme in _APP_SCHEMES:
             return True
         return parts.scheme in ("http", "https") and is_loopback(parts.hostname or "")
@@ -94,15 +96,18 @@ class Access:
     def host_allowed(self, host_header: str) -> bool:
         if not self.loopback_bind:
             return True
-        host = urlsplit(f"//{host_header}").hostname or ""
+        parts = _split(f"//{host_header}")
+        host = (parts.hostname or "") if parts is not None else ""
         return is_loopback(host) or any(fnmatch.fnmatchcase(host, h) for h in self.hosts)
 
     def own_origin(self, origin: str, host_header: str) -> bool:
         """A page this daemon served (the status page) calling it back: its Origin names the
         Host. Only for an IP address or an `allowed_hosts` name: a rebinding page's origin is a
         name it controls, pointed at this daemon, and would pass a bare comparison."""
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host_header.lower():
+        parts = _split(origin)
+        if parts is None or parts.scheme not in ("http", "https"):
+            return False
+        if parts.netloc.lower() != host_header.lower():
             return False
         host = (parts.hostname or "").lower()
         try:
@@ -119,6 +124,15 @@ class Access:
             if hmac.compare_digest(known, digest):
                 found = scope
         return found
+
+
+def _split(url: str) -> SplitResult | None:
+    """The URL's parts, or None for one that cannot be parsed (`http://[zz`: an IPv6 bracket
+    left open), which no check may raise on: the answer to it must still go out."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 def _presented_key(request: web.Request) -> str:
@@ -144,6 +158,8 @@ def security_middleware(access: Access) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
+        if _split(f"//{request.headers.get('Host', '')}") is None:
+            return error_response(request.path, BadRequest("malformed Host header"))
         if (
             origin is not None
             and not access.own_origin(origin, request.host)

@@ -40,7 +40,7 @@ _QUANT: dict[str, str] = {
     "awq": "int4",
     "qat": "int4",  # gemma3's quantization-aware `-it-qat` tags are 4-bit
 }
-_GGUF_ONLY = re.compile(r"^i?q([2356])(_[0-9a-z_]+)?$")  # q2_K, q3_K_M, q5_0, q6_K, iq3_xxs ...
+_GGUF_ONLY = re.compile(r"^i?q([2356])(_[0-9a-z_]+)?\Z")  # q2_K, q3_K_M, q5_0, q6_K, iq3_xxs ...
 _VARIANT = {"instruct", "it", "chat"}  # Ollama's default is the instruct model anyway
 _HOSTS = ("registry.ollama.ai/", "ollama.com/")
 LIBRARY_FILE = "library.toml"

@@ -6,13 +6,14 @@ import re
 
 # Ollama's rules, applied where a name is stored or becomes a path:
 # `[host/][namespace/]model[:tag]`, each part from a small character set and bounded; never `..`,
-# a leading `/` or a NUL.
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}(:[0-9]{1,5})?$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+# a leading `/` or a NUL. Patterns end in `\Z`, not `$`: `$` also matches before a trailing
+# newline, and "evil\n" would pass.
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}\Z")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}(:[0-9]{1,5})?\Z")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}\Z")
 MAX_NAME = 350
 # A Hugging Face repo id, `org/name`: it becomes a folder under the models folder when pulled.
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
 class InvalidName(ValueError):

@@ -40,7 +40,7 @@ MAX_REPLICAS = 8  # workers of one model (`replicas`, `max_replicas`; config/rep
 
 # A model name is what clients send in `model`; Ollama's `name:tag` and Hugging Face's `org/name`
 # shapes both fit. It is only ever used as a dictionary key and an argv item, never as a path.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}\Z")
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 Bytes = Annotated[int, BeforeValidator(parse_size)]
@@ -182,6 +182,11 @@ class ServerSettings(BaseSettings):
     # The longest a worker may send nothing on a streamed answer (headers, between chunks): a hung
     # engine whose /health still answers (ai/DECISIONS.md). Non-streamed /v1 has no deadline.
     stream_idle_timeout: Seconds = Field(default=300.0, gt=0)
+    # Slow clients: a connection with no complete request headers this long is closed (a
+    # keep-alive connection left idle too; nginx's keepalive_timeout is 75 s), and a request
+    # body not received within body_timeout is a 408.
+    idle_timeout: Seconds = Field(default=60.0, gt=0)
+    body_timeout: Seconds = Field(default=120.0, gt=0)
     # Engine processes kept started ahead of need, vLLM already imported (~10 s of a cold start):
     # a load takes one over. Each holds ~0.5-1 GB of host RAM (counted in memory_limit_cpu).
     warm_spares: int = Field(default=1, ge=0, le=8)
@@ -309,8 +314,12 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def load_config(

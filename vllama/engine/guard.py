@@ -7,8 +7,9 @@ with it, and with the daemon.
 - It runs ARGV (vLLM's server) in its process group, with its output.
 - On SIGTERM (the daemon stopping it, or the daemon's death) it passes SIGTERM on to vLLM, and
   after a grace period SIGKILLs whatever of the group is left.
-- When vLLM exits, it kills the rest of the group (vLLM's EngineCore and workers can outlive
-  their API server, vLLM #55510), then exits with vLLM's status.
+- When vLLM exits, it says so at once on its output (`ENGINE_EXITED`: the daemon times a crash
+  from there, not from the guard's own exit), kills the rest of the group (vLLM's EngineCore and
+  workers can outlive their API server, vLLM #55510), then exits with vLLM's status.
 Stdlib only, and small: it starts in milliseconds.
 """
 
@@ -23,6 +24,8 @@ import time
 
 PR_SET_PDEATHSIG = 1
 GRACE = 15.0  # seconds vLLM gets after SIGTERM before the group is SIGKILLed
+GROUP_EXIT_WAIT = 5.0  # seconds the rest of the group gets after vLLM exits, before SIGKILL
+ENGINE_EXITED = "vllama-guard: the engine exited with code"  # + the code, on the guard's output
 
 
 def group_members(pgid: int) -> list[int]:
@@ -85,8 +88,9 @@ def main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             continue
     # vLLM's API server is gone: its engine must not outlive it.
+    print(f"{ENGINE_EXITED} {child.returncode}", flush=True)
     kill_others(signal.SIGTERM)
-    end = time.monotonic() + 5.0
+    end = time.monotonic() + GROUP_EXIT_WAIT
     while time.monotonic() < end and [p for p in group_members(os.getpgrp()) if p != os.getpid()]:
         time.sleep(0.05)
     kill_others(signal.SIGKILL)

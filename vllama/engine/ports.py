@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 
 class NoFreePort(RuntimeError):
@@ -43,3 +44,26 @@ class PortAllocator:
 
     def release(self, port: int) -> None:
         self._taken.discard(port)
+
+
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def ephemeral_range(path: str = EPHEMERAL_RANGE_FILE) -> tuple[int, int] | None:
+    """The ports the kernel hands out to outgoing connections (Linux), or None if unknown."""
+    try:
+        low, high = (int(part) for part in Path(path).read_text().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def ephemeral_overlap(
+    low: int, high: int, ephemeral: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The part of the worker port range the kernel may give any outgoing connection: a worker
+    then finds its port taken at random (it is started again on the next one, at a cost)."""
+    if ephemeral is None:
+        return None
+    start, end = max(low, ephemeral[0]), min(high, ephemeral[1])
+    return (start, end) if start <= end else None

@@ -20,6 +20,7 @@ from vllama.config import replicas, vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine import ray_cluster
 from vllama.engine.argv import build_argv, build_env, guarded
+from vllama.engine.guard import ENGINE_EXITED
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
@@ -29,7 +30,9 @@ log = structlog.get_logger("vllama.worker")
 
 WORKER_HOST = "127.0.0.1"
 ERROR_TAIL_LINES = 20
-PORT_TAKEN = "address already in use"  # uvicorn's bind error, in the worker's output
+# The bind error in the worker's output, compared without case: uvicorn says "address already
+# in use", vLLM's own bind (`create_server_socket`) raises "[Errno 98] Address already in use".
+PORT_TAKEN = "address already in use"
 _READY_POLL = 0.25
 _HEALTH_TIMEOUT = 10.0
 _HEALTH_FAILURES_TO_FAIL = 3  # a busy 2-core host can answer /health slowly; a 503 fails at once
@@ -125,6 +128,10 @@ class Worker:
         self._last_process: WorkerProcess | None = None  # kept after a stop, for its output tail
         self.last_error: LoadError | None = None
         self.ready_at: float | None = None
+        # When its engine ended (monotonic), while FAILED: the guard's word, which comes up to
+        # GROUP_EXIT_WAIT seconds before the guard itself exits.
+        self.ended_at: float | None = None
+        self._engine_exited_at: float | None = None
         self.max_model_len: int | None = None  # the context vLLM serves, read once it is ready
         self.cluster: ray_cluster.Cluster | None = None  # where a multi-node model runs (Ray)
         self._watch: asyncio.Task[None] | None = None
@@ -166,6 +173,11 @@ class Worker:
         source = self.process or self._last_process
         return source.tail(lines) if source is not None else []
 
+    def _on_output(self, line: str) -> None:
+        if line.startswith(ENGINE_EXITED):
+            self._engine_exited_at = time.monotonic()
+        self._output_log.line(line)
+
     # -- start -------------------------------------------------------------------------------
 
     async def start(
@@ -181,7 +193,7 @@ class Worker:
             self._watch = None
         self._set_state(WorkerState.STARTING, "load requested")
         self.last_error = None
-        self.ready_at = None
+        self.ready_at = self.ended_at = self._engine_exited_at = None
         self._share = (tuple(share_args), dict(share_env or {}))
         try:
             await self._spawn_and_wait()
@@ -216,7 +228,9 @@ class Worker:
         try:
             await self._spawn_on_a_port()
         except LoadError as error:
-            if not isinstance(error, PortTaken) and not any(PORT_TAKEN in ln for ln in error.tail):
+            if not isinstance(error, PortTaken) and not any(
+                PORT_TAKEN in ln.lower() for ln in error.tail
+            ):
                 raise
             # Between the free-port check and vLLM's bind (seconds later) another process
             # took the port: once more, on the next port.
@@ -237,7 +251,7 @@ class Worker:
         env = build_env(os.environ, self.spec, extra_env)
         log.info("worker spawn", model=self.name, port=self.port, argv=argv)
         try:
-            self.process = await self._launch(argv, env, self._output_log.line)
+            self.process = await self._launch(argv, env, self._on_output)
         except OSError as exc:
             raise LoadError(self.name, f"could not start {argv[0]!r}: {exc}", []) from None
         if self._leftovers is not None:
@@ -328,6 +342,7 @@ class Worker:
         if self.state not in RUNNING:
             return
         self.last_error = LoadError(self.name, reason, process.tail(ERROR_TAIL_LINES))
+        self.ended_at = self._engine_exited_at or time.monotonic()
         self._set_state(WorkerState.FAILED, reason, kind)
         await self._release_process()
 

@@ -23,6 +23,11 @@ class CrashLoop(LoadError):
     code = "crash_loop"
 
 
+class Replaced(Exception):
+    """The runner a request waited on was replaced or removed by a config reload: the request
+    asks the scheduler's table again (it never reaches a handler)."""
+
+
 class ShuttingDown(Exception):
     """The daemon is stopping and takes no new work."""
 

@@ -26,7 +26,7 @@ from vllama.engine.ray_cluster import Cluster
 from vllama.engine.states import HOLDS_MEMORY, RUNNING, FailureKind, WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.admission import Admission, admit
-from vllama.scheduling.errors import CrashLoop, PlacementRefused, ShuttingDown
+from vllama.scheduling.errors import CrashLoop, PlacementRefused, Replaced, ShuttingDown
 from vllama.scheduling.events import Events, LoadFailed, ModelLoaded, ModelUnloaded, StateChanged
 from vllama.scheduling.keepalive import Expiry, on_expiry
 from vllama.scheduling.placement import LoadedModel
@@ -50,6 +50,7 @@ class WorkerLike(Protocol):
     reason: str
     failure: FailureKind | None
     ready_at: float | None
+    ended_at: float | None  # when its engine ended, while FAILED (monotonic)
     max_model_len: int | None
     last_error: LoadError | None
     cluster: Cluster | None
@@ -164,6 +165,9 @@ class ModelRunner:
         # others are busy, and only where it fits without evicting anything.
         self.extra = extra
         self.extra_refused_until = 0.0  # monotonic: no room for it was found; not tried before
+        # Replaced or removed by a reload: it serves what it has, but never loads again (a
+        # waiter that would start a load asks the scheduler's table instead).
+        self._retired = False
 
     # -- what it is --------------------------------------------------------------------------
 
@@ -298,6 +302,8 @@ class ModelRunner:
     async def _load(self, explicit: bool, may_evict: bool) -> None:
         """Make the worker READY; `LoadError` (or a typed refusal) says why it could not be."""
         try:
+            if self._retired:
+                raise Replaced(self.name)
             for pending in (self.sleep_task, self.stop_task):  # a sleep or unload finishes first
                 if pending is not None:
                     await pending
@@ -322,6 +328,8 @@ class ModelRunner:
         except LoadError as error:
             log.error("model load failed", model=self.name, reason=error.reason)
             self._shared.events.emit(LoadFailed(self.name, error.code))
+            if error.retry_after is None:  # its waiters' Retry-After: when a start is tried again
+                error.retry_after = self._next_start_in()
             raise
         seconds = time.monotonic() - started
         log.info("model loaded", model=self.name, seconds=round(seconds, 2))
@@ -362,6 +370,14 @@ class ModelRunner:
         if delay and worker.state is WorkerState.FAILED:
             worker.enter_backoff(f"restart in {delay:g}s after {self.fast_failures} failure(s)")
             await asyncio.sleep(delay)
+
+    def _next_start_in(self) -> float:
+        """Seconds until a start after this failure may succeed: the restart back-off, or, once
+        the failures make a crash loop, vllama's own retry of the FATAL model."""
+        restarts = self._shared.restarts
+        if is_crash_loop(self.fast_failures, restarts):
+            return fatal_retry_delay(self._fatal_retries, restarts)
+        return max(restart_delay(self.fast_failures, restarts), 1.0)
 
     def clear_failures(self) -> None:
         """A config reload clears a crash loop."""
@@ -404,7 +420,9 @@ class ModelRunner:
         if worker is not self.worker:
             return
         if new is WorkerState.FAILED:
-            up_for = time.monotonic() - worker.ready_at if worker.ready_at else None
+            # From the engine's own exit: the worker may notice it seconds later.
+            ended = worker.ended_at or time.monotonic()
+            up_for = ended - worker.ready_at if worker.ready_at else None
             self.fast_failures = count_failure(self.fast_failures, up_for, self._shared.restarts)
             if up_for is not None and up_for >= self._shared.restarts.window:
                 self._fatal_retries = 0  # it ran a while: a crash loop starts over
@@ -519,6 +537,7 @@ class ModelRunner:
 
     async def retire(self, reason: str) -> None:
         """Stop the worker for good (a reload or a removal), once it is idle."""
+        self._retired = True
         while not self.idle or self.load_task is not None:
             load = self.load_task
             if load is not None:
@@ -532,7 +551,11 @@ class ModelRunner:
                         return  # the load was abandoned: shutdown stops every worker
                     raise
             else:
-                await self._shared.changes.wait()
+                await self._shared.changes.wait(1.0)
+        # No request starts on it from here: its stop may wait for the coordinator's lock, and
+        # a request let in meanwhile would lose its worker mid-answer. Requests queue instead,
+        # and go to its successor (`Replaced`).
+        self.draining = True
         self.close()
         if self.stop_task is not None:
             await self.stop_task

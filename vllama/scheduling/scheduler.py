@@ -25,10 +25,10 @@ from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import PortAllocator
 from vllama.engine.spares import SparePool
 from vllama.engine.states import WorkerState
-from vllama.engine.worker import Worker
+from vllama.engine.worker import LoadError, Worker
 from vllama.scheduling.coordinator import Coordinator, FactsSource
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.errors import PlacementRefused, QueueFull, ShuttingDown
+from vllama.scheduling.errors import PlacementRefused, QueueFull, Replaced, ShuttingDown
 from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.reload import plan_reload
@@ -98,8 +98,9 @@ class Scheduler:
             closing=lambda: self._closing,
         )
         self._runners: dict[str, ModelRunner] = {}
-        # Runners replaced by a reload whose workers still hold memory until they stop.
-        self._retiring: set[ModelRunner] = set()
+        # Runners outside the table whose workers may hold memory: the one a reload starts
+        # beside the running one, and those a reload replaced, until they have stopped.
+        self._outside: set[ModelRunner] = set()
         self._coordinator = Coordinator(
             settings, self.memory, facts, self.events, self._changes, self._holders, spares
         )
@@ -110,6 +111,7 @@ class Scheduler:
                 )
             )
         self._queued = 0  # requests waiting for a model, all models together
+        self._replacing: dict[str, asyncio.Task[Any]] = {}  # the latest replacement per model
         self._tasks: set[asyncio.Task[object]] = set()  # config-reload work in the background
         for name, spec in config.models.items():
             self.add_model(name, spec)
@@ -117,7 +119,7 @@ class Scheduler:
     def _holders(self) -> Iterator[ModelRunner]:
         """Every runner whose worker may hold device memory."""
         yield from self._runners.values()
-        yield from self._retiring
+        yield from self._outside
 
     def add_model(self, name: str, spec: ModelSpec) -> None:
         """Make a model schedulable (configured at start, or discovered on disk later), with
@@ -184,18 +186,31 @@ class Scheduler:
         failed after a crash loop. Raises `LoadError` (failed to load, crash loop, doesn't fit,
         waited too long), `QueueFull`, or `ShuttingDown`.
         """
-        runner = self._pick(name, explicit)
-        await self._admit(runner, explicit)
+        runner = await self._admitted(name, explicit)
         runner.begin(keep_alive)  # no await between the readiness check in _admit and this
         try:
             yield runner.worker
         finally:
             runner.end()
 
+    async def _admitted(self, name: str, explicit: bool) -> ModelRunner:
+        """The runner for `name`, once it lets the request in. A runner a reload retired while
+        the request waited sends it back to the table, for the model's new runner."""
+        while True:
+            runner = self._pick(name, explicit)
+            try:
+                await self._admit(runner, explicit)
+                return runner
+            except Replaced:
+                if self._runners.get(name) is runner:  # still being stopped: its successor
+                    await self._changes.wait(1.0)  # comes once it is gone
+
     def _pick(self, name: str, explicit: bool) -> ModelRunner:
         """The runner a request for `name` goes to (a replica, for a model that has them),
         after starting the replicas `replicas.route` asks for."""
-        runner = self._runners[name]
+        runner = self._runners.get(name)
+        if runner is None:  # the request found it before a reload removed it
+            raise LoadError(name, "removed from the configuration by a reload", [])
         if runner.spec.replicas == 1 and runner.spec.max_replicas is None:
             return runner
         group = self._replicas_of(runner)
@@ -293,6 +308,27 @@ class Scheduler:
         return task
 
     async def _replace_model(self, name: str, spec: ModelSpec | None) -> None:
+        """`_replace_model_now`, after any replacement of the same model still running: two
+        reloads close together change a model one after the other, never both at once."""
+        previous = self._replacing.get(name)
+        current = asyncio.current_task()
+        if current is not None:
+            self._replacing[name] = current
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])  # its own failure is its own (and logged)
+            if spec is None and name not in self._runners:
+                return
+            if name not in self._runners:  # an earlier pass removed it: this one adds it back
+                assert spec is not None
+                self.add_model(name, spec)
+                return
+            await self._replace_model_now(name, spec)
+        finally:
+            if current is not None and self._replacing.get(name) is current:
+                del self._replacing[name]
+
+    async def _replace_model_now(self, name: str, spec: ModelSpec | None) -> None:
         """Run a model's new spec (or none): a loaded model with one worker starts its new
         worker first, where that fits beside the old one without evicting anything, and the old
         one stops once its requests are done; otherwise (no room, replicas, or not loaded) the
@@ -319,9 +355,11 @@ class Scheduler:
         old one once its requests are done. False (nothing changed) when the new one does not
         fit beside the old one without evicting anything."""
         (new,) = self._new_runners(old.name, spec)
+        self._outside.add(new)  # seen by placement and by shutdown while it starts
         try:
             await new.ensure_loading(explicit=True, may_evict=False)
         except PlacementRefused as refused:
+            self._outside.discard(new)
             new.close()
             log.info(
                 "no room beside the running worker; it stops first",
@@ -331,27 +369,31 @@ class Scheduler:
             return False
         except BaseException:
             new.close()
+            if not new.holds_memory:
+                self._outside.discard(new)
             raise
-        if self._closing:  # shutdown came meanwhile: stop_all stops what it can see
-            self._retiring.add(new)
+        if self._closing:  # shutdown came meanwhile: stop_all stops it where it is
             return True
+        self._outside.discard(new)
         self._runners[old.name] = new
+        self._outside.add(old)
+        self._changes.notify()  # requests sent back by the old runner find the new one
         log.info("model changed by config reload", model=old.name, reload=True, beside=True)
-        self._retiring.add(old)
         try:
             await old.retire("config reloaded")
         finally:
-            self._retiring.discard(old)
+            self._outside.discard(old)
         return True
 
     async def _retire(self, runner: ModelRunner) -> None:
-        self._retiring.add(runner)
+        self._outside.add(runner)
         try:
             await runner.retire("config reloaded")
         finally:
-            self._retiring.discard(runner)
+            self._outside.discard(runner)
             if self._runners.get(runner.name) is runner:
                 del self._runners[runner.name]
+            self._changes.notify()  # requests sent back by the runner look at the table again
 
     # -- shutdown ----------------------------------------------------------------------------
 
