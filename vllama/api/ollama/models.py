@@ -232,7 +232,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     if len(json.dumps(parameters)) > MAX_PARAMETERS:
         raise BadRequest(f"parameters must be an object of at most {MAX_PARAMETERS} bytes")
     try:
-        map_options(parameters, None)  # the same validation a request's options get
+        map_options(parameters)  # the same validation a request's options get
     except BadRequest as exc:
         raise BadRequest(f"parameters: {exc.message}") from None
     model = DerivedModel(
