@@ -111,18 +111,19 @@ def test_fit_sets_the_default_and_caps_at_a_known_context(
 @pytest.mark.parametrize(
     ("num_predict", "options", "default", "context", "expected"),
     [
-        (None, {}, None, 2048, 2048),  # to the context (not /v1/completions' 16)
+        (None, {}, None, 2048, None),  # none: vLLM stops at the context
         (None, {}, None, None, None),
         (None, {}, 300, 2048, 300),
         (None, {"num_predict": -1}, 300, 2048, 300),  # -1 is Ollama's own default: unset
-        (None, {"num_predict": -2}, 300, 2048, 2048),  # -2: fill the context
+        (None, {"num_predict": -2}, 300, 2048, None),  # -2: fill the context
         (100, {"num_predict": 100}, 300, 2048, 100),
         (32000, {"num_predict": 32000}, None, 2048, 2048),
         (None, {"num_ctx": 512}, None, 2048, 512),  # a smaller window bounds the answer
         (1000, {"num_ctx": 512}, None, 2048, 512),
-        (None, {"num_ctx": 100_000}, None, 2048, 2048),  # a larger one is the model's context
+        (None, {"num_ctx": 100_000}, None, 2048, None),  # a larger one is the model's context
+        (5000, {"num_ctx": 100_000}, None, 2048, 2048),
         (None, {"num_ctx": 512}, None, None, 512),
-        (None, {"num_ctx": 0}, None, 2048, 2048),
+        (None, {"num_ctx": 0}, None, 2048, None),
     ],
 )
 def test_ollamas_budget(
@@ -144,6 +145,12 @@ def test_translated_requests_carry_the_models_default_budget() -> None:
     assert raw.body["max_tokens"] == 256
     chat = chat_call({"messages": [], "options": {"num_predict": 9000}}, traits, "m")
     assert chat.body["max_tokens"] == 2048
+
+
+def test_raw_generate_without_a_budget_runs_to_the_context_not_vllms_16() -> None:
+    traits = ModelTraits(served_name="m", context_length=2048)
+    assert generate_call({"prompt": "p", "raw": True}, traits, "m").body["max_tokens"] == 2048
+    assert "max_tokens" not in generate_call({"prompt": "p"}, traits, "m").body
 
 
 @pytest.mark.parametrize("where", ["server", "model"])

@@ -114,19 +114,22 @@ def fit_output(
 ) -> None:
     """The answer's budget as Ollama bounds it: `num_predict`, else the configured default
     (`max_output_tokens`; not for `num_predict: -2`, "fill the context"), never more than the
-    window, which is `num_ctx` where it is below the model's context (vLLM's context is fixed per
+    window: the model's context, or `num_ctx` where that is smaller (vLLM's context is fixed per
     worker, so a smaller `num_ctx` bounds the answer only; a larger one is the model's context, as
-    Ollama lowers it to the model's trained length). With neither, the window itself: vLLM then
-    stops at the context (and `/v1/completions` does not fall back to its 16 tokens)."""
+    Ollama lowers it to the model's trained length). With no budget and no smaller `num_ctx`,
+    none is set: vLLM stops at the context."""
     num_ctx = options.get("num_ctx")
     window = context
     if isinstance(num_ctx, int | float) and not isinstance(num_ctx, bool) and num_ctx > 0:
-        window = int(num_ctx) if window is None else min(window, int(num_ctx))
+        if context is None or num_ctx < context:
+            window = int(num_ctx)
     budget = sampling.get("max_tokens")
     if budget is None and options.get("num_predict") != -2:
         budget = default
-    if budget is None or (window is not None and budget > window):
-        budget = window
+    if budget is None:
+        budget = window if window != context else None
+    elif window is not None:
+        budget = min(budget, window)
     if budget is not None:
         sampling["max_tokens"] = budget
 

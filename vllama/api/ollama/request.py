@@ -122,6 +122,9 @@ def generate_call(
     body = _body(request, traits)
     if request.raw:
         body["prompt"] = prompt
+        if "max_tokens" not in body and traits.context_length is not None:
+            # vLLM's /v1/completions stops at 16 tokens without one; Ollama at the context.
+            body["max_tokens"] = traits.context_length
         _logprobs(body, request, chat=False)
         return UpstreamCall(COMPLETIONS_PATH, body)
     messages: list[ChatMessage] = []
