@@ -323,7 +323,9 @@ def check_budget(body: JSON, chat: bool, max_model_len: int, field: str | None =
         if value is not None:
             if value > max_model_len:
                 message = f"{name}={value} cannot be greater than max_model_len={max_model_len}. "
-                raise sampling_error(message + "Please request fewer output tokens.", name)
+                message += "Please request fewer output tokens."
+                # VLLMValidationError's str adds the parameter and value.
+                raise sampling_error(f"{message} (parameter={name}, value={value})", name)
             return
 
 
