@@ -23,6 +23,8 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_TOKEN_DELAY (float s, default 0): delay before each generated token (streaming and
   non-streaming alike).
 - FAKE_VLLM_TOKENS (int, default 8): tokens generated when a request sets no max_tokens.
+- FAKE_VLLM_MAX_MODEL_LEN (int, default 2048): the context served without --max-model-len (or
+  with -1): what vLLM fits to memory, which the model's files do not say.
 - FAKE_VLLM_UNHEALTHY_AFTER (float s): this long after becoming ready, /health answers 503 and
   inference requests 500 (engine dead), but the process keeps running.
 - FAKE_VLLM_TOOL_ARGS_RAW (string): the exact arguments text of the fake tool call (e.g. ``true``)
@@ -54,7 +56,7 @@ Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats, /fake/last_
 inference request's JSON body, null before any), /fake/env (the process's environment),
 /fake/last_headers (the last inference request's headers, an object of lower-cased names, null
 before any); POST /v1/chat/completions,
-/v1/completions, /v1/embeddings.
+/v1/completions, /v1/embeddings, /v1/messages (Anthropic; text only), /v1/responses (text only).
 Generated token i is the text ``f"tok{i} "``; ``stop`` (a string or a list) cuts the text before
 the first stop string it contains (finish_reason "stop"). Streamed, the last token's text arrives
 in the chunk that carries finish_reason, as vLLM sends it. A chat request with a non-empty
@@ -67,7 +69,13 @@ lax as pydantic is: numeric strings and bools pass as numbers, then SamplingPara
 temperature [0, 2], top_p (0, 1], top_k >= -1, min_p [0, 1], presence/frequency penalties
 [-2, 2], repetition_penalty > 0, seed int64, n [1, 16384], max_tokens >= 1, logprobs/top_logprobs
 (-1 or 0-20; top_logprobs needs logprobs), response_format type, stream_options only with stream,
-chat_template_kwargs an object, truncate_prompt_tokens [-1, max_model_len]. A refusal is a 400 in
+chat_template_kwargs an object, truncate_prompt_tokens [-1, max_model_len]. Context, as vLLM 0.32
+(`TokenizeParams`, `get_max_tokens`): an output budget over max_model_len alone is refused
+("max_tokens=N cannot be greater than max_model_len=M. Please request fewer output tokens.",
+naming max_completion_tokens, max_tokens or max_output_tokens as the endpoint reads it); a prompt
+over it is refused ("This model's maximum context length is M tokens. However, your prompt
+contains at least M+1 input tokens, ..."); otherwise the budget is clamped to what is left beside
+the prompt (finish_reason "length"). A refusal is a 400 in
 vLLM's format, ``{"error": {"message", "type", "param", "code": 400}}`` (type "Bad Request" for
 what pydantic refuses, "BadRequestError" for SamplingParams' checks). Unknown fields are accepted
 (vLLM ignores them with a warning).
@@ -276,6 +284,7 @@ def check_fields(body: JSON, chat: bool, max_model_len: int) -> None:
     max_tokens = lax_int(body, "max_completion_tokens") if chat else None
     max_tokens = lax_int(body, "max_tokens") if max_tokens is None else max_tokens
     logprobs = lax_int(body, "top_logprobs" if chat else "logprobs")
+    check_budget(body, chat, max_model_len)
     # SamplingParams' checks.
     if n is not None and not 1 <= n <= int(os.environ.get("VLLM_MAX_N_SEQUENCES", "16384")):
         raise sampling_error(f"n must be at least 1 and at most 16384, got {n}.")
@@ -304,6 +313,24 @@ def check_fields(body: JSON, chat: bool, max_model_len: int) -> None:
         message = f"truncate_prompt_tokens={truncate} cannot be greater than max_model_len = "
         message += f"{max_model_len}. Please request a smaller truncation size."
         raise sampling_error(message, "truncate_prompt_tokens")
+
+
+def check_budget(body: JSON, chat: bool, max_model_len: int, field: str | None = None) -> None:
+    """vLLM 0.32's `TokenizeParams` check, before the prompt is rendered: an output budget over
+    the context alone is refused (one that merely does not fit beside the prompt is clamped).
+    Chat names `max_completion_tokens` when it is set, else `max_tokens`."""
+    names = (
+        [field] if field else ["max_completion_tokens", "max_tokens"] if chat else ["max_tokens"]
+    )
+    for name in names:
+        value = lax_int(body, name)
+        if value is not None:
+            if value > max_model_len:
+                message = f"{name}={value} cannot be greater than max_model_len={max_model_len}. "
+                message += "Please request fewer output tokens."
+                # VLLMValidationError's str adds the parameter and value.
+                raise sampling_error(f"{message} (parameter={name}, value={value})", name)
+            return
 
 
 class FakeVllm:
@@ -347,6 +374,8 @@ class FakeVllm:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/sleep", self.sleep)
         app.router.add_post("/wake_up", self.wake_up)
         app.router.add_get("/is_sleeping", self.is_sleeping)
@@ -462,6 +491,29 @@ class FakeVllm:
 
     # ---- inference -------------------------------------------------------------------------
 
+    def budget(
+        self, max_tokens: int | None, prompt_tokens: int, truncate: int | None = None
+    ) -> tuple[int, str]:
+        """Tokens to generate and the finish reason, as vLLM 0.32: a prompt over the context is
+        refused (its tokenizer stops counting at the context + 1, hence "at least"), unless
+        truncated; the budget is `min(context - prompt, max_tokens or the default)`."""
+        context = self.max_model_len
+        if truncate is not None:
+            prompt_tokens = min(prompt_tokens, context - 1 if truncate == -1 else truncate)
+        if prompt_tokens > context:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, your prompt "
+                f"contains at least {context + 1} input tokens, which exceeds this limit even "
+                "without any output tokens. Please reduce the length of the input prompt.",
+                "input_tokens",
+            )
+        wanted = self.default_tokens if max_tokens is None else max_tokens
+        n = min(wanted, context - prompt_tokens)
+        if n < 1:
+            raise sampling_error(f"max_tokens must be at least 1, got {n}.", "max_tokens")
+        return n, "stop" if max_tokens is None and n == wanted else "length"
+
     async def parse(self, request: web.Request) -> JSON:
         """Count the request, decode and check the common fields; raise ApiError if bad."""
         self.requests += 1
@@ -520,19 +572,14 @@ class FakeVllm:
             if tools is not None and not isinstance(tools, list):
                 raise ApiError(400, "`tools` must be a list.", "tools")
             prompt_tokens = count_words(prompt)
-            n = self.default_tokens if max_tokens is None else max_tokens
-            if prompt_tokens + n > self.max_model_len:
-                raise ApiError(
-                    400,
-                    f"This model's maximum context length is {self.max_model_len} tokens. "
-                    f"However, you requested {prompt_tokens + n} tokens ({prompt_tokens} in the "
-                    f"messages, {n} in the completion). Please reduce the length of the "
-                    "messages or completion.",
-                )
+            truncate = lax_int(body, "truncate_prompt_tokens", low=-1)
+            n, finish = self.budget(max_tokens, prompt_tokens, truncate)
+            if truncate is not None:
+                prompt_tokens = min(prompt_tokens, self.max_model_len - 1)
         except ApiError as exc:
             return exc.response()
 
-        gen = Generation(self, chat, n, "stop" if max_tokens is None else "length", prompt_tokens)
+        gen = Generation(self, chat, n, finish, prompt_tokens)
         if stop:
             gen.apply_stop(stop)
         if tools:
@@ -546,6 +593,109 @@ class FakeVllm:
             return await gen.complete()
         finally:
             self.running -= 1
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages, as vLLM 0.32 serves them (a chat request underneath): text
+        only, errors in Anthropic's envelope."""
+        try:
+            body = await self.parse(request)
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise refused("messages", "Field required", messages)
+            max_tokens = body.get("max_tokens")
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+                raise refused("max_tokens", "Input should be a valid integer", max_tokens)
+            if max_tokens <= 0:
+                raise refused("max_tokens", "Value error, max_tokens must be positive", max_tokens)
+            thinking = body.get("thinking")
+            if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+                spent = thinking.get("budget_tokens")
+                if isinstance(spent, int) and spent >= max_tokens:
+                    text = "Value error, thinking.budget_tokens must be less than max_tokens"
+                    raise refused(None, text)
+            # vLLM sets both max_tokens and max_completion_tokens: the refusal names the latter.
+            check_budget({"max_completion_tokens": max_tokens}, True, self.max_model_len)
+            prompt = count_words(messages) + count_words(body.get("system"))
+            n, finish = self.budget(max_tokens, prompt)
+        except ApiError as exc:
+            error = {"type": exc.kind, "message": exc.message}
+            return web.json_response({"type": "error", "error": error}, status=exc.status)
+        gen = Generation(self, True, n, finish, prompt)
+        stop = "max_tokens" if finish == "length" else "end_turn"
+        message: JSON = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.name,
+            "content": [{"type": "text", "text": "".join(gen.pieces)}],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": n},
+        }
+        if not lax_bool(body, "stream"):
+            return web.json_response(message)
+        events: list[tuple[str, JSON]] = [
+            ("message_start", {"type": "message_start", "message": {**message, "content": []}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            *(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": piece}})
+              for piece in gen.pieces),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta",
+                               "delta": {"stop_reason": stop, "stop_sequence": None},
+                               "usage": {"output_tokens": n}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]  # fmt: skip
+        return await sse(request, [f"event: {k}\ndata: {json.dumps(e)}\n\n" for k, e in events])
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses, as vLLM 0.32 serves them: text only."""
+        try:
+            body = await self.parse(request)
+            given = body.get("input")
+            if not isinstance(given, str | list):
+                raise refused("input", "Field required", given)
+            max_tokens = lax_int(body, "max_output_tokens")
+            check_budget(body, False, self.max_model_len, "max_output_tokens")
+            prompt = count_words(given) + count_words(body.get("instructions"))
+            truncate = -1 if body.get("truncation") == "auto" else None
+            n, finish = self.budget(max_tokens, prompt, truncate)
+        except ApiError as exc:
+            return exc.response()
+        gen = Generation(self, True, n, finish, prompt)
+        response: JSON = {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": self.name,
+            "status": "completed" if finish != "length" else "incomplete",
+            "incomplete_details": None if finish != "length" else {"reason": "max_output_tokens"},
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{uuid.uuid4().hex}",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [
+                        {"type": "output_text", "text": "".join(gen.pieces), "annotations": []}
+                    ],
+                }
+            ],
+            "usage": {"input_tokens": prompt, "output_tokens": n, "total_tokens": prompt + n},
+        }
+        if not lax_bool(body, "stream"):
+            return web.json_response(response)
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        events: list[tuple[str, JSON]] = [
+            ("response.created", {"type": "response.created", "response": started}),
+            *(("response.output_text.delta", {"type": "response.output_text.delta",
+                                              "output_index": 0, "content_index": 0,
+                                              "delta": piece})
+              for piece in gen.pieces),
+            ("response.completed", {"type": "response.completed", "response": response}),
+        ]  # fmt: skip
+        return await sse(request, [f"event: {k}\ndata: {json.dumps(e)}\n\n" for k, e in events])
 
     async def embeddings(self, request: web.Request) -> web.Response:
         try:
@@ -572,6 +722,17 @@ class FakeVllm:
                 "usage": {"prompt_tokens": words, "total_tokens": words, "completion_tokens": 0},
             }
         )
+
+
+async def sse(request: web.Request, events: list[str]) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    for event in events:
+        await response.write(event.encode())
+    await response.write_eof()
+    return response
 
 
 def tool_name(tool: object) -> str:
@@ -766,11 +927,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument(
+        "--max-model-len", type=int, default=env_int("FAKE_VLLM_MAX_MODEL_LEN", 2048)
+    )
     parser.add_argument("--disable-uvicorn-access-log", action="store_true")
     args, _unknown = parser.parse_known_args(argv)
     if args.max_model_len == -1:  # auto-fit, as vLLM: the fake's whole (default) context fits
-        args.max_model_len = 2048
+        args.max_model_len = env_int("FAKE_VLLM_MAX_MODEL_LEN", 2048)
     return args
 
 

@@ -360,7 +360,6 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], str]] = [
     ),
     ("/api/generate", {"model": "a", "prompt": "x", "options": {"top_k": 1.5}}, "top_k"),
     ("/api/chat", {"model": "a", "messages": CHAT_X, "options": {"seed": True}}, "seed"),
-    ("/api/generate", {"model": "a", "prompt": "x", "options": {"num_ctx": 100000}}, "100000"),
     ("/api/generate", {"model": "a", "prompt": "x", "stream": "yes"}, "stream"),
     ("/api/generate", {"model": "a", "prompt": "x", "suffix": "y"}, "suffix"),
     ("/api/generate", {"model": "a", "prompt": "x", "think": True}, "does not support thinking"),
@@ -386,31 +385,33 @@ async def test_bad_requests_are_400_and_start_no_worker(
     assert worker_of(client, "a").state is WorkerState.STOPPED
 
 
-async def test_num_ctx_over_the_served_context_is_400_once_the_worker_tells_it(
+async def test_num_ctx_over_the_served_context_is_that_context_once_the_worker_tells_it(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
     # No files on disk: the context length is only known from the worker (the fake's 512).
     client = await start(
         aiohttp_client, config(tmp_path, {"a": {"args": ["--max-model-len", "512"]}})
     )
-    response = await client.post(
-        "/api/generate", json={"model": "a", "prompt": "x", "options": {"num_ctx": 600}}
-    )
-    error = (await json_of(response, 400))["error"]
-    assert "600" in error and "512" in error
-    body = await json_of(
-        await client.post(
-            "/api/generate",
-            json={"model": "a", "prompt": "x", "options": {"num_ctx": 512}, "stream": False},
+    for num_ctx, budget in ((600, None), (512, None), (100, 100)):
+        body = await json_of(
+            await client.post(
+                "/api/generate",
+                json={
+                    "model": "a",
+                    "prompt": "x",
+                    "options": {"num_ctx": num_ctx},
+                    "stream": False,
+                },
+            )
         )
-    )
-    assert_final(body)
-    assert "num_ctx" not in await last_request(client, "a")
-    # vLLM's own 400 (prompt + max_tokens over its context) arrives in Ollama's envelope.
+        assert_final(body, "stop" if budget is None else "length")
+        sent = await last_request(client, "a")
+        assert "num_ctx" not in sent and sent.get("max_tokens") == budget
+    # A num_predict over the context is lowered to it, streamed or not.
     for stream in (True, False):
         payload = {"model": "a", "prompt": "x", "options": {"num_predict": 1000}, "stream": stream}
-        error = (await json_of(await client.post("/api/generate", json=payload), 400))["error"]
-        assert isinstance(error, str) and "maximum context length is 512" in error
+        assert (await client.post("/api/generate", json=payload)).status == 200
+        assert (await last_request(client, "a"))["max_tokens"] == 512
 
 
 async def test_options_that_are_not_an_object_are_400(

@@ -112,7 +112,8 @@ async def test_vllms_other_routes_are_relayed_by_model_with_errors_in_the_envelo
     error = (await response.json())["error"]
     assert "Not Found" in error["message"] and error["type"] == "invalid_request_error"
     assert WorkerView(client.app, "c").state is WorkerState.READY  # routed, loaded, relayed
-    messages = await client.post("/v1/messages", json={"model": "c", **CHAT})
+    # (the fake serves /v1/messages, not count_tokens)
+    messages = await client.post("/v1/messages/count_tokens", json={"model": "c", **CHAT})
     assert messages.status == 404
     assert (await messages.json())["type"] == "error"  # Anthropic's envelope
 

@@ -18,7 +18,12 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
-from vllama.api.common import check_files_capability, servable_model, served_traits
+from vllama.api.common import (
+    check_files_capability,
+    model_context,
+    servable_model,
+    served_traits,
+)
 from vllama.api.keys import MODEL_KEY, services
 from vllama.api.relay import worker_request
 from vllama.api.remote import owner, peer_request
@@ -58,6 +63,15 @@ class Backend(Protocol):
         """An Ollama request goes as it came: the upstream speaks Ollama's API itself."""
 
     async def traits(self, request: web.Request) -> ModelTraits: ...
+
+    def served_context(self, request: web.Request) -> int | None:
+        """The context its worker served when last ready; None when not known here (no I/O)."""
+
+    async def context_length(self, request: web.Request) -> int | None:
+        """The context it serves, or will once loaded; None when not known here."""
+
+    def output_default(self, request: web.Request) -> int | None:
+        """The output budget of a request that sets none (None: the upstream's own)."""
 
     async def check_files(
         self, request: web.Request, needs: frozenset[str], action: str
@@ -115,6 +129,15 @@ class LocalModel:
     async def traits(self, request: web.Request) -> ModelTraits:
         return await served_traits(request, self.resolved)
 
+    def served_context(self, request: web.Request) -> int | None:
+        return services(request).scheduler.context_length(self.resolved.served_name)
+
+    async def context_length(self, request: web.Request) -> int | None:
+        return await model_context(request, self.resolved)
+
+    def output_default(self, request: web.Request) -> int | None:
+        return services(request).registry.output_default(self.resolved)
+
     async def check_files(self, request: web.Request, needs: frozenset[str], action: str) -> None:
         await check_files_capability(request, self.resolved, self.requested, needs, action)
 
@@ -164,6 +187,15 @@ class PeerModel:
     async def traits(self, request: web.Request) -> ModelTraits:
         # No model files to read here: the peer's own validation answers for its models.
         return ModelTraits(self.upstream_model, described=False)
+
+    def served_context(self, request: web.Request) -> int | None:
+        return None  # the peer's worker, not ours: its refusal says (see api/budget)
+
+    async def context_length(self, request: web.Request) -> int | None:
+        return None
+
+    def output_default(self, request: web.Request) -> int | None:
+        return None  # the peer applies its own
 
     async def check_files(self, request: web.Request, needs: frozenset[str], action: str) -> None:
         return None  # the peer answers for what its models can do

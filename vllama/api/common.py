@@ -64,6 +64,13 @@ async def served_traits(request: web.Request, resolved: Resolved) -> ModelTraits
     return await services(request).registry.traits(resolved, served)
 
 
+async def model_context(request: web.Request, resolved: Resolved) -> int | None:
+    """The context its worker served when it last ran, else the one it will serve (its
+    `--max-model-len`, else its config.json's)."""
+    served = services(request).scheduler.context_length(resolved.served_name)
+    return await services(request).registry.context_length(resolved, served)
+
+
 def check_capability(
     traits: ModelTraits, requested: str, needs: frozenset[str], action: str
 ) -> None:

@@ -15,13 +15,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypedDict, cast
+from typing import Required, TypedDict, cast
 
 from aiohttp import web
 
 from vllama.api import remote
 from vllama.api.backends import backend_for
-from vllama.api.common import read_json_object
+from vllama.api.budget import BUDGET_FIELDS, fit, send_fitted
+from vllama.api.common import model_context, read_json_object
 from vllama.api.errors import BadRequest
 from vllama.api.keys import services
 from vllama.api.ollama.options import map_options
@@ -38,6 +39,7 @@ from vllama.api.protocol import (
 )
 from vllama.api.relay import relay_response, worker_request
 from vllama.catalog.derived import DerivedModel
+from vllama.catalog.registry import Resolved
 
 _CREATED = int(time.time())
 GENERATES = frozenset({"completion"})
@@ -79,7 +81,7 @@ ROUTES = (
 def apply_derived(payload: JsonObject, derived: DerivedModel) -> None:
     """A derived model's system prompt and parameters, under what the request sets itself."""
     try:
-        defaults = map_options(derived.parameters, None)
+        defaults = map_options(derived.parameters)
     except BadRequest:  # validated at /api/create; a hand-edited store must not break requests
         defaults = {}
     # Sampling's values are numbers, strings and lists of strings: JSON all.
@@ -104,10 +106,16 @@ def relay_handler(route: Route) -> Handler:
             await backend.check_files(request, route.needs, route.action)
         upstream = backend.upstream_model
         derived = backend.derived if route.derived_defaults else None
-        if payload["model"] != upstream or derived is not None:
+        rewrite = payload["model"] != upstream or derived is not None
+        if rewrite:
             payload["model"] = upstream
             if derived is not None:
                 apply_derived(payload, derived)
+        fields = BUDGET_FIELDS.get(route.path)
+        if fields is not None:  # a default where it sets none, capped at the context (budget)
+            default, context = backend.output_default(request), backend.served_context(request)
+            rewrite = fit(payload, fields, default, context) or rewrite
+        if rewrite:
             body = json.dumps(payload).encode()
         served = backend.scheduled_name
         watch = (
@@ -116,7 +124,9 @@ def relay_handler(route: Route) -> Handler:
             else None
         )
         # A streamed answer is held to stream_idle_timeout; a whole one has no deadline.
-        async with backend.send(request, route.path, body, stream=parsed.stream) as answer:
+        async with send_fitted(
+            request, backend, route.path, payload, body, stream=parsed.stream
+        ) as answer:
             return await relay_response(request, answer.response, watch)
 
     return handler
@@ -175,26 +185,32 @@ def _by_response_id(suffix: str, method: str) -> Handler:
 # -- model listing ----------------------------------------------------------------------------
 
 
-class ModelCard(TypedDict):
-    id: str
-    object: str
-    created: int
-    owned_by: str
+class ModelCard(TypedDict, total=False):
+    id: Required[str]
+    object: Required[str]
+    created: Required[int]
+    owned_by: Required[str]
+    max_model_len: int  # the context, as vLLM's own /v1/models gives it (a local model's)
 
 
-def _model_card(name: str, owner: str = "vllama") -> ModelCard:
-    return {"id": name, "object": "model", "created": _CREATED, "owned_by": owner}
+def _model_card(name: str, owner: str = "vllama", context: int | None = None) -> ModelCard:
+    card: ModelCard = {"id": name, "object": "model", "created": _CREATED, "owned_by": owner}
+    if context is not None:
+        card["max_model_len"] = context
+    return card
 
 
 async def list_models(request: web.Request) -> web.Response:
     """Every servable model once: configured ones by their configured name, the rest (found on
     disk, derived) by their Ollama name."""
     available = await services(request).registry.available()
-    names = sorted(
-        resolved.upstream_model if resolved.source == "config" and not resolved.derived else name
-        for name, resolved in available.items()
-    )
-    cards = [_model_card(n) for n in names]
+
+    def listed_name(name: str, resolved: Resolved) -> str:
+        configured = resolved.source == "config" and not resolved.derived
+        return resolved.upstream_model if configured else name
+
+    listed = sorted(((listed_name(n, r), r) for n, r in available.items()), key=lambda x: x[0])
+    cards = [_model_card(n, context=await model_context(request, r)) for n, r in listed]
     cards += [_model_card(name, owner) for name, owner in remote.model_cards(request)]
     return web.json_response({"object": "list", "data": cards})
 
@@ -202,7 +218,8 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     requested = request.match_info["model"]
     backend = await backend_for(request, requested)
-    return web.json_response(_model_card(requested, backend.owner))
+    context = await backend.context_length(request)
+    return web.json_response(_model_card(requested, backend.owner, context))
 
 
 def add_routes(app: web.Application) -> None:

@@ -77,6 +77,8 @@ class ModelTraits:
     always_thinks: bool = False
     system: str | None = None  # a derived model's default system prompt
     parameters: dict[str, Any] = field(default_factory=dict)  # a derived model's options
+    # Output tokens for a request that sets no budget (`max_output_tokens`, model or server).
+    max_output_tokens: int | None = None
 
 
 class Discovery:
@@ -329,11 +331,7 @@ class Registry:
     async def traits(self, resolved: Resolved, served_context: int | None) -> ModelTraits:
         """`served_context`: the length its worker served when it last ran, if it has run."""
         files = await self.files(resolved)
-        context_length = (
-            served_context
-            or vllm_args.max_model_len(resolved.spec.args)
-            or (files.context_length if files else None)
-        )
+        context_length = _context_length(resolved, served_context, files)
         # Not on disk yet (vLLM downloads it): nothing to check against but the overrides.
         capabilities = set(files.capabilities) if files is not None else {"completion"}
         parsers = parsers_for(resolved.spec, files)
@@ -348,8 +346,20 @@ class Registry:
             described=files is not None,
             thinking_switch=parsers.thinking_switch,
             always_thinks=parsers.always_thinks,
+            max_output_tokens=self.output_default(resolved),
             **self._derived(resolved),
         )
+
+    async def context_length(self, resolved: Resolved, served_context: int | None) -> int | None:
+        """The context its worker serves (`served_context`, when it has run), else the one it
+        will: its `--max-model-len`, else its config.json's."""
+        files = None if served_context else await self.files(resolved)
+        return _context_length(resolved, served_context, files)
+
+    def output_default(self, resolved: Resolved) -> int | None:
+        """The output budget of a request that sets none: the model's, else the server's."""
+        own = resolved.spec.max_output_tokens
+        return own if own is not None else self._config.server.max_output_tokens
 
     @staticmethod
     def _derived(resolved: Resolved) -> dict[str, Any]:
@@ -420,3 +430,13 @@ def _warm_up(capabilities: list[str]) -> tuple[str, tuple[tuple[str, object], ..
     if "embedding" in capabilities:
         return "/v1/embeddings", (("input", "hi"),)
     return None
+
+
+def _context_length(
+    resolved: Resolved, served_context: int | None, files: ModelFiles | None
+) -> int | None:
+    return (
+        served_context
+        or vllm_args.max_model_len(resolved.spec.args)
+        or (files.context_length if files else None)
+    )

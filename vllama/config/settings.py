@@ -61,6 +61,9 @@ class ModelSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     keep_alive: Seconds | None = None
     max_parallel: int | None = Field(default=None, ge=1)
+    # Output tokens for a request that sets no budget (unset: [server] max_output_tokens). Read
+    # per request: changing it restarts nothing.
+    max_output_tokens: int | None = Field(default=None, ge=1)
     # Workers kept while it is in use, and the most while busy (docs/SCALE-OUT.md).
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
@@ -199,6 +202,10 @@ class ServerSettings(BaseSettings):
     kv_cache: Bytes = Field(default=4 << 30, ge=1 << 30)
     max_loaded_models: int | None = Field(default=None, ge=1)
     max_queue: int = Field(default=512, ge=1)  # requests waiting for a model, as Ollama's
+    # Output tokens for a request that sets no budget (`max_tokens`, `num_predict`...), unless
+    # its model sets its own; unset: up to the model's context. A budget never passes the
+    # context either way (docs/API.md, Context and output limits).
+    max_output_tokens: int | None = Field(default=None, ge=1)
     load_timeout: Seconds = Field(default=600.0, gt=0)  # how long a request waits for a load
     drain_wait: Seconds = Field(default=60.0, ge=0)  # how long a load waits for busy workers
     memory_recovery_timeout: Seconds = Field(default=15.0, ge=0)

@@ -28,9 +28,22 @@ def plan_reload(
 ) -> ReloadPlan:
     """`running`: every model the scheduler knows (configured or found on disk) and its spec."""
     added = [name for name in configured_now if name not in running]
-    changed = [n for n, s in configured_now.items() if n in running and running[n] != s]
+    changed = [
+        n for n, s in configured_now.items() if n in running and _engine(running[n]) != _engine(s)
+    ]
     cleared = [
-        n for n, s in configured_now.items() if n in running and running[n] == s and n in fatal
+        n
+        for n, s in configured_now.items()
+        if n in running and _engine(running[n]) == _engine(s) and n in fatal
     ]
     removed = [n for n in configured_before if n not in configured_now and n in running]
     return ReloadPlan(*(tuple(sorted(names)) for names in (added, changed, removed, cleared)))
+
+
+# Read per request (the registry's spec), never by the worker: a change restarts nothing.
+_REQUEST_ONLY = {"max_output_tokens": None}
+
+
+def _engine(spec: ModelSpec) -> ModelSpec:
+    """The part of a spec its worker runs with."""
+    return spec.model_copy(update=_REQUEST_ONLY)

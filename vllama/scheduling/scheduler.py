@@ -170,6 +170,12 @@ class Scheduler:
         runner = self._runners.get(name)
         return runner.status() if runner is not None else None
 
+    def context_length(self, name: str) -> int | None:
+        """The context its worker served when it was last ready (None before that): a read of
+        one attribute, for the request path."""
+        runner = self._runners.get(name)
+        return runner.worker.max_model_len if runner is not None else None
+
     def log_tail(self, name: str, lines: int) -> list[str]:
         runner = self._runners.get(name)
         return runner.worker.tail(lines) if runner is not None else []

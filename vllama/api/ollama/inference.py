@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import cast
 
 import aiohttp
 from aiohttp import web
 
 from vllama.api.backends import Backend, backend_for
+from vllama.api.budget import send_fitted
 from vllama.api.common import check_capability, read_json_object, requested_model
 from vllama.api.errors import ApiError, WorkerFailed, upstream_refusal
 from vllama.api.keys import MODEL_KEY, TOKENS_KEY, services
@@ -32,6 +34,7 @@ from vllama.api.ollama.request import Endpoint, UpstreamCall, chat_call, generat
 from vllama.api.ollama.response import OllamaStream, Timing, load_response
 from vllama.api.ollama.stream import NDJSON, ndjson, ndjson_lines, sse_events
 from vllama.api.ollama.wire import EmbeddingBody
+from vllama.api.protocol import JsonObject
 from vllama.api.relay import worker_error
 from vllama.api.remote import pass_through
 from vllama.catalog.registry import ModelTraits
@@ -66,11 +69,15 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
             return web.json_response(load_response(requested, endpoint, "unload"))
         await backend.load(request, parsed.keep_alive)
         return web.json_response(load_response(requested, endpoint, "load"))
-    body = json.dumps(call.body).encode()
+    payload = cast(JsonObject, call.body)
+    body = json.dumps(payload).encode()
     timing = Timing()
     translator = OllamaStream(endpoint, requested, timing)
-    # Always streamed from the worker, so always held to stream_idle_timeout.
-    async with backend.send(request, call.path, body, parsed.keep_alive, stream=True) as answer:
+    # Always streamed from the worker, so always held to stream_idle_timeout. A budget over the
+    # context its worker serves is sent again at that context (api/budget).
+    async with send_fitted(
+        request, backend, call.path, payload, body, parsed.keep_alive, stream=True
+    ) as answer:
         timing.loaded = timing.sent = answer.sent_ns
         return await _relay_translated(request, answer.response, translator, parsed.streaming)
 

@@ -110,6 +110,8 @@ async def show(request: web.Request) -> web.StreamResponse:
     derived = resolved.derived
     template = (derived.template if derived else None) or (files.template if files else "")
     parameters = dict(derived.parameters) if derived else {}
+    if traits.context_length is not None:  # the window a request gets (docs/API.md, num_ctx)
+        parameters.setdefault("num_ctx", traits.context_length)
     system = traits.system or ""
     modelfile = [f"FROM {resolved.spec.model}"]
     adapter = derived.adapter if derived else resolved.spec.adapters.get(resolved.adapter or "")
@@ -232,7 +234,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     if len(json.dumps(parameters)) > MAX_PARAMETERS:
         raise BadRequest(f"parameters must be an object of at most {MAX_PARAMETERS} bytes")
     try:
-        map_options(parameters, None)  # the same validation a request's options get
+        map_options(parameters)  # the same validation a request's options get
     except BadRequest as exc:
         raise BadRequest(f"parameters: {exc.message}") from None
     model = DerivedModel(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Literal, TypedDict
 
 from vllama.api.errors import BadRequest
@@ -71,14 +72,15 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def map_options(options: object, context_length: int | None) -> Sampling:
-    """Ollama `options` -> vLLM sampling parameters. Unknown keys are ignored, as Ollama does."""
+def map_options(options: object) -> Sampling:
+    """Ollama `options` -> vLLM sampling parameters. Unknown keys are ignored, as Ollama does;
+    `num_ctx` is checked but sets nothing here (see `fit_output`)."""
     sampling: Sampling = {}
-    set_sampling(sampling, options, context_length)
+    set_sampling(sampling, options)
     return sampling
 
 
-def set_sampling(sampling: Sampling, options: object, context_length: int | None) -> None:
+def set_sampling(sampling: Sampling, options: object) -> None:
     """`map_options` into `sampling` (a request's body)."""
     if options is None:
         return
@@ -105,11 +107,31 @@ def set_sampling(sampling: Sampling, options: object, context_length: int | None
         elif key == "num_ctx":
             if not _is_int(value):
                 raise BadRequest(f"option 'num_ctx' must be an integer, got {_shown(value)}")
-            if context_length is not None and int(value) > context_length:
-                raise BadRequest(
-                    f"num_ctx {int(value)} exceeds the model's context length {context_length} "
-                    "(set by vLLM's --max-model-len at load)"
-                )
+
+
+def fit_output(
+    sampling: Sampling, options: Mapping[str, object], default: int | None, context: int | None
+) -> None:
+    """The answer's budget as Ollama bounds it: `num_predict`, else the configured default
+    (`max_output_tokens`; not for `num_predict: -2`, "fill the context"), never more than the
+    window: the model's context, or `num_ctx` where that is smaller (vLLM's context is fixed per
+    worker, so a smaller `num_ctx` bounds the answer only; a larger one is the model's context, as
+    Ollama lowers it to the model's trained length). With no budget and no smaller `num_ctx`,
+    none is set: vLLM stops at the context."""
+    num_ctx = options.get("num_ctx")
+    window = context
+    if isinstance(num_ctx, int | float) and not isinstance(num_ctx, bool) and num_ctx > 0:
+        if context is None or num_ctx < context:
+            window = int(num_ctx)
+    budget = sampling.get("max_tokens")
+    if budget is None and options.get("num_predict") != -2:
+        budget = default
+    if budget is None:
+        budget = window if window != context else None
+    elif window is not None:
+        budget = min(budget, window)
+    if budget is not None:
+        sampling["max_tokens"] = budget
 
 
 def _stop_list(value: object) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vllama.api.errors import BadRequest
-from vllama.api.ollama.options import set_sampling
+from vllama.api.ollama.options import fit_output, set_sampling
 from vllama.api.ollama.protocol import ChatRequest, GenerateRequest, Message, Think, ToolCall
 from vllama.api.ollama.wire import (
     ChatMessage,
@@ -98,7 +98,8 @@ def _body(request: GenerateRequest | ChatRequest, traits: ModelTraits) -> Upstre
     """The model, sampling, format and stream settings every translated request carries."""
     merged = {**traits.parameters, **(request.options or {})}
     body: UpstreamBody = {"model": traits.served_name}
-    set_sampling(body, merged, traits.context_length)
+    set_sampling(body, merged)
+    fit_output(body, merged, traits.max_output_tokens, traits.context_length)
     response_format = _format(request.format)
     if response_format is not None:
         body["response_format"] = response_format
@@ -121,6 +122,9 @@ def generate_call(
     body = _body(request, traits)
     if request.raw:
         body["prompt"] = prompt
+        if "max_tokens" not in body and traits.context_length is not None:
+            # vLLM's /v1/completions stops at 16 tokens without one; Ollama at the context.
+            body["max_tokens"] = traits.context_length
         _logprobs(body, request, chat=False)
         return UpstreamCall(COMPLETIONS_PATH, body)
     messages: list[ChatMessage] = []
