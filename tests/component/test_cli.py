@@ -385,10 +385,14 @@ def test_multiline_messages() -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon for the module, with a fake model `tiny` (8 tokens an answer)."""
+    """One daemon for the module, with a fake model `tiny` (8 tokens an answer) and a fake
+    embedding model `tiny-embed` (its folder's config.json says BERT)."""
     started = time.time() - 1
     folder = tmp_path_factory.mktemp("cli")
     (folder / "hf-cache").mkdir()
+    embedder = folder / "embedder"
+    embedder.mkdir()
+    (embedder / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
     config = write_config(
         folder / "vllama.toml",
         {
@@ -397,7 +401,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             "models_dir": str(folder / "models"),
             **worker_ports(),
         },
-        {"tiny": {"model": "fake/tiny"}},
+        {"tiny": {"model": "fake/tiny"}, "tiny-embed": {"model": str(embedder)}},
     )
     with pytest.MonkeyPatch.context() as patch:  # only the daemon's environment
         patch.setenv("HF_HUB_CACHE", str(folder / "hf-cache"))  # no models but configured ones
@@ -530,6 +534,15 @@ def test_stop_unloads_the_model(daemon: Daemon) -> None:
     result = vllama(daemon.url, "stop", "nope")
     assert result.returncode == 1
     assert result.stderr == 'Error: couldn\'t find model "nope" to stop\n'
+
+
+def test_stop_unloads_an_embedding_model(daemon: Daemon) -> None:
+    # Issue 20: `vllama stop tiny-embed` said "does not support generate".
+    loaded = httpx.post(daemon.url + "/api/embed", json={"model": "tiny-embed", "input": "hi"})
+    assert loaded.status_code == 200, loaded.text
+    assert "tiny-embed:latest" in running(daemon.url)
+    assert ok(vllama(daemon.url, "stop", "tiny-embed")) == ""
+    assert "tiny-embed:latest" not in running(daemon.url)
 
 
 def test_cp_then_rm(daemon: Daemon) -> None:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, fake_config
+from tests.component.fakes import WorkerView, eventually, fake_config
 from vllama.api.app import build_app
 from vllama.engine.states import WorkerState
 
@@ -127,3 +127,37 @@ async def test_a_folder_a_configured_model_serves_is_listed_once(
     assert tags == ["other-folder:latest", "tiny:latest"]
     models = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
     assert models == ["other-folder:latest", "tiny"]
+
+
+def rerank_model(root: Path, name: str = "ranker") -> str:
+    return folder(
+        root, name, {"architectures": ["BertForSequenceClassification"], "model_type": "bert"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/api/generate", {"keep_alive": 0}), ("/api/chat", {"messages": [], "keep_alive": 0})],
+)
+async def test_an_unload_needs_no_capability(
+    aiohttp_client: ClientFactory, tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    # `vllama stop` (as `ollama stop`) unloads with an empty prompt and keep_alive 0: that works
+    # for an embedding or rerank model, which could never answer the prompt itself.
+    client = await start(
+        aiohttp_client, tmp_path, e=embed_model(tmp_path), r=rerank_model(tmp_path)
+    )
+    loads = {
+        "e": ("/api/embed", {"input": "hi"}),
+        "r": ("/rerank", {"query": "q", "documents": ["d"]}),
+    }
+    for name, (load_path, load_body) in loads.items():
+        await client.post(load_path, json={"model": name, **load_body})  # (the fake: no /rerank)
+        assert WorkerView(client.app, name).state is WorkerState.READY
+        response = await client.post(path, json={"model": name, **body})
+        assert response.status == 200, await response.text()
+        answer = await response.json()
+        assert (answer["done"], answer["done_reason"]) == (True, "unload")
+        await eventually(lambda n=name: WorkerView(client.app, n).state is WorkerState.STOPPED)
+    unknown = await client.post(path, json={"model": "nope", **body})
+    assert unknown.status == 404
