@@ -46,6 +46,13 @@ POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping en
 500 (in real vLLM it has crashed or hung the engine: the supervisor must hold traffic itself);
 /fake/stats counts sleeps, wakes and such requests.
 
+POST /v1/messages (Anthropic's Messages API) and POST /v1/responses (OpenAI's Responses API)
+answer as vLLM 0.32 translates a chat into them, streamed or not, with their usage (Anthropic's
+`input_tokens`/`output_tokens` in `message_start` and `message_delta`; the Responses API's in the
+final `response.completed`); their errors are vLLM's: on /v1/messages, Anthropic's envelope with
+vLLM's error type (e.g. ``{"type": "error", "error": {"type": "BadRequestError", ...}}``), except
+what pydantic refuses, which comes in OpenAI's envelope as on every route.
+
 Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats, /fake/last_request (the last
 inference request's JSON body, null before any), /fake/env (the process's environment),
 /fake/last_headers (the last inference request's headers, an object of lower-cased names, null
@@ -161,6 +168,15 @@ class ApiError(Exception):
         error: dict[str, object] = {"message": self.message, "type": self.kind}
         error |= {"param": self.param, "code": self.status}
         return web.json_response({"error": error}, status=self.status)
+
+    def anthropic_response(self) -> web.Response:
+        """As vLLM's `/v1/messages` answers its handler's errors (`translate_error_response`):
+        Anthropic's envelope with vLLM's own error type (`BadRequestError`, ...). What pydantic
+        refuses ("Bad Request") still comes in OpenAI's envelope (FastAPI's global handler)."""
+        if self.kind == "Bad Request":
+            return self.response()
+        error = {"type": self.kind, "message": self.message}
+        return web.json_response({"type": "error", "error": error}, status=self.status)
 
 
 # ---- request validation, as vLLM's ----------------------------------------------------------
@@ -343,6 +359,8 @@ class FakeVllm:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/sleep", self.sleep)
         app.router.add_post("/wake_up", self.wake_up)
         app.router.add_get("/is_sleeping", self.is_sleeping)
@@ -569,6 +587,49 @@ class FakeVllm:
             }
         )
 
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages API as vLLM serves it (a chat underneath): `max_tokens` is
+        required; the answer is min(max_tokens, FAKE_VLLM_TOKENS) tokens."""
+        try:
+            body = await self.parse(request)
+            max_tokens = lax_int(body, "max_tokens")
+            if max_tokens is None:
+                raise refused("max_tokens", "Field required", body)
+            prompt = body.get("messages")
+            if not isinstance(prompt, list):
+                raise refused("messages", "Input should be a valid list", prompt)
+            check_fields(body, True, self.max_model_len)
+        except ApiError as exc:
+            return exc.anthropic_response()
+        n = min(max_tokens, self.default_tokens)
+        finish = "length" if n == max_tokens else "stop"
+        prompt_tokens = count_words(prompt) + count_words(body.get("system"))
+        gen = Generation(self, True, n, finish, prompt_tokens)
+        if lax_bool(body, "stream"):
+            return await gen.stream_events(request, gen.anthropic_events())
+        await asyncio.sleep(self.token_delay * n)
+        return web.json_response(gen.anthropic_message(n, gen.anthropic_usage(n)))
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses API as vLLM serves it: `input` a string or a list of items;
+        `max_output_tokens` tokens, else FAKE_VLLM_TOKENS."""
+        try:
+            body = await self.parse(request)
+            prompt = body.get("input")
+            if not isinstance(prompt, str | list):
+                raise refused("input", "Field required", body)
+            max_tokens = lax_int(body, "max_output_tokens")
+            check_fields({**body, "max_tokens": max_tokens}, True, self.max_model_len)
+        except ApiError as exc:
+            return exc.response()
+        n = self.default_tokens if max_tokens is None else max_tokens
+        prompt_tokens = count_words(prompt) + count_words(body.get("instructions"))
+        gen = Generation(self, True, n, "stop" if max_tokens is None else "length", prompt_tokens)
+        if lax_bool(body, "stream"):
+            return await gen.stream_events(request, gen.responses_events())
+        await asyncio.sleep(self.token_delay * n)
+        return web.json_response(gen.response_object(n, gen.responses_usage(n)))
+
 
 def tool_name(tool: object) -> str:
     function = tool.get("function") if isinstance(tool, dict) else None
@@ -738,6 +799,127 @@ class Generation:
         except asyncio.CancelledError:  # handler cancelled (server shutdown)
             self.abort()
             raise
+        return resp
+
+    # ---- Anthropic's Messages and OpenAI's Responses, as vLLM translates a chat into them ----
+
+    def anthropic_usage(self, output_tokens: int) -> JSON:
+        return {"input_tokens": self.prompt_tokens, "output_tokens": output_tokens}
+
+    def anthropic_message(self, done: int, usage: JSON) -> JSON:
+        """The message after `done` tokens (0: the one `message_start` carries)."""
+        text = "".join(self.pieces[:done])
+        stop = None
+        if done == len(self.pieces):
+            stop = "max_tokens" if self.finish_reason == "length" else "end_turn"
+        return {
+            "id": f"msg_{self.id}",
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": text}] if done else [],
+            "model": self.server.name,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+
+    def anthropic_events(self) -> list[tuple[str, JSON]]:
+        """vLLM's event sequence: usage in `message_start` (no output yet) and, whole, in
+        `message_delta`."""
+        n = len(self.pieces)
+        start = self.anthropic_message(0, self.anthropic_usage(0))
+        events: list[tuple[str, JSON]] = [
+            ("message_start", {"type": "message_start", "message": start})
+        ]
+        block = {"type": "text", "text": ""}
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": block},
+            )
+        )
+        for piece in self.pieces:
+            delta = {"type": "text_delta", "text": piece}
+            events.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        stop = self.anthropic_message(n, {})["stop_reason"]
+        delta = {"stop_reason": stop, "stop_sequence": None}
+        usage = self.anthropic_usage(n)
+        events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+        events.append(("message_stop", {"type": "message_stop"}))
+        return events
+
+    def responses_usage(self, output_tokens: int) -> JSON:
+        return {
+            "input_tokens": self.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.prompt_tokens + output_tokens,
+        }
+
+    def response_object(self, done: int, usage: JSON | None) -> JSON:
+        finished = done == len(self.pieces) and usage is not None
+        status = "in_progress"
+        if finished:
+            status = "incomplete" if self.finish_reason == "length" else "completed"
+        text = {"type": "output_text", "text": "".join(self.pieces[:done]), "annotations": []}
+        item = {
+            "id": f"msg_{self.id}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed" if finished else "in_progress",
+            "content": [text],
+        }
+        return {
+            "id": f"resp_{self.id}",
+            "object": "response",
+            "created_at": self.created,
+            "model": self.server.name,
+            "status": status,
+            "output": [item] if finished else [],
+            "usage": usage,
+        }
+
+    def responses_events(self) -> list[tuple[str, JSON]]:
+        """vLLM's event sequence: `usage` null until the whole response in
+        `response.completed`."""
+        n = len(self.pieces)
+        events: list[tuple[str, JSON]] = []
+
+        def add(kind: str, **fields: Any) -> None:
+            events.append((kind, {"type": kind, "sequence_number": len(events), **fields}))
+
+        add("response.created", response=self.response_object(0, None))
+        add("response.in_progress", response=self.response_object(0, None))
+        for piece in self.pieces:
+            add("response.output_text.delta", item_id=f"msg_{self.id}", output_index=0,
+                content_index=0, delta=piece)  # fmt: skip
+        add("response.completed", response=self.response_object(n, self.responses_usage(n)))
+        return events
+
+    async def stream_events(
+        self, request: web.Request, events: list[tuple[str, JSON]]
+    ) -> web.StreamResponse:
+        """Named SSE events (`event: NAME` then `data: JSON`), one token's event per
+        FAKE_VLLM_TOKEN_DELAY; no `[DONE]`."""
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        self.server.running += 1
+        try:
+            for name, data in events:
+                if self.server.token_delay and "delta" in name:
+                    await asyncio.sleep(self.server.token_delay)
+                await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            await resp.write_eof()
+        except ConnectionResetError:
+            self.abort()
+        finally:
+            self.server.running -= 1
         return resp
 
     async def hang(self, request: web.Request, sent: int) -> None:

@@ -112,9 +112,12 @@ async def test_vllms_other_routes_are_relayed_by_model_with_errors_in_the_envelo
     error = (await response.json())["error"]
     assert "Not Found" in error["message"] and error["type"] == "invalid_request_error"
     assert WorkerView(client.app, "c").state is WorkerState.READY  # routed, loaded, relayed
-    messages = await client.post("/v1/messages", json={"model": "c", **CHAT})
-    assert messages.status == 404
-    assert (await messages.json())["type"] == "error"  # Anthropic's envelope
+    count = await client.post("/v1/messages/count_tokens", json={"model": "c", **CHAT})
+    assert count.status == 404  # the fake has no count_tokens either
+    assert await count.json() == {
+        "type": "error",  # Anthropic's envelope, and its type
+        "error": {"type": "not_found_error", "message": "404: Not Found"},
+    }
 
 
 async def test_a_folder_a_configured_model_serves_is_listed_once(
@@ -161,3 +164,40 @@ async def test_an_unload_needs_no_capability(
         await eventually(lambda n=name: WorkerView(client.app, n).state is WorkerState.STOPPED)
     unknown = await client.post(path, json={"model": "nope", **body})
     assert unknown.status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "fail", "status", "kind", "says"),
+    [
+        # SamplingParams' check: vLLM answers in Anthropic's envelope with its own type.
+        ({"max_tokens": 4, "temperature": 5}, None, 400, "invalid_request_error", "temperature"),
+        # pydantic's refusal: vLLM answers in OpenAI's envelope, type "Bad Request".
+        ({}, None, 400, "invalid_request_error", "max_tokens"),
+        ({"max_tokens": 4}, "500", 500, "api_error", "EngineCore"),
+        ({"max_tokens": 4}, "503", 503, "overloaded_error", "retry"),
+    ],
+)
+async def test_vllms_errors_on_messages_get_anthropics_types(
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    body: dict[str, Any],
+    fail: str | None,
+    status: int,
+    kind: str,
+    says: str,
+) -> None:
+    spec: dict[str, Any] = {"model": chat_model(tmp_path)}
+    if fail is not None:
+        spec["env"] = {"FAKE_VLLM_FAIL_STATUS": fail}
+    config = fake_config({"c": spec}, models_dir=str(tmp_path / "models"))
+    client = await aiohttp_client(build_app(config))
+    messages = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        response = await client.post(
+            "/v1/messages", json={"model": "c", "messages": messages, "stream": stream, **body}
+        )
+        assert response.status == status
+        answer = await response.json()
+        assert answer["type"] == "error" and set(answer) == {"type", "error"}, answer
+        assert answer["error"]["type"] == kind, answer
+        assert says in answer["error"]["message"], answer
