@@ -839,13 +839,16 @@ class Generation:
             )
         )
         for piece in self.pieces:
-            delta = {"type": "text_delta", "text": piece}
+            text_delta = {"type": "text_delta", "text": piece}
             events.append(
-                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": text_delta},
+                )
             )
         events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
         stop = self.anthropic_message(n, {})["stop_reason"]
-        delta = {"stop_reason": stop, "stop_sequence": None}
+        delta: JSON = {"stop_reason": stop, "stop_sequence": None}
         usage = self.anthropic_usage(n)
         events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         events.append(("message_stop", {"type": "message_stop"}))

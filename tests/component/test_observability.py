@@ -159,3 +159,33 @@ def test_json_logs_carry_the_request_id(tmp_path: Path) -> None:
     assert any(line["event"] == "request" and line["status"] == 200 for line in mine)
     assert any(line["event"] == "worker state" for line in mine)  # the load it caused
     assert any(line["event"] == "worker output" and line["model"] == "a" for line in lines)
+
+
+async def test_tokens_of_anthropics_messages_and_the_responses_api_are_counted(
+    aiohttp_client: Any,
+) -> None:
+    # Issue 20: the status page showed no tokens for these two, and the metrics counted none.
+    # Their usage names input_tokens/output_tokens; streamed, Anthropic's is in message_start
+    # and message_delta, the Responses API's in the last event (response.completed).
+    client = await start(aiohttp_client, {"a": {}})
+    say = [{"role": "user", "content": "one two three"}]  # the fake counts 3 prompt tokens
+    calls: list[tuple[str, dict[str, Any], int]] = [
+        ("/v1/messages", {"messages": say, "max_tokens": 5}, 5),
+        ("/v1/responses", {"input": "one two three", "max_output_tokens": 4}, 4),
+        ("/v1/responses", {"input": "one two three"}, 8),  # the fake's default answer
+    ]
+    live = client.app[SERVICES].live
+    generated = 0
+    for path, body, tokens in calls:
+        for stream in (False, True):
+            answer = await client.post(path, json={"model": "a", **body, "stream": stream})
+            assert answer.status == 200, await answer.text()
+            raw = await answer.read()
+            assert (b"event: " in raw) is stream
+            generated += tokens
+            record = live.recent[-1]
+            assert (record["endpoint"], record["tokens"]) == (path, tokens), (record, stream)
+            text = await scrape(client)
+            assert value(text, "vllama_generated_tokens_total", model="a") == generated
+            # 3 prompt tokens for each request so far
+            assert value(text, "vllama_prompt_tokens_total", model="a") == 3 * len(live.recent)

@@ -3,6 +3,7 @@ model, and one listing entry per model (against fake workers)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -132,6 +133,10 @@ async def test_a_folder_a_configured_model_serves_is_listed_once(
     assert models == ["other-folder:latest", "tiny"]
 
 
+def is_stopped(client: Client, name: str) -> bool:
+    return WorkerView(client.app, name).state is WorkerState.STOPPED
+
+
 def rerank_model(root: Path, name: str = "ranker") -> str:
     return folder(
         root, name, {"architectures": ["BertForSequenceClassification"], "model_type": "bert"}
@@ -150,7 +155,7 @@ async def test_an_unload_needs_no_capability(
     client = await start(
         aiohttp_client, tmp_path, e=embed_model(tmp_path), r=rerank_model(tmp_path)
     )
-    loads = {
+    loads: dict[str, tuple[str, dict[str, Any]]] = {
         "e": ("/api/embed", {"input": "hi"}),
         "r": ("/rerank", {"query": "q", "documents": ["d"]}),
     }
@@ -161,7 +166,7 @@ async def test_an_unload_needs_no_capability(
         assert response.status == 200, await response.text()
         answer = await response.json()
         assert (answer["done"], answer["done_reason"]) == (True, "unload")
-        await eventually(lambda n=name: WorkerView(client.app, n).state is WorkerState.STOPPED)
+        await eventually(functools.partial(is_stopped, client, name), what=f"{name} unloaded")
     unknown = await client.post(path, json={"model": "nope", **body})
     assert unknown.status == 404
 
