@@ -22,6 +22,9 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_TOKEN_DELAY (float s, default 0): delay before each generated token (streaming and
   non-streaming alike).
 - FAKE_VLLM_TOKENS (int, default 8): tokens generated when a request sets no max_tokens.
+- FAKE_VLLM_EOS ("1"): the model ends every answer after FAKE_VLLM_TOKENS tokens, as a real one
+  emits its end of sequence, whatever larger max_tokens a request sets (finish_reason "stop"); a
+  smaller one still cuts it ("length"). Without it, max_tokens N generates exactly N tokens.
 - FAKE_VLLM_UNHEALTHY_AFTER (float s): this long after becoming ready, /health answers 503 and
   inference requests 500 (engine dead), but the process keeps running.
 - FAKE_VLLM_TOOL_ARGS_RAW (string): the exact arguments text of the fake tool call (e.g. ``true``)
@@ -325,6 +328,7 @@ class FakeVllm:
         self.max_model_len: int = args.max_model_len
         self.token_delay = env_float("FAKE_VLLM_TOKEN_DELAY", 0.0) or 0.0
         self.default_tokens = env_int("FAKE_VLLM_TOKENS", 8) or 0
+        self.eos = env_flag("FAKE_VLLM_EOS")
         self.crash_after = env_int("FAKE_VLLM_CRASH_AFTER_CHUNKS")
         self.unhealthy_after = env_float("FAKE_VLLM_UNHEALTHY_AFTER")
         self.health_hang_after = env_float("FAKE_VLLM_HEALTH_HANG_AFTER")
@@ -546,7 +550,10 @@ class FakeVllm:
         except ApiError as exc:
             return exc.response()
 
-        gen = Generation(self, chat, n, "stop" if max_tokens is None else "length", prompt_tokens)
+        finish = "stop" if max_tokens is None else "length"
+        if self.eos and n >= self.default_tokens:
+            n, finish = self.default_tokens, "stop"
+        gen = Generation(self, chat, n, finish, prompt_tokens)
         if stop:
             gen.apply_stop(stop)
         if tools:
