@@ -41,6 +41,10 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_FAIL_STATUS (int, e.g. 500 or 503): every inference request (chat, completions,
   embeddings) is answered with this status and vLLM's JSON error body before any byte of a
   stream (500: ``InternalServerError``; 503: ``ServiceUnavailableError``, vLLM's retryable error).
+- FAKE_VLLM_NANOBIND_AT_EXIT (int N): at exit, write nanobind's leak report to stderr as vLLM's
+  engine does at interpreter exit (xgrammar's bindings): N lines in all, its headers ("nanobind:
+  leaked 3 instances!"), one " - leaked ..." line per object and the closing hint, C-level
+  writes (no Python buffering, no vLLM prefix).
 - FAKE_VLLM_DROP_CONNECTIONS ("1"): every inference request's connection is closed with no
   answer at all (counted first), while /health keeps answering: a server that accepts and drops.
 
@@ -1048,6 +1052,31 @@ async def serve(args: argparse.Namespace) -> int:
             await runner.cleanup()
         stop_grandchild(child)
         log(f"INFO:     Finished server process [{pid}]")
+        nanobind_report(env_int("FAKE_VLLM_NANOBIND_AT_EXIT") or 0)
+
+
+def nanobind_report(lines: int) -> None:
+    """nanobind's report of leaked objects at interpreter exit, `lines` lines long."""
+    if lines <= 0:
+        return
+    tail = [
+        "nanobind: this is likely caused by a reference counting issue in the binding code.",
+        "See https://nanobind.readthedocs.io/en/latest/refleaks.html",
+    ]
+    objects = max(lines - 3 - len(tail), 0)
+    kinds = [("instances", objects // 2), ("types", objects - objects // 2)]
+    report: list[str] = []
+    for kind, count in kinds:
+        report.append(f"nanobind: leaked {count} {kind}!")
+        for i in range(count):
+            if kind == "instances":
+                what = f'instance 0x7f{i:08x} of type "xgrammar.xgrammar_bindings.TokenizerInfo"'
+            else:
+                what = f'type "xgrammar.xgrammar_bindings.GrammarCompiler{i}"'
+            report.append(f" - leaked {what}")
+    report.append(" - ... skipped remainder")
+    report += tail
+    os.write(2, "".join(line + "\n" for line in report[:lines]).encode())
 
 
 def main() -> None:

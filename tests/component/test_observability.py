@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.component.fakes import WorkerView, fake_config, worker_ports
+from tests.component.fakes import WorkerView, eventually_blocking, fake_config, worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import Daemon, free_port, write_config
 from vllama.api.app import build_app
@@ -189,3 +189,33 @@ async def test_tokens_of_anthropics_messages_and_the_responses_api_are_counted(
             assert value(text, "vllama_generated_tokens_total", model="a") == generated
             # 3 prompt tokens for each request so far
             assert value(text, "vllama_prompt_tokens_total", model="a") == 3 * len(live.recent)
+
+
+def test_nanobinds_leak_report_at_an_engines_exit_is_one_line_in_the_log(tmp_path: Path) -> None:
+    # Issue 20: vLLM's engine prints ~60 lines of nanobind's leak report when it exits, and each
+    # landed in the daemon's log. They stay in `vllama logs`; the log counts them in one line.
+    config = write_config(
+        tmp_path / "v.toml",
+        {"engine_command": FAKE_ENGINE_COMMAND, **worker_ports()},
+        {"a": {"model": "fake/a", "env": {"FAKE_VLLM_NANOBIND_AT_EXIT": "60"}}},
+    )
+    with Daemon(config, free_port(), tmp_path / "v.log") as daemon:
+        body = {"model": "a", "prompt": "x", "stream": False, "keep_alive": 0}
+        assert httpx.post(daemon.url + "/api/generate", json=body, timeout=60).is_success
+
+        def unloaded() -> bool:
+            return not httpx.get(daemon.url + "/api/ps", timeout=10).json()["models"]
+
+        eventually_blocking(unloaded, within=20)
+        tail = httpx.get(daemon.url + "/api/vllama/logs?model=a&lines=500", timeout=10).json()
+        assert sum(" - leaked " in line for line in tail["lines"]) == 55  # all of it, here
+        body["keep_alive"] = "5m"  # loaded again: the shutdown stops it
+        assert httpx.post(daemon.url + "/api/generate", json=body, timeout=60).is_success
+        daemon.terminate()
+    text = daemon.log()
+    assert text.count("leaked") == 0, text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert len(lines) == len(text.splitlines())  # nothing raw
+    said = [line for line in lines if line["event"] == "worker output suppressed"]
+    assert [(line["model"], line["lines"]) for line in said] == [("a", 60), ("a", 60)], said
+    assert all("nanobind" in line["why"] for line in said)
