@@ -346,6 +346,7 @@ class FakeVllm:
         self.aborted = 0
         self.running = 0
         self.last_request: JSON | None = None
+        self.stored: dict[str, JSON] = {}  # Responses API answers by id (as with vLLM's store)
         self.access_log_enabled = not args.disable_uvicorn_access_log
         self.sleeping = False
         self.sleeps = 0
@@ -369,6 +370,7 @@ class FakeVllm:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_get("/v1/responses/{response_id}", self.stored_response)
         app.router.add_post("/sleep", self.sleep)
         app.router.add_post("/wake_up", self.wake_up)
         app.router.add_get("/is_sleeping", self.is_sleeping)
@@ -636,10 +638,18 @@ class FakeVllm:
         n = self.default_tokens if max_tokens is None else max_tokens
         prompt_tokens = count_words(prompt) + count_words(body.get("instructions"))
         gen = Generation(self, True, n, "stop" if max_tokens is None else "length", prompt_tokens)
+        whole = gen.response_object(n, gen.responses_usage(n))
+        self.stored[whole["id"]] = whole
         if lax_bool(body, "stream"):
             return await gen.stream_events(request, gen.responses_events())
         await asyncio.sleep(self.token_delay * n)
-        return web.json_response(gen.response_object(n, gen.responses_usage(n)))
+        return web.json_response(whole)
+
+    async def stored_response(self, request: web.Request) -> web.Response:
+        found = self.stored.get(request.match_info["response_id"])
+        if found is None:
+            return ApiError(404, "Response not found").response()
+        return web.json_response(found)
 
 
 def tool_name(tool: object) -> str:

@@ -189,6 +189,14 @@ async def test_tokens_of_anthropics_messages_and_the_responses_api_are_counted(
             assert value(text, "vllama_generated_tokens_total", model="a") == generated
             # 3 prompt tokens for each request so far
             assert value(text, "vllama_prompt_tokens_total", model="a") == 3 * len(live.recent)
+    # A stored response read again (GET by id) generated nothing: not counted again.
+    answer = await client.post("/v1/responses", json={"model": "a", "input": "one two three"})
+    counted = value(await scrape(client), "vllama_generated_tokens_total", model="a")
+    stored = await client.get(f"/v1/responses/{(await answer.json())['id']}")
+    assert stored.status == 200 and (await stored.json())["usage"]["output_tokens"] == 8
+    text = await scrape(client)
+    assert value(text, "vllama_generated_tokens_total", model="a") == counted
+    assert not value(text, "vllama_generated_tokens_total", model="")  # (no model named)
 
 
 def test_nanobinds_leak_report_at_an_engines_exit_is_one_line_in_the_log(tmp_path: Path) -> None:

@@ -165,16 +165,18 @@ async def relay_response(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     watch: Callable[[bytes], bool] | None = None,
+    counts_tokens: bool = True,
 ) -> web.StreamResponse:
     """The worker's response to the client, byte for byte; SSE chunk by chunk. `watch` sees the
-    bytes as they pass until it returns True (it must not keep them)."""
+    bytes as they pass until it returns True (it must not keep them). The answer's usage is
+    counted unless `counts_tokens` is False (a stored response read again generated nothing)."""
     headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
     if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
         try:
             payload = await upstream.read()
         except aiohttp.ClientError as exc:
             raise worker_error(request, exc, "mid-response") from None
-        if upstream.status == 200:
+        if upstream.status == 200 and counts_tokens:
             count_usage(request, usage_of(payload))
             if watch is not None:
                 watch(payload)
@@ -208,7 +210,8 @@ async def relay_response(
         usage.feed(chunk)
         if last:
             break
-    count_usage(request, usage.usage)
+    if counts_tokens:
+        count_usage(request, usage.usage)
     await response.write_eof()
     return response
 
