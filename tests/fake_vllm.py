@@ -25,6 +25,9 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_TOKENS (int, default 8): tokens generated when a request sets no max_tokens.
 - FAKE_VLLM_MAX_MODEL_LEN (int, default 2048): the context served without --max-model-len (or
   with -1): what vLLM fits to memory, which the model's files do not say.
+- FAKE_VLLM_EOS ("1"): the model ends every answer after FAKE_VLLM_TOKENS tokens, as a real one
+  emits its end of sequence, whatever larger max_tokens a request sets (finish_reason "stop"); a
+  smaller one still cuts it ("length"). Without it, max_tokens N generates exactly N tokens.
 - FAKE_VLLM_UNHEALTHY_AFTER (float s): this long after becoming ready, /health answers 503 and
   inference requests 500 (engine dead), but the process keeps running.
 - FAKE_VLLM_TOOL_ARGS_RAW (string): the exact arguments text of the fake tool call (e.g. ``true``)
@@ -41,6 +44,10 @@ Knobs (environment variables, all optional):
 - FAKE_VLLM_FAIL_STATUS (int, e.g. 500 or 503): every inference request (chat, completions,
   embeddings) is answered with this status and vLLM's JSON error body before any byte of a
   stream (500: ``InternalServerError``; 503: ``ServiceUnavailableError``, vLLM's retryable error).
+- FAKE_VLLM_NANOBIND_AT_EXIT (int N): at exit, write nanobind's leak report to stderr as vLLM's
+  engine does at interpreter exit (xgrammar's bindings): N lines in all, its headers ("nanobind:
+  leaked 3 instances!"), one " - leaked ..." line per object and the closing hint, C-level
+  writes (no Python buffering, no vLLM prefix).
 - FAKE_VLLM_DROP_CONNECTIONS ("1"): every inference request's connection is closed with no
   answer at all (counted first), while /health keeps answering: a server that accepts and drops.
 - FAKE_VLLM_PORT_TAKEN_ONCE (a file path): the first start (the file absent) says its port is
@@ -51,6 +58,13 @@ Sleep mode (as vLLM's with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1): POST
 POST /wake_up, GET /is_sleeping. An inference request that reaches a sleeping engine fails with
 500 (in real vLLM it has crashed or hung the engine: the supervisor must hold traffic itself);
 /fake/stats counts sleeps, wakes and such requests.
+
+POST /v1/messages (Anthropic's Messages API) and POST /v1/responses (OpenAI's Responses API)
+answer as vLLM 0.32 translates a chat into them, streamed or not, with their usage (Anthropic's
+`input_tokens`/`output_tokens` in `message_start` and `message_delta`; the Responses API's in the
+final `response.completed`); their errors are vLLM's: on /v1/messages, Anthropic's envelope with
+vLLM's error type (e.g. ``{"type": "error", "error": {"type": "BadRequestError", ...}}``), except
+what pydantic refuses, which comes in OpenAI's envelope as on every route.
 
 Endpoints: GET /health, /version, /v1/models, /metrics, /fake/stats, /fake/last_request (the last
 inference request's JSON body, null before any), /fake/env (the process's environment),
@@ -173,6 +187,15 @@ class ApiError(Exception):
         error: dict[str, object] = {"message": self.message, "type": self.kind}
         error |= {"param": self.param, "code": self.status}
         return web.json_response({"error": error}, status=self.status)
+
+    def anthropic_response(self) -> web.Response:
+        """As vLLM's `/v1/messages` answers its handler's errors (`translate_error_response`):
+        Anthropic's envelope with vLLM's own error type (`BadRequestError`, ...). What pydantic
+        refuses ("Bad Request") still comes in OpenAI's envelope (FastAPI's global handler)."""
+        if self.kind == "Bad Request":
+            return self.response()
+        error = {"type": self.kind, "message": self.message}
+        return web.json_response({"type": "error", "error": error}, status=self.status)
 
 
 # ---- request validation, as vLLM's ----------------------------------------------------------
@@ -340,6 +363,7 @@ class FakeVllm:
         self.max_model_len: int = args.max_model_len
         self.token_delay = env_float("FAKE_VLLM_TOKEN_DELAY", 0.0) or 0.0
         self.default_tokens = env_int("FAKE_VLLM_TOKENS", 8) or 0
+        self.eos = env_flag("FAKE_VLLM_EOS")
         self.crash_after = env_int("FAKE_VLLM_CRASH_AFTER_CHUNKS")
         self.unhealthy_after = env_float("FAKE_VLLM_UNHEALTHY_AFTER")
         self.health_hang_after = env_float("FAKE_VLLM_HEALTH_HANG_AFTER")
@@ -353,6 +377,7 @@ class FakeVllm:
         self.aborted = 0
         self.running = 0
         self.last_request: JSON | None = None
+        self.stored: dict[str, JSON] = {}  # Responses API answers by id (as with vLLM's store)
         self.access_log_enabled = not args.disable_uvicorn_access_log
         self.sleeping = False
         self.sleeps = 0
@@ -376,6 +401,7 @@ class FakeVllm:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_get("/v1/responses/{response_id}", self.stored_response)
         app.router.add_post("/sleep", self.sleep)
         app.router.add_post("/wake_up", self.wake_up)
         app.router.add_get("/is_sleeping", self.is_sleeping)
@@ -579,6 +605,8 @@ class FakeVllm:
         except ApiError as exc:
             return exc.response()
 
+        if self.eos and n >= self.default_tokens:
+            n, finish = self.default_tokens, "stop"
         gen = Generation(self, chat, n, finish, prompt_tokens)
         if stop:
             gen.apply_stop(stop)
@@ -596,13 +624,16 @@ class FakeVllm:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic's Messages, as vLLM 0.32 serves them (a chat request underneath): text
-        only, errors in Anthropic's envelope."""
+        only, errors as vLLM answers them there; `max_tokens` is required and the model ends its
+        answer after FAKE_VLLM_TOKENS tokens (a smaller budget cuts it)."""
         try:
             body = await self.parse(request)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise refused("messages", "Field required", messages)
             max_tokens = body.get("max_tokens")
+            if max_tokens is None:
+                raise refused("max_tokens", "Field required", body)
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
                 raise refused("max_tokens", "Input should be a valid integer", max_tokens)
             if max_tokens <= 0:
@@ -615,42 +646,21 @@ class FakeVllm:
                     raise refused(None, text)
             # vLLM sets both max_tokens and max_completion_tokens: the refusal names the latter.
             check_budget({"max_completion_tokens": max_tokens}, True, self.max_model_len)
-            prompt = count_words(messages) + count_words(body.get("system"))
-            n, finish = self.budget(max_tokens, prompt)
+            prompt_tokens = count_words(messages) + count_words(body.get("system"))
+            n, finish = self.budget(max_tokens, prompt_tokens)
         except ApiError as exc:
-            error = {"type": exc.kind, "message": exc.message}
-            return web.json_response({"type": "error", "error": error}, status=exc.status)
-        gen = Generation(self, True, n, finish, prompt)
-        stop = "max_tokens" if finish == "length" else "end_turn"
-        message: JSON = {
-            "id": f"msg_{uuid.uuid4().hex}",
-            "type": "message",
-            "role": "assistant",
-            "model": self.name,
-            "content": [{"type": "text", "text": "".join(gen.pieces)}],
-            "stop_reason": stop,
-            "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": n},
-        }
-        if not lax_bool(body, "stream"):
-            return web.json_response(message)
-        events: list[tuple[str, JSON]] = [
-            ("message_start", {"type": "message_start", "message": {**message, "content": []}}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-            *(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta", "text": piece}})
-              for piece in gen.pieces),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta",
-                               "delta": {"stop_reason": stop, "stop_sequence": None},
-                               "usage": {"output_tokens": n}}),
-            ("message_stop", {"type": "message_stop"}),
-        ]  # fmt: skip
-        return await sse(request, [f"event: {k}\ndata: {json.dumps(e)}\n\n" for k, e in events])
+            return exc.anthropic_response()
+        if n > self.default_tokens:
+            n, finish = self.default_tokens, "stop"
+        gen = Generation(self, True, n, finish, prompt_tokens)
+        if lax_bool(body, "stream"):
+            return await gen.stream_events(request, gen.anthropic_events())
+        await asyncio.sleep(self.token_delay * n)
+        return web.json_response(gen.anthropic_message(n, gen.anthropic_usage(n)))
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
-        """OpenAI's Responses, as vLLM 0.32 serves them: text only."""
+        """OpenAI's Responses, as vLLM 0.32 serves them: `input` a string or a list of items;
+        `max_output_tokens` tokens (within the context), else FAKE_VLLM_TOKENS."""
         try:
             body = await self.parse(request)
             given = body.get("input")
@@ -658,44 +668,18 @@ class FakeVllm:
                 raise refused("input", "Field required", given)
             max_tokens = lax_int(body, "max_output_tokens")
             check_budget(body, False, self.max_model_len, "max_output_tokens")
-            prompt = count_words(given) + count_words(body.get("instructions"))
+            prompt_tokens = count_words(given) + count_words(body.get("instructions"))
             truncate = -1 if body.get("truncation") == "auto" else None
-            n, finish = self.budget(max_tokens, prompt, truncate)
+            n, finish = self.budget(max_tokens, prompt_tokens, truncate)
         except ApiError as exc:
             return exc.response()
-        gen = Generation(self, True, n, finish, prompt)
-        response: JSON = {
-            "id": f"resp_{uuid.uuid4().hex}",
-            "object": "response",
-            "created_at": int(time.time()),
-            "model": self.name,
-            "status": "completed" if finish != "length" else "incomplete",
-            "incomplete_details": None if finish != "length" else {"reason": "max_output_tokens"},
-            "output": [
-                {
-                    "type": "message",
-                    "id": f"msg_{uuid.uuid4().hex}",
-                    "role": "assistant",
-                    "status": "completed",
-                    "content": [
-                        {"type": "output_text", "text": "".join(gen.pieces), "annotations": []}
-                    ],
-                }
-            ],
-            "usage": {"input_tokens": prompt, "output_tokens": n, "total_tokens": prompt + n},
-        }
-        if not lax_bool(body, "stream"):
-            return web.json_response(response)
-        started = {**response, "status": "in_progress", "output": [], "usage": None}
-        events: list[tuple[str, JSON]] = [
-            ("response.created", {"type": "response.created", "response": started}),
-            *(("response.output_text.delta", {"type": "response.output_text.delta",
-                                              "output_index": 0, "content_index": 0,
-                                              "delta": piece})
-              for piece in gen.pieces),
-            ("response.completed", {"type": "response.completed", "response": response}),
-        ]  # fmt: skip
-        return await sse(request, [f"event: {k}\ndata: {json.dumps(e)}\n\n" for k, e in events])
+        gen = Generation(self, True, n, finish, prompt_tokens)
+        whole = gen.response_object(n, gen.responses_usage(n))
+        self.stored[whole["id"]] = whole
+        if lax_bool(body, "stream"):
+            return await gen.stream_events(request, gen.responses_events())
+        await asyncio.sleep(self.token_delay * n)
+        return web.json_response(whole)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         try:
@@ -723,16 +707,11 @@ class FakeVllm:
             }
         )
 
-
-async def sse(request: web.Request, events: list[str]) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    for event in events:
-        await response.write(event.encode())
-    await response.write_eof()
-    return response
+    async def stored_response(self, request: web.Request) -> web.Response:
+        found = self.stored.get(request.match_info["response_id"])
+        if found is None:
+            return ApiError(404, "Response not found").response()
+        return web.json_response(found)
 
 
 def tool_name(tool: object) -> str:
@@ -905,6 +884,130 @@ class Generation:
             raise
         return resp
 
+    # ---- Anthropic's Messages and OpenAI's Responses, as vLLM translates a chat into them ----
+
+    def anthropic_usage(self, output_tokens: int) -> JSON:
+        return {"input_tokens": self.prompt_tokens, "output_tokens": output_tokens}
+
+    def anthropic_message(self, done: int, usage: JSON) -> JSON:
+        """The message after `done` tokens (0: the one `message_start` carries)."""
+        text = "".join(self.pieces[:done])
+        stop = None
+        if done == len(self.pieces):
+            stop = "max_tokens" if self.finish_reason == "length" else "end_turn"
+        return {
+            "id": f"msg_{self.id}",
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": text}] if done else [],
+            "model": self.server.name,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+
+    def anthropic_events(self) -> list[tuple[str, JSON]]:
+        """vLLM's event sequence: usage in `message_start` (no output yet) and, whole, in
+        `message_delta`."""
+        n = len(self.pieces)
+        start = self.anthropic_message(0, self.anthropic_usage(0))
+        events: list[tuple[str, JSON]] = [
+            ("message_start", {"type": "message_start", "message": start})
+        ]
+        block = {"type": "text", "text": ""}
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": block},
+            )
+        )
+        for piece in self.pieces:
+            text_delta = {"type": "text_delta", "text": piece}
+            events.append(
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": text_delta},
+                )
+            )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        stop = self.anthropic_message(n, {})["stop_reason"]
+        delta: JSON = {"stop_reason": stop, "stop_sequence": None}
+        usage = self.anthropic_usage(n)
+        events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+        events.append(("message_stop", {"type": "message_stop"}))
+        return events
+
+    def responses_usage(self, output_tokens: int) -> JSON:
+        return {
+            "input_tokens": self.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.prompt_tokens + output_tokens,
+        }
+
+    def response_object(self, done: int, usage: JSON | None) -> JSON:
+        finished = done == len(self.pieces) and usage is not None
+        status = "in_progress"
+        if finished:
+            status = "incomplete" if self.finish_reason == "length" else "completed"
+        text = {"type": "output_text", "text": "".join(self.pieces[:done]), "annotations": []}
+        item = {
+            "id": f"msg_{self.id}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed" if finished else "in_progress",
+            "content": [text],
+        }
+        return {
+            "id": f"resp_{self.id}",
+            "object": "response",
+            "created_at": self.created,
+            "model": self.server.name,
+            "status": status,
+            "output": [item] if finished else [],
+            "usage": usage,
+        }
+
+    def responses_events(self) -> list[tuple[str, JSON]]:
+        """vLLM's event sequence: `usage` null until the whole response in
+        `response.completed`."""
+        n = len(self.pieces)
+        events: list[tuple[str, JSON]] = []
+
+        def add(kind: str, **fields: Any) -> None:
+            events.append((kind, {"type": kind, "sequence_number": len(events), **fields}))
+
+        add("response.created", response=self.response_object(0, None))
+        add("response.in_progress", response=self.response_object(0, None))
+        for piece in self.pieces:
+            add("response.output_text.delta", item_id=f"msg_{self.id}", output_index=0,
+                content_index=0, delta=piece)  # fmt: skip
+        add("response.completed", response=self.response_object(n, self.responses_usage(n)))
+        return events
+
+    async def stream_events(
+        self, request: web.Request, events: list[tuple[str, JSON]]
+    ) -> web.StreamResponse:
+        """Named SSE events (`event: NAME` then `data: JSON`), one token's event per
+        FAKE_VLLM_TOKEN_DELAY; no `[DONE]`."""
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        self.server.running += 1
+        try:
+            for name, data in events:
+                if self.server.token_delay and "delta" in name:
+                    await asyncio.sleep(self.server.token_delay)
+                await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            await resp.write_eof()
+        except ConnectionResetError:
+            self.abort()
+        finally:
+            self.server.running -= 1
+        return resp
+
     async def hang(self, request: web.Request, sent: int) -> None:
         """Send nothing more until the client goes away (the server does not cancel handlers:
         watch the connection)."""
@@ -1027,6 +1130,31 @@ async def serve(args: argparse.Namespace) -> int:
             await runner.cleanup()
         stop_grandchild(child)
         log(f"INFO:     Finished server process [{pid}]")
+        nanobind_report(env_int("FAKE_VLLM_NANOBIND_AT_EXIT") or 0)
+
+
+def nanobind_report(lines: int) -> None:
+    """nanobind's report of leaked objects at interpreter exit, `lines` lines long."""
+    if lines <= 0:
+        return
+    tail = [
+        "nanobind: this is likely caused by a reference counting issue in the binding code.",
+        "See https://nanobind.readthedocs.io/en/latest/refleaks.html",
+    ]
+    objects = max(lines - 3 - len(tail), 0)
+    kinds = [("instances", objects // 2), ("types", objects - objects // 2)]
+    report: list[str] = []
+    for kind, count in kinds:
+        report.append(f"nanobind: leaked {count} {kind}!")
+        for i in range(count):
+            if kind == "instances":
+                what = f'instance 0x7f{i:08x} of type "xgrammar.xgrammar_bindings.TokenizerInfo"'
+            else:
+                what = f'type "xgrammar.xgrammar_bindings.GrammarCompiler{i}"'
+            report.append(f" - leaked {what}")
+    report.append(" - ... skipped remainder")
+    report += tail
+    os.write(2, "".join(line + "\n" for line in report[:lines]).encode())
 
 
 def main() -> None:

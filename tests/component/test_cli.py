@@ -22,7 +22,12 @@ from tests.conftest import FAKE_ENGINE_COMMAND, LONG_LIVED, SESSION_MARK, assert
 from tests.daemon import VLLAMA, Daemon, free_port, write_config
 from vllama import __version__
 from vllama.cli.client import DEFAULT_URL, daemon_url, error_message
-from vllama.cli.commands import parse_parameters
+from vllama.cli.commands import (
+    ONE_SHOT_MAX_TOKENS,
+    context_length,
+    one_shot_limit,
+    parse_parameters,
+)
 from vllama.cli.format import (
     format_table,
     go_duration,
@@ -385,10 +390,15 @@ def test_multiline_messages() -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon for the module, with a fake model `tiny` (8 tokens an answer)."""
+    """One daemon for the module, with a fake model `tiny` (8 tokens an answer, then its end of
+    sequence), a fake embedding model `tiny-embed` (its folder's config.json says BERT) and
+    `runaway`, a fake model that never ends an answer by itself (a 64-token context)."""
     started = time.time() - 1
     folder = tmp_path_factory.mktemp("cli")
     (folder / "hf-cache").mkdir()
+    embedder = folder / "embedder"
+    embedder.mkdir()
+    (embedder / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
     config = write_config(
         folder / "vllama.toml",
         {
@@ -397,7 +407,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             "models_dir": str(folder / "models"),
             **worker_ports(),
         },
-        {"tiny": {"model": "fake/tiny"}},
+        {
+            "tiny": {"model": "fake/tiny", "env": {"FAKE_VLLM_EOS": "1"}},
+            "tiny-embed": {"model": str(embedder)},
+            "runaway": {"model": "fake/runaway", "args": ["--max-model-len", "64"]},
+        },
     )
     with pytest.MonkeyPatch.context() as patch:  # only the daemon's environment
         patch.setenv("HF_HUB_CACHE", str(folder / "hf-cache"))  # no models but configured ones
@@ -453,6 +467,44 @@ def test_run_with_an_empty_prompt_only_loads(daemon: Daemon) -> None:
     vllama(daemon.url, "stop", "tiny")
     assert ok(vllama(daemon.url, "run", "tiny", "")) == ""
     assert "tiny:latest" in running(daemon.url)
+
+
+def test_a_one_shot_run_of_a_model_that_never_stops_is_cut_and_says_so(daemon: Daemon) -> None:
+    # Issue 20: `vllama run tiny "hello"` printed the model's whole context. A one-shot answer
+    # stops at ONE_SHOT_MAX_TOKENS or half the context (here 32 of 64), or at --max-tokens.
+    result = vllama(daemon.url, "run", "runaway", "hello")
+    assert ok(result) == "".join(f"tok{i} " for i in range(32)) + "\n"
+    assert "stopped at the 32-token limit" in result.stderr
+    result = vllama(daemon.url, "run", "runaway", "--max-tokens", "5", "hello")
+    assert ok(result) == "tok0 tok1 tok2 tok3 tok4 \n"
+    assert "stopped at the 5-token limit: --max-tokens N raises it" in result.stderr
+    # A model that ends its answer itself says nothing about a limit; 0 asks for none.
+    for argv in (["run", "tiny", "hi"], ["run", "tiny", "--max-tokens", "0", "hi"]):
+        result = vllama(daemon.url, *argv)
+        assert ok(result) == TOKENS + "\n" and "limit" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "context", "limit"),
+    [
+        (None, None, None),
+        (None, 64, 32),
+        (None, 1, 1),
+        (None, 131072, ONE_SHOT_MAX_TOKENS),
+        (7, None, 7),
+        (7, 4, 7),
+        (0, 64, None),
+        (-1, 64, None),
+    ],
+)
+def test_one_shot_limit(max_tokens: int | None, context: int | None, limit: int | None) -> None:
+    assert one_shot_limit(max_tokens, context) == limit
+
+
+def test_context_length_from_show() -> None:
+    assert context_length({"model_info": {"qwen3.context_length": 40960}}) == 40960
+    assert context_length({"model_info": {"general.architecture": "x"}}) is None
+    assert context_length({}) is None
 
 
 def test_run_an_unknown_model_fails(daemon: Daemon) -> None:
@@ -530,6 +582,15 @@ def test_stop_unloads_the_model(daemon: Daemon) -> None:
     result = vllama(daemon.url, "stop", "nope")
     assert result.returncode == 1
     assert result.stderr == 'Error: couldn\'t find model "nope" to stop\n'
+
+
+def test_stop_unloads_an_embedding_model(daemon: Daemon) -> None:
+    # Issue 20: `vllama stop tiny-embed` said "does not support generate".
+    loaded = httpx.post(daemon.url + "/api/embed", json={"model": "tiny-embed", "input": "hi"})
+    assert loaded.status_code == 200, loaded.text
+    assert "tiny-embed:latest" in running(daemon.url)
+    assert ok(vllama(daemon.url, "stop", "tiny-embed")) == ""
+    assert "tiny-embed:latest" not in running(daemon.url)
 
 
 def test_cp_then_rm(daemon: Daemon) -> None:

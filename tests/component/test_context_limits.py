@@ -236,4 +236,4 @@ async def test_models_report_the_context_they_serve(
     assert card["max_model_len"] == CONTEXT
     show = await (await client.post("/api/show", json={"model": "a"})).json()
     assert show["model_info"]["llama.context_length"] == CONTEXT
-    assert "num_ctx" in show["parameters"] and str(CONTEXT) in show["parameters"]
+    assert "num_ctx" not in show.get("parameters", "")  # only what the model itself sets

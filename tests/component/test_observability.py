@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.component.fakes import WorkerView, fake_config, worker_ports
+from tests.component.fakes import WorkerView, eventually_blocking, fake_config, worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import Daemon, free_port, write_config
 from vllama.api.app import build_app
@@ -159,3 +159,71 @@ def test_json_logs_carry_the_request_id(tmp_path: Path) -> None:
     assert any(line["event"] == "request" and line["status"] == 200 for line in mine)
     assert any(line["event"] == "worker state" for line in mine)  # the load it caused
     assert any(line["event"] == "worker output" and line["model"] == "a" for line in lines)
+
+
+async def test_tokens_of_anthropics_messages_and_the_responses_api_are_counted(
+    aiohttp_client: Any,
+) -> None:
+    # Issue 20: the status page showed no tokens for these two, and the metrics counted none.
+    # Their usage names input_tokens/output_tokens; streamed, Anthropic's is in message_start
+    # and message_delta, the Responses API's in the last event (response.completed).
+    client = await start(aiohttp_client, {"a": {}})
+    say = [{"role": "user", "content": "one two three"}]  # the fake counts 3 prompt tokens
+    calls: list[tuple[str, dict[str, Any], int]] = [
+        ("/v1/messages", {"messages": say, "max_tokens": 5}, 5),
+        ("/v1/responses", {"input": "one two three", "max_output_tokens": 4}, 4),
+        ("/v1/responses", {"input": "one two three"}, 8),  # the fake's default answer
+    ]
+    live = client.app[SERVICES].live
+    generated = 0
+    for path, body, tokens in calls:
+        for stream in (False, True):
+            answer = await client.post(path, json={"model": "a", **body, "stream": stream})
+            assert answer.status == 200, await answer.text()
+            raw = await answer.read()
+            assert (b"event: " in raw) is stream
+            generated += tokens
+            record = live.recent[-1]
+            assert (record["endpoint"], record["tokens"]) == (path, tokens), (record, stream)
+            text = await scrape(client)
+            assert value(text, "vllama_generated_tokens_total", model="a") == generated
+            # 3 prompt tokens for each request so far
+            assert value(text, "vllama_prompt_tokens_total", model="a") == 3 * len(live.recent)
+    # A stored response read again (GET by id) generated nothing: not counted again.
+    answer = await client.post("/v1/responses", json={"model": "a", "input": "one two three"})
+    counted = value(await scrape(client), "vllama_generated_tokens_total", model="a")
+    stored = await client.get(f"/v1/responses/{(await answer.json())['id']}")
+    assert stored.status == 200 and (await stored.json())["usage"]["output_tokens"] == 8
+    text = await scrape(client)
+    assert value(text, "vllama_generated_tokens_total", model="a") == counted
+    assert not value(text, "vllama_generated_tokens_total", model="")  # (no model named)
+
+
+def test_nanobinds_leak_report_at_an_engines_exit_is_one_line_in_the_log(tmp_path: Path) -> None:
+    # Issue 20: vLLM's engine prints ~60 lines of nanobind's leak report when it exits, and each
+    # landed in the daemon's log. They stay in `vllama logs`; the log counts them in one line.
+    config = write_config(
+        tmp_path / "v.toml",
+        {"engine_command": FAKE_ENGINE_COMMAND, **worker_ports()},
+        {"a": {"model": "fake/a", "env": {"FAKE_VLLM_NANOBIND_AT_EXIT": "60"}}},
+    )
+    with Daemon(config, free_port(), tmp_path / "v.log") as daemon:
+        body = {"model": "a", "prompt": "x", "stream": False, "keep_alive": 0}
+        assert httpx.post(daemon.url + "/api/generate", json=body, timeout=60).is_success
+
+        def unloaded() -> bool:
+            return not httpx.get(daemon.url + "/api/ps", timeout=10).json()["models"]
+
+        eventually_blocking(unloaded, within=20)
+        tail = httpx.get(daemon.url + "/api/vllama/logs?model=a&lines=500", timeout=10).json()
+        assert sum(" - leaked " in line for line in tail["lines"]) == 55  # all of it, here
+        body["keep_alive"] = "5m"  # loaded again: the shutdown stops it
+        assert httpx.post(daemon.url + "/api/generate", json=body, timeout=60).is_success
+        daemon.terminate()
+    text = daemon.log()
+    assert text.count("leaked") == 0, text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert len(lines) == len(text.splitlines())  # nothing raw
+    said = [line for line in lines if line["event"] == "worker output suppressed"]
+    assert [(line["model"], line["lines"]) for line in said] == [("a", 60), ("a", 60)], said
+    assert all("nanobind" in line["why"] for line in said)

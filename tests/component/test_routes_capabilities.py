@@ -3,6 +3,7 @@ model, and one listing entry per model (against fake workers)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, fake_config
+from tests.component.fakes import WorkerView, eventually, fake_config
 from vllama.api.app import build_app
 from vllama.engine.states import WorkerState
 
@@ -112,10 +113,12 @@ async def test_vllms_other_routes_are_relayed_by_model_with_errors_in_the_envelo
     error = (await response.json())["error"]
     assert "Not Found" in error["message"] and error["type"] == "invalid_request_error"
     assert WorkerView(client.app, "c").state is WorkerState.READY  # routed, loaded, relayed
-    # (the fake serves /v1/messages, not count_tokens)
-    messages = await client.post("/v1/messages/count_tokens", json={"model": "c", **CHAT})
-    assert messages.status == 404
-    assert (await messages.json())["type"] == "error"  # Anthropic's envelope
+    count = await client.post("/v1/messages/count_tokens", json={"model": "c", **CHAT})
+    assert count.status == 404  # the fake has no count_tokens either
+    assert await count.json() == {
+        "type": "error",  # Anthropic's envelope, and its type
+        "error": {"type": "not_found_error", "message": "404: Not Found"},
+    }
 
 
 async def test_a_folder_a_configured_model_serves_is_listed_once(
@@ -128,3 +131,78 @@ async def test_a_folder_a_configured_model_serves_is_listed_once(
     assert tags == ["other-folder:latest", "tiny:latest"]
     models = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
     assert models == ["other-folder:latest", "tiny"]
+
+
+def is_stopped(client: Client, name: str) -> bool:
+    return WorkerView(client.app, name).state is WorkerState.STOPPED
+
+
+def rerank_model(root: Path, name: str = "ranker") -> str:
+    return folder(
+        root, name, {"architectures": ["BertForSequenceClassification"], "model_type": "bert"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/api/generate", {"keep_alive": 0}), ("/api/chat", {"messages": [], "keep_alive": 0})],
+)
+async def test_an_unload_needs_no_capability(
+    aiohttp_client: ClientFactory, tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    # `vllama stop` (as `ollama stop`) unloads with an empty prompt and keep_alive 0: that works
+    # for an embedding or rerank model, which could never answer the prompt itself.
+    client = await start(
+        aiohttp_client, tmp_path, e=embed_model(tmp_path), r=rerank_model(tmp_path)
+    )
+    loads: dict[str, tuple[str, dict[str, Any]]] = {
+        "e": ("/api/embed", {"input": "hi"}),
+        "r": ("/rerank", {"query": "q", "documents": ["d"]}),
+    }
+    for name, (load_path, load_body) in loads.items():
+        await client.post(load_path, json={"model": name, **load_body})  # (the fake: no /rerank)
+        assert WorkerView(client.app, name).state is WorkerState.READY
+        response = await client.post(path, json={"model": name, **body})
+        assert response.status == 200, await response.text()
+        answer = await response.json()
+        assert (answer["done"], answer["done_reason"]) == (True, "unload")
+        await eventually(functools.partial(is_stopped, client, name), what=f"{name} unloaded")
+    unknown = await client.post(path, json={"model": "nope", **body})
+    assert unknown.status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "fail", "status", "kind", "says"),
+    [
+        # SamplingParams' check: vLLM answers in Anthropic's envelope with its own type.
+        ({"max_tokens": 4, "temperature": 5}, None, 400, "invalid_request_error", "temperature"),
+        # pydantic's refusal: vLLM answers in OpenAI's envelope, type "Bad Request".
+        ({}, None, 400, "invalid_request_error", "max_tokens"),
+        ({"max_tokens": 4}, "500", 500, "api_error", "EngineCore"),
+        ({"max_tokens": 4}, "503", 503, "overloaded_error", "retry"),
+    ],
+)
+async def test_vllms_errors_on_messages_get_anthropics_types(
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    body: dict[str, Any],
+    fail: str | None,
+    status: int,
+    kind: str,
+    says: str,
+) -> None:
+    spec: dict[str, Any] = {"model": chat_model(tmp_path)}
+    if fail is not None:
+        spec["env"] = {"FAKE_VLLM_FAIL_STATUS": fail}
+    config = fake_config({"c": spec}, models_dir=str(tmp_path / "models"))
+    client = await aiohttp_client(build_app(config))
+    messages = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        response = await client.post(
+            "/v1/messages", json={"model": "c", "messages": messages, "stream": stream, **body}
+        )
+        assert response.status == status
+        answer = await response.json()
+        assert answer["type"] == "error" and set(answer) == {"type", "error"}, answer
+        assert answer["error"]["type"] == kind, answer
+        assert says in answer["error"]["message"], answer

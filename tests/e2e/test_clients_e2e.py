@@ -17,6 +17,7 @@ import openai
 import pytest
 from anthropic.types import MessageParam, ToolParam
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon import Daemon
 from tests.e2e.helpers import WEATHER_TOOL, workers
@@ -52,9 +53,20 @@ def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Dae
     assert {"completion", "tools", "thinking"} <= set(shown.capabilities or [])
 
 
+def generated_tokens(daemon: Daemon, model: str) -> float:
+    """`vllama_generated_tokens_total` for `model` (0 before any)."""
+    text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vllama_generated_tokens_total" and sample.labels == {"model": model}:
+                return sample.value
+    return 0.0
+
+
 def test_anthropic_sdk_create_stream_count_tokens_and_errors(vllama_daemon: Daemon) -> None:
     client = anthropic.Anthropic(base_url=vllama_daemon.url, api_key="unused", timeout=300)
     messages: list[MessageParam] = [{"role": "user", "content": "Hello there"}]
+    before = generated_tokens(vllama_daemon, "tiny")
     reply = client.messages.create(model="tiny", max_tokens=8, messages=messages)
     assert reply.type == "message" and reply.role == "assistant"
     assert reply.content and reply.content[0].type == "text"
@@ -64,11 +76,18 @@ def test_anthropic_sdk_create_stream_count_tokens_and_errors(vllama_daemon: Daem
         final = stream.get_final_message()
     assert "".join(pieces) == "".join(b.text for b in final.content if b.type == "text")
     assert final.usage.output_tokens == 8
+    assert generated_tokens(vllama_daemon, "tiny") - before == 16  # issue 20: both counted
     counted = client.messages.count_tokens(model="tiny", messages=messages)
     assert counted.input_tokens > 0
     with pytest.raises(anthropic.NotFoundError) as info:
         client.messages.create(model="no-such-model", max_tokens=8, messages=messages)
     assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    # vLLM's own refusal (SamplingParams' range) in Anthropic's type, not "BadRequestError".
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.create(
+            model="tiny", max_tokens=8, messages=messages, extra_body={"temperature": 5}
+        )
+    assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
 
 
 def test_anthropic_sdk_tools_reach_the_models_template(vllama_daemon: Daemon) -> None:
@@ -100,6 +119,7 @@ def test_anthropic_sdk_tools_reach_the_models_template(vllama_daemon: Daemon) ->
 
 def test_openai_responses_api_streamed_and_not(vllama_daemon: Daemon) -> None:
     client = openai.OpenAI(base_url=vllama_daemon.url + "/v1", api_key="unused", timeout=300)
+    before = generated_tokens(vllama_daemon, "tiny")
     response = client.responses.create(model="tiny", input="Hello", max_output_tokens=8)
     assert response.id.startswith("resp_") and response.output_text
     # Random weights never stop on their own: the 8-token limit ends the response.
@@ -111,6 +131,7 @@ def test_openai_responses_api_streamed_and_not(vllama_daemon: Daemon) -> None:
     )]  # fmt: skip
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert "response.output_text.delta" in kinds
+    assert generated_tokens(vllama_daemon, "tiny") - before == 16  # issue 20: both counted
 
 
 def test_openai_tools_reach_the_template_and_parsed_calls_are_returned(

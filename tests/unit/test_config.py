@@ -29,6 +29,36 @@ def test_flags_win_over_env_which_wins_over_file(monkeypatch: pytest.MonkeyPatch
     assert config.server.port == 2222
 
 
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [
+        ("127.0.0.1:11500", "127.0.0.1", 11500),
+        ("http://0.0.0.0:8080/", "0.0.0.0", 8080),
+        ("https://example.org", "example.org", 11434),
+        ("[::1]:9000", "::1", 9000),
+        ("::", "::", 11434),
+        ("0.0.0.0", "0.0.0.0", 11434),
+    ],
+)
+def test_vllama_host_may_name_the_port_as_the_cli_reads_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, host: str, port: int
+) -> None:
+    # Issue 20: one VLLAMA_HOST=host:port for the daemon and the CLI, as OLLAMA_HOST is for
+    # `ollama serve` and `ollama`: the daemon took the whole text for a host name.
+    monkeypatch.setenv("VLLAMA_HOST", value)
+    config = load_config({}, {})
+    assert (config.server.host, config.server.port) == (host, port)
+    assert load_config({"port": 3333}, {}).server.port == 3333  # a port set wins
+    monkeypatch.setenv("VLLAMA_PORT", "2222")
+    assert load_config({}, {}).server.port == 2222
+
+
+def test_a_hosts_port_that_is_not_a_port_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLAMA_HOST", "127.0.0.1:99999")
+    with pytest.raises(ConfigError, match=r"server\.port: Input should be less than or equal"):
+        load_config({}, {})
+
+
 def test_model_table_is_validated() -> None:
     config = load_config(
         file_data={

@@ -15,7 +15,7 @@ import pytest
 from vllama.api.inflight import InFlight
 from vllama.api.observe import new_request_id
 from vllama.api.ollama.stream import _loads
-from vllama.api.relay import _usage_of, _usage_of_events
+from vllama.api.usage import StreamUsage, token_counts, usage_of, usage_of_events
 
 
 def outcome(parse: Any, data: bytes) -> tuple[str, str]:
@@ -53,16 +53,17 @@ def test_loads_answers_as_json_loads(data: bytes) -> None:
 
 
 def usage_line_by_line(chunk: bytes) -> dict[str, object] | None:
-    """What the relay did before: every line of the piece, in order."""
+    """The plain way: every line of the piece, in order, each usage merged over the last."""
+    merged: dict[str, object] | None = None
     for line in chunk.split(b"\n"):
         if not line.startswith(b"data: {") or b'"usage"' not in line:
             continue
         if b'"usage":null' in line or b'"usage": null' in line:
             continue
-        usage = _usage_of(line[6:])
+        usage = usage_of(line[6:])
         if usage is not None:
-            return usage
-    return None
+            merged = usage if merged is None else {**merged, **usage}
+    return merged
 
 
 def test_usage_of_events_finds_what_a_line_by_line_search_finds() -> None:
@@ -77,12 +78,58 @@ def test_usage_of_events_finds_what_a_line_by_line_search_finds() -> None:
         b'data: {"x":"\\"usage\\"","usage":{"completion_tokens":1}}\n\n',
         b'data: {"usage":{"a":1}',
         b"\n",
+        b'event: message_start\ndata: {"message":{"usage":{"input_tokens":3}}}\n\n',
+        b'data: {"type":"message_delta","usage":{"output_tokens":4}}\n\n',
+        b'data: {"response":{"usage":null}}\n\n',
+        b'data: {"response":{"id":"r","usage":{"input_tokens":1,"output_tokens":2}}}\n\n',
     ]
     rng = random.Random(13)
     for _ in range(20_000):
         chunk = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
         chunk = chunk[rng.randint(0, len(chunk)) :] if rng.random() < 0.3 else chunk
-        assert _usage_of_events(chunk) == usage_line_by_line(chunk), chunk
+        assert usage_of_events(chunk) == usage_line_by_line(chunk), chunk
+
+
+ANTHROPIC_STREAM = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":7,'
+    b'"cache_read_input_tokens":2,"output_tokens":1}}}\n\n'
+    b"event: content_block_delta\n"
+    b'data: {"type":"content_block_delta","delta":{"text":"\\"usage\\""}}\n\n'
+    b"event: message_delta\n"
+    b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+    b'"usage":{"output_tokens":12}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+
+def test_a_streams_usage_is_found_however_its_pieces_are_cut() -> None:
+    # Anthropic's real API names only output_tokens in message_delta: the input tokens are
+    # message_start's (its cache reads count as prompt).
+    rng = random.Random(7)
+    for _ in range(2000):
+        cuts = sorted(rng.sample(range(1, len(ANTHROPIC_STREAM)), rng.randint(0, 8)))
+        tally = StreamUsage()
+        for start, end in zip([0, *cuts], [*cuts, len(ANTHROPIC_STREAM)], strict=True):
+            tally.feed(ANTHROPIC_STREAM[start:end])
+        assert tally.usage is not None, cuts
+        assert token_counts(tally.usage) == (9, 12), cuts
+
+
+@pytest.mark.parametrize(
+    ("usage", "counts"),
+    [
+        ({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, (3, 2)),
+        ({"prompt_tokens": 3}, (3, None)),
+        ({"input_tokens": 4, "output_tokens": 6, "total_tokens": 10}, (4, 6)),  # Responses
+        ({"input_tokens": 1, "cache_creation_input_tokens": 5, "output_tokens": 0}, (6, 0)),
+        ({"input_tokens": True, "output_tokens": "2"}, (0, None)),
+    ],
+)
+def test_token_counts_of_each_apis_usage(
+    usage: dict[str, object], counts: tuple[int, int | None]
+) -> None:
+    assert token_counts(usage) == counts
 
 
 def test_request_ids_are_uuid4s() -> None:

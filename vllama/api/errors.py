@@ -84,15 +84,25 @@ VLLM_NATIVE_PATHS = frozenset(
     {"/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify", "/v2/rerank"}
     | {"/v2/embed"}
 )
+# Anthropic's error types by status (its API's "Errors" page); another 4xx is a bad request,
+# another 5xx an `api_error`. vLLM's 503 (retry later) is Anthropic's overloaded (529).
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
 }
+ANTHROPIC_ERROR_TYPES = frozenset(_ANTHROPIC_TYPES.values()) | {"api_error"}
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
 def envelope_of(path: str) -> Envelope:
@@ -150,19 +160,31 @@ def upstream_error_message(status: int, body: bytes) -> str:
 
 
 def enveloped(path: str, status: int, body: bytes) -> bytes:
-    """A worker's error answer, relayed: kept when already in an error envelope, else (FastAPI's
-    `{"detail": ...}`, plain text) rewritten into the envelope of `path`'s API."""
+    """A worker's error answer, relayed: kept when already in `path`'s API's error envelope, else
+    (FastAPI's `{"detail": ...}`, plain text, and on Anthropic's paths vLLM's own error types
+    such as `BadRequestError` or its OpenAI envelope) rewritten into that envelope."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None
-    if isinstance(data, dict) and ("error" in data or data.get("type") == "error"):
+    if envelope_of(path) == "anthropic":
+        if _anthropic_typed(data):
+            return body
+    elif isinstance(data, dict) and ("error" in data or data.get("type") == "error"):
         return body
     message = upstream_error_message(status, body)
     detail = data.get("detail") if isinstance(data, dict) else None
     if isinstance(detail, str):
         message = detail
     return json.dumps(error_body(path, status, message)).encode()
+
+
+def _anthropic_typed(data: object) -> bool:
+    """Anthropic's envelope with one of Anthropic's own error types."""
+    if not isinstance(data, dict) or data.get("type") != "error":
+        return False
+    error = data.get("error")
+    return isinstance(error, dict) and error.get("type") in ANTHROPIC_ERROR_TYPES
 
 
 def upstream_refusal(status: int, body: bytes) -> ApiError:
@@ -191,7 +213,7 @@ def error_body(path: str, status: int, message: str, code: str | None = None) ->
     if envelope == "openai":
         return openai_error_body(status, message, code, None)
     if envelope == "anthropic":
-        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        kind = anthropic_error_type(status)
         return {"type": "error", "error": {"type": kind, "message": message}}
     return {"error": message}
 

@@ -177,7 +177,7 @@ def _by_response_id(suffix: str, method: str) -> Handler:
             raise web.HTTPNotFound()
         path = f"/v1/responses/{response_id}{suffix}"
         async with worker_request(request, model, path, b"", method=method) as leased:
-            return await relay_response(request, leased.response)
+            return await relay_response(request, leased.response, counts_tokens=False)
 
     return handler
 

@@ -35,6 +35,7 @@ from vllama.api.errors import (
 )
 from vllama.api.keys import MODEL_KEY, REQUEST_ID_KEY, TOKENS_KEY, services
 from vllama.api.observe import REQUEST_ID, mark_first_byte
+from vllama.api.usage import StreamUsage, Usage, token_counts, usage_of
 from vllama.scheduling.runner import WorkerLike
 
 log = structlog.get_logger("vllama.relay")
@@ -164,17 +165,19 @@ async def relay_response(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     watch: Callable[[bytes], bool] | None = None,
+    counts_tokens: bool = True,
 ) -> web.StreamResponse:
     """The worker's response to the client, byte for byte; SSE chunk by chunk. `watch` sees the
-    bytes as they pass until it returns True (it must not keep them)."""
+    bytes as they pass until it returns True (it must not keep them). The answer's usage is
+    counted unless `counts_tokens` is False (a stored response read again generated nothing)."""
     headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
     if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
         try:
             payload = await upstream.read()
         except aiohttp.ClientError as exc:
             raise worker_error(request, exc, "mid-response") from None
-        if upstream.status == 200:
-            count_usage(request, _usage_of(payload))
+        if upstream.status == 200 and counts_tokens:
+            count_usage(request, usage_of(payload))
             if watch is not None:
                 watch(payload)
         elif upstream.status >= 400:
@@ -185,6 +188,7 @@ async def relay_response(
     await response.prepare(request)
     mark_first_byte(request)  # the headers are out; tokens follow as vLLM makes them
     content = upstream.content
+    usage = StreamUsage()  # whichever API's events carry it (OpenAI, Anthropic, Responses)
     while True:
         try:
             # Everything that has arrived, in one piece: a worker ahead of the client costs one
@@ -203,55 +207,24 @@ async def relay_response(
         await (response.write_eof(chunk) if last else response.write(chunk))
         if watch is not None and watch(chunk):
             watch = None
-        at = chunk.find(b'"usage"')  # a stream with include_usage carries it in its last event
-        if at >= 0:
-            count_usage(request, _usage_of_events(chunk, at))
+        usage.feed(chunk)
         if last:
             break
+    if counts_tokens:
+        count_usage(request, usage.usage)
     await response.write_eof()
     return response
 
 
-def count_usage(request: web.Request, usage: dict[str, object] | None) -> None:
+def count_usage(request: web.Request, usage: Usage | None) -> None:
+    """An answer's usage (any API's names: `vllama.api.usage`) in the metrics and the request's
+    record (the status page's tokens)."""
     if usage is None:
         return
-    prompt, generated = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(generated, int):
+    prompt, generated = token_counts(usage)
+    if generated is not None:
         request[TOKENS_KEY] = generated
-    services(request).metrics.count_usage(
-        request.get(MODEL_KEY, ""),
-        prompt if isinstance(prompt, int) else 0,
-        generated if isinstance(generated, int) else 0,
-    )
-
-
-def _usage_of(payload: bytes) -> dict[str, object] | None:
-    try:
-        usage = json.loads(payload).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    return usage if isinstance(usage, dict) else None
-
-
-def _usage_of_events(chunk: bytes, at: int = 0) -> dict[str, object] | None:
-    """The first usage in a piece of SSE stream, from `at` (where `"usage"` first is). Only the
-    lines that name it are looked at: the piece may hold a whole stream's events (a worker ahead
-    of its client)."""
-    at = chunk.find(b'"usage"', at)
-    while at >= 0:
-        start = chunk.rfind(b"\n", 0, at) + 1
-        end = chunk.find(b"\n", at)
-        end = len(chunk) if end < 0 else end
-        line = chunk[start:end]
-        # vLLM may send a null usage on every chunk: not worth parsing
-        if line.startswith(b"data: {") and not (
-            b'"usage":null' in line or b'"usage": null' in line
-        ):
-            usage = _usage_of(line[6:])
-            if usage is not None:
-                return usage
-        at = chunk.find(b'"usage"', end)
-    return None
+    services(request).metrics.count_usage(request.get(MODEL_KEY, ""), prompt, generated or 0)
 
 
 def worker_error(request: web.Request, exc: aiohttp.ClientError, when: str) -> ApiError:

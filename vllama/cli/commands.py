@@ -24,6 +24,11 @@ from vllama.cli.format import format_table, list_rows, ps_rows, show_text, verbo
 from vllama.cli.interactive import ProgressPrinter, chat_loop
 
 STOP_WAIT = 60.0  # seconds `vllama stop` waits for the model to leave /api/ps
+# A one-shot `vllama run MODEL PROMPT` answer stops after this many tokens, or half the model's
+# context where that is less (vLLM refuses a prompt plus limit over the context), unless
+# --max-tokens says otherwise: a model that never ends its answer would print until its context
+# is full (`ollama run` sends no limit; Ollama's own default is to generate forever).
+ONE_SHOT_MAX_TOKENS = 2048
 
 
 def parse_scalar(text: str) -> Any:
@@ -132,6 +137,26 @@ def _chat_stream(client: Client, body: dict[str, Any], out: TextIO) -> tuple[str
     return "".join(content), final
 
 
+def context_length(info: dict[str, Any]) -> int | None:
+    """The model's context length from `/api/show` (`<family>.context_length`: the length its
+    worker serves, once it has run)."""
+    for key, value in (info.get("model_info") or {}).items():
+        if key.endswith(".context_length") and isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def one_shot_limit(max_tokens: int | None, context: int | None) -> int | None:
+    """The `num_predict` a one-shot run sends: --max-tokens as given (0 or less: none), else
+    ONE_SHOT_MAX_TOKENS or half the context where that is less (none when the context is not
+    known: vLLM then stops at the context's end)."""
+    if max_tokens is not None:
+        return max_tokens if max_tokens > 0 else None
+    if context is None:
+        return None
+    return max(1, min(ONE_SHOT_MAX_TOKENS, context // 2))
+
+
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.keepalive is not None:
@@ -144,11 +169,17 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
         prompt = " ".join(args.prompt)
     elif not interactive:
         prompt = sys.stdin.read()
-    _pull_if_missing(client, args.model)
+    info = _show_or_pull(client, args.model)
     if interactive or not prompt.strip():  # load the model (an empty prompt only loads it)
         client.post("/api/generate", {"model": args.model, **extra}, timeout=None)
         if not interactive:
             return 0
+    # A chat on a terminal is stopped with Ctrl-C: it has a limit only when one is asked for.
+    limit = None
+    if args.max_tokens is not None or not interactive:
+        limit = one_shot_limit(args.max_tokens, context_length(info))
+    if limit is not None:
+        extra["options"] = {"num_predict": limit}
     out = sys.stdout
 
     def send(messages: list[dict[str, Any]]) -> str:
@@ -158,6 +189,12 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
         out.flush()
         if args.verbose:
             print(verbose_stats(final), file=sys.stderr)
+        if limit is not None and final.get("done_reason") == "length":
+            print(
+                f"(the answer stopped at the {limit}-token limit: "
+                "--max-tokens N raises it, --max-tokens 0 lifts it)",
+                file=sys.stderr,
+            )
         return text
 
     if interactive:
@@ -180,10 +217,11 @@ def _progress(client: Client, path: str, body: dict[str, Any]) -> int:
     return 0
 
 
-def _pull_if_missing(client: Client, model: str) -> None:
-    """As `ollama run` does: a model not here yet is pulled first, with its progress."""
+def _show_or_pull(client: Client, model: str) -> dict[str, Any]:
+    """The model's `/api/show`; as `ollama run` does, a model not here yet is pulled first, with
+    its progress."""
     try:
-        client.post("/api/show", {"model": model})
+        return client.post("/api/show", {"model": model}) or {}
     except DaemonError as missing:
         if missing.status != 404:
             raise
@@ -193,6 +231,7 @@ def _pull_if_missing(client: Client, model: str) -> None:
             if exc.status == 404:  # nothing by that name to pull either: say it is not found
                 raise missing from None
             raise
+    return client.post("/api/show", {"model": model}) or {}
 
 
 def cmd_pull(client: Client, args: argparse.Namespace) -> int:
@@ -283,6 +322,13 @@ def add_commands(commands: Any) -> None:
     parser.add_argument("--verbose", action="store_true", help="show timings and token rates")
     parser.add_argument("--keepalive", help='how long the model stays loaded ("5m", "-1")')
     parser.add_argument("--format", help='response format: "json" or a JSON schema')
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help=f"stop the answer after N tokens (num_predict; 0: no limit). A one-shot run stops "
+        f"at {ONE_SHOT_MAX_TOKENS} (or half the model's context) unless told; a chat has no limit",
+    )
     parser = add("pull", cmd_pull, "download a model: qwen3:8b, or a Hugging Face org/name")
     parser.add_argument("model")
     parser = add("stop", cmd_stop, "stop a running model")

@@ -242,6 +242,19 @@ class ServerSettings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _port_in_host(cls, data: Any) -> Any:
+        """`host` may name a port, in the forms the CLI reads `VLLAMA_HOST` in (Ollama's
+        OLLAMA_HOST: `host:port`, `[v6]:port`, `http://host:port`), so one VLLAMA_HOST serves
+        both: that port is the port unless `port` is set (flag, VLLAMA_PORT or the file)."""
+        if isinstance(data, dict) and isinstance(data.get("host"), str):
+            host, port = _split_host(data["host"])
+            data = {**data, "host": host}
+            if port is not None and data.get("port") is None:
+                data["port"] = port
+        return data
+
     @field_validator("default_args")
     @classmethod
     def _no_reserved_default_args(cls, args: list[str]) -> list[str]:
@@ -327,6 +340,25 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:  # a directory, no permission, an I/O error
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _split_host(text: str) -> tuple[str, int | str | None]:
+    """A listen address and the port it names, if any (a port that is no number is passed on
+    for `port`'s own check to refuse)."""
+    rest = text.strip()
+    scheme, sep, after = rest.partition("://")
+    if sep and scheme in ("http", "https"):
+        rest = after
+    rest = rest.rstrip("/")
+    port: str | None = None
+    if rest.startswith("["):  # [v6] or [v6]:port
+        rest, _, tail = rest[1:].partition("]")
+        port = tail.removeprefix(":") or None
+    elif rest.count(":") == 1:  # not a bare IPv6 address
+        rest, _, port = rest.partition(":")
+    if port is None:
+        return rest, None
+    return rest, int(port) if port.isdigit() else port
 
 
 def load_config(

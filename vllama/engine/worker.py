@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import ClassVar
@@ -439,6 +440,7 @@ class Worker:
         report = None
         if process is not None:
             report = await process.stop(self._settings.stop_timeout)
+            self._output_log.end()  # its output is over (stop waited for the reader)
             if report.survivors:
                 log.error("worker tree survived stop", model=self.name, pids=report.survivors)
             else:
@@ -462,18 +464,35 @@ OUTPUT_BURST = 200  # a vLLM start prints ~100 lines
 OUTPUT_RATE = 20.0  # lines per second after the burst
 
 
+# nanobind (the bindings of vLLM's xgrammar, among others) reports every object it leaked when
+# the engine's interpreter exits: some 60 lines, one per object, after every stop. They stay in
+# the worker's tail (`vllama logs`); the daemon's log gets one line that counts them. C-level
+# writes, so never behind vLLM's "(EngineCore_DP0 pid=N)" prefix, but it is allowed for.
+NANOBIND_REPORT = re.compile(
+    r"^(?:\(\S+ pid=\d+\) )?"
+    r"(?:nanobind: | - leaked | - \.\.\. skipped remainder|See https://nanobind\.readthedocs\.io/)"
+)
+
+
 class OutputLog:
     """A token bucket (a burst of `OUTPUT_BURST`, then `OUTPUT_RATE` lines per second) keeps a
     chatty or crash-looping engine from flooding journald; suppressed lines are counted, and every
-    line stays in the tail the worker keeps for errors and `vllama logs`."""
+    line stays in the tail the worker keeps for errors and `vllama logs`. nanobind's leak report
+    at the engine's exit is counted, not logged (`NANOBIND_REPORT`). `end` (the worker's output
+    is over) says what was counted and not said yet."""
 
     def __init__(self, model: str) -> None:
         self._model = model
         self._tokens = float(OUTPUT_BURST)
         self._at = time.monotonic()
         self._suppressed = 0
+        self._nanobind = 0
 
     def line(self, line: str) -> None:
+        if NANOBIND_REPORT.match(line):
+            self._nanobind += 1
+            return
+        self._report_nanobind()
         now = time.monotonic()
         self._tokens = min(OUTPUT_BURST, self._tokens + (now - self._at) * OUTPUT_RATE)
         self._at = now
@@ -481,7 +500,24 @@ class OutputLog:
             self._suppressed += 1
             return
         self._tokens -= 1
+        self._report_suppressed()
+        log.info("worker output", model=self._model, line=line)
+
+    def end(self) -> None:
+        self._report_nanobind()
+        self._report_suppressed()
+
+    def _report_suppressed(self) -> None:
         if self._suppressed:
             log.warning("worker output suppressed", model=self._model, lines=self._suppressed)
             self._suppressed = 0
-        log.info("worker output", model=self._model, line=line)
+
+    def _report_nanobind(self) -> None:
+        if self._nanobind:
+            log.info(
+                "worker output suppressed",
+                model=self._model,
+                lines=self._nanobind,
+                why="nanobind leak report at exit (in `vllama logs`)",
+            )
+            self._nanobind = 0

@@ -59,14 +59,16 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     if backend.passes_ollama:  # it resolves names as vllama does: the body goes as it came
         return await _pass_through(request, backend, Streamed.parse(payload).streaming)
     parsed = _parse(payload, endpoint)
+    if parsed.loads_only and parsed.keep_alive == 0:
+        # An unload needs no capability (as Ollama, which expires the runner before it checks
+        # any): `vllama stop` unloads embedding and rerank models through here too.
+        backend.unload(request)
+        return web.json_response(load_response(requested, endpoint, "unload"))
     traits = await backend.traits(request)
     check_capability(traits, requested, COMPLETION, endpoint)  # as Ollama: before any load
     # Translated even for a load: every field is checked (a 400) as Ollama's decoder would.
     call = _translate(parsed, traits, requested)
     if parsed.loads_only:
-        if parsed.keep_alive == 0:
-            backend.unload(request)
-            return web.json_response(load_response(requested, endpoint, "unload"))
         await backend.load(request, parsed.keep_alive)
         return web.json_response(load_response(requested, endpoint, "load"))
     payload = cast(JsonObject, call.body)

@@ -109,9 +109,9 @@ async def show(request: web.Request) -> web.StreamResponse:
     traits = await served_traits(request, resolved)
     derived = resolved.derived
     template = (derived.template if derived else None) or (files.template if files else "")
+    # The parameters the model sets (a derived model's, as Ollama shows a Modelfile's); its
+    # context is in model_info's context_length.
     parameters = dict(derived.parameters) if derived else {}
-    if traits.context_length is not None:  # the window a request gets (docs/API.md, num_ctx)
-        parameters.setdefault("num_ctx", traits.context_length)
     system = traits.system or ""
     modelfile = [f"FROM {resolved.spec.model}"]
     adapter = derived.adapter if derived else resolved.spec.adapters.get(resolved.adapter or "")
