@@ -142,7 +142,7 @@ def test_num_ctx_and_bad_options(vllama_daemon: Daemon) -> None:
     assert workers(vllama_daemon)["tiny"].pid == pid  # accepted without a reload
     with pytest.raises(ollama.ResponseError) as info:
         api.generate(model="tiny", prompt=PROMPT, options={"num_ctx": 100_000})
-    assert info.value.status_code == 400 and "context length 2048" in str(info.value)
+    assert info.value.status_code == 400 and "context length 65536" in str(info.value)
     raw = httpx.post(
         vllama_daemon.url + "/api/generate",
         json={"model": "tiny", "prompt": "x", "options": {"temperature": "hot"}},
@@ -258,7 +258,7 @@ def test_load_unload_and_ps(vllama_daemon: Daemon) -> None:
     assert "tiny2:latest" in running
     entry = running["tiny2:latest"]
     assert entry.size and entry.size > 100_000_000  # the whole vLLM process tree's memory
-    assert entry.context_length == 2048
+    assert entry.context_length == 65536
     assert entry.expires_at is not None
     left = entry.expires_at.timestamp() - time.time()
     assert 540 < left <= 600
