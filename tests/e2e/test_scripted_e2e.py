@@ -213,7 +213,7 @@ def test_ollama_think_splits_thinking_from_content(vllama_daemon: Daemon) -> Non
     messages = [{"role": "user", "content": ask("thinking")}]
     reply = client.chat(model=MODEL, messages=messages, think=True)
     assert (reply.message.thinking or "").strip() == REASONING
-    assert reply.message.content.strip() == ANSWER
+    assert (reply.message.content or "").strip() == ANSWER
 
     thinking, content = "", ""
     for chunk in client.chat(model=MODEL, messages=messages, think=True, stream=True):
@@ -256,17 +256,16 @@ def test_ollama_format_schema_answer_parses(vllama_daemon: Daemon) -> None:
     reply = _ollama(vllama_daemon).chat(
         model=MODEL, messages=[{"role": "user", "content": ask("json")}], format=CITY_SCHEMA
     )
-    assert json.loads(reply.message.content) == JSON_ANSWER
+    assert json.loads(reply.message.content or "") == JSON_ANSWER
 
 
 def test_openai_json_schema_answer_parses(vllama_daemon: Daemon) -> None:
+    schema: Any = {"name": "city", "schema": CITY_SCHEMA, "strict": True}
+    messages: Any = [{"role": "user", "content": ask("json")}]
     reply = _openai(vllama_daemon).chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": ask("json")}],
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True},
-        },
+        messages=messages,
+        response_format={"type": "json_schema", "json_schema": schema},
     )
     assert json.loads(reply.choices[0].message.content or "") == JSON_ANSWER
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 
 MARKER_RE = re.compile(r"\[\[script:([a-z0-9_]+)\]\]")
 
@@ -37,7 +38,7 @@ STOP_STRING = "<<END>>"
 BEFORE_STOP = "Counting: one, two, three."
 
 
-def _call(name: str, arguments: dict[str, object]) -> str:
+def _call(name: str, arguments: Mapping[str, object]) -> str:
     """One call in the hermes format vLLM's hermes parser reads (Qwen's)."""
     return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 

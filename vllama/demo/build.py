@@ -196,7 +196,8 @@ def _write_chat_model(folder: Path) -> None:
             dtype="float32",
         )
         model = _seeded(lambda: transformers.LlamaForCausalLM(config), torch)
-        _end_answers(model, tok.token_to_id(_ANSWER_TOKEN), tokenizer.eos_token_id, torch)
+        eos = int(tokenizer.eos_token_id)
+        _end_answers(model, int(tokenizer.convert_tokens_to_ids(_ANSWER_TOKEN)), eos, torch)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
