@@ -32,7 +32,7 @@ EMBED_MODEL_DIRNAME = "vllama-tiny-embed"
 RERANK_MODEL_DIRNAME = "vllama-tiny-rerank"
 
 # Bump a version whenever what a builder writes changes, so cached folders are rebuilt.
-_CHAT_FORMAT = "vllama-tiny-chat/3"
+_CHAT_FORMAT = "vllama-tiny-chat/4"
 _EMBED_FORMAT = "vllama-tiny-embed/2"
 _RERANK_FORMAT = "vllama-tiny-rerank/1"
 _LORA_FORMAT = "vllama-tiny-lora/1"
@@ -219,7 +219,8 @@ def _write_chat_model(folder: Path) -> None:
 #   prompt without one (a raw completion) is left to the random weights.
 # - Each head writes its weight (the value is 1 on the marker, 0 elsewhere) to `_NEAR`/`_SEEN`,
 #   and end-of-sequence's output row reads `seen - 1.5 near - 0.5` (times a large gain) from
-#   them: strongly negative while the answer is young, strongly positive after it.
+#   them: strongly negative while the answer is young, strongly positive after it. The output row
+#   of `<|answer|>` reads `-_ONE`, so no answer restarts its own clock.
 
 _ROPE_THETA = 1e9  # the lowest RoPE frequency turns 1e-4 rad over 65,536 positions: a constant
 _ONE, _MARK, _NEAR, _SEEN = 127, 126, 125, 124
@@ -279,6 +280,8 @@ def _end_answers(model: Any, answer_id: int, eos_id: int, torch: Any) -> None:
         row[_SEEN] = _EOS_GAIN
         row[_NEAR] = -1.5 * _EOS_GAIN
         row[_ONE] = -0.5 * _EOS_GAIN
+        # The model never says <|answer|> itself: a sampled one would restart the clock.
+        model.lm_head.weight[answer_id, _ONE] = -_EOS_GAIN
 
 
 # --- embedding model -------------------------------------------------------------------------
