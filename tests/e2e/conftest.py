@@ -38,6 +38,17 @@ TOOLS_AND_JSON_ARGS = [
     '{"backend": "xgrammar", "disable_any_whitespace": true}',
 ]
 
+# The scripted model: the demo chat model's files (its Qwen-style template, so vllama picks the
+# hermes tool parser and the qwen3 reasoning parser itself), with a test-only logits processor
+# that makes it say the script a prompt names (tests/scripted/). The worker imports the processor
+# from this checkout, whatever PYTHONPATH the test run was given.
+SCRIPTED_ARGS = [
+    *TOOLS_AND_JSON_ARGS,
+    "--logits-processors",
+    "tests.scripted.processor:ScriptedLogitsProcessor",
+]
+SCRIPTED_ENV = {**DEMO_ENV, "PYTHONPATH": str(REPO)}
+
 
 @pytest.fixture(scope="session")
 def vllama_daemon(
@@ -54,6 +65,11 @@ def vllama_daemon(
         "tiny-tools": {
             **real_model(demo_models["chat"]),
             "args": [*DEMO_ARGS, *TOOLS_AND_JSON_ARGS],
+        },
+        "tiny-scripted": {
+            **real_model(demo_models["chat"]),
+            "args": [*DEMO_ARGS, *SCRIPTED_ARGS],
+            "env": SCRIPTED_ENV,
         },
         "tiny2": real_model(demo_models["chat"], reasoning_parser="none"),
         "tiny-embed": real_model(demo_models["embed"]),

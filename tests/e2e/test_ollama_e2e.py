@@ -264,7 +264,7 @@ def test_load_unload_and_ps(vllama_daemon: Daemon) -> None:
     assert "tiny2:latest" in running
     entry = running["tiny2:latest"]
     assert entry.size and entry.size > 100_000_000  # the whole vLLM process tree's memory
-    assert entry.context_length == 2048
+    assert entry.context_length == 65536
     assert entry.expires_at is not None
     left = entry.expires_at.timestamp() - time.time()
     assert 540 < left <= 600

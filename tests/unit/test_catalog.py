@@ -433,7 +433,7 @@ def test_demo_models(tmp_path: Path) -> None:
     assert chat.details.family == "llama"
     assert "completion" in chat.capabilities
     assert chat.template
-    assert chat.context_length == 2048
+    assert chat.context_length == 65536
     expected = 0
     for file in sorted(paths["chat"].glob("*.safetensors")):
         with safe_open(str(file), framework="numpy") as handle:

@@ -32,14 +32,16 @@ EMBED_MODEL_DIRNAME = "vllama-tiny-embed"
 RERANK_MODEL_DIRNAME = "vllama-tiny-rerank"
 
 # Bump a version whenever what a builder writes changes, so cached folders are rebuilt.
-_CHAT_FORMAT = "vllama-tiny-chat/2"
+_CHAT_FORMAT = "vllama-tiny-chat/4"
 _EMBED_FORMAT = "vllama-tiny-embed/2"
 _RERANK_FORMAT = "vllama-tiny-rerank/1"
 _LORA_FORMAT = "vllama-tiny-lora/1"
 _LORA_RANK = 8
 
 _VOCAB_SIZE = 1000
-_CHAT_MAX_POSITIONS = 2048
+# Long enough for coding agents' prompts; the KV cache per token is 2 KiB (2 layers x 2 KV heads
+# x 64 x K and V x 4 bytes), so a whole 65,536-token context fits in 128 MiB.
+_CHAT_MAX_POSITIONS = 65536
 _EMBED_MAX_POSITIONS = 512
 
 # A Qwen-style chat template, so that vllama's automatic parser choice gives the demo model tools
@@ -79,12 +81,15 @@ _CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
-    "{{- '<|assistant|>\\n' -}}"
+    "{{- '<|assistant|>\\n<|answer|>' -}}"
     "{%- if enable_thinking is defined and enable_thinking -%}{{- '<think>\\n' -}}{%- endif -%}"
     "{%- endif -%}"
 )
 # Added to the vocabulary whole: vLLM's parsers look for these exact tokens.
 _CHAT_MARKERS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+# Opens the answer being generated (only there: history turns do not hold it), so the model can
+# measure how far its answer has gone and end it (see `_end_answers`).
+_ANSWER_TOKEN = "<|answer|>"
 
 
 def build_chat_model(dest: Path) -> Path:
@@ -142,7 +147,7 @@ def _write_chat_model(folder: Path) -> None:
 
     transformers = _untyped("transformers")
 
-    specials = ["<unk>", "<s>", "</s>", "<pad>", *_CHAT_MARKERS]
+    specials = ["<unk>", "<s>", "</s>", "<pad>", *_CHAT_MARKERS, _ANSWER_TOKEN]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -178,18 +183,105 @@ def _write_chat_model(folder: Path) -> None:
             num_hidden_layers=2,
             # head_dim 64: vLLM's CPU attention kernel rejects smaller heads such as 16.
             num_attention_heads=2,
-            num_key_value_heads=1,
+            # Two KV heads: layer 0's are the answer's clock (`_end_answers`), layer 1's random.
+            num_key_value_heads=2,
             max_position_embeddings=_CHAT_MAX_POSITIONS,
+            attention_bias=True,
+            rope_theta=_ROPE_THETA,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            # Tied embeddings keep the folder small; vLLM's Llama honours the flag.
-            tie_word_embeddings=True,
+            # Untied: the output row of end-of-sequence reads the clock, its input row does not.
+            tie_word_embeddings=False,
             dtype="float32",
         )
         model = _seeded(lambda: transformers.LlamaForCausalLM(config), torch)
+        eos = int(tokenizer.eos_token_id)
+        _end_answers(model, int(tokenizer.convert_tokens_to_ids(_ANSWER_TOKEN)), eos, torch)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+
+
+# --- answers that end -----------------------------------------------------------------------
+#
+# The chat model's weights are random, except for a clock built by hand: greedy or sampled, it
+# emits end-of-sequence about `_ANSWER_TOKENS` tokens after the `<|answer|>` token that opens the
+# answer being generated, whatever the prompt's length. Four residual dimensions that the random
+# weights neither read nor write carry it:
+# - `_MARK` is set only in the embedding of `<|answer|>`; `_ONE` is a constant in every embedding.
+# - Layer 0's two heads attend only to `<|answer|>` (every other key is zero; a key from
+#   `_MARK` alone): head "near" with a query and key on two mid-frequency RoPE pairs, so its
+#   score falls with the distance D from `<|answer|>` (a x (cos(t5 D) + cos(t6 D))), head
+#   "seen" on the lowest-frequency pair, whose score stays constant over the whole context.
+#   Softmax weighs the marker against the ~N other keys (score 0): "near" gives ~1 while
+#   a x S(D) > ln N and ~0 once S(D) falls below it, which happens within a few tokens of D=50
+#   for any N from 20 to 65,536; "seen" gives ~1 whenever the prompt holds the marker at all, so a
+#   prompt without one (a raw completion) is left to the random weights.
+# - Each head writes its weight (the value is 1 on the marker, 0 elsewhere) to `_NEAR`/`_SEEN`,
+#   and end-of-sequence's output row reads `seen - 1.5 near - 0.5` (times a large gain) from
+#   them: strongly negative while the answer is young, strongly positive after it. The output row
+#   of `<|answer|>` reads `-_ONE`, so no answer restarts its own clock.
+
+_ROPE_THETA = 1e9  # the lowest RoPE frequency turns 1e-4 rad over 65,536 positions: a constant
+_ONE, _MARK, _NEAR, _SEEN = 127, 126, 125, 124
+_NEAR_PAIRS = (5, 6)  # 1e9 ** (-j / 32): 0.039 and 0.0205 rad per token
+_SEEN_PAIR = 31
+_NEAR_SCALE = 50.0  # a per pair, in softmax logits
+_SEEN_SCALE = 24.0  # > ln(65,536) + 10: the marker outweighs a full context of other keys
+_EOS_GAIN = 400.0
+
+
+def _end_answers(model: Any, answer_id: int, eos_id: int, torch: Any) -> None:
+    clock = [_ONE, _MARK, _NEAR, _SEEN]
+    inner = model.model
+    hidden = model.config.hidden_size
+    head_dim = hidden // model.config.num_attention_heads
+    half = head_dim // 2
+    with torch.no_grad():
+        # The random weights neither read nor write the clock's dimensions.
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                proj.weight[:, clock] = 0
+            for proj in (attn.o_proj, mlp.down_proj):
+                proj.weight[clock, :] = 0
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+                proj.bias.zero_()
+        model.lm_head.weight[:, clock] = 0
+        embed = inner.embed_tokens.weight
+        embed[:, clock] = 0
+        embed[:, _ONE] = 0.02  # about the random entries' size
+        # <|answer|>: the marker and the constant alone, so its normalised marker entry is exact.
+        embed[answer_id] = 0
+        embed[answer_id, _MARK] = 1.0
+        embed[answer_id, _ONE] = 1.0
+        marked = (2.0 / hidden) ** -0.5  # its _MARK entry after the input RMSNorm (gain 1)
+
+        # Layer 0: head 0 "near", head 1 "seen"; all of its attention belongs to the clock.
+        attn = inner.layers[0].self_attn
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            proj.weight.zero_()
+        attn.o_proj.weight[:, : 2 * head_dim] = 0
+        scale = head_dim**0.5  # scores are divided by sqrt(head_dim)
+        heads = ((0, _NEAR_PAIRS, _NEAR_SCALE, _NEAR), (1, (_SEEN_PAIR,), _SEEN_SCALE, _SEEN))
+        for head, pairs, strength, out in heads:
+            base = head * head_dim
+            for pair in pairs:
+                # Only the first of each pair's two components: the rotated dot product is then
+                # q x k x cos(theta x distance).
+                attn.q_proj.bias[base + pair] = 1.0
+                attn.k_proj.weight[base + pair, _MARK] = strength * scale / marked
+            attn.v_proj.weight[base, _MARK] = 1.0 / marked
+            attn.o_proj.weight[out, base] = 0.02
+        assert half > max(_NEAR_PAIRS) and half > _SEEN_PAIR
+
+        # End-of-sequence reads the clock; nothing else does.
+        row = model.lm_head.weight[eos_id]
+        row[_SEEN] = _EOS_GAIN
+        row[_NEAR] = -1.5 * _EOS_GAIN
+        row[_ONE] = -0.5 * _EOS_GAIN
+        # The model never says <|answer|> itself: a sampled one would restart the clock.
+        model.lm_head.weight[answer_id, _ONE] = -_EOS_GAIN
 
 
 # --- embedding model -------------------------------------------------------------------------

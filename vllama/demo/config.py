@@ -2,7 +2,8 @@
 
 No model hub is assumed: the demo models are built locally on first use (a few seconds, ~3 MB) and
 cached in the models folder. They have random weights, so their text is gibberish, but every byte
-of it comes from a real vLLM engine.
+of it comes from a real vLLM engine. The chat model's context is 65,536 tokens, and its answers end
+on their own about 50 tokens in (a clock in its weights: `vllama.demo.build._end_answers`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ DEMO_RERANK_MODEL = "tiny-rerank"
 
 # Eager mode skips torch.compile (about half of a CPU start-up); float32 is the checkpoints' own
 # dtype (vLLM's "auto" picks bf16/fp16 on CPU and warns per weight); a 1 GiB KV cache is plenty
-# for these toys and keeps each worker near 3 GB of host RAM on the CPU engine.
+# for these toys (524,288 tokens of the chat model: 8 full 65,536-token contexts) and keeps each
+# worker near 3 GB of host RAM on the CPU engine.
 # Thinking is off unless a request asks for it: with random weights the model never closes its
 # <think> block, so a thinking default would leave every answer's content empty.
 DEMO_ARGS = (

@@ -1,0 +1,57 @@
+"""The demo chat model (`tiny`, vllama/demo/build.py) as real clients use it: a 65,536-token
+context, and answers that end on their own, with end-of-sequence from its weights, about fifty
+tokens after the answer starts, whatever the prompt's length or the sampling settings.
+"""
+
+from __future__ import annotations
+
+import anthropic
+import ollama
+import openai
+import pytest
+
+from tests.daemon import Daemon
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 300
+# Where the weights put end-of-sequence: ~50 tokens after <|answer|> (a few more on long prompts
+# is fine, as is a few less); far from any length cap the tests set.
+ANSWER_TOKENS = range(40, 64)
+
+
+def test_demo_answers_end_on_their_own(vllama_daemon: Daemon) -> None:
+    api = ollama.Client(host=vllama_daemon.url, timeout=TIMEOUT)
+    shown = api.show("tiny")
+    assert (shown.modelinfo or {}).get("llama.context_length") == 65536
+    messages = [{"role": "user", "content": "Why is the sky blue?"}]
+    for options in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}, {"temperature": 0.7}):
+        reply = api.chat(model="tiny", messages=messages, options=options)
+        assert reply.done_reason == "stop", options  # end-of-sequence, not a length cap
+        assert reply.eval_count in ANSWER_TOKENS, (options, reply.eval_count)
+
+    # A long prompt and a history of earlier answers move nothing.
+    history = [
+        {"role": "user", "content": "Tell me a story. " * 600},
+        {"role": "assistant", "content": "Once upon a time. " * 40},
+        {"role": "user", "content": "And then?"},
+    ]
+    long = api.chat(model="tiny", messages=history, options={"temperature": 0})
+    assert long.prompt_eval_count and long.prompt_eval_count > 3000
+    assert long.done_reason == "stop" and long.eval_count in ANSWER_TOKENS
+
+
+def test_demo_answers_end_for_the_anthropic_and_openai_sdks(vllama_daemon: Daemon) -> None:
+    # Claude Code reports an answer stopped by max_tokens as an error: it must be end_turn.
+    claude = anthropic.Anthropic(base_url=vllama_daemon.url, api_key="unused", timeout=TIMEOUT)
+    message = claude.messages.create(
+        model="tiny", max_tokens=4096, messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens in ANSWER_TOKENS
+    oai = openai.OpenAI(base_url=vllama_daemon.url + "/v1", api_key="unused", timeout=TIMEOUT)
+    reply = oai.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.completion_tokens in ANSWER_TOKENS
