@@ -1042,14 +1042,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def spawn_grandchild() -> subprocess.Popen[bytes]:
     # The trailing argument only makes the process findable with `pgrep -f fake_vllm`.
-    code = "import time; time.sleep(3600)"
+    code = "import time; print('up', flush=True); time.sleep(3600)"
     if env_flag("FAKE_VLLM_GRANDCHILD_IGNORE_TERM"):  # an engine slow to stop: SIGKILL only
-        code = (
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
-        )
+        code = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " + code
     child = subprocess.Popen(
-        [sys.executable, "-c", code, "fake_vllm_enginecore"], stdin=subprocess.DEVNULL
+        [sys.executable, "-c", code, "fake_vllm_enginecore"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
     )
+    # Up (its SIGTERM handling set) before the server says it is: a stop right after the start
+    # meets the engine it means to test, not one still starting.
+    assert child.stdout is not None
+    child.stdout.readline()
+    child.stdout.close()
     pidfile = os.environ.get("FAKE_VLLM_GRANDCHILD_PIDFILE")
     if pidfile:
         with open(pidfile, "w") as f:
