@@ -646,6 +646,7 @@ class FakeVllm:
                     raise refused(None, text)
             # vLLM sets both max_tokens and max_completion_tokens: the refusal names the latter.
             check_budget({"max_completion_tokens": max_tokens}, True, self.max_model_len)
+            check_fields(body, True, self.max_model_len)  # the chat request's own checks
             prompt_tokens = count_words(messages) + count_words(body.get("system"))
             n, finish = self.budget(max_tokens, prompt_tokens)
         except ApiError as exc:
