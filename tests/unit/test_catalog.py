@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from vllama.catalog.files import ModelFormatError, read_model
 from vllama.catalog.names import InvalidName, check_name, is_repo_id, normalize_name
 from vllama.catalog.pull import loaded_weight_bytes
 from vllama.catalog.registry import Registry, parsers_for
+from vllama.catalog.store import StoreError
 from vllama.config.settings import ConfigError, ModelSpec, load_config
 from vllama.config.units import format_parameter_count
 from vllama.demo.build import ensure_demo_models
@@ -373,8 +375,8 @@ def test_derived_store_round_trip(tmp_path: Path) -> None:
         created_at=created,
     )
     assert model.name == "mine:latest"
-    store.put(model)
-    store.put(DerivedModel(name="copy:v2", base="mine:latest", created_at=created))
+    store.put_blocking(model)
+    store.put_blocking(DerivedModel(name="copy:v2", base="mine:latest", created_at=created))
 
     again = DerivedStore(path)
     assert again.get("mine") == model
@@ -383,15 +385,15 @@ def test_derived_store_round_trip(tmp_path: Path) -> None:
     assert again.get("copy:v2") == DerivedModel("copy:v2", "mine:latest", created_at=created)
     assert again.get("other") is None
 
-    assert again.delete("mine") is True
-    assert again.delete("mine") is False
+    assert again.delete_blocking("mine") is True
+    assert again.delete_blocking("mine") is False
     assert [m.name for m in DerivedStore(path).all()] == ["copy:v2"]
 
 
 def test_derived_store_writes_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "derived.json"
     store = DerivedStore(path)
-    store.put(DerivedModel(name="a", base="tiny"))
+    store.put_blocking(DerivedModel(name="a", base="tiny"))
     before = path.read_bytes()
 
     replaced: list[tuple[str, str]] = []
@@ -402,19 +404,23 @@ def test_derived_store_writes_atomically(tmp_path: Path, monkeypatch: pytest.Mon
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
-    store.put(DerivedModel(name="b", base="tiny"))
+    store.put_blocking(DerivedModel(name="b", base="tiny"))
     assert len(replaced) == 1
     assert Path(replaced[0][0]).parent == tmp_path and replaced[0][1] == str(path)
 
     def fail(src: str, dst: str) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(os, "replace", fail)
     current = path.read_bytes()
-    with pytest.raises(OSError, match="disk full"):
-        store.put(DerivedModel(name="c", base="tiny"))
+    with pytest.raises(StoreError, match="I/O error"):
+        store.put_blocking(DerivedModel(name="c", base="tiny"))
     assert path.read_bytes() == current != before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["derived.json"]  # no temp left
+    assert store.get("c") is None  # memory holds what the file holds
+    with pytest.raises(StoreError):
+        store.delete_blocking("a")
+    assert store.get("a") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".derived.json.lock", "derived.json"]
 
 
 def test_derived_store_corrupt_file(tmp_path: Path) -> None:
@@ -468,7 +474,7 @@ def test_adapters_resolve_to_their_base_models_worker(tmp_path: Path) -> None:
     resolved = registry.resolve("ad:latest")
     assert (resolved.served_name, resolved.adapter, resolved.upstream_model) == ("base", "ad", "ad")
     assert registry.resolve("base").upstream_model == "base"
-    registry.derived.put(DerivedModel(name="mine", base="base", adapter=str(adapter)))
+    registry.derived.put_blocking(DerivedModel(name="mine", base="base", adapter=str(adapter)))
     mine = registry.resolve("mine")
     assert (mine.served_name, mine.upstream_model) == ("base", "mine")
     args = registry._lora_args(config.models["base"])

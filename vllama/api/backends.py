@@ -28,6 +28,7 @@ from vllama.api.keys import MODEL_KEY, services
 from vllama.api.relay import worker_request
 from vllama.api.remote import owner, peer_request
 from vllama.catalog.derived import DerivedModel as Derived
+from vllama.catalog.names import strip_latest
 from vllama.catalog.registry import ModelNotFound, ModelTraits, Resolved
 from vllama.remote.peers import Peer
 
@@ -103,6 +104,18 @@ async def backend_for(request: web.Request, requested: str) -> Backend:
             raise
         request[MODEL_KEY] = requested  # the metrics label and access-log field
         return PeerModel(requested, peer)
+
+
+def scheduled_name(request: web.Request, requested: str) -> str | None:
+    """The model the scheduler runs under `requested` when the catalog no longer finds it (a
+    models-folder model whose folder has gone while it ran): the folder it was pulled into, or
+    the name itself (without `:latest`). None when the scheduler has no such model."""
+    pulled = services(request).registry.pulled.get(requested)
+    scheduler = services(request).scheduler
+    for name in (pulled, strip_latest(requested), requested):
+        if name and scheduler.model_status(name) is not None:
+            return name
+    return None
 
 
 @dataclass(frozen=True)
