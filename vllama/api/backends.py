@@ -109,12 +109,16 @@ async def backend_for(request: web.Request, requested: str) -> Backend:
 def scheduled_name(request: web.Request, requested: str) -> str | None:
     """The model the scheduler runs under `requested` when the catalog no longer finds it (a
     models-folder model whose folder has gone while it ran): the folder it was pulled into, or
-    the name itself (without `:latest`). None when the scheduler has no such model."""
-    pulled = services(request).registry.pulled.get(requested)
-    scheduler = services(request).scheduler
-    for name in (pulled, strip_latest(requested), requested):
-        if name and scheduler.model_status(name) is not None:
-            return name
+    the name itself (without `:latest`), for a derived model its base's. None when the
+    scheduler has no such model."""
+    registry, scheduler = services(request).registry, services(request).scheduler
+    names = [requested]
+    while len(names) < 5 and (derived := registry.derived.get(names[-1])) is not None:
+        names.append(derived.base)
+    for name in names:
+        for candidate in (registry.pulled.get(name), strip_latest(name), name):
+            if candidate and scheduler.model_status(candidate) is not None:
+                return candidate
     return None
 
 
