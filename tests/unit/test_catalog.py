@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,9 @@ from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
 from vllama.catalog.files import ModelFormatError, read_model
 from vllama.catalog.names import InvalidName, check_name, is_repo_id, normalize_name
 from vllama.catalog.pull import loaded_weight_bytes
+from vllama.catalog.pulled import PulledNames
 from vllama.catalog.registry import Registry, parsers_for
+from vllama.catalog.store import StoreError, StoreFull, StoreRefused
 from vllama.config.settings import ConfigError, ModelSpec, load_config
 from vllama.config.units import format_parameter_count
 from vllama.demo.build import ensure_demo_models
@@ -373,8 +378,8 @@ def test_derived_store_round_trip(tmp_path: Path) -> None:
         created_at=created,
     )
     assert model.name == "mine:latest"
-    store.put(model)
-    store.put(DerivedModel(name="copy:v2", base="mine:latest", created_at=created))
+    store.put_blocking(model)
+    store.put_blocking(DerivedModel(name="copy:v2", base="mine:latest", created_at=created))
 
     again = DerivedStore(path)
     assert again.get("mine") == model
@@ -383,15 +388,15 @@ def test_derived_store_round_trip(tmp_path: Path) -> None:
     assert again.get("copy:v2") == DerivedModel("copy:v2", "mine:latest", created_at=created)
     assert again.get("other") is None
 
-    assert again.delete("mine") is True
-    assert again.delete("mine") is False
+    assert again.delete_blocking("mine") is True
+    assert again.delete_blocking("mine") is False
     assert [m.name for m in DerivedStore(path).all()] == ["copy:v2"]
 
 
 def test_derived_store_writes_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "derived.json"
     store = DerivedStore(path)
-    store.put(DerivedModel(name="a", base="tiny"))
+    store.put_blocking(DerivedModel(name="a", base="tiny"))
     before = path.read_bytes()
 
     replaced: list[tuple[str, str]] = []
@@ -402,19 +407,100 @@ def test_derived_store_writes_atomically(tmp_path: Path, monkeypatch: pytest.Mon
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
-    store.put(DerivedModel(name="b", base="tiny"))
+    store.put_blocking(DerivedModel(name="b", base="tiny"))
     assert len(replaced) == 1
     assert Path(replaced[0][0]).parent == tmp_path and replaced[0][1] == str(path)
 
     def fail(src: str, dst: str) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(os, "replace", fail)
     current = path.read_bytes()
-    with pytest.raises(OSError, match="disk full"):
-        store.put(DerivedModel(name="c", base="tiny"))
+    with pytest.raises(StoreError, match="I/O error"):
+        store.put_blocking(DerivedModel(name="c", base="tiny"))
     assert path.read_bytes() == current != before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["derived.json"]  # no temp left
+    assert store.get("c") is None  # memory holds what the file holds
+    with pytest.raises(StoreError):
+        store.delete_blocking("a")
+    assert store.get("a") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".derived.json.lock", "derived.json"]
+
+
+def test_derived_store_writers_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that saves slowly is not overtaken by a second one (whose save it would then
+    undo with its older document): every model put is in the file."""
+    path = tmp_path / "derived.json"
+    store = DerivedStore(path)
+    real_replace = os.replace
+    replaced: list[str] = []
+    second_saved = threading.Event()
+
+    def slow_first(src: str, dst: str) -> None:
+        replaced.append(src)
+        if len(replaced) == 1:
+            second_saved.wait(1)  # the first writer is slow; nothing may overtake it
+        real_replace(src, dst)
+        if len(replaced) > 1:
+            second_saved.set()
+
+    monkeypatch.setattr(os, "replace", slow_first)
+    first = threading.Thread(target=store.put_blocking, args=(DerivedModel("a", "tiny"),))
+    second = threading.Thread(target=store.put_blocking, args=(DerivedModel("b", "tiny"),))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not replaced and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second.start()
+    first.join()
+    second.join()
+    assert [m.name for m in DerivedStore(path).all()] == ["a:latest", "b:latest"]
+    assert [m.name for m in store.all()] == ["a:latest", "b:latest"]
+
+
+def test_derived_store_shared_by_two_processes(tmp_path: Path) -> None:
+    """Two daemons on one models folder: each change is made to the file as it is now."""
+    path = tmp_path / "derived.json"
+    one, two = DerivedStore(path), DerivedStore(path)
+    one.put_blocking(DerivedModel("a", "tiny"))
+    two.put_blocking(DerivedModel("b", "tiny"))
+    assert [m.name for m in DerivedStore(path).all()] == ["a:latest", "b:latest"]
+    assert two.delete_blocking("a") is True
+    one.put_blocking(DerivedModel("c", "tiny"))
+    assert [m.name for m in DerivedStore(path).all()] == ["b:latest", "c:latest"]
+    assert [m.name for m in one.all()] == ["b:latest", "c:latest"]
+
+
+def test_derived_store_refuses_what_it_cannot_save(tmp_path: Path) -> None:
+    path = tmp_path / "derived.json"
+    store = DerivedStore(path)
+    store.put_blocking(DerivedModel("a", "tiny"))
+    before = path.read_bytes()
+    deep: dict[str, object] = {}
+    for _ in range(100_000):
+        deep = {"x": deep}
+    with pytest.raises(StoreRefused, match="cannot be stored"):
+        store.put_blocking(DerivedModel("deep", "tiny", parameters=deep))
+    assert store.get("deep") is None and path.read_bytes() == before
+    store.put_blocking(DerivedModel("b", "tiny"))  # and the store still works
+    assert [m.name for m in DerivedStore(path).all()] == ["a:latest", "b:latest"]
+
+
+def test_pulled_names_saved_before_they_change_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "pulled.json"
+    names = PulledNames(path)
+    names.put("qwen3:8b", "Qwen/Qwen3-8B")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StoreFull, match="No space left"):
+        names.put("qwen3", "Qwen/Qwen3-8B")
+    with pytest.raises(StoreFull):
+        names.delete("qwen3:8b")
+    assert names.all() == {"qwen3:8b": "Qwen/Qwen3-8B"} == PulledNames(path).all()
 
 
 def test_derived_store_corrupt_file(tmp_path: Path) -> None:
@@ -468,7 +554,7 @@ def test_adapters_resolve_to_their_base_models_worker(tmp_path: Path) -> None:
     resolved = registry.resolve("ad:latest")
     assert (resolved.served_name, resolved.adapter, resolved.upstream_model) == ("base", "ad", "ad")
     assert registry.resolve("base").upstream_model == "base"
-    registry.derived.put(DerivedModel(name="mine", base="base", adapter=str(adapter)))
+    registry.derived.put_blocking(DerivedModel(name="mine", base="base", adapter=str(adapter)))
     mine = registry.resolve("mine")
     assert (mine.served_name, mine.upstream_model) == ("base", "mine")
     args = registry._lora_args(config.models["base"])

@@ -28,6 +28,7 @@ from vllama.api.keys import MODEL_KEY, services
 from vllama.api.relay import worker_request
 from vllama.api.remote import owner, peer_request
 from vllama.catalog.derived import DerivedModel as Derived
+from vllama.catalog.names import strip_latest
 from vllama.catalog.registry import ModelNotFound, ModelTraits, Resolved
 from vllama.remote.peers import Peer
 
@@ -103,6 +104,22 @@ async def backend_for(request: web.Request, requested: str) -> Backend:
             raise
         request[MODEL_KEY] = requested  # the metrics label and access-log field
         return PeerModel(requested, peer)
+
+
+def scheduled_name(request: web.Request, requested: str) -> str | None:
+    """The model the scheduler runs under `requested` when the catalog no longer finds it (a
+    models-folder model whose folder has gone while it ran): the folder it was pulled into, or
+    the name itself (without `:latest`), for a derived model its base's. None when the
+    scheduler has no such model."""
+    registry, scheduler = services(request).registry, services(request).scheduler
+    names = [requested]
+    while len(names) < 5 and (derived := registry.derived.get(names[-1])) is not None:
+        names.append(derived.base)
+    for name in names:
+        for candidate in (registry.pulled.get(name), strip_latest(name), name):
+            if candidate and scheduler.model_status(candidate) is not None:
+                return candidate
+    return None
 
 
 @dataclass(frozen=True)

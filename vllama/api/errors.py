@@ -5,7 +5,8 @@ Each path speaks its API's envelope (`envelope_of`): Anthropic's `{"type": "erro
 "code"}}` on the rest of `/v1/*` and on vLLM's own routes (`/tokenize`, `/rerank`, ...), and
 Ollama's `{"error": "..."}` everywhere else. Handlers raise `ApiError` (or `BadRequest`,
 `WorkerFailed`, `WorkerTimeout`) or let a domain error from below propagate (`ModelNotFound`,
-`LoadError`, `QueueFull`, `ShuttingDown`, `PullError`); `http_error` is the one place that turns
+`LoadError`, `QueueFull`, `ShuttingDown`, `PullError`, the stores' `StoreRefused` (400),
+`StoreFull` (507) and `StoreError` (500)); `http_error` is the one place that turns
 either into a status and a message, and the middleware renders it, aiohttp's own HTTP errors
 included (unknown route, wrong method, body too large).
 """
@@ -24,6 +25,7 @@ from vllama.api.keys import services
 from vllama.catalog.hub import PullError
 from vllama.catalog.names import InvalidName
 from vllama.catalog.registry import ModelNotFound
+from vllama.catalog.store import StoreError, StoreFull, StoreRefused
 from vllama.engine.worker import LoadError
 from vllama.scheduling.errors import QueueFull, ShuttingDown
 
@@ -139,6 +141,12 @@ def http_error(error: Exception, path: str) -> ApiError | None:
         return ApiError(error.status, str(error))
     if isinstance(error, InvalidName):
         return BadRequest(str(error), param="model")
+    if isinstance(error, StoreRefused):
+        return BadRequest(str(error))
+    if isinstance(error, StoreFull):  # nothing was saved, nothing changed: free space, retry
+        return ApiError(507, str(error), code="insufficient_storage")
+    if isinstance(error, StoreError):
+        return ApiError(500, str(error), code="store_error")
     return None
 
 

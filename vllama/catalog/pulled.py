@@ -4,10 +4,11 @@ so `/api/tags` lists a pulled model as it was pulled and requests find it by tha
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vllama.catalog.files import ModelFormatError
 from vllama.catalog.names import normalize_name
-from vllama.catalog.store import load_document, save_document
+from vllama.catalog.store import DocumentFile, StoreError, encode
 
 
 class PulledNames:
@@ -17,13 +18,16 @@ class PulledNames:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        data = load_document(self.path) or {"names": {}}
-        names = data.get("names")
+        self._file = DocumentFile(self.path)
+        self._names = self._parse(self._file.load())
+
+    def _parse(self, data: dict[str, Any] | None) -> dict[str, str]:
+        names = (data or {"names": {}}).get("names")
         if not isinstance(names, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in names.items()
         ):
             raise ModelFormatError(f"{self.path}: not a pulled-names store")
-        self._names: dict[str, str] = names
+        return names
 
     def get(self, name: str) -> str | None:
         return self._names.get(normalize_name(name))
@@ -35,16 +39,28 @@ class PulledNames:
         return sorted(name for name, folder in self._names.items() if folder == key)
 
     def put(self, name: str, key: str) -> None:
-        """Blocking."""
-        self._names[normalize_name(name)] = key
-        self._save()
+        """Blocking; memory changes once the file holds the change (`catalog.store`)."""
+        with self._file.writing() as (changed, document):
+            self._save({**self._fresh(changed, document), normalize_name(name): key})
 
     def delete(self, name: str) -> bool:
-        """Blocking."""
-        if self._names.pop(normalize_name(name), None) is None:
-            return False
-        self._save()
-        return True
+        """Blocking, as `put`."""
+        with self._file.writing() as (changed, document):
+            names = self._fresh(changed, document)
+            name = normalize_name(name)
+            if name not in names:
+                return False
+            self._save({key: value for key, value in names.items() if key != name})
+            return True
 
-    def _save(self) -> None:
-        save_document(self.path, {"version": self._VERSION, "names": self._names})
+    def _fresh(self, changed: bool, document: dict[str, Any] | None) -> dict[str, str]:
+        if changed:  # another process sharing the models folder changed it
+            try:
+                self._names = self._parse(document)
+            except ModelFormatError as exc:
+                raise StoreError(str(exc)) from None
+        return self._names
+
+    def _save(self, names: dict[str, str]) -> None:
+        self._file.write(encode({"version": self._VERSION, "names": dict(sorted(names.items()))}))
+        self._names = names

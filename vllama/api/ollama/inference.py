@@ -17,10 +17,10 @@ from typing import cast
 import aiohttp
 from aiohttp import web
 
-from vllama.api.backends import Backend, backend_for
+from vllama.api.backends import Backend, backend_for, scheduled_name
 from vllama.api.budget import send_fitted
 from vllama.api.common import check_capability, read_json_object, requested_model
-from vllama.api.errors import ApiError, WorkerFailed, upstream_refusal
+from vllama.api.errors import ApiError, BadRequest, WorkerFailed, upstream_refusal
 from vllama.api.keys import MODEL_KEY, TOKENS_KEY, services
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.protocol import (
@@ -37,7 +37,7 @@ from vllama.api.ollama.wire import EmbeddingBody
 from vllama.api.protocol import JsonObject
 from vllama.api.relay import worker_error
 from vllama.api.remote import pass_through
-from vllama.catalog.registry import ModelTraits
+from vllama.catalog.registry import ModelNotFound, ModelTraits
 
 EMBEDDINGS_PATH = "/v1/embeddings"
 COMPLETION = frozenset({"completion"})
@@ -55,7 +55,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     _, payload = await read_json_object(request)
     requested = requested_model(payload)
-    backend = await backend_for(request, requested)
+    try:
+        backend = await backend_for(request, requested)
+    except ModelNotFound:
+        # `keep_alive: 0` (`vllama stop`) unloads whatever the scheduler runs by that name,
+        # even a model the catalog no longer finds (its folder has gone while it ran).
+        running = _unload_request(payload, endpoint) and scheduled_name(request, requested)
+        if not running:
+            raise
+        services(request).scheduler.expire(running)
+        return web.json_response(load_response(requested, endpoint, "unload"))
     if backend.passes_ollama:  # it resolves names as vllama does: the body goes as it came
         return await _pass_through(request, backend, Streamed.parse(payload).streaming)
     parsed = _parse(payload, endpoint)
@@ -82,6 +91,15 @@ async def _inference(request: web.Request, endpoint: Endpoint) -> web.StreamResp
     ) as answer:
         timing.loaded = timing.sent = answer.sent_ns
         return await _relay_translated(request, answer.response, translator, parsed.streaming)
+
+
+def _unload_request(payload: Mapping[str, object], endpoint: Endpoint) -> bool:
+    """Whether the body only asks to unload the model (nothing to generate, `keep_alive: 0`)."""
+    try:
+        parsed = _parse(payload, endpoint)
+    except BadRequest:
+        return False
+    return parsed.loads_only and parsed.keep_alive == 0
 
 
 def _parse(payload: Mapping[str, object], endpoint: Endpoint) -> GenerateRequest | ChatRequest:

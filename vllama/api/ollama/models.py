@@ -35,7 +35,6 @@ from vllama.scheduling.status import ModelStatus
 # The Ollama API level vllama matches (clients gate features on it); see docs/API.md.
 OLLAMA_API_VERSION = "0.12.0"
 _FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
-MAX_DERIVED = 1000  # how many derived models /api/create stores
 _NO_DETAILS = ModelDetails(
     format="", family="", families=[], parameter_size="", quantization_level=""
 )
@@ -228,8 +227,6 @@ async def create(request: web.Request) -> web.StreamResponse:
     registry = services(request).registry
     resolved = await registry.lookup(base)
     adapter = await _adapter_folder(parsed.adapters)
-    if len(registry.derived.all()) >= MAX_DERIVED and registry.derived.get(name) is None:
-        raise BadRequest(f"there are {MAX_DERIVED} derived models already; delete some first")
     parameters = parsed.parameters or {}
     if len(json.dumps(parameters)) > MAX_PARAMETERS:
         raise BadRequest(f"parameters must be an object of at most {MAX_PARAMETERS} bytes")
@@ -240,10 +237,11 @@ async def create(request: web.Request) -> web.StreamResponse:
     model = DerivedModel(
         name=name, base=base, system=system, parameters=parameters, adapter=adapter
     )
+    # Saved before the first update, so that a refusal or a full disk is a plain HTTP error.
+    await registry.derived.put(model)
 
     async def updates() -> AsyncIterator[Progress]:
         yield {"status": f"using existing model {normalize_name(base)}"}
-        await asyncio.to_thread(registry.derived.put, model)
         if adapter is not None:
             # The base model's worker serves its adapters from its start: a running one
             # restarts with the new adapter once its requests are done.
@@ -287,7 +285,7 @@ async def copy(request: web.Request) -> web.Response:
         parameters=dict(derived.parameters) if derived else {},
         adapter=derived.adapter if derived else None,
     )
-    await asyncio.to_thread(registry.derived.put, model)
+    await registry.derived.put(model)  # bounded as a create is (`catalog.derived`)
     return web.Response(status=200)
 
 
@@ -297,7 +295,7 @@ async def delete(request: web.Request) -> web.Response:
     registry = services(request).registry
     resolved = await registry.lookup(requested)
     if resolved.derived is not None:
-        await asyncio.to_thread(registry.derived.delete, requested)
+        await registry.derived.delete(requested)
         return web.Response(status=200)
     if resolved.source == "config":
         raise BadRequest(f"model '{requested}' is configured in the config file; remove it there")
@@ -306,11 +304,9 @@ async def delete(request: web.Request) -> web.Response:
             f"model '{requested}' is in the Hugging Face cache, shared with other tools; "
             "remove it with `hf cache delete`"
         )
+    entry = await asyncio.to_thread(_entry_to_remove, registry.models_dir, resolved, requested)
     folder = Path(resolved.spec.model)
-    inside = await asyncio.to_thread(_inside, folder, registry.models_dir)
-    if not inside:  # a symlink out of the models folder: its target is not vllama's to delete
-        raise BadRequest(f"model '{requested}' is outside the models folder; not deleting it")
-    users = registry.configured_users(folder)
+    users = [] if entry.is_symlink() else registry.configured_users(folder)
     if users:
         raise BadRequest(
             f"model '{requested}' is the folder of configured model(s) {', '.join(users)}; "
@@ -324,20 +320,45 @@ async def delete(request: web.Request) -> web.Response:
     stopping = services(request).scheduler.unload(resolved.served_name, "model deleted", "deleted")
     if stopping is not None:
         await stopping
-    await asyncio.to_thread(shutil.rmtree, resolved.spec.model)
+    await asyncio.to_thread(_remove_entry, entry)
     for name in pulled_as:
         await asyncio.to_thread(registry.pulled.delete, name)
     await registry.discovery.refresh(force=True)
     return web.Response(status=200)
 
 
-def _inside(folder: Path, root: Path) -> bool:
-    """Blocking: whether `folder`, links followed, lies inside `root` (and is not `root`)."""
+def _entry_to_remove(root: Path, resolved: Resolved, requested: str) -> Path:
+    """Blocking: what deleting a models-folder model removes: its entry in the folder (`name`
+    or `org/name`, links not followed). A symlink there is the model's entry: the link goes,
+    never its target (docs/API.md). A model reached through a linked folder (`org` -> a
+    folder elsewhere) is refused: the link is shared with the other models under it, and what
+    it points at is not vllama's."""
+    base = root.resolve()
+    entry = base / resolved.served_name
+    for parent in reversed(entry.relative_to(base).parents[:-1]):  # `org`, for `org/name`
+        if (base / parent).is_symlink():
+            raise BadRequest(
+                f"model '{requested}' is reached through the symlink {base / parent}; "
+                "not deleting it (remove the link yourself)"
+            )
+    if entry.is_symlink():
+        return entry
     try:
-        resolved, base = folder.resolve(strict=True), root.resolve()
+        inside = entry.resolve(strict=True).is_relative_to(base) and entry != base
     except OSError:
-        return False
-    return resolved != base and resolved.is_relative_to(base) and not folder.is_symlink()
+        inside = False
+    if not inside or not entry.is_dir():
+        raise BadRequest(f"model '{requested}' is not a folder in the models folder")
+    return entry
+
+
+def _remove_entry(entry: Path) -> None:
+    """Blocking: a symlink is unlinked; a folder is removed with what it holds (`rmtree`
+    unlinks the links in it, never follows them, and refuses a folder that became a link)."""
+    if entry.is_symlink():
+        entry.unlink()
+    else:
+        shutil.rmtree(entry)
 
 
 async def logs(request: web.Request) -> web.Response:

@@ -258,7 +258,20 @@ class CreateRequest(Streamed):
             raise refused(f"system is longer than {MAX_SYSTEM} characters")
         if self.template:
             raise refused(TEMPLATE_REFUSED)
+        for key, option in (self.parameters or {}).items():
+            # What a Modelfile's PARAMETER lines can say: a value, or (`stop`) several.
+            if not _is_parameter(option) and not (
+                isinstance(option, list) and all(_is_parameter(item) for item in option)
+            ):
+                raise refused(
+                    f"parameters: {key[:40]!r} must be a string, number or boolean, "
+                    "or a list of them"
+                )
         return self
+
+
+def _is_parameter(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 class CopyRequest(Request):
