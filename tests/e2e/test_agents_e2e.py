@@ -151,9 +151,9 @@ def test_codex_exec_answers_on_tiny(vllama_daemon: Daemon, tmp_path: Path) -> No
         'name = "vllama"\n'
         f'base_url = "{vllama_daemon.url}/v1"\n'
         'wire_api = "responses"\n'
-        'env_key = "VLLAMA_API_KEY"\n'
+        'env_key = "VLLAMA_CODEX_KEY"\n'
     )
-    env = clean_env(tmp_path / "home", CODEX_HOME=str(codex_home), VLLAMA_API_KEY="unused")
+    env = clean_env(tmp_path / "home", CODEX_HOME=str(codex_home), VLLAMA_CODEX_KEY="unused")
     last = tmp_path / "last-message.txt"
     offset = len(vllama_daemon.log())
     done = run_agent(
