@@ -91,10 +91,16 @@ def check_requests(entries: list[dict[str, Any]], path: str) -> list[str]:
     return sent
 
 
+# Skipped before the session daemon is asked for: a missing CLI starts nothing.
+CLAUDE = shutil.which("claude")
+CODEX = shutil.which("codex")
+
+
+@pytest.mark.skipif(
+    CLAUDE is None, reason="Claude Code is not installed (npm install -g @anthropic-ai/claude-code)"
+)
 def test_claude_code_print_mode_answers_on_tiny(vllama_daemon: Daemon, tmp_path: Path) -> None:
-    claude = shutil.which("claude")
-    if claude is None:
-        pytest.skip("Claude Code is not installed (npm install -g @anthropic-ai/claude-code)")
+    assert CLAUDE is not None
     env = clean_env(
         tmp_path / "home",
         ANTHROPIC_BASE_URL=vllama_daemon.url,
@@ -116,7 +122,7 @@ def test_claude_code_print_mode_answers_on_tiny(vllama_daemon: Daemon, tmp_path:
     )
     offset = len(vllama_daemon.log())
     done = run_agent(
-        [claude, "-p", "Say hello in one short sentence.", "--model", "tiny",
+        [CLAUDE, "-p", "Say hello in one short sentence.", "--model", "tiny",
          "--output-format", "json"],
         env,
         tmp_path,
@@ -131,10 +137,9 @@ def test_claude_code_print_mode_answers_on_tiny(vllama_daemon: Daemon, tmp_path:
     assert result["modelUsage"].keys() == {"tiny"}, result
 
 
+@pytest.mark.skipif(CODEX is None, reason="Codex is not installed (npm install -g @openai/codex)")
 def test_codex_exec_answers_on_tiny(vllama_daemon: Daemon, tmp_path: Path) -> None:
-    codex = shutil.which("codex")
-    if codex is None:
-        pytest.skip("Codex is not installed (npm install -g @openai/codex)")
+    assert CODEX is not None
     codex_home = tmp_path / "codex"
     codex_home.mkdir()
     (codex_home / "config.toml").write_text(
@@ -157,7 +162,7 @@ def test_codex_exec_answers_on_tiny(vllama_daemon: Daemon, tmp_path: Path) -> No
     last = tmp_path / "last-message.txt"
     offset = len(vllama_daemon.log())
     done = run_agent(
-        [codex, "exec", "--strict-config", "--skip-git-repo-check",
+        [CODEX, "exec", "--strict-config", "--skip-git-repo-check",
          "--output-last-message", str(last), "Say hello in one short sentence."],
         env,
         tmp_path,
