@@ -8,6 +8,8 @@ The models have random weights: every check is on the shape and the protocol, ne
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from typing import Any, cast
 
 import anthropic
@@ -27,28 +29,43 @@ pytestmark = pytest.mark.e2e
 WEATHER = WEATHER_TOOL
 
 
+# What Open WebUI 0.12 sends for a new chat on an Ollama connection with native tool calling:
+# POST /api/chat, the model's Ollama name, streamed, no num_predict, its sampling options and
+# keep_alive, and its built-in tools (36, about 17 KB). The tools are Open WebUI's own shape: a
+# function's docstring for the description, its parameters through pydantic
+# (backend/open_webui/utils/tools.py, convert_function_to_pydantic_model: title, default,
+# anyOf-null for Optional). 27 of them are the functions of backend/open_webui/tools/builtin.py
+# (web search and fetch, image generation and editing, code interpreter, memories, notes, chats,
+# channels, knowledge bases, skills) with their docstrings as written there; the other 9 are
+# modelled on them for Open WebUI's later features (files, prompts, folders, tasks, a memory's
+# deletion), their names not checked against a release.
+OPEN_WEBUI_FIRST_CHAT = Path(__file__).parent / "fixtures" / "open_webui_first_chat.json"
+
+
 def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Daemon) -> None:
-    # The request Open WebUI 0.12 sends for a new chat on an Ollama connection: the model's
-    # Ollama name, streamed, its built-in tools attached, options and keep_alive.
-    body = {
-        "model": "tiny:latest",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the weather in Paris?"},
-        ],
-        "stream": True,
-        "tools": [WEATHER],
-        "options": {"num_predict": 12},
-        "keep_alive": "5m",
-    }
-    lines = []
+    body = json.loads(OPEN_WEBUI_FIRST_CHAT.read_text())
+    assert body["stream"] is True and len(body["tools"]) == 36
+    assert "num_predict" not in body["options"]
+    started = time.monotonic()
     with httpx.stream("POST", vllama_daemon.url + "/api/chat", json=body, timeout=300) as answer:
         assert answer.status_code == 200, answer.read()
         assert answer.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in answer.iter_lines() if line.strip()]
-    assert "error" not in lines[-1], lines[-1]
-    assert lines[-1]["done"] is True and lines[-1]["eval_count"] > 0
+    elapsed = time.monotonic() - started
+    last = lines[-1]
+    assert "error" not in last, last
+    # Ended by the model (the demo's answers end on their own), not by a budget: no num_predict
+    # and a 65,536-token context leave the budget to the context.
+    assert last["done"] is True and last["done_reason"] == "stop", last
+    assert 0 < last["eval_count"] < 100, last
+    # The 36 tools reached the template, and the whole request fits the demo's context.
+    assert 5000 < last["prompt_eval_count"] < 65536 - last["eval_count"], last
     assert all(line["model"] == "tiny:latest" for line in lines)
+    assert all(line["done"] is False for line in lines[:-1])
+    # Reasonably fast: seconds of prefill and decode (beyond the model's load, if this test is
+    # the one that starts it; the whole request is bounded by the client's 300 s).
+    work = (last["prompt_eval_duration"] + last["eval_duration"]) / 1e9
+    assert work < 60, (work, elapsed)
     shown = ollama.Client(host=vllama_daemon.url).show("tiny")
     assert {"completion", "tools", "thinking"} <= set(shown.capabilities or [])
 

@@ -212,7 +212,12 @@ async def relay_response(
             break
     if counts_tokens:
         count_usage(request, usage.usage)
-    await response.write_eof()
+    try:
+        await response.write_eof()
+    except ConnectionResetError:
+        # Every byte of the answer went out; the client hung up before the stream's closing
+        # chunk, as Codex does once it reads `response.completed`: a whole answer, not a 499.
+        pass
     return response
 
 
