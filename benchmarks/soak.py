@@ -56,10 +56,11 @@ def traffic(url: str, model: str, stop: threading.Event, log: list[tuple[float, 
 
 
 def write_soak_config(folder: Path, spec: dict[str, Any], turn: int) -> Path:
-    """The soak's config; each turn differs (keep_alive, a third model that comes and goes), so
-    every reload has something to apply, without a change that restarts a worker."""
+    """The soak's config; each turn differs (`max_output_tokens`, read per request, and a third
+    model that comes and goes), so every reload has something to apply, without a change that
+    restarts a worker (any engine setting does, `keep_alive` included: a replacement)."""
     models: dict[str, dict[str, Any]] = {
-        name: {**spec, "keep_alive": "10m" if turn % 2 else "15m"} for name in MODELS
+        name: {**spec, "max_output_tokens": 64 + turn % 2} for name in MODELS
     }
     if turn % 3 == 0:
         models["tiny-extra"] = dict(spec)  # configured, never asked for: nothing loads
@@ -156,8 +157,18 @@ def unaccounted(daemon: Daemon, listed: set[str]) -> list[str]:
     return problems
 
 
-def final_checks(daemon: Daemon) -> dict[str, Any]:
-    """After the traffic: every model serves, and /api/ps lists each, as the processes show."""
+def final_checks(daemon: Daemon, settle: float = 300) -> dict[str, Any]:
+    """After the traffic: every model serves, and /api/ps lists each, as the processes show
+    (looked at again for up to `settle` seconds while a restart may still be under way)."""
+    deadline = time.monotonic() + settle
+    while True:
+        final = _final_once(daemon)
+        if not final["unaccounted"] or time.monotonic() > deadline:
+            return final
+        time.sleep(5)
+
+
+def _final_once(daemon: Daemon) -> dict[str, Any]:
     serving = {}
     with httpx.Client(timeout=300) as client:
         for model in MODELS:
