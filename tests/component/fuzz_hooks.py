@@ -14,7 +14,9 @@ _turn = itertools.count()
 
 @schemathesis.hook
 def map_body(context: Any, body: Any) -> Any:
-    # Only a string is replaced: a model of the wrong type must stay for the negative cases.
-    if isinstance(body, dict) and isinstance(body.get("model"), str) and next(_turn) % 2 == 0:
+    # Only a name is replaced: a model of the wrong type, or "" (under the schema's minLength),
+    # must stay for the negative cases.
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(model, str) and model and next(_turn) % 2 == 0:
         return {**body, "model": SERVED}
     return body

@@ -15,6 +15,7 @@ from huggingface_hub import constants
 
 from tests.component.fakes import WorkerView, engine_cmdline, eventually, fake_config
 from tests.component.test_ollama_api import json_of, ndjson_lines, start
+from tests.daemon import free_port
 from tests.fake_hf import FakeHub, FakeRepo
 from vllama.catalog import hub as hub_module
 from vllama.catalog import library, pull
@@ -300,3 +301,89 @@ async def test_a_configured_model_named_qwen3_8b_starts_from_its_pulled_folder(
     assert (await json_of(await client.post("/api/generate", json=body)))["done"] is True
     argv = engine_cmdline(WorkerView(client.app, "chat").pid)
     assert argv[argv.index("--model") + 1] == str(folder)
+
+
+# -- a Hub that cannot be reached or answers badly (issue 25) ---------------------------------
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_unreachable_hub_is_a_503_with_the_reason(
+    client: Client, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    reply = await client.post("/api/pull", json={"model": "qwen3:8b", "stream": stream})
+    error = await json_of(reply, 503)
+    assert set(error) == {"error"} and "cannot reach http://127.0.0.1:" in error["error"]
+
+
+def bad_hub(listing: web.StreamResponse | None, resolve_to: str = "") -> web.Application:
+    """A Hub that answers the file list with `listing` (else a good list of two files) and
+    sends every file to `resolve_to`."""
+    files = [
+        {"rfilename": "config.json", "size": 2, "blobId": "0" * 40},
+        {"rfilename": WEIGHTS, "size": 10, "lfs": {"sha256": "0" * 64, "size": 10}},
+    ]
+
+    async def model_info(request: web.Request) -> web.StreamResponse:
+        return listing or web.json_response({"sha": "1" * 40, "siblings": files})
+
+    async def resolve(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(resolve_to + "/" + request.match_info["path"])
+
+    app = web.Application()
+    app.router.add_get("/api/models/{repo:.+}/revision/{revision}", model_info)
+    app.router.add_route("*", "/{org}/{name}/resolve/{commit}/{path:.+}", resolve)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("listing", "reason"),
+    [
+        (web.Response(status=500, text="boom"), "the Hub answered HTTP 500"),
+        (web.Response(text="<html>a captive portal</html>"), "file list is malformed"),
+        (web.json_response({"siblings": 5}), "file list is malformed"),
+    ],
+)
+async def test_a_hub_that_answers_badly_is_a_502_with_the_reason(
+    aiohttp_server: ServerFactory,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    listing: web.StreamResponse,
+    reason: str,
+) -> None:
+    server = await aiohttp_server(bad_hub(listing))
+    monkeypatch.setenv("HF_ENDPOINT", str(server.make_url("")).rstrip("/"))
+    error = await json_of(await client.post("/api/pull", json={"model": "org/model"}), 502)
+    assert reason in error["error"], error
+
+
+async def test_a_hub_that_does_not_answer_in_time_is_a_504(
+    aiohttp_server: ServerFactory, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def silent(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        raise AssertionError("not reached")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", silent)
+    server = await aiohttp_server(app)
+    monkeypatch.setenv("HF_ENDPOINT", str(server.make_url("")).rstrip("/"))
+    monkeypatch.setattr(hub_module, "METADATA_TIMEOUT", 0.3)
+    error = await json_of(await client.post("/api/pull", json={"model": "org/model"}), 504)
+    assert "did not answer" in error["error"]
+
+
+async def test_a_file_host_that_cannot_be_reached_is_a_503(
+    aiohttp_server: ServerFactory, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await aiohttp_server(bad_hub(None, resolve_to=closed_port_url()))
+    monkeypatch.setenv("HF_ENDPOINT", str(server.make_url("")).rstrip("/"))
+    request = {"model": "org/model", "stream": False}
+    error = await json_of(await client.post("/api/pull", json=request), 503)
+    assert "config.json" in error["error"] and "cannot reach" in error["error"], error
+    lines = await ndjson_lines(await client.post("/api/pull", json={"model": "org/model"}), 30)
+    assert "cannot reach" in lines[-1]["error"]

@@ -25,10 +25,12 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 
+import aiohttp
 from aiohttp import web
 
 from vllama.api.backends import Answer, Backend
 from vllama.api.protocol import JsonObject
+from vllama.api.relay import read_answer, worker_error
 
 # The body fields that hold the output budget, per path: the first is the one a default sets.
 # Chat completions reads max_completion_tokens first, then max_tokens (as vLLM does).
@@ -110,12 +112,16 @@ async def send_fitted(
 ) -> AsyncIterator[Answer]:
     """`backend.send`, and when the worker refuses the budget as larger than its context, the
     same request once more with the budget at that context. Any other answer is yielded as it
-    came (a refusal's body already read: `read()` gives it again)."""
+    came (a refusal's body already read: `read_answer` gives it again)."""
     fields = BUDGET_FIELDS.get(path)
     async with backend.send(request, path, body, keep_alive, stream) as answer:
         context = None
         if fields is not None and answer.response.status == 400:
-            context = refused_context(400, await answer.response.read())
+            try:
+                refusal = await read_answer(request, answer.response)
+            except aiohttp.ClientError as exc:
+                raise worker_error(request, exc, "mid-response") from None
+            context = refused_context(400, refusal)
         if context is None or not clamp(payload, fields or (), context):
             yield answer
             return

@@ -79,6 +79,18 @@ class WorkerTimeout(ApiError):
         super().__init__(504, message, code="worker_timeout")
 
 
+class AnswerTooLarge(ApiError):
+    """An upstream's answer, to be held whole, passed `max_answer_bytes`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            502,
+            f"the upstream's answer is larger than max_answer_bytes ({limit} bytes); "
+            "it was not read further",
+            code="answer_too_large",
+        )
+
+
 Envelope = Literal["ollama", "openai", "anthropic"]
 
 # vLLM's routes outside /v1 that vllama relays; they answer in OpenAI's envelope.

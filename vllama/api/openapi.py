@@ -65,7 +65,12 @@ ANTHROPIC_ERROR: Schema = {
         },
     },
 }
-MODEL: Schema = {"type": "string", "description": "a model name (`name`, `name:tag`, `org/name`)"}
+# Every field that names a model refuses "" (400, "model is required"), as the schema says.
+MODEL: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "description": "a model name (`name`, `name:tag`, `org/name`)",
+}
 DURATION: Schema = {
     "type": ["string", "number"],
     "description": 'seconds, or "5m"; negative: forever',
@@ -108,9 +113,12 @@ STATUS_TEXT = {
     413: "body over max_request_bytes",
     500: "vLLM's own internal error, relayed as it answered",
     501: "not supported by vllama",
-    502: "the model's worker failed",
-    503: "the model could not load, the queue is full, or vllama is stopping",
-    504: "the model's worker sent nothing for stream_idle_timeout (streamed answers)",
+    502: "the model's worker or peer failed, its answer was over max_answer_bytes, or the "
+    "Hugging Face Hub answered a pull badly",
+    503: "the model could not load, the queue is full, its peer is down, the Hub cannot be "
+    "reached, or vllama is stopping",
+    504: "the model's worker sent nothing for stream_idle_timeout (streamed answers), or the "
+    "Hub did not answer in time",
 }
 
 

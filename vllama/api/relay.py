@@ -5,6 +5,10 @@ client goes away the upstream request is closed, so vLLM aborts the generation. 
 dies after the first byte went out, the stream ends with an in-band error event: the status line is
 already sent, and bytes already sent are never retried.
 
+An answer held whole (a non-streamed one relayed, translated or parsed here; an error's body) is
+read to `max_answer_bytes` at most: past it the request is a 502 and the connection is closed, so
+a peer that answers without end costs no more memory than that. Streams pass through.
+
 A streamed answer may not stay silent longer than `stream_idle_timeout` (no response headers, or
 no next chunk): vLLM sends a stream's headers and chunks as it goes, so a silence that long is an
 engine that hung with its process and `/health` still up. The request then ends with an error
@@ -25,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from vllama.api.errors import (
+    AnswerTooLarge,
     ApiError,
     WorkerFailed,
     WorkerTimeout,
@@ -98,6 +103,10 @@ async def worker_request(
                 upstream = await send_upstream(
                     request, method, worker.base_url + path, body, stream
                 )
+            except aiohttp.ClientResponseError as exc:  # it took the request: no retry
+                raise WorkerFailed(
+                    f"the model's worker answered with something that is not HTTP: {exc}"
+                ) from None
             except aiohttp.ClientConnectionError as exc:
                 if attempt == 1:
                     raise WorkerFailed(f"the model's worker did not answer: {exc}") from None
@@ -173,7 +182,7 @@ async def relay_response(
     headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
     if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
         try:
-            payload = await upstream.read()
+            payload = await read_answer(request, upstream)
         except aiohttp.ClientError as exc:
             raise worker_error(request, exc, "mid-response") from None
         if upstream.status == 200 and counts_tokens:
@@ -219,6 +228,31 @@ async def relay_response(
         # chunk, as Codex does once it reads `response.completed`: a whole answer, not a 499.
         pass
     return response
+
+
+def answer_limit(request: web.Request) -> int:
+    return services(request).config.server.max_answer_bytes
+
+
+async def read_answer(request: web.Request, upstream: aiohttp.ClientResponse) -> bytes:
+    """The whole of `upstream`'s body, `AnswerTooLarge` as soon as it passes `max_answer_bytes`
+    (a declared length over it is refused unread). As `read()`, it can be called again and gives
+    the same bytes (it fills aiohttp's own cache of the body). A broken read raises
+    `aiohttp.ClientError`, for the caller to judge."""
+    if upstream._body is not None:  # read before (aiohttp's cache, which `read()` fills too)
+        return upstream._body
+    limit = answer_limit(request)
+    if (upstream.content_length or 0) > limit:
+        raise AnswerTooLarge(limit)
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in upstream.content.iter_any():
+        size += len(piece)
+        if size > limit:
+            raise AnswerTooLarge(limit)  # the block's end closes the connection, unread
+        pieces.append(piece)
+    upstream._body = b"".join(pieces)
+    return upstream._body
 
 
 def count_usage(request: web.Request, usage: Usage | None) -> None:

@@ -5,7 +5,9 @@ The OpenAI paths relay the peer's answer as a worker's (`relay_response`). The O
 through unchanged to a peer that speaks Ollama's API (another vllama, an Ollama), and are
 translated here, as for a local worker, when the peer speaks only OpenAI's. A peer known to be
 down is a 503 at once (Retry-After: until its next check); one that does not take the connection
-is a 502 and is checked again at once. No lease, no queue: the peer schedules its own models.
+is a 502 and is checked again at once, and so is one whose answer is not HTTP. An answer is held
+whole only to `max_answer_bytes` (`relay.read_answer`): past it, a 502. No lease, no queue: the
+peer schedules its own models.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from vllama.api.errors import ApiError
 from vllama.api.keys import services
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.response import Details, ModelEntry
-from vllama.api.relay import count_usage, held, send_upstream, worker_error
+from vllama.api.relay import count_usage, held, read_answer, send_upstream, worker_error
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.remote.peers import Peer
 
@@ -58,6 +60,13 @@ async def peer_request(
         raise ApiError(
             502, f"peer {peer.name!r} ({peer.url}) did not answer: {exc}", code="peer_unreachable"
         ) from None
+    except aiohttp.ClientError as exc:  # an answer whose head is not HTTP's
+        services(request).peers.recheck(peer)
+        raise ApiError(
+            502,
+            f"peer {peer.name!r} ({peer.url}) answered with something that is not HTTP: {exc}",
+            code="peer_bad_answer",
+        ) from None
     with held(request, upstream):
         yield upstream
 
@@ -71,7 +80,7 @@ async def pass_through(
     headers = {k: upstream.headers[k] for k in _PASSED_HEADERS if k in upstream.headers}
     if upstream.headers.get("Content-Type", "").startswith("application/json"):  # one object
         try:
-            payload = await upstream.read()
+            payload = await read_answer(request, upstream)
         except aiohttp.ClientError as exc:
             raise worker_error(request, exc, "mid-response") from None
         if upstream.status == 200:

@@ -4,12 +4,18 @@ Plain HTTP through aiohttp, so bytes are counted as they arrive and an interrupt
 with a `Range` request from its partial copy. Files the Hub keeps in Xet storage go through
 huggingface_hub's own download (`hf_xet`: parallel and deduplicated) where `hf_xet` is installed.
 `HF_ENDPOINT` and `HF_TOKEN` are read on each pull, as huggingface_hub reads them.
+
+Every failure is a `PullError` with the reason: a Hub that cannot be reached is a 503, one that
+does not answer in time a 504, one that answers badly (an unexpected status, a body that is not
+the file list, a file whose digest does not match) a 502; what the Hub says of the repo (missing,
+gated) keeps its own status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ import aiohttp
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 METADATA_TIMEOUT = 20.0  # seconds for the file list: offline fails fast, and that is the answer
+METADATA_LIMIT = 64 * 1024 * 1024  # a file list larger than this is no Hub's answer
 READ_TIMEOUT = 60.0  # seconds without a byte before a download counts as stalled
 CHUNK = 1 << 20
 
@@ -30,6 +37,17 @@ class PullError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def unreachable(exc: BaseException, what: str) -> PullError:
+    """A request to the Hub that failed, as a `PullError`: 504 for no answer in time, 503 for a
+    Hub (or a proxy, or a CDN it sent us to) that cannot be reached, 502 for an answer that
+    broke off or was not HTTP. `what` says whose request it was (`pull org/name: file`)."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts included
+        return PullError(504, f"{what}: the Hugging Face Hub did not answer in time ({exc!r})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return PullError(503, f"{what}: cannot reach {endpoint()}: {exc}")
+    return PullError(502, f"{what}: the Hugging Face Hub's answer broke off or was bad: {exc!r}")
 
 
 @dataclass(frozen=True)
@@ -98,18 +116,21 @@ async def repo_info(http: aiohttp.ClientSession, repo: str, revision: str) -> Re
         ) as response:
             if response.status != 200:
                 raise _status_error(response, repo, revision)
-            data: Any = await response.json(content_type=None)
+            body = await response.content.read(METADATA_LIMIT + 1)
     except TimeoutError:
         raise PullError(
-            500, f"pull {repo}: the Hugging Face Hub did not answer in {METADATA_TIMEOUT:g}s"
+            504, f"pull {repo}: the Hugging Face Hub did not answer in {METADATA_TIMEOUT:g}s"
         ) from None
     except aiohttp.ClientError as exc:
-        raise PullError(500, f"pull {repo}: cannot reach {endpoint()}: {exc}") from None
+        raise unreachable(exc, f"pull {repo}") from None
+    if len(body) > METADATA_LIMIT:
+        raise PullError(502, f"pull {repo}: the Hub's file list is over {METADATA_LIMIT} bytes")
     try:
+        data: Any = json.loads(body)
         files = tuple(_file(sibling) for sibling in data["siblings"])
         return RepoInfo(repo, str(data.get("sha") or revision), bool(data.get("gated")), files)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PullError(500, f"pull {repo}: the Hub's file list is malformed ({exc!r})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise PullError(502, f"pull {repo}: the Hub's file list is malformed ({exc!r})") from None
 
 
 def _file(sibling: dict[str, Any]) -> HubFile:
@@ -132,7 +153,7 @@ def _status_error(response: aiohttp.ClientResponse, repo: str, what: str) -> Pul
         return PullError(404, f"pull {repo}: no such repo on {endpoint()}{hint}")
     if code in ("RevisionNotFound", "EntryNotFound"):
         return PullError(404, f"pull {repo}: {what} not found")
-    return PullError(500, f"pull {repo}: {what}: the Hub answered HTTP {response.status}")
+    return PullError(502, f"pull {repo}: {what}: the Hub answered HTTP {response.status}")
 
 
 def xet_available() -> bool:
@@ -197,22 +218,26 @@ async def download(
     headers = {**_auth(), "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
-    async with http.get(url, headers=headers, allow_redirects=False) as response:
-        if response.status in (301, 302, 303, 307, 308):
-            if response.headers.get("X-Xet-Hash") and xet_available():
-                progress(-have)  # huggingface_hub starts the file over and counts from 0
-                return await _via_huggingface_hub(info, file, part_path, progress)
-            if "Location" not in response.headers:
-                raise PullError(500, f"pull {info.repo}: {file.path}: a redirect to nowhere")
-            target = urljoin(url, response.headers["Location"])
-            if urlsplit(target).netloc != urlsplit(url).netloc:  # a CDN: no token to it
-                headers.pop("Authorization", None)
-            async with http.get(target, headers=headers) as redirected:
-                await _receive(redirected, info, part, progress)
-        else:
-            await _receive(response, info, part, progress)
+    what = f"pull {info.repo}: {file.path}"
+    try:
+        async with http.get(url, headers=headers, allow_redirects=False) as response:
+            if response.status in (301, 302, 303, 307, 308):
+                if response.headers.get("X-Xet-Hash") and xet_available():
+                    progress(-have)  # huggingface_hub starts the file over and counts from 0
+                    return await _via_huggingface_hub(info, file, part_path, progress)
+                if "Location" not in response.headers:
+                    raise PullError(502, f"{what}: a redirect to nowhere")
+                target = urljoin(url, response.headers["Location"])
+                if urlsplit(target).netloc != urlsplit(url).netloc:  # a CDN: no token to it
+                    headers.pop("Authorization", None)
+                async with http.get(target, headers=headers) as redirected:
+                    await _receive(redirected, info, part, progress)
+            else:
+                await _receive(response, info, part, progress)
+    except (aiohttp.ClientError, TimeoutError) as exc:  # no answer (a cut body: `_receive`)
+        raise unreachable(exc, what) from None
     if not await asyncio.to_thread(part.check):
-        raise PullError(500, f"pull {info.repo}: {file.path}: digest mismatch; pull again")
+        raise PullError(502, f"{what}: digest mismatch; pull again")
     return None
 
 
@@ -236,8 +261,9 @@ async def _receive(
             await asyncio.to_thread(part.append, chunk)
             progress(len(chunk))
     except (aiohttp.ClientError, TimeoutError) as exc:
+        status = 504 if isinstance(exc, TimeoutError) else 502
         raise PullError(
-            500, f"pull {info.repo}: {file.path}: interrupted ({exc!r}); pull again to resume"
+            status, f"pull {info.repo}: {file.path}: interrupted ({exc!r}); pull again to resume"
         ) from None
 
 
@@ -269,14 +295,17 @@ async def _via_huggingface_hub(
             return None
 
     folder = part.parent / ".xet"
-    path = await asyncio.to_thread(
-        hf_hub_download,
-        info.repo,
-        file.path,
-        revision=info.commit,
-        local_dir=str(folder),
-        endpoint=endpoint(),
-        token=token() or False,
-        tqdm_class=Forward,
-    )
+    try:
+        path = await asyncio.to_thread(
+            hf_hub_download,
+            info.repo,
+            file.path,
+            revision=info.commit,
+            local_dir=str(folder),
+            endpoint=endpoint(),
+            token=token() or False,
+            tqdm_class=Forward,
+        )
+    except OSError as exc:  # huggingface_hub's HTTP and connection errors are OSErrors
+        raise PullError(502, f"pull {info.repo}: {file.path}: via huggingface_hub: {exc}") from None
     return Path(path)

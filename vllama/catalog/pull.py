@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from vllama.catalog import hub, library
 from vllama.catalog.hub import HubFile, PullError, RepoInfo
 from vllama.catalog.names import check_name, is_repo_id
@@ -211,9 +213,13 @@ async def _check_access(http: ClientSession, info: RepoInfo) -> None:
         raise PullError(401, hub.gated_message(info.repo, with_token=False))
     url = f"{hub.endpoint()}/{info.repo}/resolve/{info.commit}/config.json"
     headers = {"Authorization": f"Bearer {hub.token()}"}
-    async with http.head(url, headers=headers, allow_redirects=False) as response:
-        if response.status in (401, 403):
-            raise PullError(403, hub.gated_message(info.repo, with_token=True))
+    try:
+        async with http.head(url, headers=headers, allow_redirects=False) as response:
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise hub.unreachable(exc, f"pull {info.repo}") from None
+    if status in (401, 403):
+        raise PullError(403, hub.gated_message(info.repo, with_token=True))
 
 
 def _plan(files: list[HubFile], folder: Path, staging: Path) -> tuple[list[HubFile], int]:

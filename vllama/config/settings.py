@@ -217,6 +217,9 @@ class ServerSettings(BaseSettings):
     fatal_retry_backoff: Seconds = Field(default=10.0, gt=0)  # a FATAL model retried after this,
     fatal_retry_backoff_max: Seconds = Field(default=300.0, gt=0)  # doubling up to this
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # The most of an upstream's answer (a worker's, a peer's) vllama holds whole, to relay,
+    # translate or parse it; a larger one is a 502. Streams pass through, not held.
+    max_answer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # Below Linux's ephemeral range (32768-60999), so no outgoing connection takes a worker's
     # port between its check and vLLM's bind.
     worker_port_min: int = Field(default=24000, ge=1024, le=65535)

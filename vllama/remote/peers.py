@@ -6,15 +6,19 @@ else `GET /v1/models` (a vLLM server or any OpenAI-compatible one: Ollama reques
 here, as for a local worker). The check also reads the peer's models, unless the config lists
 them, and, for an Ollama-speaking peer, which of them it has loaded (`/api/ps`).
 
-A peer that fails its check is down: requests for its models get a 503 at once, with Retry-After
-until the next check. Local models always win a name: a peer's model with a local name is not
-served (the config refuses such a name when it is listed; one the peer reports is logged once).
+Every read of a check is bounded (`LISTING_LIMIT`), and whatever a check meets (no answer, an
+answer too large or nested too deep to parse, a bug) makes the peer down with the reason, logged
+when it goes down, and the checks go on. A peer that fails its check is down: requests for its
+models get a 503 at once, with Retry-After until the next check. Local models always win a name: a
+peer's model with a local name is not served (the config refuses such a name when it is listed; one
+the peer reports is logged once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +34,12 @@ log = structlog.get_logger("vllama.peers")
 
 PeerKind = Literal["ollama", "openai"]
 CHECK_TIMEOUT = 5.0  # a peer that takes longer to list its models is down for our clients
+# A model list larger than this is no real one (~40,000 entries): the peer fails its check.
+LISTING_LIMIT = 8 * 1024 * 1024
+
+
+class BadListing(Exception):
+    """A peer's answer to a check that is not a list of models (its path and why)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,10 @@ class PeerDirectory:
 
     async def _watch(self, peer: Peer) -> None:
         while True:
-            await self.check(peer)
+            try:
+                await self.check(peer)
+            except Exception:  # a bug here, not the peer: logged, and the checks go on
+                log.exception("peer check failed", peer=peer.name)
             wake = self._wake[peer.name]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self._interval)
@@ -155,10 +168,19 @@ class PeerDirectory:
         was_up = peer.up
         try:
             kind, models, loaded = await self._probe(peer)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # whatever the peer answered, the checks go on
+            expected = isinstance(exc, aiohttp.ClientError | TimeoutError | BadListing)
             peer.up, peer.error = False, _describe(exc)
             if was_up or peer.checked_at is None:
-                log.warning("peer down", peer=peer.name, url=peer.url, error=peer.error)
+                log.warning(
+                    "peer down",
+                    peer=peer.name,
+                    url=peer.url,
+                    error=peer.error,
+                    exc_info=None if expected else exc,
+                )
         else:
             peer.up, peer.error, peer.kind, peer.loaded = True, None, kind, loaded
             if not peer.spec.models:
@@ -174,29 +196,35 @@ class PeerDirectory:
         if isinstance(tags, dict) and isinstance(tags.get("models"), list):
             names = _names(tags["models"], "name")
             ps = await self._get_json(peer, "/api/ps")
-            loaded = _names(ps.get("models", []), "name") if isinstance(ps, dict) else ()
+            running = ps.get("models") if isinstance(ps, dict) else None
+            loaded = _names(running, "name") if isinstance(running, list) else ()
             return "ollama", names, loaded
         listing = await self._get_json(peer, "/v1/models", required=True)
         if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
-            raise ValueError("/v1/models did not answer with a model list")
+            raise BadListing("/v1/models did not answer with a model list")
         return "openai", _names(listing["data"], "id"), ()
 
     async def _get_json(self, peer: Peer, path: str, required: bool = False) -> Any:
-        """The JSON a GET answers with; None for a 4xx/5xx unless `required` (then it raises)."""
+        """The JSON a GET answers with; None for a 4xx/5xx or a body that is not JSON, unless
+        `required` (then it raises `BadListing`). An answer over `LISTING_LIMIT`, or JSON too
+        deep to parse, always raises: it is no list of models, and it is read no further."""
         timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT)
         async with self._session.get(
             peer.url + path, headers=peer.headers, timeout=timeout
         ) as response:
             if response.status != 200:
                 if required:
-                    raise ValueError(f"{path} answered {response.status}")
+                    raise BadListing(f"{path} answered {response.status}")
                 return None
-            try:
-                return await response.json(content_type=None)
-            except ValueError:
-                if required:
-                    raise
-                return None
+            body = await _read_bounded(response, path)
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise BadListing(f"{path} answered JSON nested too deep to read") from None
+        except ValueError as exc:  # not JSON (UnicodeDecodeError included)
+            if required:
+                raise BadListing(f"{path} did not answer JSON: {exc}") from None
+            return None
 
     def _log_clashes(self, peer: Peer) -> None:
         for model in peer.models:
@@ -207,6 +235,18 @@ class PeerDirectory:
                     peer=peer.name,
                     model=model,
                 )
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, path: str) -> bytes:
+    """The answer's body, or `BadListing` as soon as it passes `LISTING_LIMIT`."""
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.content.iter_any():
+        size += len(piece)
+        if size > LISTING_LIMIT:
+            raise BadListing(f"{path} answered more than {LISTING_LIMIT // 2**20} MiB")
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _names(entries: list[Any], key: str) -> tuple[str, ...]:
@@ -226,4 +266,6 @@ def _names(entries: list[Any], key: str) -> tuple[str, ...]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {CHECK_TIMEOUT:g}s"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientError | BadListing):
+        return str(exc) or type(exc).__name__
+    return f"its check failed: {type(exc).__name__}: {exc}"

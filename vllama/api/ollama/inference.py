@@ -35,7 +35,7 @@ from vllama.api.ollama.response import OllamaStream, Timing, load_response
 from vllama.api.ollama.stream import NDJSON, ndjson, ndjson_lines, sse_events
 from vllama.api.ollama.wire import EmbeddingBody
 from vllama.api.protocol import JsonObject
-from vllama.api.relay import worker_error
+from vllama.api.relay import answer_limit, read_answer, worker_error
 from vllama.api.remote import pass_through
 from vllama.catalog.registry import ModelNotFound, ModelTraits
 
@@ -121,10 +121,15 @@ async def _relay_translated(
     streaming: bool,
 ) -> web.StreamResponse:
     if upstream.status != 200:
-        raise upstream_refusal(upstream.status, await upstream.read())
-    if not streaming:
         try:
-            async for chunks in sse_events(upstream):
+            refusal = await read_answer(request, upstream)
+        except aiohttp.ClientError as exc:
+            raise worker_error(request, exc, "mid-response") from None
+        raise upstream_refusal(upstream.status, refusal)
+    limit = answer_limit(request)
+    if not streaming:  # held whole: the whole answer is bounded
+        try:
+            async for chunks in sse_events(upstream, limit, whole=True):
                 for chunk in chunks:
                     translator.on_chunk(chunk)
         except aiohttp.ClientError as exc:
@@ -133,7 +138,7 @@ async def _relay_translated(
         return web.json_response(translator.whole())
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     try:
-        async for chunks in sse_events(upstream):
+        async for chunks in sse_events(upstream, limit):
             # The lines of every event that arrived together go out in one write (one chunk,
             # one system call), as a proxy coalesces what is already waiting.
             objs = translator.on_chunks(chunks)
@@ -247,16 +252,19 @@ async def _embed_upstream(
     data = json.dumps(body).encode()
     async with backend.send(request, EMBEDDINGS_PATH, data, keep_alive) as answer:
         timing.loaded = answer.sent_ns
-        raw = await _read_embeddings(answer.response)
-    answer = json.loads(raw)
-    ordered = sorted(answer["data"], key=lambda item: item["index"])
-    usage = answer.get("usage") or {}
-    return [item["embedding"] for item in ordered], int(usage.get("prompt_tokens") or 0)
-
-
-async def _read_embeddings(upstream: aiohttp.ClientResponse) -> bytes:
+        raw = await _read_embeddings(request, answer.response)
     try:
-        raw = await upstream.read()
+        parsed = json.loads(raw)
+        ordered = sorted(parsed["data"], key=lambda item: item["index"])
+        usage = parsed.get("usage") or {}
+        return [item["embedding"] for item in ordered], int(usage.get("prompt_tokens") or 0)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise WorkerFailed(f"the embeddings answer could not be read: {exc!r}") from None
+
+
+async def _read_embeddings(request: web.Request, upstream: aiohttp.ClientResponse) -> bytes:
+    try:
+        raw = await read_answer(request, upstream)
     except aiohttp.ClientError as exc:
         raise WorkerFailed(f"the model's worker failed mid-response: {exc}") from None
     if upstream.status != 200:

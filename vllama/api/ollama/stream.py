@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import json.scanner
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 
-from vllama.api.errors import http_error, upstream_refusal
+from vllama.api.errors import AnswerTooLarge, WorkerFailed, http_error, upstream_refusal
 from vllama.api.ollama.wire import Chunk
 
 # What goes out as a line: an Ollama object (a TypedDict), a progress update, an error.
@@ -35,7 +35,9 @@ def ndjson_lines(objs: Sequence[Line]) -> bytes:
     return "".join([_COMPACT.encode(obj) + "\n" for obj in objs]).encode()
 
 
-async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[list[Chunk]]:
+async def sse_events(
+    upstream: aiohttp.ClientResponse, limit: int, whole: bool = False
+) -> AsyncIterator[list[Chunk]]:
     """The JSON objects of an SSE stream, until `[DONE]`, as they arrive: each item holds the
     events that one read of the stream completed (all at once when the worker is ahead), so the
     caller can answer them in one write.
@@ -44,13 +46,20 @@ async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[list[Chu
     "code": 500}}`: it raises as `upstream_refusal` of that code, so it reaches the client as the
     same error (400, 502, 503) a refusal before the stream would have been. The events before it
     come first. A broken or silent connection raises `aiohttp.ClientError`.
+
+    An event not ended within `limit` bytes raises `AnswerTooLarge`, and so does a stream past
+    `limit` in all when the caller holds it `whole` (to answer it in one piece).
     """
     buffer = b""
+    size = 0
     while True:
         chunk = await upstream.content.readany()
         if not chunk:
             return
+        size += len(chunk)
         *events, buffer = (buffer + chunk).split(b"\n\n")
+        if len(buffer) > limit or (whole and size > limit):
+            raise AnswerTooLarge(limit)
         batch: list[Chunk] = []
         try:
             done = _decode(events, batch)
@@ -73,10 +82,15 @@ def _decode(events: list[bytes], into: list[Chunk]) -> bool:
             data = line[5:].strip()
             if data == b"[DONE]":
                 return True
-            obj = _loads(data)
-            if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
+            try:
+                obj = _loads(data)
+            except (ValueError, RecursionError) as exc:  # not vLLM: a peer that is broken
+                raise WorkerFailed(f"the upstream sent an event that is not JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise WorkerFailed("the upstream sent an event that is not a JSON object")
+            if "error" in obj and "choices" not in obj:
                 raise upstream_refusal(_error_status(obj["error"]), data)
-            into.append(obj)
+            into.append(cast(Chunk, obj))
     return False
 
 
