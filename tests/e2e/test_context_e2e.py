@@ -1,8 +1,8 @@
-"""Context-aware limits on real vLLM (issue 20): the demo `tiny` serves a 2048-token context.
+"""Context-aware limits on real vLLM (issue 20): the demo `tiny` serves a 65,536-token context.
 
 What clients send today: Claude Code's `max_tokens: 32000` (Anthropic Messages), Codex's
-Responses, an OpenAI chat with a budget over the context; each gets a finished answer, its budget
-lowered to what fits. A prompt that alone does not fit is a 400 naming both numbers. Prompts are
+Responses, an OpenAI chat with a budget over the context (`BUDGET`, past the demo's context as
+32,000 is past a 32k model's); each gets a finished answer, its budget lowered to what fits. A prompt that alone does not fit is a 400 naming both numbers. Prompts are
 sized with the worker's own `/tokenize` so that little room is left for the answer: the random
 model rarely stops by itself, and an answer of the whole context would take a while on 2 cores.
 """
@@ -19,7 +19,8 @@ from tests.daemon import Daemon
 
 pytestmark = pytest.mark.e2e
 
-CONTEXT = 2048
+CONTEXT = 65536
+BUDGET = 100_000  # over the context
 UNIT = "hello world "
 
 
@@ -47,7 +48,7 @@ def test_anthropic_max_tokens_32000_gets_a_finished_answer(vllama_daemon: Daemon
     assert reply.usage.output_tokens > 0
     assert reply.usage.input_tokens + reply.usage.output_tokens <= CONTEXT
     with client.messages.stream(
-        model="tiny", max_tokens=32000, messages=[{"role": "user", "content": text}]
+        model="tiny", max_tokens=BUDGET, messages=[{"role": "user", "content": text}]
     ) as stream:
         final = stream.get_final_message()
     assert final.stop_reason in ("max_tokens", "end_turn")
@@ -59,24 +60,24 @@ def test_responses_and_chat_with_a_budget_over_the_context_get_answers(
 ) -> None:
     client = openai.OpenAI(base_url=vllama_daemon.url + "/v1", api_key="unused", timeout=600)
     text = _prompt(vllama_daemon, CONTEXT - 80)
-    response = client.responses.create(model="tiny", input=text, max_output_tokens=32000)
+    response = client.responses.create(model="tiny", input=text, max_output_tokens=BUDGET)
     assert response.status in ("completed", "incomplete")
     assert response.usage is not None and response.usage.output_tokens > 0
     chat = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": text}], max_tokens=32000
+        model="tiny", messages=[{"role": "user", "content": text}], max_tokens=BUDGET
     )
     assert chat.choices[0].finish_reason in ("length", "stop")
     assert chat.usage is not None and chat.usage.total_tokens <= CONTEXT
     streamed = client.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": text}],
-        max_completion_tokens=32000,
+        max_completion_tokens=BUDGET,
         stream=True,
     )
     reasons = [c.choices[0].finish_reason for c in streamed if c.choices]
     assert reasons[-1] in ("length", "stop")
     reply = ollama.Client(host=vllama_daemon.url, timeout=600).generate(
-        model="tiny", prompt=text, options={"num_predict": 32000, "num_ctx": 100_000}
+        model="tiny", prompt=text, options={"num_predict": BUDGET, "num_ctx": 200_000}
     )
     assert reply.done and reply.done_reason in ("length", "stop")
 

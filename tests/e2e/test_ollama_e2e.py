@@ -335,7 +335,7 @@ def test_pull_without_network_fails_fast_and_push_is_501(
     assert not (tmp_path / "models" / "Qwen").exists()  # nothing was downloaded
     with pytest.raises(ollama.ResponseError) as info:
         api.pull("llama3.2")  # an Ollama library name: its repo, from the same closed port
-    assert info.value.status_code == 500
+    assert info.value.status_code == 503  # unavailable, with the reason (issue 25)
     assert "cannot reach" in str(info.value) and "meta-llama/" in str(info.value)
     with pytest.raises(ollama.ResponseError) as info:
         api.push("tiny")
