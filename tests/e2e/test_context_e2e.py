@@ -2,7 +2,8 @@
 
 What clients send today: Claude Code's `max_tokens: 32000` (Anthropic Messages), Codex's
 Responses, an OpenAI chat with a budget over the context (`BUDGET`, past the demo's context as
-32,000 is past a 32k model's); each gets a finished answer, its budget lowered to what fits. A prompt that alone does not fit is a 400 naming both numbers. Prompts are
+32,000 is past a 32k model's); each gets a finished answer, its budget lowered to what fits. A
+prompt that alone does not fit is a 400 naming both numbers. Prompts are
 sized with the worker's own `/tokenize` so that little room is left for the answer: the random
 model rarely stops by itself, and an answer of the whole context would take a while on 2 cores.
 """
@@ -83,7 +84,7 @@ def test_responses_and_chat_with_a_budget_over_the_context_get_answers(
 
 
 def test_a_prompt_over_the_context_is_a_400_naming_both_numbers(vllama_daemon: Daemon) -> None:
-    text = _prompt(vllama_daemon, CONTEXT + 300)
+    text = _prompt(vllama_daemon, CONTEXT * 6 // 5)  # well over: the estimate is per 100 units
     chat = openai.OpenAI(base_url=vllama_daemon.url + "/v1", api_key="unused", timeout=600)
     with pytest.raises(openai.BadRequestError) as refused:
         chat.chat.completions.create(
