@@ -50,6 +50,8 @@ Knobs (environment variables, all optional):
   writes (no Python buffering, no vLLM prefix).
 - FAKE_VLLM_DROP_CONNECTIONS ("1"): every inference request's connection is closed with no
   answer at all (counted first), while /health keeps answering: a server that accepts and drops.
+- FAKE_VLLM_END_DELAY (float seconds): a /v1/messages or /v1/responses stream ends this long
+  after its last event (its terminal event already sent).
 - FAKE_VLLM_PORT_TAKEN_ONCE (a file path): the first start (the file absent) says its port is
   taken and exits 1; FAKE_VLLM_PORT_TAKEN_WORDING "vllm" says it as vLLM's own bind does
   (``OSError: [Errno 98] Address already in use``), else as uvicorn does.
@@ -362,6 +364,7 @@ class FakeVllm:
         self.name: str = args.served_model_name or args.model
         self.max_model_len: int = args.max_model_len
         self.token_delay = env_float("FAKE_VLLM_TOKEN_DELAY", 0.0) or 0.0
+        self.end_delay = env_float("FAKE_VLLM_END_DELAY", 0.0) or 0.0
         self.default_tokens = env_int("FAKE_VLLM_TOKENS", 8) or 0
         self.eos = env_flag("FAKE_VLLM_EOS")
         self.crash_after = env_int("FAKE_VLLM_CRASH_AFTER_CHUNKS")
@@ -1002,6 +1005,7 @@ class Generation:
                 if self.server.token_delay and "delta" in name:
                     await asyncio.sleep(self.server.token_delay)
                 await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            await asyncio.sleep(self.server.end_delay)  # the stream's end after its last event
             await resp.write_eof()
         except ConnectionResetError:
             self.abort()

@@ -254,3 +254,34 @@ async def test_max_parallel_bounds_requests_per_model(aiohttp_client: ClientFact
     watcher.cancel()
     assert [r.status for r in responses] == [200] * 6
     assert peak == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "end"),
+    [
+        ("/v1/responses", {"input": "hi", "stream": True}, b"event: response.completed"),
+        ("/v1/messages", {"max_tokens": 8, "stream": True, "messages": [
+            {"role": "user", "content": "hi"}]}, b"event: message_stop"),
+    ],
+)  # fmt: skip
+async def test_a_client_leaving_after_the_whole_answer_is_not_a_499(
+    aiohttp_client: ClientFactory, path: str, body: dict[str, Any], end: bytes
+) -> None:
+    """Codex closes its connection as soon as it reads `response.completed`, before the
+    stream's own end: the whole answer went out, so it is a 200 (and its tokens count)."""
+    client = await start(aiohttp_client, fake_config({"a": {"env": {"FAKE_VLLM_END_DELAY": "5"}}}))
+    response = await client.post(path, json={"model": "a", **body})
+    assert response.status == 200
+    received = b""
+    while end not in received:
+        received += await response.content.readany()
+    response.close()  # the client leaves, its answer whole; the worker's stream has not ended
+
+    async def recorded() -> str | None:
+        text = await (await client.get("/metrics")).text()
+        return text if f'endpoint="{path}",model="a",status=' in text else None
+
+    metrics = await eventually(recorded, what="the request is recorded")
+    lines = [line for line in metrics.splitlines() if f'endpoint="{path}"' in line]
+    assert any('status="200"' in line for line in lines), lines
+    assert not any('status="499"' in line for line in lines), lines

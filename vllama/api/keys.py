@@ -25,4 +25,7 @@ REQUEST_ID_KEY = web.RequestKey("request_id", str)
 STARTED_KEY = web.RequestKey("started", float)
 FIRST_BYTE_KEY = web.RequestKey("first_byte", float)
 TOKENS_KEY = web.RequestKey("tokens", int)  # tokens generated, where the answer counted them
+# The answer's terminal event went out (`[DONE]`, `message_stop`, `response.completed`): a client
+# that leaves after it got the whole answer, even before the stream's own end.
+ANSWERED_KEY = web.RequestKey("answered", bool)
 MODEL_KEY = web.RequestKey("model", str)  # the model's served name: metrics label, access log

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from vllama.api.errors import Handler
 from vllama.api.keys import (
+    ANSWERED_KEY,
     FIRST_BYTE_KEY,
     MODEL_KEY,
     REQUEST_ID_KEY,
@@ -57,15 +58,22 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     except asyncio.CancelledError:
-        status = CLIENT_CLOSED  # the client went away; not a server error
+        status = _left(request)  # the client went away; not a server error
         raise
     except ConnectionResetError:
         # The client went away while its answer was being written: a 499 in the access log,
-        # not a 500 with a traceback. Nothing of this response will reach anyone.
-        status = CLIENT_CLOSED
+        # not a 500 with a traceback. Nothing more of this response will reach anyone.
+        status = _left(request)
         return web.Response(status=CLIENT_CLOSED)
     finally:
         _record(request, status)
+
+
+def _left(request: web.Request) -> int:
+    """The status of a request whose client went away: 200 if its whole answer had gone out (a
+    client such as Codex leaves once it reads `response.completed`, before the stream's end),
+    else 499."""
+    return 200 if request.get(ANSWERED_KEY) else CLIENT_CLOSED
 
 
 def _record(request: web.Request, status: int) -> None:

@@ -38,7 +38,7 @@ from vllama.api.errors import (
     error_body,
     openai_error_body,
 )
-from vllama.api.keys import MODEL_KEY, REQUEST_ID_KEY, TOKENS_KEY, services
+from vllama.api.keys import ANSWERED_KEY, MODEL_KEY, REQUEST_ID_KEY, TOKENS_KEY, services
 from vllama.api.observe import REQUEST_ID, mark_first_byte
 from vllama.api.usage import StreamUsage, Usage, token_counts, usage_of
 from vllama.scheduling.runner import WorkerLike
@@ -198,6 +198,7 @@ async def relay_response(
     mark_first_byte(request)  # the headers are out; tokens follow as vLLM makes them
     content = upstream.content
     usage = StreamUsage()  # whichever API's events carry it (OpenAI, Anthropic, Responses)
+    answered = False
     while True:
         try:
             # Everything that has arrived, in one piece: a worker ahead of the client costs one
@@ -217,9 +218,13 @@ async def relay_response(
         if watch is not None and watch(chunk):
             watch = None
         usage.feed(chunk)
+        if not answered and any(end in chunk for end in _TERMINAL_EVENTS):
+            answered = request[ANSWERED_KEY] = True
+            if counts_tokens:  # counted now: the client may leave before the stream's end
+                count_usage(request, usage.usage)
         if last:
             break
-    if counts_tokens:
+    if counts_tokens and not answered:
         count_usage(request, usage.usage)
     try:
         await response.write_eof()
@@ -228,6 +233,11 @@ async def relay_response(
         # chunk, as Codex does once it reads `response.completed`: a whole answer, not a 499.
         pass
     return response
+
+
+# The last event of a whole answer, per API: OpenAI's `[DONE]`, Anthropic's `message_stop`, the
+# Responses API's `response.completed` (vLLM names each event on its `event:` line).
+_TERMINAL_EVENTS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 
 
 def answer_limit(request: web.Request) -> int:
