@@ -215,8 +215,15 @@ def test_nanobinds_leak_report_at_an_engines_exit_is_one_line_in_the_log(tmp_pat
             return not httpx.get(daemon.url + "/api/ps", timeout=10).json()["models"]
 
         eventually_blocking(unloaded, within=20)
-        tail = httpx.get(daemon.url + "/api/vllama/logs?model=a&lines=500", timeout=10).json()
-        assert sum(" - leaked " in line for line in tail["lines"]) == 55  # all of it, here
+
+        def leaked_lines() -> int:
+            url = daemon.url + "/api/vllama/logs?model=a&lines=500"
+            tail = httpx.get(url, timeout=10).json()
+            return sum(" - leaked " in line for line in tail["lines"])
+
+        # All of it, here (read once the stopped worker's output has been read to its end).
+        eventually_blocking(lambda: leaked_lines() == 55, within=20, what="the whole report")
+        assert leaked_lines() == 55
         body["keep_alive"] = "5m"  # loaded again: the shutdown stops it
         assert httpx.post(daemon.url + "/api/generate", json=body, timeout=60).is_success
         daemon.terminate()
