@@ -177,7 +177,9 @@ class WorkerProcess:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), kill_wait)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reader, 1.0)
+            # Shielded: a reader still behind on a loaded host goes on to the output's end (an
+            # engine prints its last lines as it exits) instead of being cancelled here.
+            await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
         return StopReport(self._proc.returncode, escalated, tuple(self.alive_members()))
 
     def kill_now(self) -> None:
