@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +36,11 @@ def config_for(models: dict[str, dict[str, Any]], **server: Any) -> Any:
     table = {"kv_cache": "1GiB", "restart_backoff": 0, **server}
     specs = {name: {"model": f"org/{name}", **spec} for name, spec in models.items()}
     return load_config(file_data={"server": table, "models": specs})
+
+
+# An engine setting: a reload that changes it replaces the model's worker.
+SEQS_8 = ["--max-num-seqs", "8"]
+SEQS_16 = ["--max-num-seqs", "16"]
 
 
 class FakeDevices(Devices):
@@ -274,7 +281,7 @@ async def test_a_reload_restarts_changed_stops_removed_and_adds_new_models() -> 
     release = asyncio.Event()
     busy = asyncio.create_task(_use(scheduler, "a", until=release))
     await settle()
-    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}, "c": {}}))
+    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h", "args": SEQS_8}, "c": {}}))
     await settle()
     assert old_a.state is S.READY  # finishing its request first
     assert scheduler.model_status("b") is None and workers.made["b"].state is S.STOPPED
@@ -290,6 +297,31 @@ async def test_a_reload_restarts_changed_stops_removed_and_adds_new_models() -> 
     assert status is not None and status.keep_alive == 3600
 
 
+async def test_a_reload_that_changes_only_vllamas_settings_keeps_the_worker() -> None:
+    # keep_alive, pinned, aliases: vllama's own scheduling, not the worker's arguments.
+    scheduler, workers, _ = host({"a": {}}, {"a": 1}, keep_alive="1h")
+    await _use(scheduler, "a")
+    worker = workers.made["a"]
+    changes = scheduler.reconfigure(config_for({"a": {"keep_alive": "2s", "pinned": True}}))
+    assert changes == []
+    await settle()
+    assert workers.made["a"] is worker and worker.starts == 1 and worker.state is S.READY
+    status = scheduler.model_status("a")
+    assert status is not None and status.keep_alive == 2  # the new default, counting already
+    assert status.expires_at is not None and status.expires_at - time.time() <= 2
+
+
+async def test_a_reload_keeps_a_keep_alive_the_request_set() -> None:
+    scheduler, workers, _ = host({"a": {}}, {"a": 1})
+    await _use(scheduler, "a", keep_alive=math.inf)  # this worker: never unloaded (Ollama -1)
+    worker = workers.made["a"]
+    await asyncio.gather(*scheduler.reconfigure(config_for({"a": {"keep_alive": "2s"}})))
+    await settle()
+    status = scheduler.model_status("a")
+    assert status is not None and status.keep_alive == math.inf and status.expires_at is None
+    assert workers.made["a"] is worker and worker.starts == 1
+
+
 async def test_a_reload_starts_the_new_worker_beside_the_old_one_where_both_fit() -> None:
     # 1 + 2 GiB each on 40 GiB: the old worker serves until the new one is ready (as uvicorn's
     # reload: start the new, check it, then stop the old).
@@ -297,7 +329,7 @@ async def test_a_reload_starts_the_new_worker_beside_the_old_one_where_both_fit(
     await _use(scheduler, "a")
     old_a = workers.made["a"]
     workers.gate_new = asyncio.Event()
-    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}}))
+    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h", "args": SEQS_8}}))
     await settle()
     new_a = workers.made["a"]
     assert new_a is not old_a and new_a.state is S.STARTING
@@ -317,7 +349,7 @@ async def test_a_reload_stops_the_old_worker_first_where_both_do_not_fit() -> No
     await _use(scheduler, "a")
     old_a = workers.made["a"]
     workers.gate_new = asyncio.Event()
-    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}}))
+    scheduler.reconfigure(config_for({"a": {"keep_alive": "1h", "args": SEQS_8}}))
     await settle(200)
     new_a = workers.made["a"]
     assert new_a is not old_a
@@ -332,8 +364,8 @@ async def test_a_reload_stops_the_old_worker_first_where_both_do_not_fit() -> No
 async def test_reloads_close_together_change_a_model_one_after_the_other(gpu_gib: int) -> None:
     scheduler, workers, _ = host({"a": {}}, {"a": 6}, gpus=(gpu_gib * GiB,))
     await _use(scheduler, "a")
-    first = scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}}))
-    second = scheduler.reconfigure(config_for({"a": {"keep_alive": "2h"}}))
+    first = scheduler.reconfigure(config_for({"a": {"keep_alive": "1h", "args": SEQS_8}}))
+    second = scheduler.reconfigure(config_for({"a": {"keep_alive": "2h", "args": SEQS_16}}))
     await asyncio.gather(*first, *second)
     await settle(200)
     running = [w for w in workers.every if w.state in (S.READY, S.STARTING)]
@@ -355,7 +387,9 @@ async def test_a_request_during_a_reload_never_starts_the_retired_worker_again()
     workers.made["b"].gate.clear()
     loading_b = asyncio.create_task(_use(scheduler, "b"))
     await settle()
-    changes = scheduler.reconfigure(config_for({"a": {"keep_alive": "1h"}, "b": {}}))
+    changes = scheduler.reconfigure(
+        config_for({"a": {"keep_alive": "1h", "args": SEQS_8}, "b": {}})
+    )
     await settle()
     served: list[object] = []
 

@@ -54,6 +54,9 @@ def test_reload_diff() -> None:
     assert plan.cleared == ("f",)
     plan = plan_reload(running, configured_before=["a", "b"], configured_now={"a": A}, fatal=[])
     assert (plan.added, plan.changed, plan.removed, plan.cleared) == ((), (), ("b",), ())
+    retuned = A.model_copy(update={"keep_alive": 60.0, "pinned": True, "aliases": ("x",)})
+    plan = plan_reload(running, configured_before=["a"], configured_now={"a": retuned}, fatal=[])
+    assert (plan.changed, plan.retuned) == ((), ("a",))
 
 
 @pytest.mark.parametrize(

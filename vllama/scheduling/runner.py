@@ -379,6 +379,22 @@ class ModelRunner:
             return fatal_retry_delay(self._fatal_retries, restarts)
         return max(restart_delay(self.fast_failures, restarts), 1.0)
 
+    def retune(self, spec: ModelSpec) -> None:
+        """A reload changed only vllama's own settings (`reload._VLLAMA_ONLY`): take them while
+        the worker serves. A keep-alive a request set holds for this worker, as in Ollama; else
+        the new default applies now, counted from the model's last use."""
+        default = (
+            spec.keep_alive if spec.keep_alive is not None else self._shared.settings.keep_alive
+        )
+        follows_default = self.keep_alive == self.default_keep_alive
+        self.spec = spec
+        self.default_keep_alive = default
+        if follows_default and self.keep_alive != default:
+            self.keep_alive = default
+            if self._expiry.expires_at is not None:  # idle and counting down: count anew
+                elapsed = time.monotonic() - self.last_used
+                self._expiry.arm(max(default - elapsed, 0.0), self._expire)
+
     def clear_failures(self) -> None:
         """A config reload clears a crash loop."""
         self.fast_failures = 0

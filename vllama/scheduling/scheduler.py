@@ -300,6 +300,10 @@ class Scheduler:
                 for name in plan.removed
             ),
         ]
+        for name in plan.retuned:
+            for runner in self._replicas_of(runners[name]):
+                runner.retune(config.models[name])
+            log.info("model settings changed by config reload", model=name, restart=False)
         for name in plan.cleared:
             runners[name].clear_failures()
             changes.append(
