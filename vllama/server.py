@@ -149,6 +149,11 @@ class Reloads:
         log.info("config reloaded", models=sorted(fresh.models))
         if changes:
             await asyncio.wait(changes)
+        for task in changes:  # each failure said once, here (else asyncio's "never retrieved")
+            if not task.cancelled() and (error := task.exception()) is not None:
+                log.error(
+                    "config reload: a model change failed", change=task.get_name(), error=str(error)
+                )
 
 
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
