@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,55 +93,16 @@ async def one_stream(
     return ttft, generated, events
 
 
-async def one_ollama_stream(
-    session: aiohttp.ClientSession, url: str, model: str, tokens: int
-) -> tuple[float, int, int]:
-    """One streamed Ollama chat (`/api/chat`, NDJSON): its TTFT, generated tokens and lines."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Tell me a story."}],
-        "stream": True,
-        "options": {"num_predict": tokens},
-    }
-    began = time.perf_counter()
-    ttft = -1.0
-    generated = 0
-    events = 0
-    async with session.post(url + "/api/chat", json=body) as response:
-        response.raise_for_status()
-        buffer = b""
-        async for chunk in response.content.iter_any():
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                events += 1
-                data = json.loads(line)
-                if ttft < 0 and data.get("message", {}).get("content"):
-                    ttft = time.perf_counter() - began
-                if data.get("done"):
-                    generated = data["eval_count"]
-    return ttft, generated, events
-
-
-Stream = Callable[[aiohttp.ClientSession, str, str, int], Awaitable[tuple[float, int, int]]]
-# The relay CPU's paths: name, what one stream is, how a client sends it.
-PATHS: tuple[tuple[str, str, Stream], ...] = (
-    ("openai", "OpenAI passthrough (/v1/chat/completions, SSE events)", one_stream),
-    ("ollama", "Ollama translation (/api/chat, NDJSON lines)", one_ollama_stream),
-)
-
-
 async def load_round(
     session: aiohttp.ClientSession,
     url: str,
     model: str,
     concurrency: int,
     tokens: int,
-    stream: Stream = one_stream,
 ) -> Round:
     began = time.perf_counter()
     results = await asyncio.gather(
-        *(stream(session, url, model, tokens) for _ in range(concurrency))
+        *(one_stream(session, url, model, tokens) for _ in range(concurrency))
     )
     seconds = time.perf_counter() - began
     return Round(
@@ -195,88 +157,243 @@ async def engine_benchmark(rounds: int, concurrency: int, tokens: int, folder: P
     print(f"  added median TTFT: median {statistics.median(added) * 1000:.2f} ms")
 
 
-async def cpu_benchmark(
-    streams: int, concurrency: int, tokens: int, folder: Path, source: Path | None = None
-) -> dict[str, float]:
-    """The daemon's CPU milliseconds per relayed stream, by path (printed, and returned)."""
+# -- relay CPU: what a client's streams cost the daemon ---------------------------------------
+
+KEY = "relay-benchmark-key-0123456789"  # an admin key (16+ characters) when keys are on
+
+
+@dataclass(frozen=True)
+class Client:
+    """One kind of streamed request as a client sends it, and how its answer ends."""
+
+    name: str
+    title: str
+    path: str
+    body: Callable[[int], dict[str, object]]
+    separator: bytes  # between events: SSE's blank line, NDJSON's newline
+    whole: Callable[[bytes], bool]  # whether the last event is the one a whole stream ends with
+
+
+CLIENTS = (
+    Client(
+        "completions",
+        "OpenAI /v1/completions (SSE)",
+        "/v1/completions",
+        lambda n: {"model": "instant", "prompt": "Once", "max_tokens": n, "stream": True},
+        b"\n\n",
+        lambda last: last == b"data: [DONE]",
+    ),
+    Client(
+        "chat",
+        "OpenAI /v1/chat/completions (SSE, with usage)",
+        "/v1/chat/completions",
+        lambda n: {
+            "model": "instant",
+            "messages": [{"role": "user", "content": "Tell me a story."}],
+            "max_tokens": n,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        b"\n\n",
+        lambda last: last == b"data: [DONE]",
+    ),
+    Client(
+        "ollama",
+        "Ollama /api/chat (NDJSON, translated)",
+        "/api/chat",
+        lambda n: {
+            "model": "instant",
+            "messages": [{"role": "user", "content": "Tell me a story."}],
+            "stream": True,
+            "options": {"num_predict": n},
+        },
+        b"\n",
+        lambda last: json.loads(last).get("done") is True,
+    ),
+)
+
+
+async def client_stream(
+    session: aiohttp.ClientSession, url: str, client: Client, tokens: int, key: str | None
+) -> int:
+    """One stream, read to its end as it comes; its number of events. Checked, not parsed: the
+    benchmark's own process shares the machine with the daemon it measures."""
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with session.post(url + client.path, json=client.body(tokens), headers=headers) as r:
+        pieces = [piece async for piece in r.content.iter_any()]
+        data = b"".join(pieces)
+        if r.status != 200 or not client.whole(data.rstrip().rpartition(client.separator)[2]):
+            raise RuntimeError(f"{client.path}: {r.status} {data[-300:]!r}")
+        return data.count(client.separator)
+
+
+@dataclass
+class Target:
+    """One running daemon in front of the instant fake, measured by its /proc CPU times."""
+
+    label: str
+    daemon: Daemon
+    key: str | None
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.daemon.proc.pid).cpu_times()  # /proc/PID/stat: its own
+        return times.user + times.system
+
+
+async def measure(
+    session: aiohttp.ClientSession,
+    target: Target,
+    client: Client,
+    streams: int,
+    concurrency: int,
+    tokens: int,
+) -> tuple[float, float]:
+    """`streams` streams, `concurrency` in flight all the time: (daemon CPU ms per stream,
+    events per stream)."""
+    left = streams
+    events = 0
+
+    async def one_slot() -> None:
+        nonlocal left, events
+        while left > 0:
+            left -= 1
+            # Not `events += await ...`: that reads `events` before the await, losing the others'.
+            counted = await client_stream(session, target.daemon.url, client, tokens, target.key)
+            events += counted
+
+    before = target.cpu_seconds()
+    await asyncio.gather(*(one_slot() for _ in range(concurrency)))
+    return (target.cpu_seconds() - before) / streams * 1000, events / streams
+
+
+def start_target(label: str, source: Path | None, keys: bool, folder: Path) -> Target:
+    file = label.replace(", ", "-").replace(" ", "_")
     config = write_config(
-        folder / "fake.toml",
-        # No warm spare: a worker started from one has no model in its argv (see worker_url).
-        {"engine_command": FAKE, "health_interval": 3600, "warm_spares": 0},
+        folder / f"{file}.toml",
+        {"engine_command": FAKE, "health_interval": 3600},
         {"instant": {"model": "fake/instant", "keep_alive": -1}},
     )
-    rounds = streams // concurrency
-    done = rounds * concurrency
-    where = f" ({source})" if source else ""
-    print(f"relay CPU{where}: {done} streams of {tokens} tokens per path, {concurrency} at a time")
-    per_stream: dict[str, float] = {}
-    with Daemon(config, free_port(), folder / "fake.log", source=source) as daemon:
+    # By environment, not the config file: a tree that lacks a setting ignores it there.
+    # No warm spare: a worker started from one has no model in its argv (see worker_url).
+    env = {"VLLAMA_WARM_SPARES": "0"}
+    if keys:
+        env["VLLAMA_API_KEY"] = KEY
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        daemon = Daemon(config, free_port(), folder / f"{file}.log", source=source)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return Target(label, daemon, KEY if keys else None)
+
+
+async def cpu_benchmark(
+    trees: list[tuple[str, Path | None]],
+    keys: list[bool],
+    clients: tuple[Client, ...],
+    rounds: int,
+    streams: int,
+    concurrency: int,
+    tokens: int,
+    folder: Path,
+) -> dict[tuple[str, str], list[float]]:
+    """Every (tree, keys) daemon at once; each round measures every client's streams on each
+    daemon in turn (the order rotating), so all see the same machine. Returns the CPU ms per
+    stream by (client, target label), one figure per round."""
+    targets: list[Target] = []
+    results: dict[tuple[str, str], list[float]] = {}
+    try:
+        for name, source in trees:
+            for with_keys in keys:
+                label = f"{name}, keys {'on' if with_keys else 'off'}"
+                targets.append(start_target(label, source, with_keys, folder))
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            proc = psutil.Process(daemon.proc.pid)
-            for name, title, stream in PATHS:
-                # Not measured: the model's load (before the first path) and a warm-up.
-                await load_round(session, daemon.url, "instant", concurrency, tokens, stream)
-                before = proc.cpu_times()
-                began = time.perf_counter()
-                events = 0
-                for _ in range(rounds):
-                    round_ = await load_round(
-                        session, daemon.url, "instant", concurrency, tokens, stream
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            events: dict[str, float] = {}
+            for target in targets:  # the model's load and a warm-up, not measured
+                for client in clients:
+                    await measure(session, target, client, concurrency, concurrency, tokens)
+            for round_ in range(rounds):
+                for client in clients:
+                    shift = round_ % len(targets)
+                    for target in targets[shift:] + targets[:shift]:
+                        ms, per = await measure(
+                            session, target, client, streams, concurrency, tokens
+                        )
+                        events[client.name] = per
+                        results.setdefault((client.name, target.label), []).append(ms)
+                print(f"  round {round_ + 1}/{rounds} done", flush=True)
+    finally:
+        for target in targets:
+            target.daemon.kill()
+    print(
+        f"relay CPU: vllama's own CPU (user + system, /proc) per stream of {tokens} tokens; "
+        f"{streams} streams per figure, {concurrency} in flight; {rounds} rounds, alternating"
+    )
+    for client in clients:
+        print(f"  {client.title}: {events.get(client.name, 0):.0f} events per stream")
+        for target in targets:
+            figures = results[(client.name, target.label)]
+            print(
+                f"    {target.label:<28} median {statistics.median(figures):.3f} ms  "
+                f"{[round(f, 3) for f in figures]}"
+            )
+        if len(trees) == 2:
+            for with_keys in keys:
+                on = "on" if with_keys else "off"
+                mine = results.get((client.name, f"{trees[0][0]}, keys {on}"))
+                theirs = results.get((client.name, f"{trees[1][0]}, keys {on}"))
+                if mine and theirs:
+                    ratios = [m / t for m, t in zip(mine, theirs, strict=True)]
+                    print(
+                        f"    ratio {trees[0][0]}/{trees[1][0]}, keys {on}: median "
+                        f"{statistics.median(ratios):.3f} {[round(r, 3) for r in ratios]}"
                     )
-                    events += round_.events
-                wall = time.perf_counter() - began
-                after = proc.cpu_times()
-                cpu = (after.user - before.user) + (after.system - before.system)
-                per_stream[name] = cpu / done * 1000
-                print(f"  {title}: {events / done:.0f} per stream")
-                print(f"    vllama CPU per relayed stream: {per_stream[name]:.3f} ms")
-                print(f"    wall: through vllama {wall:.2f} s")
-            # The same OpenAI streams straight to the fake, for the wall-clock comparison.
-            direct_url = worker_url(daemon, "instant")
-            began = time.perf_counter()
-            for _ in range(rounds):
-                await load_round(session, direct_url, "instant", concurrency, tokens)
-            print(f"  wall: OpenAI streams direct to the fake {time.perf_counter() - began:.2f} s")
-    return per_stream
-
-
-async def compare_cpu(streams: int, tokens: int, folder: Path, other: Path, rounds: int) -> None:
-    """This tree and `other`, alternately, so both see the same machine conditions."""
-    mine: list[dict[str, float]] = []
-    theirs: list[dict[str, float]] = []
-    for _ in range(rounds):
-        mine.append(await cpu_benchmark(streams, 16, tokens, folder))
-        theirs.append(await cpu_benchmark(streams, 16, tokens, folder, source=other))
-    print(f"relay CPU per stream, median of {rounds} alternating rounds:")
-    for name, title, _ in PATHS:
-        this = [m[name] for m in mine]
-        that = [t[name] for t in theirs]
-        ratio = statistics.median(m / o for m, o in zip(this, that, strict=True))
-        print(f"  {title}:")
-        print(f"    this tree {statistics.median(this):.3f} ms {[round(m, 3) for m in this]}")
-        print(f"    {other} {statistics.median(that):.3f} ms {[round(t, 3) for t in that]}")
-        print(f"    ratio this/other: median {ratio:.3f}")
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5, help="real engine: alternating rounds")
+    parser.add_argument("--concurrency", type=int, default=64, help="streams in flight")
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--streams", type=int, default=2000)
+    parser.add_argument("--streams", type=int, default=640, help="relay CPU: streams per figure")
+    parser.add_argument("--cpu-rounds", type=int, default=3)
+    parser.add_argument(
+        "--clients",
+        default=",".join(c.name for c in CLIENTS),
+        help="relay CPU: which requests (" + ", ".join(c.name for c in CLIENTS) + ")",
+    )
+    parser.add_argument("--keys", choices=("off", "on", "both"), default="both")
     parser.add_argument("--skip-engine", action="store_true")
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--compare", type=Path, help="another vllama source tree to measure")
-    parser.add_argument("--cpu-rounds", type=int, default=5)
     args = parser.parse_args()
+    clients = tuple(c for c in CLIENTS if c.name in args.clients.split(","))
+    keys = {"off": [False], "on": [True], "both": [False, True]}[args.keys]
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.compare is not None:
+        trees.append((args.compare.resolve().name, args.compare.resolve()))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        if args.compare is not None:
-            other = args.compare.resolve()
-            asyncio.run(compare_cpu(args.streams, args.tokens, folder, other, args.cpu_rounds))
-        elif not args.skip_cpu:
-            asyncio.run(cpu_benchmark(args.streams, 16, args.tokens, folder))
+        if not args.skip_cpu:
+            asyncio.run(
+                cpu_benchmark(
+                    trees,
+                    keys,
+                    clients,
+                    args.cpu_rounds,
+                    args.streams,
+                    args.concurrency,
+                    args.tokens,
+                    folder,
+                )
+            )
         if not args.skip_engine:
             asyncio.run(engine_benchmark(args.rounds, args.concurrency, args.tokens, folder))
 

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 from aiohttp import web
 
 from vllama.api.common import (
@@ -27,6 +26,7 @@ from vllama.api.common import (
 from vllama.api.keys import MODEL_KEY, services
 from vllama.api.relay import worker_request
 from vllama.api.remote import owner, peer_request
+from vllama.api.upstream import UpstreamAnswer
 from vllama.catalog.derived import DerivedModel as Derived
 from vllama.catalog.names import strip_latest
 from vllama.catalog.registry import ModelNotFound, ModelTraits, Resolved
@@ -38,7 +38,7 @@ class Answer:
     """The upstream's response to one request, and when the request went out (perf_counter_ns,
     after any load)."""
 
-    response: aiohttp.ClientResponse
+    response: UpstreamAnswer
     sent_ns: int
 
 

@@ -7,21 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
-import aiohttp
+from vllama.api.upstream import UpstreamAnswer
+
+A = TypeVar("A", bound=UpstreamAnswer)
 
 
 class InFlight:
     def __init__(self) -> None:
-        self._answers: set[aiohttp.ClientResponse] = set()
+        self._answers: set[UpstreamAnswer] = set()
         self._waiting: set[asyncio.Task[Any]] = set()  # handlers waiting for a worker's headers
         self._cut_tasks: set[asyncio.Task[Any]] = set()  # of those, the ones the cut cancelled
         self.cut_reason: str | None = None  # set once the drain ran out
 
-    async def unless_cut(
-        self, pending: Awaitable[aiohttp.ClientResponse]
-    ) -> aiohttp.ClientResponse | None:
+    async def unless_cut(self, pending: Awaitable[A]) -> A | None:
         """The worker's answer (its headers), or None when the drain runs out first: a whole
         (non-streamed) answer sends nothing until it is done, so there is no answer to close.
 
@@ -47,7 +47,7 @@ class InFlight:
             self._cut_tasks.discard(task)
 
     @contextlib.contextmanager
-    def track(self, answer: aiohttp.ClientResponse) -> Iterator[None]:
+    def track(self, answer: UpstreamAnswer) -> Iterator[None]:
         self._answers.add(answer)
         try:
             yield

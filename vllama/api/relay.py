@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 import structlog
@@ -40,6 +41,7 @@ from vllama.api.errors import (
 )
 from vllama.api.keys import ANSWERED_KEY, MODEL_KEY, REQUEST_ID_KEY, TOKENS_KEY, services
 from vllama.api.observe import REQUEST_ID, mark_first_byte
+from vllama.api.upstream import UpstreamAnswer
 from vllama.api.usage import StreamUsage, Usage, token_counts, usage_of
 from vllama.scheduling.runner import WorkerLike
 
@@ -51,6 +53,7 @@ _CONNECT_TIMEOUT = 10.0
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = ("Content-Type", "Cache-Control")
+A = TypeVar("A", bound=UpstreamAnswer)
 
 
 def new_upstream_session() -> aiohttp.ClientSession:
@@ -68,7 +71,7 @@ class Leased:
     """A worker's answer to one request, and when the request got the worker and went out."""
 
     worker: WorkerLike
-    response: aiohttp.ClientResponse
+    response: UpstreamAnswer
     sent_ns: int  # perf_counter_ns when the worker was leased (after any load) and the request sent
 
 
@@ -100,7 +103,7 @@ async def worker_request(
         async with scheduler.lease(model, keep_alive) as worker:
             sent = time.perf_counter_ns()
             try:
-                upstream = await send_upstream(
+                upstream = await send_to_worker(
                     request, method, worker.base_url + path, body, stream
                 )
             except aiohttp.ClientResponseError as exc:  # it took the request: no retry
@@ -123,6 +126,31 @@ async def worker_request(
         await unreachable.confirm_health()
 
 
+async def send_to_worker(
+    request: web.Request, method: str, url: str, body: bytes, stream: bool
+) -> UpstreamAnswer:
+    """`send_upstream` for a worker on this host, through the lean client (`api.upstream`)."""
+    svc = services(request)
+    idle = svc.config.server.stream_idle_timeout if stream else None
+    # vLLM takes X-Request-Id as its own request id: one id in both logs.
+    sent = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, "")}
+    pending = svc.workers.request(method, url, body, sent, _CONNECT_TIMEOUT, idle)
+    return await _unless_cut(request, pending)
+
+
+async def _unless_cut(request: web.Request, pending: Awaitable[A]) -> A:
+    """The answer's headers, unless the drain cuts the wait first (503 `shutting_down`); a
+    silence past the read timeout is a `WorkerTimeout` (see `worker_error`)."""
+    in_flight = services(request).in_flight
+    try:
+        upstream = await in_flight.unless_cut(pending)
+    except aiohttp.SocketTimeoutError as exc:  # a ClientConnectionError: the request went out
+        raise worker_error(request, exc, "before answering") from None
+    if upstream is None:
+        raise ApiError(503, in_flight.cut_reason or "", code="shutting_down")
+    return upstream
+
+
 async def send_upstream(
     request: web.Request,
     method: str,
@@ -137,26 +165,19 @@ async def send_upstream(
     `stream_idle_timeout` at most, for the response's headers (else `WorkerTimeout`) and between
     its chunks (then the read raises `aiohttp.SocketTimeoutError`: see `worker_error`). A
     connection that fails raises `aiohttp.ClientConnectionError`, for the caller to judge."""
-    in_flight = services(request).in_flight
     # aiohttp's sock_read restarts on every byte received, and covers the wait for headers.
     idle = services(request).config.server.stream_idle_timeout if stream else None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle)
     # vLLM takes X-Request-Id as its own request id: one id in both logs.
     sent = {**_JSON_HEADERS, REQUEST_ID: request.get(REQUEST_ID_KEY, ""), **(headers or {})}
     session = services(request).upstream
-    try:
-        upstream = await in_flight.unless_cut(
-            session.request(method, url, data=body, headers=sent, timeout=timeout)
-        )
-    except aiohttp.SocketTimeoutError as exc:  # a ClientConnectionError: the request went out
-        raise worker_error(request, exc, "before answering") from None
-    if upstream is None:
-        raise ApiError(503, in_flight.cut_reason or "", code="shutting_down")
-    return upstream
+    return await _unless_cut(
+        request, session.request(method, url, data=body, headers=sent, timeout=timeout)
+    )
 
 
 @contextlib.contextmanager
-def held(request: web.Request, upstream: aiohttp.ClientResponse) -> Iterator[None]:
+def held(request: web.Request, upstream: UpstreamAnswer) -> Iterator[None]:
     """While the block runs, `upstream` is one of the answers the drain's cut ends; after it,
     the connection goes back to the pool when the answer was read to its end, else it is closed
     (which makes vLLM abort the generation)."""
@@ -172,7 +193,7 @@ def held(request: web.Request, upstream: aiohttp.ClientResponse) -> Iterator[Non
 
 async def relay_response(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamAnswer,
     watch: Callable[[bytes], bool] | None = None,
     counts_tokens: bool = True,
 ) -> web.StreamResponse:
@@ -244,7 +265,7 @@ def answer_limit(request: web.Request) -> int:
     return services(request).config.server.max_answer_bytes
 
 
-async def read_answer(request: web.Request, upstream: aiohttp.ClientResponse) -> bytes:
+async def read_answer(request: web.Request, upstream: UpstreamAnswer) -> bytes:
     """The whole of `upstream`'s body, `AnswerTooLarge` as soon as it passes `max_answer_bytes`
     (a declared length over it is refused unread). As `read()`, it can be called again and gives
     the same bytes (it fills aiohttp's own cache of the body). A broken read raises

@@ -25,6 +25,7 @@ from vllama.api.keys import services
 from vllama.api.observe import mark_first_byte
 from vllama.api.ollama.response import Details, ModelEntry
 from vllama.api.relay import count_usage, held, read_answer, send_upstream, worker_error
+from vllama.api.upstream import UpstreamAnswer
 from vllama.catalog.names import normalize_name, strip_latest
 from vllama.remote.peers import Peer
 
@@ -71,9 +72,7 @@ async def peer_request(
         yield upstream
 
 
-async def pass_through(
-    request: web.Request, upstream: aiohttp.ClientResponse
-) -> web.StreamResponse:
+async def pass_through(request: web.Request, upstream: UpstreamAnswer) -> web.StreamResponse:
     """An Ollama-speaking peer's answer, as it came: NDJSON line by line as it arrives, errors
     in Ollama's own format. A peer failing mid-stream ends the stream with an error line, as
     Ollama's server does."""

@@ -18,6 +18,7 @@ import aiohttp
 
 from vllama.api.inflight import InFlight
 from vllama.api.live import Live
+from vllama.api.upstream import WorkerClient
 from vllama.catalog.facts import ModelFacts
 from vllama.catalog.registry import Registry
 from vllama.config.settings import Config, ModelSpec
@@ -35,7 +36,7 @@ from vllama.scheduling.scheduler import Scheduler, process_workers
 class Services:
     """The daemon's parts. `build` wires them (nothing runs yet), `start` sets them going,
     `close` stops them: sampler, peer checks, every worker (each tree confirmed gone), NVML,
-    then the upstream pool."""
+    then the upstream pools."""
 
     config: Config  # as served: library names (`model = "qwen3:8b"`) made folders or repos
     registry: Registry
@@ -43,7 +44,8 @@ class Services:
     metrics: Metrics
     in_flight: InFlight
     live: Live  # the status page's streams and recent requests
-    upstream: aiohttp.ClientSession
+    upstream: aiohttp.ClientSession  # to peers, and the workers' health and metrics
+    workers: WorkerClient  # requests relayed to the workers (the hot path)
     spares: SparePool
     scheduler: Scheduler
     peers: PeerDirectory
@@ -90,6 +92,7 @@ class Services:
             in_flight=InFlight(),
             live=live,
             upstream=upstream,
+            workers=WorkerClient(),
             spares=spares,
             scheduler=scheduler,
             peers=peers,
@@ -112,6 +115,7 @@ class Services:
         await self.scheduler.stop_all()
         self.devices.close()
         await self.upstream.close()
+        await self.workers.close()
 
 
 def _with_sizes(facts: FactsSource, weight_bytes: Callable[[ModelSpec], int]) -> FactsSource:

@@ -37,6 +37,7 @@ from vllama.api.ollama.wire import EmbeddingBody
 from vllama.api.protocol import JsonObject
 from vllama.api.relay import answer_limit, read_answer, worker_error
 from vllama.api.remote import pass_through
+from vllama.api.upstream import UpstreamAnswer
 from vllama.catalog.registry import ModelNotFound, ModelTraits
 
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -116,7 +117,7 @@ def _translate(
 
 async def _relay_translated(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamAnswer,
     translator: OllamaStream,
     streaming: bool,
 ) -> web.StreamResponse:
@@ -262,7 +263,7 @@ async def _embed_upstream(
         raise WorkerFailed(f"the embeddings answer could not be read: {exc!r}") from None
 
 
-async def _read_embeddings(request: web.Request, upstream: aiohttp.ClientResponse) -> bytes:
+async def _read_embeddings(request: web.Request, upstream: UpstreamAnswer) -> bytes:
     try:
         raw = await read_answer(request, upstream)
     except aiohttp.ClientError as exc:

@@ -7,11 +7,11 @@ import json.scanner
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
-import aiohttp
 from aiohttp import web
 
 from vllama.api.errors import AnswerTooLarge, WorkerFailed, http_error, upstream_refusal
 from vllama.api.ollama.wire import Chunk
+from vllama.api.upstream import UpstreamAnswer
 
 # What goes out as a line: an Ollama object (a TypedDict), a progress update, an error.
 Line = Mapping[str, object]
@@ -36,7 +36,7 @@ def ndjson_lines(objs: Sequence[Line]) -> bytes:
 
 
 async def sse_events(
-    upstream: aiohttp.ClientResponse, limit: int, whole: bool = False
+    upstream: UpstreamAnswer, limit: int, whole: bool = False
 ) -> AsyncIterator[list[Chunk]]:
     """The JSON objects of an SSE stream, until `[DONE]`, as they arrive: each item holds the
     events that one read of the stream completed (all at once when the worker is ahead), so the
