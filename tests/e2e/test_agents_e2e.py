@@ -112,9 +112,6 @@ def test_claude_code_print_mode_answers_on_tiny(vllama_daemon: Daemon, tmp_path:
         ANTHROPIC_DEFAULT_SONNET_MODEL="tiny",
         ANTHROPIC_DEFAULT_OPUS_MODEL="tiny",
         CLAUDE_CODE_SUBAGENT_MODEL="tiny",
-        # The demo model never closes a <think> block: no thinking, no effort (module docstring).
-        CLAUDE_CODE_DISABLE_THINKING="1",
-        CLAUDE_CODE_EFFORT_LEVEL="auto",
         DISABLE_TELEMETRY="1",
         DISABLE_AUTOUPDATER="1",
         DISABLE_ERROR_REPORTING="1",
