@@ -216,7 +216,7 @@ def test_ollama_logprobs_and_think(vllama_daemon: Daemon) -> None:
         for entry in part.logprobs or []
     ]
     assert len(streamed) == 4
-    # think: the demo model reasons when asked (its <think> block never closes: all thinking).
+    # think: the demo model reasons when asked (its first ~22 tokens: 6 are all thinking).
     thought = api.chat(model="tiny", messages=messages, think=True, options={"num_predict": 6})
     assert thought.message.thinking and thought.done
     plain = api.chat(model="tiny", messages=messages, think=False, options={"num_predict": 6})

@@ -127,10 +127,13 @@ def test_temperature_seed_and_truncation_options(vllama_daemon: Daemon) -> None:
 
 
 def test_penalties_change_the_output(vllama_daemon: Daemon) -> None:
-    greedy = text(vllama_daemon, **GREEDY)
-    assert text(vllama_daemon, **GREEDY, repeat_penalty=2.0) != greedy
-    assert text(vllama_daemon, **GREEDY, presence_penalty=2.0) != greedy
-    assert text(vllama_daemon, **GREEDY, frequency_penalty=2.0) != greedy
+    # 40 tokens (inside the demo's ~50-token answer): enough for the random weights to repeat a
+    # token, which is all a penalty acts on; 16 held no repeat the penalties could change.
+    longer = {**GREEDY, "num_predict": 40}
+    greedy = text(vllama_daemon, **longer)
+    assert text(vllama_daemon, **longer, repeat_penalty=2.0) != greedy
+    assert text(vllama_daemon, **longer, presence_penalty=2.0) != greedy
+    assert text(vllama_daemon, **longer, frequency_penalty=2.0) != greedy
 
 
 def test_num_ctx_and_bad_options(vllama_daemon: Daemon) -> None:

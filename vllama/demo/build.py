@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ EMBED_MODEL_DIRNAME = "vllama-tiny-embed"
 RERANK_MODEL_DIRNAME = "vllama-tiny-rerank"
 
 # Bump a version whenever what a builder writes changes, so cached folders are rebuilt.
-_CHAT_FORMAT = "vllama-tiny-chat/4"
+_CHAT_FORMAT = "vllama-tiny-chat/5"
 _EMBED_FORMAT = "vllama-tiny-embed/2"
 _RERANK_FORMAT = "vllama-tiny-rerank/1"
 _LORA_FORMAT = "vllama-tiny-lora/1"
@@ -46,10 +47,11 @@ _EMBED_MAX_POSITIONS = 512
 
 # A Qwen-style chat template, so that vllama's automatic parser choice gives the demo model tools
 # and thinking the way it does a real Qwen3 (hermes tool calls in <tool_call> tags, a <think> block
-# switched by `enable_thinking`). Any role renders, so OpenAI "tool" messages never make a request
-# fail; `content` may be null on assistant messages that carry tool calls. Testing `is string`
-# (rather than looping over parts) makes vLLM detect the "string" content format and flatten text
-# parts for us. Tool arguments arrive as an object (Ollama) or a JSON string (OpenAI).
+# switched by `enable_thinking` and opened in the generation prompt; `<|thinking|>` before it
+# tells the weights, see `_end_answers`). Any role renders, so OpenAI "tool" messages never make a
+# request fail; `content` may be null on assistant messages that carry tool calls. Testing `is
+# string` (rather than looping over parts) makes vLLM detect the "string" content format and
+# flatten text parts for us. Tool arguments arrive as an object (Ollama) or a JSON string (OpenAI).
 _CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     "{%- if tools -%}"
@@ -82,7 +84,9 @@ _CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
     "{{- '<|assistant|>\\n<|answer|>' -}}"
-    "{%- if enable_thinking is defined and enable_thinking -%}{{- '<think>\\n' -}}{%- endif -%}"
+    "{%- if enable_thinking is defined and enable_thinking -%}"
+    "{{- '<|thinking|><think>\\n' -}}"
+    "{%- endif -%}"
     "{%- endif -%}"
 )
 # Added to the vocabulary whole: vLLM's parsers look for these exact tokens.
@@ -90,6 +94,9 @@ _CHAT_MARKERS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 # Opens the answer being generated (only there: history turns do not hold it), so the model can
 # measure how far its answer has gone and end it (see `_end_answers`).
 _ANSWER_TOKEN = "<|answer|>"
+# Follows `<|answer|>` when thinking is on (only there), so the model knows to close its <think>
+# block. A token of its own rather than <think>: message text may hold a literal <think> too.
+_THINKING_TOKEN = "<|thinking|>"
 
 
 def build_chat_model(dest: Path) -> Path:
@@ -147,7 +154,7 @@ def _write_chat_model(folder: Path) -> None:
 
     transformers = _untyped("transformers")
 
-    specials = ["<unk>", "<s>", "</s>", "<pad>", *_CHAT_MARKERS, _ANSWER_TOKEN]
+    specials = ["<unk>", "<s>", "</s>", "<pad>", *_CHAT_MARKERS, _ANSWER_TOKEN, _THINKING_TOKEN]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -196,8 +203,17 @@ def _write_chat_model(folder: Path) -> None:
             dtype="float32",
         )
         model = _seeded(lambda: transformers.LlamaForCausalLM(config), torch)
-        eos = int(tokenizer.eos_token_id)
-        _end_answers(model, int(tokenizer.convert_tokens_to_ids(_ANSWER_TOKEN)), eos, torch)
+        ids = {
+            name: int(tokenizer.convert_tokens_to_ids(token))
+            for name, token in (
+                ("answer", _ANSWER_TOKEN),
+                ("thinking", _THINKING_TOKEN),
+                ("think", "<think>"),
+                ("end_think", "</think>"),
+                ("eos", tokenizer.eos_token),
+            )
+        }
+        _end_answers(model, ids, torch)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
@@ -206,37 +222,62 @@ def _write_chat_model(folder: Path) -> None:
 #
 # The chat model's weights are random, except for a clock built by hand: greedy or sampled, it
 # emits end-of-sequence about `_ANSWER_TOKENS` tokens after the `<|answer|>` token that opens the
-# answer being generated, whatever the prompt's length. Four residual dimensions that the random
+# answer being generated, whatever the prompt's length. With thinking on (`<|thinking|>` right
+# after `<|answer|>`), it first thinks, closes its block with `</think>` about `_THINK_TOKENS` in,
+# and only then answers, as a real reasoning model does. Residual dimensions that the random
 # weights neither read nor write carry it:
-# - `_MARK` is set only in the embedding of `<|answer|>`; `_ONE` is a constant in every embedding.
-# - Layer 0's two heads attend only to `<|answer|>` (every other key is zero; a key from
-#   `_MARK` alone): head "near" with a query and key on two mid-frequency RoPE pairs, so its
-#   score falls with the distance D from `<|answer|>` (a x (cos(t5 D) + cos(t6 D))), head
-#   "seen" on the lowest-frequency pair, whose score stays constant over the whole context.
-#   Softmax weighs the marker against the ~N other keys (score 0): "near" gives ~1 while
-#   a x S(D) > ln N and ~0 once S(D) falls below it, which happens within a few tokens of D=50
-#   for any N from 20 to 65,536; "seen" gives ~1 whenever the prompt holds the marker at all, so a
-#   prompt without one (a raw completion) is left to the random weights.
-# - Each head writes its weight (the value is 1 on the marker, 0 elsewhere) to `_NEAR`/`_SEEN`,
-#   and end-of-sequence's output row reads `seen - 1.5 near - 0.5` (times a large gain) from
-#   them: strongly negative while the answer is young, strongly positive after it. The output row
-#   of `<|answer|>` reads `-_ONE`, so no answer restarts its own clock.
+# - `_ONE` is a constant in every embedding; `_MARK`, `_THINK_MARK` and `_CLOSE_MARK` are set
+#   only in the embeddings of `<|answer|>`, `<|thinking|>` and `</think>`.
+# - Layer 0's two heads attend only to those three tokens (every other key is zero):
+#   - head "near", with a query and key on two mid-frequency RoPE pairs, so that the score of
+#     `<|answer|>` falls with the distance D from it (a x (cos(t5 D) + cos(t6 D)) = a x S(D)).
+#     Softmax weighs the marker against the ~N other keys (score 0): the head gives ~1 while
+#     a x S(D) > ln N and ~0 once S(D) falls below it, which happens within a few tokens of D=50
+#     for any N from 20 to 65,536. `<|thinking|>` has a steeper score on the same pairs, less a
+#     constant (from the lowest-frequency pair): b x S(D) - c, above `<|answer|>`'s until about
+#     D = `_THINK_TOKENS`, below it after. Both write `_NEAR`; only `<|thinking|>` writes `_YOUNG`,
+#     which is therefore ~1 while the thinking is young, whatever N (two scores cross, neither
+#     near ln N).
+#   - head "seen", on the lowest-frequency pair, whose scores stay constant over the context:
+#     `</think>` > `<|thinking|>` > `<|answer|>` > ln N + 10, so the latest stage present wins:
+#     `<|answer|>` and `</think>` write `_SEEN` (an answer is under way), `<|thinking|>` writes
+#     `_OPEN` (a thinking block is open). A prompt with none of them (a raw completion) is left to
+#     the random weights.
+# - Output rows read them, times a large gain: end-of-sequence `seen - 1.5 near - 0.5`, strongly
+#   negative while the answer is young or a block is open (seen is then 0), strongly positive
+#   after; `</think>` `open - young - 0.5`, positive only once an open block has aged. The rows
+#   of `<|answer|>`, `<|thinking|>` and `<think>` read `-_ONE`: the model never restarts its own
+#   clock or opens a block itself.
+# A `</think>` already in the prompt's text counts as closed: the answer is then all thinking.
 
 _ROPE_THETA = 1e9  # the lowest RoPE frequency turns 1e-4 rad over 65,536 positions: a constant
 _ONE, _MARK, _NEAR, _SEEN = 127, 126, 125, 124
+_THINK_MARK, _CLOSE_MARK, _YOUNG, _OPEN = 123, 122, 121, 120
 _NEAR_PAIRS = (5, 6)  # 1e9 ** (-j / 32): 0.039 and 0.0205 rad per token
 _SEEN_PAIR = 31
 _NEAR_SCALE = 50.0  # a per pair, in softmax logits
+_THINK_NEAR_SCALE = 150.0  # b: (b - a) x S'(D) ~ 4 logits a token, a sharp crossing
+_THINK_TOKENS = 24  # where the thinking block closes, in tokens after <|answer|>
+# Constant scores on the lowest-frequency pair, each 16 above the next (e^-16: nothing leaks).
 _SEEN_SCALE = 24.0  # > ln(65,536) + 10: the marker outweighs a full context of other keys
+_OPEN_SCALE = 40.0
+_CLOSED_SCALE = 56.0
 _EOS_GAIN = 400.0
 
 
-def _end_answers(model: Any, answer_id: int, eos_id: int, torch: Any) -> None:
-    clock = [_ONE, _MARK, _NEAR, _SEEN]
+def _near_score(distance: float) -> float:
+    """S(D): the sum of the near pairs' cosines, 2 at the marker, falling to 0 near D = 55."""
+    return sum(math.cos(_ROPE_THETA ** (-pair / 32) * distance) for pair in _NEAR_PAIRS)
+
+
+def _end_answers(model: Any, ids: dict[str, int], torch: Any) -> None:
+    """`ids`: the token ids of answer, thinking, think, end_think and eos."""
+    clock = [_ONE, _MARK, _NEAR, _SEEN, _THINK_MARK, _CLOSE_MARK, _YOUNG, _OPEN]
     inner = model.model
     hidden = model.config.hidden_size
     head_dim = hidden // model.config.num_attention_heads
     half = head_dim // 2
+    assert half > max(_NEAR_PAIRS) and half > _SEEN_PAIR
     with torch.no_grad():
         # The random weights neither read nor write the clock's dimensions.
         for layer in inner.layers:
@@ -251,37 +292,63 @@ def _end_answers(model: Any, answer_id: int, eos_id: int, torch: Any) -> None:
         embed = inner.embed_tokens.weight
         embed[:, clock] = 0
         embed[:, _ONE] = 0.02  # about the random entries' size
-        # <|answer|>: the marker and the constant alone, so its normalised marker entry is exact.
-        embed[answer_id] = 0
-        embed[answer_id, _MARK] = 1.0
-        embed[answer_id, _ONE] = 1.0
-        marked = (2.0 / hidden) ** -0.5  # its _MARK entry after the input RMSNorm (gain 1)
+        # Each marker token: its marker and the constant alone, so its normalised entry is exact.
+        for name, mark in (
+            ("answer", _MARK),
+            ("thinking", _THINK_MARK),
+            ("end_think", _CLOSE_MARK),
+        ):
+            embed[ids[name]] = 0
+            embed[ids[name], mark] = 1.0
+            embed[ids[name], _ONE] = 1.0
+        marked = (2.0 / hidden) ** -0.5  # a marker entry after the input RMSNorm (gain 1)
 
         # Layer 0: head 0 "near", head 1 "seen"; all of its attention belongs to the clock.
         attn = inner.layers[0].self_attn
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
             proj.weight.zero_()
         attn.o_proj.weight[:, : 2 * head_dim] = 0
-        scale = head_dim**0.5  # scores are divided by sqrt(head_dim)
-        heads = ((0, _NEAR_PAIRS, _NEAR_SCALE, _NEAR), (1, (_SEEN_PAIR,), _SEEN_SCALE, _SEEN))
-        for head, pairs, strength, out in heads:
-            base = head * head_dim
-            for pair in pairs:
-                # Only the first of each pair's two components: the rotated dot product is then
-                # q x k x cos(theta x distance).
-                attn.q_proj.bias[base + pair] = 1.0
-                attn.k_proj.weight[base + pair, _MARK] = strength * scale / marked
-            attn.v_proj.weight[base, _MARK] = 1.0 / marked
-            attn.o_proj.weight[out, base] = 0.02
-        assert half > max(_NEAR_PAIRS) and half > _SEEN_PAIR
+        unit = head_dim**0.5 / marked  # a key weight giving one logit (scores / sqrt(head_dim))
 
-        # End-of-sequence reads the clock; nothing else does.
-        row = model.lm_head.weight[eos_id]
-        row[_SEEN] = _EOS_GAIN
-        row[_NEAR] = -1.5 * _EOS_GAIN
-        row[_ONE] = -0.5 * _EOS_GAIN
-        # The model never says <|answer|> itself: a sampled one would restart the clock.
-        model.lm_head.weight[answer_id, _ONE] = -_EOS_GAIN
+        def key(head: int, pair: int, mark: int, score: float) -> None:
+            # Only the first of each pair's two components: the query is 1 there, so the rotated
+            # dot product is the score x cos(theta x distance).
+            attn.q_proj.bias[head * head_dim + pair] = 1.0
+            attn.k_proj.weight[head * head_dim + pair, mark] = score * unit
+
+        def value(head: int, slot: int, mark: int, out: int) -> None:
+            attn.v_proj.weight[head * head_dim + slot, mark] = 1.0 / marked
+            attn.o_proj.weight[out, head * head_dim + slot] = 0.02
+
+        # <|thinking|> sits one token after <|answer|>: its score crosses <|answer|>'s there.
+        cross = _THINK_NEAR_SCALE * _near_score(_THINK_TOKENS - 1)
+        cross -= _NEAR_SCALE * _near_score(_THINK_TOKENS)
+        for pair in _NEAR_PAIRS:
+            key(0, pair, _MARK, _NEAR_SCALE)
+            key(0, pair, _THINK_MARK, _THINK_NEAR_SCALE)
+        key(0, _SEEN_PAIR, _THINK_MARK, -cross)
+        value(0, 0, _MARK, _NEAR)
+        value(0, 0, _THINK_MARK, _NEAR)
+        value(0, 1, _THINK_MARK, _YOUNG)
+        for mark, score in ((_MARK, _SEEN_SCALE), (_THINK_MARK, _OPEN_SCALE)):
+            key(1, _SEEN_PAIR, mark, score)
+        key(1, _SEEN_PAIR, _CLOSE_MARK, _CLOSED_SCALE)
+        value(1, 0, _MARK, _SEEN)
+        value(1, 0, _CLOSE_MARK, _SEEN)
+        value(1, 1, _THINK_MARK, _OPEN)
+
+        # End-of-sequence and </think> read the clock; nothing else does.
+        rows = model.lm_head.weight
+        for token, reads in (
+            ("eos", {_SEEN: 1.0, _NEAR: -1.5, _ONE: -0.5}),
+            ("end_think", {_OPEN: 1.0, _YOUNG: -1.0, _ONE: -0.5}),
+            # The model never says these itself: a sampled one would restart the clock.
+            ("answer", {_ONE: -1.0}),
+            ("thinking", {_ONE: -1.0}),
+            ("think", {_ONE: -1.0}),
+        ):
+            for dim, weight in reads.items():
+                rows[ids[token], dim] = weight * _EOS_GAIN
 
 
 # --- embedding model -------------------------------------------------------------------------

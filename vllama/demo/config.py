@@ -3,7 +3,8 @@
 No model hub is assumed: the demo models are built locally on first use (a few seconds, ~3 MB) and
 cached in the models folder. They have random weights, so their text is gibberish, but every byte
 of it comes from a real vLLM engine. The chat model's context is 65,536 tokens, and its answers end
-on their own about 50 tokens in (a clock in its weights: `vllama.demo.build._end_answers`).
+on their own about 50 tokens in (a clock in its weights: `vllama.demo.build._end_answers`), with
+thinking on, after closing a thinking block about 22 tokens in.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ DEMO_RERANK_MODEL = "tiny-rerank"
 # dtype (vLLM's "auto" picks bf16/fp16 on CPU and warns per weight); a 1 GiB KV cache is plenty
 # for these toys (524,288 tokens of the chat model: 8 full 65,536-token contexts) and keeps each
 # worker near 3 GB of host RAM on the CPU engine.
-# Thinking is off unless a request asks for it: with random weights the model never closes its
-# <think> block, so a thinking default would leave every answer's content empty.
+# Thinking is off unless a request asks for it (Claude Code does; Ollama's `think`, OpenAI's
+# `chat_template_kwargs` can): the answer is then ~22 tokens of thinking, a `</think>` its weights
+# emit, and ~25 of content. Off by default, a plain request's whole ~50-token answer is content.
 DEMO_ARGS = (
     "--enforce-eager",
     "--dtype",
