@@ -133,6 +133,26 @@ async def test_a_folder_a_configured_model_serves_is_listed_once(
     assert models == ["other-folder:latest", "tiny"]
 
 
+async def test_models_that_chat_are_listed_first(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    # Open WebUI (0.12.4) selects the first model a connection lists for a new user's chat; with
+    # names alone in order, the demo's embedding model came first and "hello" got `"tiny-embed"
+    # does not support chat`. Chat models first, each group by name.
+    root = tmp_path / "models"
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        **{"tiny-embed": embed_model(root), "a-rerank": rerank_model(root)},
+        tiny=chat_model(root),
+        zed=chat_model(root, "zed"),
+    )
+    tags = [m["name"] for m in (await (await client.get("/api/tags")).json())["models"]]
+    assert tags == ["tiny:latest", "zed:latest", "a-rerank:latest", "tiny-embed:latest"]
+    models = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
+    assert models == ["tiny", "zed", "a-rerank", "tiny-embed"]
+
+
 def is_stopped(client: Client, name: str) -> bool:
     return WorkerView(client.app, name).state is WorkerState.STOPPED
 

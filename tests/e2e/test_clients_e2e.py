@@ -29,23 +29,29 @@ pytestmark = pytest.mark.e2e
 WEATHER = WEATHER_TOOL
 
 
-# What Open WebUI 0.12 sends for a new chat on an Ollama connection with native tool calling:
-# POST /api/chat, the model's Ollama name, streamed, no num_predict, its sampling options and
-# keep_alive, and its built-in tools (36, about 17 KB). The tools are Open WebUI's own shape: a
-# function's docstring for the description, its parameters through pydantic
-# (backend/open_webui/utils/tools.py, convert_function_to_pydantic_model: title, default,
-# anyOf-null for Optional). 27 of them are the functions of backend/open_webui/tools/builtin.py
-# (web search and fetch, image generation and editing, code interpreter, memories, notes, chats,
-# channels, knowledge bases, skills) with their docstrings as written there; the other 9 are
-# modelled on them for Open WebUI's later features (files, prompts, folders, tasks, a memory's
-# deletion), their names not checked against a release.
-OPEN_WEBUI_FIRST_CHAT = Path(__file__).parent / "fixtures" / "open_webui_first_chat.json"
+# What Open WebUI 0.12.4 sent a fresh vllama (`make serve`) on its Ollama connection, from a new
+# admin's sign-in to the end of the first chat ("hello" to `tiny`), in order, captured by
+# `benchmarks/openwebui_check.py --record`: its model and version polls, then the chat's title
+# task (non-streamed, num_predict 1000) a second before the chat itself (streamed, no options,
+# its 36 built-in tools, about 25 KB), then its follow-up and tag tasks (non-streamed, no
+# options). To capture a later release, run the script with `--record FILE` and keep the
+# requests (docs/BENCHMARKS.md).
+OPEN_WEBUI_FIRST_CHAT = json.loads(
+    (Path(__file__).parent / "fixtures" / "open_webui_first_chat.json").read_text()
+)
+OPEN_WEBUI_REQUESTS: list[dict[str, Any]] = OPEN_WEBUI_FIRST_CHAT["requests"]
+
+
+def open_webui_chat() -> dict[str, Any]:
+    """The first chat's own request: the streamed one, with the tools."""
+    (chat,) = [r["body"] for r in OPEN_WEBUI_REQUESTS if r.get("body", {}).get("tools")]
+    return cast(dict[str, Any], chat)
 
 
 def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Daemon) -> None:
-    body = json.loads(OPEN_WEBUI_FIRST_CHAT.read_text())
+    body = open_webui_chat()
     assert body["stream"] is True and len(body["tools"]) == 36
-    assert "num_predict" not in body["options"]
+    assert "num_predict" not in body.get("options", {})
     started = time.monotonic()
     with httpx.stream("POST", vllama_daemon.url + "/api/chat", json=body, timeout=300) as answer:
         assert answer.status_code == 200, answer.read()
@@ -58,7 +64,8 @@ def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Dae
     # and a 65,536-token context leave the budget to the context.
     assert last["done"] is True and last["done_reason"] == "stop", last
     assert 0 < last["eval_count"] < 100, last
-    # The 36 tools reached the template, and the whole request fits the demo's context.
+    # The 36 tools reached the template (18,313 prompt tokens in 0.12.4's capture), and the
+    # whole request fits the demo's context.
     assert 5000 < last["prompt_eval_count"] < 65536 - last["eval_count"], last
     assert all(line["model"] == "tiny:latest" for line in lines)
     assert all(line["done"] is False for line in lines[:-1])
@@ -68,6 +75,43 @@ def test_open_webui_first_chat_with_its_tools_streams_to_done(vllama_daemon: Dae
     assert work < 60, (work, elapsed)
     shown = ollama.Client(host=vllama_daemon.url).show("tiny")
     assert {"completion", "tools", "thinking"} <= set(shown.capabilities or [])
+
+
+def test_open_webui_polls_and_tasks_around_the_first_chat(vllama_daemon: Daemon) -> None:
+    """Everything else Open WebUI 0.12.4 sent for its first chat, in its order: each answered as
+    Open WebUI reads it (the chat itself: the test above)."""
+    http = httpx.Client(base_url=vllama_daemon.url, timeout=300)
+    tasks = 0
+    for request in OPEN_WEBUI_REQUESTS:
+        body = request.get("body")
+        if body is not None and body.get("tools"):
+            continue
+        answer = http.request(request["method"], request["path"], json=body)
+        assert answer.status_code == 200, (request["path"], answer.text)
+        data = answer.json()
+        if request["path"] == "/api/version":
+            assert data["version"]
+        elif request["path"] == "/api/tags":
+            # A new user's chat goes to the first model listed (Open WebUI's default): models
+            # that chat come first, then embedding and rerank ones (issue 20).
+            names = [m["name"] for m in data["models"]]
+            chats = [
+                "completion" in http.post("/api/show", json={"model": name}).json()["capabilities"]
+                for name in names
+            ]
+            assert chats == sorted(chats, reverse=True) and not all(chats), list(
+                zip(names, chats, strict=True)
+            )
+            assert "tiny:latest" in names
+        elif request["path"] == "/api/ps":
+            assert isinstance(data["models"], list)
+        else:  # a title, follow-up or tags task: one JSON answer, ended by the model
+            assert request["path"] == "/api/chat" and body is not None and body["stream"] is False
+            assert data["done"] is True and data["done_reason"] == "stop", data
+            assert data["message"]["role"] == "assistant" and data["message"]["content"], data
+            assert data["eval_count"] < body.get("options", {}).get("num_predict", 100), data
+            tasks += 1
+    assert tasks == 3  # title, follow-ups, tags
 
 
 def generated_tokens(daemon: Daemon, model: str) -> float:

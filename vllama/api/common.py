@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 
 from vllama.api.errors import ApiError, BadRequest
 from vllama.api.keys import MODEL_KEY, services
 from vllama.api.protocol import JsonObject
+from vllama.catalog.files import ModelFiles
 from vllama.catalog.registry import ModelTraits, Resolved
 
 
@@ -55,6 +56,24 @@ async def servable_model(request: web.Request, requested: str) -> Resolved:
     services(request).scheduler.add_model(resolved.served_name, resolved.spec)
     request[MODEL_KEY] = resolved.served_name  # the metrics label and access-log field
     return resolved
+
+
+def listing_key(name: str, files: ModelFiles | None) -> tuple[bool, str]:
+    """A model's place in a listing (`/api/tags`, `/v1/models`): models that chat first, then
+    embedding and rerank models, each group by name. Front ends take the first model listed for
+    a new chat (Open WebUI does), and an embedding model there answers the first "hello" with
+    an error. A model not on disk yet is taken to chat, as the registry takes it."""
+    chats = files is None or "completion" in files.capabilities
+    return (not chats, name)
+
+
+async def in_listing_order(
+    request: web.Request, models: Iterable[tuple[str, Resolved]]
+) -> list[tuple[str, Resolved, ModelFiles | None]]:
+    """`models` (listed name, model) with their files, in `listing_key`'s order."""
+    registry = services(request).registry
+    described = [(name, resolved, await registry.files(resolved)) for name, resolved in models]
+    return sorted(described, key=lambda entry: listing_key(entry[0], entry[2]))
 
 
 async def served_traits(request: web.Request, resolved: Resolved) -> ModelTraits:

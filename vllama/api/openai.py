@@ -22,7 +22,7 @@ from aiohttp import web
 from vllama.api import remote
 from vllama.api.backends import backend_for
 from vllama.api.budget import BUDGET_FIELDS, fit, send_fitted
-from vllama.api.common import model_context, read_json_object
+from vllama.api.common import in_listing_order, model_context, read_json_object
 from vllama.api.errors import BadRequest
 from vllama.api.keys import services
 from vllama.api.ollama.options import map_options
@@ -209,8 +209,8 @@ async def list_models(request: web.Request) -> web.Response:
         configured = resolved.source == "config" and not resolved.derived
         return resolved.upstream_model if configured else name
 
-    listed = sorted(((listed_name(n, r), r) for n, r in available.items()), key=lambda x: x[0])
-    cards = [_model_card(n, context=await model_context(request, r)) for n, r in listed]
+    listed = await in_listing_order(request, ((listed_name(n, r), r) for n, r in available.items()))
+    cards = [_model_card(n, context=await model_context(request, r)) for n, r, _ in listed]
     cards += [_model_card(name, owner) for name, owner in remote.model_cards(request)]
     return web.json_response({"object": "list", "data": cards})
 

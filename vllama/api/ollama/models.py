@@ -15,7 +15,7 @@ from aiohttp import web
 
 from vllama import __version__
 from vllama.api import remote
-from vllama.api.common import read_json_object, requested_model, served_traits
+from vllama.api.common import in_listing_order, read_json_object, requested_model, served_traits
 from vllama.api.errors import ApiError, BadRequest
 from vllama.api.keys import services
 from vllama.api.ollama.options import map_options
@@ -79,8 +79,10 @@ def _parent(resolved: Resolved) -> str:
 async def tags(request: web.Request) -> web.Response:
     registry = services(request).registry
     models = []
-    for name, resolved in sorted((await registry.available()).items()):
-        models.append(_entry(name, resolved, await registry.files(resolved)))
+    for name, resolved, files in await in_listing_order(
+        request, (await registry.available()).items()
+    ):
+        models.append(_entry(name, resolved, files))
     models += remote.tag_entries(request, _details(None), _iso(datetime.now(UTC)))
     return web.json_response({"models": models})
 
