@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -20,7 +20,14 @@ from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.scheduling.devices import DeviceKind, Devices, cuda_visible_devices
 from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot
-from vllama.scheduling.sizing import Estimate, estimate, gpu_share
+from vllama.scheduling.sizing import (
+    MAX_SHARE,
+    Estimate,
+    cuda_total,
+    estimate,
+    gpu_share,
+    reserved_for,
+)
 
 log = structlog.get_logger("vllama.memory")
 
@@ -37,6 +44,7 @@ class Share:
     need: int  # bytes per device
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    free_before: dict[str, int] = field(default_factory=dict)  # measured just before the start
 
 
 class MemoryPlanner:
@@ -48,16 +56,28 @@ class MemoryPlanner:
         self._settings = settings
         self._devices = devices
         self._measured: dict[str, int] = {}  # model -> bytes per device, from its last load
-        self._totals: dict[str, int] = {}  # device -> total bytes, from the last snapshot
+        self._totals: dict[str, int] = {}  # device -> NVML's total bytes, from the last snapshot
+        self._cuda_totals: dict[str, int] = {}  # device -> the total vLLM's utilization is of
+        self._extra: dict[str, int] = {}  # model -> bytes vLLM's memory refusal added to its share
         self.kind: DeviceKind = "gpu" if devices.gpu_count() else "cpu"
 
     # -- what a model needs ------------------------------------------------------------------
 
-    def estimate(self, spec: ModelSpec, facts: ModelFacts) -> Estimate:
-        return estimate(spec, facts, self.kind, self._settings.kv_cache)
+    def estimate(self, spec: ModelSpec, facts: ModelFacts, name: str = "") -> Estimate:
+        """The estimate, grown by what vLLM's refusal of this model's share said was missing.
+        GPUs' sizes (vLLM's batch defaults follow them) come from the last snapshot."""
+        gpu_total = min(self._cuda_totals.values()) if self._cuda_totals else None
+        planned = estimate(spec, facts, self.kind, self._settings.kv_cache, gpu_total)
+        extra = self._extra.get(name, 0)
+        return replace(planned, share=planned.share + extra) if extra else planned
+
+    def grow(self, name: str, extra: int) -> None:
+        """vLLM refused the model's share for want of `extra` bytes: its next shares hold them."""
+        self._extra[name] = self._extra.get(name, 0) + extra
+        self._measured.pop(name, None)
 
     def request(self, name: str, spec: ModelSpec, facts: ModelFacts) -> Request:
-        planned = self.estimate(spec, facts)
+        planned = self.estimate(spec, facts, name)
         return Request(
             name=name,
             kind=self.kind,
@@ -69,15 +89,26 @@ class MemoryPlanner:
         """Bytes per device: the last measured footprint, else the estimate."""
         if name in self._measured:
             return self._measured[name]
-        planned = self.estimate(spec, facts)
+        planned = self.estimate(spec, facts, name)
+        if self.kind != "gpu" or not self._totals:
+            return planned.need
+        largest = max(self._totals.values())  # uniform on most hosts; the safe side if not
         operator_share = vllm_args.flag_value(spec.args, vllm_args.GPU_SHARE)
-        if self.kind == "gpu" and operator_share is not None and self._totals:
-            try:  # the operator's own utilization, of the largest GPU (uniform on most hosts)
-                share = math.ceil(float(operator_share) * max(self._totals.values()))
+        if operator_share is not None:
+            try:  # the operator's own utilization
+                return math.ceil(float(operator_share) * largest) + planned.outside
             except ValueError:
-                share = planned.share
-            return share + planned.outside
-        return planned.need
+                return planned.need
+        utilization = gpu_share(planned.share, min(self._cuda_totals.values()))
+        return reserved_for(utilization, largest, planned.outside)
+
+    def residue(self, name: str, spec: ModelSpec, facts: ModelFacts) -> int:
+        """Bytes per device a worker keeps in level-1 sleep: its context, NCCL and, unless
+        offloaded, the CUDA-graph pool."""
+        planned = self.estimate(spec, facts, name)
+        if vllm_args.has_flag(spec.args, vllm_args.OFFLOAD_GRAPHS_IN_SLEEP):
+            return planned.outside
+        return planned.residue
 
     async def free_now(self, devices: tuple[str, ...]) -> dict[str, int]:
         """Free bytes on these devices now (before a load, for `measure`)."""
@@ -120,7 +151,10 @@ class MemoryPlanner:
         any request changes it). `spare_bytes`: host memory warm spares hold, out of the CPU
         budget."""
         memory = await self._devices.snapshot_async()
-        self._totals = {device.id: device.total for device in memory}
+        self._totals = {d.id: d.total for d in memory if d.kind == "gpu"}
+        self._cuda_totals = {
+            d.id: cuda_total(d.total, d.reserved) for d in memory if d.kind == "gpu"
+        }
         states = []
         for device in memory:
             limit = (
@@ -139,7 +173,12 @@ class MemoryPlanner:
         )
 
     def share(
-        self, spec: ModelSpec, facts: ModelFacts, devices: tuple[str, ...], need: int
+        self,
+        spec: ModelSpec,
+        facts: ModelFacts,
+        devices: tuple[str, ...],
+        need: int,
+        name: str = "",
     ) -> Share:
         """Pin the worker to its devices and tell vLLM its share of each GPU, sized against the
         totals of the last `snapshot` (every placement decision takes one), and let it fit the
@@ -153,13 +192,13 @@ class MemoryPlanner:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(indices),
         }
-        planned = self.estimate(spec, facts)
+        planned = self.estimate(spec, facts, name)
         args: tuple[str, ...] = ()
         if not vllm_args.has_flag(spec.args, vllm_args.GPU_SHARE):
             # Always a share, even with --kv-cache-memory-bytes: vLLM checks free memory against
             # its utilization (0.92 by default) at start, and a second model would fail that.
-            total = min(self._totals[device] for device in devices)
-            args = vllm_args.gpu_share_args(gpu_share(planned, total))
+            total = min(self._cuda_totals[device] for device in devices)
+            args = vllm_args.gpu_share_args(min(gpu_share(planned.share, total), MAX_SHARE))
         if planned.auto_fit:
             args = (*args, *vllm_args.auto_fit_args())
         return Share(devices, need, args, env)
