@@ -270,3 +270,18 @@ async def test_a_worker_spanning_gpus_sees_all_of_them() -> None:
     assert status is not None and status.devices == ("gpu:0", "gpu:1", "gpu:2", "gpu:3")
     report = "\n".join(fake.reports[status.pid])  # type: ignore[index]
     assert f"Model loading took {gib(LLAMA_8B.weights // 4)} GiB" in report  # a quarter each
+
+
+async def test_a_ray_model_is_kept_off_the_gpus_local_models_use() -> None:
+    # Ray places its workers on any GPU of this host, whatever vllama gave other models.
+    specs = {"a": {}, "r": {"ray_address": "127.0.0.1:6379"}, "p": {"pinned": True}}
+    models = {"a": SMALL, "r": SMALL, "p": SMALL}
+    scheduler, _, _ = gpu_host(specs, models, gpus=(80 * GiB, 80 * GiB))
+    await use(scheduler, "a")
+    await use(scheduler, "r")
+    assert (state(scheduler, "a"), state(scheduler, "r")) == (S.STOPPED, S.READY)
+    assert scheduler.model_status("r").devices == ("gpu:0", "gpu:1")  # type: ignore[union-attr]
+    await use(scheduler, "p")  # a local model: the Ray model goes
+    assert (state(scheduler, "r"), state(scheduler, "p")) == (S.STOPPED, S.READY)
+    with pytest.raises(PlacementRefused, match="Ray model has this host's GPUs to itself"):
+        await use(scheduler, "r")  # beside a pinned local model: refused, saying why

@@ -101,9 +101,11 @@ class Coordinator:
                         f"{format_bytes(said.missing)} larger does not fit: {no_room.reason}",
                         refused.tail,
                     ) from None
-            measured = await self._memory.measure(
-                runner.name, worker.pid, share.devices, share.free_before
-            )
+            measured = 0
+            if runner.spec.ray is None:  # a Ray model keeps the whole host's GPUs it was given
+                measured = await self._memory.measure(
+                    runner.name, worker.pid, share.devices, share.free_before
+                )
             runner.ready(measured or share.need)  # before the lock goes to the next load
 
     async def _start_placed(self, runner: ModelRunner, facts: ModelFacts, may_evict: bool) -> Share:
@@ -202,7 +204,13 @@ class Coordinator:
                     if await spares.drop_idle(keep_for=runner.spec):
                         continue
                 if isinstance(decision, Refuse):
-                    raise PlacementRefused(runner.name, decision.reason, [])
+                    reason = decision.reason
+                    if runner.spec.ray is not None and request.kind == "gpu":
+                        reason += (
+                            "; a Ray model has this host's GPUs to itself (Ray places its "
+                            "workers on any of them, beside other models it cannot see)"
+                        )
+                    raise PlacementRefused(runner.name, reason, [])
                 if runner.extra and (not isinstance(decision, Place) or decision.evict):
                     runner.refuse_extra(time.monotonic() + EXTRA_REPLICA_RETRY)
                     raise PlacementRefused(

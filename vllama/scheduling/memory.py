@@ -78,6 +78,18 @@ class MemoryPlanner:
 
     def request(self, name: str, spec: ModelSpec, facts: ModelFacts) -> Request:
         planned = self.estimate(spec, facts, name)
+        if self.kind == "gpu" and spec.ray is not None and self._totals:
+            # Ray puts its workers on any of this host's GPUs (a placement group of GPU
+            # bundles; CUDA_VISIBLE_DEVICES is not passed on), GPUs that vllama gave other models
+            # included: a Ray model has this host's GPUs to itself, and they it.
+            limit = self._settings.memory_limit_gpu
+            whole = min(self._cuda_totals.values())  # all a GPU has free with nothing on it
+            return Request(
+                name=name,
+                kind=self.kind,
+                device_count=len(self._totals),
+                need=min(limit, whole) if limit is not None else whole,
+            )
         return Request(
             name=name,
             kind=self.kind,
