@@ -274,7 +274,11 @@ async def test_a_worker_spanning_gpus_sees_all_of_them() -> None:
 
 async def test_a_ray_model_is_kept_off_the_gpus_local_models_use() -> None:
     # Ray places its workers on any GPU of this host, whatever vllama gave other models.
-    specs = {"a": {}, "r": {"ray_address": "127.0.0.1:6379"}, "p": {"pinned": True}}
+    specs: dict[str, dict[str, Any]] = {
+        "a": {},
+        "r": {"ray_address": "h:6379"},
+        "p": {"pinned": True},
+    }
     models = {"a": SMALL, "r": SMALL, "p": SMALL}
     scheduler, _, _ = gpu_host(specs, models, gpus=(80 * GiB, 80 * GiB))
     await use(scheduler, "a")
