@@ -16,6 +16,7 @@ from tests.unit.fake_gpu import EngineRefused, FakeGpuHost, FakeModel
 from vllama.config.settings import ModelSpec
 from vllama.engine.ray_cluster import Cluster
 from vllama.engine.states import DOWN, RUNNING, FailureKind, WorkerState, check_transition
+from vllama.engine.vllm_report import StartReport, start_report
 from vllama.engine.worker import LoadError, start_outcome
 from vllama.scheduling.runner import StateListener, WorkerLike
 from vllama.scheduling.scheduler import Scheduler
@@ -75,6 +76,12 @@ class FakeWorker:
     @property
     def pid(self) -> int | None:
         return self._pid  # None without a host: nothing to measure
+
+    @property
+    def memory_report(self) -> StartReport:
+        """What the fake engine printed about its memory, as vLLM does."""
+        lines = self.host.reports.get(self._pid, []) if self.host and self._pid else []
+        return start_report(lines)
 
     def tail(self, lines: int = 20) -> list[str]:
         return [f"{self.name}: start {self.starts}"][-lines:] if lines else []

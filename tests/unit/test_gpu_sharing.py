@@ -5,7 +5,9 @@ containers, sleep mode, multi-GPU workers. Each test fails where real vLLM would
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from vllama.config.settings import ModelSpec, load_config
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.errors import PlacementRefused
+from vllama.scheduling.footprints import Footprints
 from vllama.scheduling.scheduler import Scheduler
 from vllama.scheduling.sizing import cuda_total, gpu_share, reserved_for
 
@@ -58,9 +61,11 @@ def gpu_host(
     models: dict[str, FakeModel],
     gpus: tuple[int, ...] = (80 * GiB,),
     hide_pids: bool = False,
+    fake: FakeGpuHost | None = None,
+    learned: Footprints | None = None,
     **server: Any,
 ) -> tuple[Scheduler, FakeWorkers, FakeGpuHost]:
-    fake = FakeGpuHost(gpus, hide_pids=hide_pids)
+    fake = fake or FakeGpuHost(gpus, hide_pids=hide_pids)
     workers = FakeWorkers(fake, models)
 
     async def facts(spec: ModelSpec) -> ModelFacts:
@@ -68,7 +73,8 @@ def gpu_host(
 
     tables = {name: {"model": f"org/{name}", **spec} for name, spec in specs.items()}
     config = load_config(file_data={"server": {"restart_backoff": 0, **server}, "models": tables})
-    return Scheduler(config, workers, FakeGpuDevices(fake), facts=facts), workers, fake
+    scheduler = Scheduler(config, workers, FakeGpuDevices(fake), facts=facts, learned=learned)
+    return scheduler, workers, fake
 
 
 async def use(scheduler: Scheduler, name: str, **kwargs: Any) -> None:
@@ -289,3 +295,24 @@ async def test_a_ray_model_is_kept_off_the_gpus_local_models_use() -> None:
     assert (state(scheduler, "r"), state(scheduler, "p")) == (S.STOPPED, S.READY)
     with pytest.raises(PlacementRefused, match="Ray model has this host's GPUs to itself"):
         await use(scheduler, "r")  # beside a pinned local model: refused, saying why
+
+
+async def test_the_footprint_vllm_reported_sizes_the_next_share(tmp_path: Path) -> None:
+    # The first daemon learns from the refusal and from what vLLM then reported; the next one
+    # (same state file) gives the share vLLM needs at once.
+    specs = {"llama": {"args": ["--max-model-len", "32768"]}}
+    state_file = tmp_path / "footprints.json"
+    first, workers, fake = gpu_host(specs, {"llama": LLAMA_8B}, learned=Footprints(state_file))
+    fake.surprise = 3 * GiB
+    await use(first, "llama")
+    assert workers.made["llama"].starts == 2
+    await first.stop_all()
+    saved = json.loads(state_file.read_text())
+    (entry,) = saved.values()
+    assert entry["kv_tokens"] >= 32768 and abs(entry["graphs"] - GRAPHS) < GiB // 100
+    again, workers, _ = gpu_host(
+        specs, {"llama": LLAMA_8B}, fake=fake, learned=Footprints(state_file)
+    )
+    await use(again, "llama")
+    assert state(again, "llama") is S.READY and workers.made["llama"].starts == 1
+    await again.stop_all()

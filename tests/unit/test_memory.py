@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 from tests.component.fakes import FakeNvml
 from vllama.catalog.facts import ModelFacts
 from vllama.config.settings import ModelSpec, load_config
+from vllama.engine.vllm_report import (
+    GROW_STEP,
+    StartReport,
+    is_report_line,
+    refusal,
+    start_report,
+)
 from vllama.scheduling.devices import Devices
+from vllama.scheduling.footprints import learn, share_for
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.sizing import (
     ACTIVATIONS_MIN,
@@ -106,3 +116,54 @@ def test_the_profile_runs_peak_follows_vllms_batch_defaults() -> None:
     assert fewer.share < estimate(ModelSpec(model="/m"), LLAMA_8B, "gpu", 0).share
     eager = estimate(ModelSpec(model="/m", args=("--enforce-eager",)), LLAMA_8B, "gpu", 0)
     assert eager.graphs == 0 and eager.residue == GPU_CONTEXT
+
+
+def test_what_vllm_says_about_its_memory_is_read_into_numbers() -> None:
+    # Lines as vLLM 0.32 prints them (format strings in gpu_model_runner.py, gpu_worker.py,
+    # kv_cache_utils.py), with the engine core's prefix.
+    lines = [
+        "(EngineCore pid=9) INFO 12-07 10:00:01 [gpu_model_runner.py:5150] Model loading took "
+        "14.99 GiB memory and 4.210000 seconds",
+        "(EngineCore pid=9) INFO 12-07 10:00:09 [gpu_model_runner.py:6475] Estimated CUDA graph "
+        "memory: 0.85 GiB total",
+        "(EngineCore pid=9) INFO 12-07 10:00:09 [gpu_worker.py:760] Available KV cache memory: "
+        "52.31 GiB",
+        "(EngineCore pid=9) INFO 12-07 10:00:09 [kv_cache_utils.py:2326] GPU KV cache size: "
+        "428,512 tokens, Maximum concurrency for 131,072 tokens per request: 3.27x",
+    ]
+    assert all(is_report_line(line) for line in lines)
+    report = start_report(["INFO something else", *lines])
+    assert report == StartReport(
+        weights=math.ceil(14.99 * GiB),
+        kv_bytes=math.ceil(52.31 * GiB),
+        kv_tokens=428_512,
+        graphs=math.ceil(0.85 * GiB),
+    )
+    # The share less the KV cache is what the model took besides it.
+    learned = learn(report, 0.9, 80 * GiB)
+    assert learned is not None and learned.non_kv == math.ceil(72 * GiB) - learned.kv_bytes
+    assert learned.kv_bytes == report.kv_bytes
+    assert share_for(learned, 4 * GiB) > learned.non_kv + 4 * GiB
+
+
+def test_vllms_memory_refusals_say_what_was_missing() -> None:
+    short = refusal(
+        [
+            "Traceback (most recent call last):",
+            "ValueError: To serve at least one request with the model's max seq len (131072), "
+            "(16.0 GiB KV cache is needed, which is larger than the available KV cache memory "
+            "(3.12 GiB). Based on the available memory, the estimated maximum model length is "
+            "25536. Try increasing `gpu_memory_utilization` ...",
+        ]
+    )
+    assert short is not None and short.missing >= math.ceil((16.0 - 3.12) * GiB)
+    free = refusal(
+        [
+            "ValueError: Free memory on device cuda:0 (30.1/79.19 GiB) on startup is less than "
+            "desired GPU memory utilization (0.5, 39.6 GiB). Decrease GPU memory utilization ..."
+        ]
+    )
+    assert free is not None and free.missing == 0  # the share was right; the GPU was not free
+    blind = refusal(["ValueError: No available memory for the cache blocks. Try increasing"])
+    assert blind is not None and blind.missing == GROW_STEP
+    assert refusal(["RuntimeError: something else"]) is None

@@ -26,6 +26,7 @@ from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
 from vllama.engine.states import DOWN, RUNNING, FailureKind, WorkerState, check_transition
+from vllama.engine.vllm_report import MEMORY_REFUSALS, StartReport, is_report_line, start_report
 
 log = structlog.get_logger("vllama.worker")
 
@@ -73,15 +74,6 @@ class MemoryRefused(LoadError):
     """vLLM refused to start in the memory it was given (its own words are in the tail)."""
 
     code = "memory_refused"
-
-
-# vLLM's refusals of a start for memory (its KV-cache and free-memory checks at start-up).
-MEMORY_REFUSALS = (
-    "No available memory for the cache blocks",
-    "To serve at least one request",
-    "Cannot auto-fit",
-    "Free memory on device",
-)
 
 
 def start_outcome(error: LoadError) -> LoadError:
@@ -138,6 +130,7 @@ class Worker:
         self._watch: asyncio.Task[None] | None = None
         self._share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self._output_log = OutputLog(name)
+        self._report_lines: list[str] = []  # what the last start said about its memory
 
     # -- state -------------------------------------------------------------------------------
 
@@ -177,7 +170,15 @@ class Worker:
     def _on_output(self, line: str) -> None:
         if line.startswith(ENGINE_EXITED):
             self._engine_exited_at = time.monotonic()
+        if self.state is WorkerState.STARTING and is_report_line(line):
+            self._report_lines.append(line)
         self._output_log.line(line)
+
+    @property
+    def memory_report(self) -> StartReport:
+        """What vLLM reported about its memory during the last start (weights, KV cache,
+        CUDA graphs), kept apart from the tail, which a long start-up log would outrun."""
+        return start_report(self._report_lines)
 
     # -- start -------------------------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class Worker:
         self.last_error = None
         self.ready_at = self.ended_at = self._engine_exited_at = None
         self._share = (tuple(share_args), dict(share_env or {}))
+        self._report_lines = []
         try:
             await self._spawn_and_wait()
         except LoadError as failed:

@@ -25,13 +25,13 @@ from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.spares import SparePool
+from vllama.engine.vllm_report import refusal
 from vllama.engine.worker import MemoryRefused
 from vllama.scheduling.errors import PlacementRefused
 from vllama.scheduling.events import Events, ModelWoken
 from vllama.scheduling.memory import MemoryPlanner, Share
 from vllama.scheduling.placement import LoadedModel, Place, Refuse, decide, format_bytes
 from vllama.scheduling.runner import Changes, ModelRunner
-from vllama.scheduling.vllm_report import refusal
 
 # An extra replica that found no room is not looked at again for this long (its check measures
 # the devices, and busy models make requests all the time).
@@ -101,6 +101,7 @@ class Coordinator:
                         f"{format_bytes(said.missing)} larger does not fit: {no_room.reason}",
                         refused.tail,
                     ) from None
+            self._memory.learn(runner.name, runner.spec, share, worker.memory_report)
             measured = 0
             if runner.spec.ray is None:  # a Ray model keeps the whole host's GPUs it was given
                 measured = await self._memory.measure(

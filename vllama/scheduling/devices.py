@@ -39,6 +39,7 @@ class DeviceMemory:
     free: int  # bytes measured free now (host: "available", which counts reclaimable cache)
     # NVML's total less CUDA's (the driver's reserve, NVML v2); None where NVML does not say.
     reserved: int | None = None
+    model: str = ""  # the GPU's product name (NVML), "" where unknown
 
 
 class NvmlMemoryInfo(Protocol):
@@ -104,7 +105,8 @@ class Devices:
                 info = nvml.nvmlDeviceGetMemoryInfo(handle)
                 total, free = int(info.total), int(info.free)
             reserved = _reserved(nvml, handle)
-            devices.append(DeviceMemory(f"gpu:{index}", "gpu", index, total, free, reserved))
+            name = _product(nvml, handle)
+            devices.append(DeviceMemory(f"gpu:{index}", "gpu", index, total, free, reserved, name))
         return devices
 
     def usage_by_pids(self, pids: Collection[int]) -> dict[str, int]:
@@ -201,6 +203,18 @@ def _reserved(nvml: Nvml, handle: Any) -> int | None:
         return int(info.reserved)  # type: ignore[attr-defined]
     except Exception:
         return None
+
+
+def _product(nvml: Nvml, handle: Any) -> str:
+    """The GPU's name ("NVIDIA H100 80GB HBM3"): footprints learned on one kind hold for it."""
+    get_name = getattr(nvml, "nvmlDeviceGetName", None)
+    if get_name is None:
+        return ""
+    try:
+        name = get_name(handle)
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return ""
 
 
 @contextlib.contextmanager

@@ -11,14 +11,17 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import structlog
 
 from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.engine.vllm_report import StartReport
+from vllama.scheduling import footprints
 from vllama.scheduling.devices import DeviceKind, Devices, cuda_visible_devices
+from vllama.scheduling.footprints import Footprints
 from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot
 from vllama.scheduling.sizing import (
     MAX_SHARE,
@@ -26,6 +29,7 @@ from vllama.scheduling.sizing import (
     cuda_total,
     estimate,
     gpu_share,
+    kv_target,
     reserved_for,
 )
 
@@ -52,9 +56,12 @@ class MemoryPlanner:
         self,
         settings: ServerSettings,
         devices: Devices,
+        learned: Footprints | None = None,
     ) -> None:
         self._settings = settings
         self._devices = devices
+        self._learned = learned if learned is not None else Footprints()
+        self._gpu_kind = ""  # the GPUs' product name (and size), from the last snapshot
         self._measured: dict[str, int] = {}  # model -> bytes per device, from its last load
         self._totals: dict[str, int] = {}  # device -> NVML's total bytes, from the last snapshot
         self._cuda_totals: dict[str, int] = {}  # device -> the total vLLM's utilization is of
@@ -68,8 +75,35 @@ class MemoryPlanner:
         GPUs' sizes (vLLM's batch defaults follow them) come from the last snapshot."""
         gpu_total = min(self._cuda_totals.values()) if self._cuda_totals else None
         planned = estimate(spec, facts, self.kind, self._settings.kv_cache, gpu_total)
+        known = self._learned.get(self._key(spec)) if self.kind == "gpu" else None
+        if known is not None:  # what vLLM reported last time, not the estimate
+            kv = kv_target(spec, facts, self._settings.kv_cache)
+            graphs = known.graphs if known.graphs is not None else planned.graphs
+            planned = replace(planned, share=footprints.share_for(known, kv), graphs=graphs)
         extra = self._extra.get(name, 0)
         return replace(planned, share=planned.share + extra) if extra else planned
+
+    def _key(self, spec: ModelSpec) -> str:
+        return footprints.key(spec.model, spec.args, self._gpu_kind)
+
+    def learn(self, name: str, spec: ModelSpec, share: Share, report: StartReport) -> None:
+        """Keep what vLLM reported about a start in `share` for the model's next shares."""
+        if self.kind != "gpu" or not share.devices:
+            return
+        told = vllm_args.flag_value(spec.args, vllm_args.GPU_SHARE) or vllm_args.flag_value(
+            share.args, vllm_args.GPU_SHARE
+        )
+        try:
+            utilization = float(told) if told is not None else 0.92  # vLLM's default
+        except ValueError:
+            return
+        total = min(self._cuda_totals.get(d, 0) for d in share.devices)
+        footprint = footprints.learn(report, utilization, total) if total else None
+        if footprint is None:
+            return
+        self._extra.pop(name, None)  # the measurement holds what the refusal added
+        self._learned.put(self._key(spec), footprint)
+        log.info("model footprint learned from vLLM", model=name, **asdict(footprint))
 
     def grow(self, name: str, extra: int) -> None:
         """vLLM refused the model's share for want of `extra` bytes: its next shares hold them."""
@@ -164,6 +198,9 @@ class MemoryPlanner:
         budget."""
         memory = await self._devices.snapshot_async()
         self._totals = {d.id: d.total for d in memory if d.kind == "gpu"}
+        gpus = [d for d in memory if d.kind == "gpu"]
+        if gpus:
+            self._gpu_kind = f"{gpus[0].model or 'GPU'} {gpus[0].total}"
         self._cuda_totals = {
             d.id: cuda_total(d.total, d.reserved) for d in memory if d.kind == "gpu"
         }

@@ -127,20 +127,27 @@ def estimate(
     if graphs and env.get(vllm_args.GRAPH_ESTIMATE_ENV) == "0":
         # vLLM captures them all the same, beyond the share it no longer takes them from.
         outside, graphs = outside + graphs, 0
-    fixed_len = vllm_args.max_model_len(args)
-    kv = vllm_args.kv_cache_bytes(args, env, on_cpu=False)
-    per_token = facts.kv_bytes_per_token or 0
-    # MLA's latent cache is one per token whatever the tensor parallelism: each GPU holds all
-    # of it. Other caches split by KV heads across tensor-parallel ranks.
-    kv_split = 1 if facts.kv_replicated else shards
-    if kv is None:
-        if fixed_len is not None and per_token:
-            kv = kv_for_length(per_token // kv_split, fixed_len)
-        else:
-            context = min(facts.context_length or MIN_CONTEXT, MIN_CONTEXT)
-            kv = max(kv_default // kv_split, kv_for_length(per_token // kv_split, context))
+    kv = kv_target(spec, facts, kv_default)
     share = facts.weight_bytes // shards + NON_TORCH + profile_peak(facts, batch) + graphs + kv
     return Estimate(gpus, share, outside, not vllm_args.sets_context(args), graphs)
+
+
+def kv_target(spec: ModelSpec, facts: ModelFacts, kv_default: int) -> int:
+    """The KV cache a GPU share holds per GPU: `--kv-cache-memory-bytes`; else one request of
+    the length the operator fixed; else the larger of `kv_default` and `MIN_CONTEXT` tokens."""
+    args = spec.args
+    kv = vllm_args.kv_cache_bytes(args, spec.env, on_cpu=False)
+    if kv is not None:
+        return kv
+    # MLA's latent cache is one per token whatever the tensor parallelism: each GPU holds all
+    # of it. Other caches split by KV heads across tensor-parallel ranks.
+    split = 1 if facts.kv_replicated else vllm_args.weight_shards(args)
+    per_token = (facts.kv_bytes_per_token or 0) // split
+    fixed_len = vllm_args.max_model_len(args)
+    if fixed_len is not None and per_token:
+        return kv_for_length(per_token, fixed_len)
+    context = min(facts.context_length or MIN_CONTEXT, MIN_CONTEXT)
+    return max(kv_default // split, kv_for_length(per_token, context))
 
 
 def cuda_total(nvml_total: int, reserved: int | None) -> int:

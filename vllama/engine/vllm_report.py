@@ -13,13 +13,18 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vllama.engine.worker import MEMORY_REFUSALS
-
 GiB = 1 << 30
 _ROUNDING = GiB // 100  # two decimals of GiB, either way, on both figures of a difference
 # A refusal that names no figure grows the share by this much.
 GROW_STEP = 2 * GiB
 
+# vLLM's refusals of a start for memory (its KV-cache and free-memory checks at start-up).
+MEMORY_REFUSALS = (
+    "No available memory for the cache blocks",
+    "To serve at least one request",
+    "Cannot auto-fit",
+    "Free memory on device",
+)
 _NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
 _KV_SHORT = re.compile(
     rf"\({_NUMBER} GiB KV cache is needed, which is larger than the available KV cache "
@@ -71,6 +76,14 @@ class StartReport:
     @property
     def complete(self) -> bool:
         return self.weights is not None and self.kv_bytes is not None
+
+
+def is_report_line(line: str) -> bool:
+    """Whether a line of a starting worker's output is one `start_report` reads."""
+    return any(
+        pattern.search(line) is not None
+        for pattern in (_WEIGHTS, _KV_BYTES, _KV_TOKENS, _GRAPHS, _GRAPHS_TAKEN)
+    )
 
 
 def start_report(lines: Iterable[str]) -> StartReport:
