@@ -316,3 +316,13 @@ async def test_the_footprint_vllm_reported_sizes_the_next_share(tmp_path: Path) 
     await use(again, "llama")
     assert state(again, "llama") is S.READY and workers.made["llama"].starts == 1
     await again.stop_all()
+
+
+async def test_an_mla_cache_is_whole_on_each_tensor_parallel_gpu() -> None:
+    # DeepSeek's latent cache is one vector per token, replicated on every rank: splitting it
+    # by -tp like KV heads left each GPU half the cache vLLM checks for.
+    mla = FakeModel(weights=30 * GiB, kv_per_token=61 * 576 * 2, context=163_840, mla=True)
+    specs = {"ds": {"args": ["-tp", "2", "--max-model-len", "131072"]}}
+    scheduler, workers, _ = gpu_host(specs, {"ds": mla}, gpus=(80 * GiB, 80 * GiB))
+    await use(scheduler, "ds")
+    assert state(scheduler, "ds") is S.READY and workers.made["ds"].starts == 1

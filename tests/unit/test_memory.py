@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from tests.component.fakes import FakeNvml
-from vllama.catalog.facts import ModelFacts
+from vllama.catalog.facts import ModelFacts, profile_shapes
 from vllama.config.settings import ModelSpec, load_config
 from vllama.engine.vllm_report import (
     GROW_STEP,
@@ -167,3 +167,12 @@ def test_vllms_memory_refusals_say_what_was_missing() -> None:
     blind = refusal(["ValueError: No available memory for the cache blocks. Try increasing"])
     assert blind is not None and blind.missing == GROW_STEP
     assert refusal(["RuntimeError: something else"]) is None
+
+
+def test_the_profile_runs_shapes_come_from_config_json() -> None:
+    llama = {"vocab_size": 128_256, "hidden_size": 4096, "intermediate_size": 14_336}
+    assert profile_shapes(llama) == {**llama, "kv_replicated": False}
+    deepseek = {"text_config": {"vocab_size": 129_280, "kv_lora_rank": 512}}
+    shapes = profile_shapes(deepseek)
+    assert shapes["vocab_size"] == 129_280 and shapes["kv_replicated"]
+    assert profile_shapes({})["hidden_size"] == 0  # unknown: the estimate's floors apply
