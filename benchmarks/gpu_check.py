@@ -1,20 +1,26 @@
 """A prepared check of vllama's GPU accounting and placement on a real NVIDIA GPU, for hosts where
 vLLM itself is not installed: vllama runs with `benchmarks/gpu_standin.py` as its engine, which
-takes real GPU memory by vLLM's rules (docs/GPU.md), and NVML is read directly to compare.
+takes real GPU memory by vLLM's start-up rules (docs/GPU.md), and NVML is read directly to compare.
 
 What it checks, each step recorded with its figures (pass or fail, it goes on):
-1. three models load on GPU 0, each holding the share vllama gave it (NVML per process);
-2. `/api/ps` size_vram agrees with NVML (within 5 %), and `/metrics` device memory with NVML;
-3. a fourth model that does not fit evicts the least recently used one, whose memory comes back;
-4. sleep mode: an idle model's share is freed on sleep and taken back on the next request;
-5. after SIGTERM, no stand-in process holds GPU memory and free memory is back where it began.
+1. NVML's total and reserve against `cudaMemGetInfo`'s total (torch's), which vLLM multiplies;
+2. vLLM's free-memory start check, with the stand-in alone: 0.45 and 0.45 start, 0.10 is refused;
+3. three models load on GPU 0, each holding the share vllama gave it;
+4. `/api/ps` size_vram against each stand-in's own count (torch's allocations + its context),
+   and `/metrics` lists the GPU;
+5. a fourth model that does not fit evicts the least recently used one;
+6. sleep mode: an idle model's share is freed on sleep and taken back by a real wake (the same
+   process, its wake counted), not a cold reload;
+7. after SIGTERM, no stand-in process holds GPU memory and free memory is back where it began.
 
-Needs on the GPU host: Python 3.11+, torch with CUDA, nvidia-ml-py, aiohttp, and vllama's
-dependencies (pydantic, pydantic-settings, structlog, prometheus-client, psutil); where they are
-missing, install them beside the tree first (`pip install --target .gpu-deps pydantic
-pydantic-settings structlog prometheus-client psutil`; this script adds `.gpu-deps` to the path).
+On a GPU machine (torch with CUDA and nvidia-ml-py there), one line from the repository root:
+    python3 benchmarks/gpu_check.py --out gpu_check.json
+vllama's own dependencies that such a machine lacks travel as wheels in `.gpu-wheels`
+(`python benchmarks/gpu_bundle.py` builds it here, for the machine's Python); the check installs
+them into `.gpu-deps` first. `--simulate` runs it all where there is no GPU, on the simulated GPU
+of `benchmarks/gpu_sim` (the dry run: it proves the script, not the GPU).
 
-Usage: python benchmarks/gpu_check.py [--out FILE]   (report: JSON, also printed)
+Usage: python benchmarks/gpu_check.py [--out FILE] [--simulate]   (report: JSON, also printed)
 """
 
 from __future__ import annotations
@@ -33,7 +39,35 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEPS = REPO / ".gpu-deps"
+WHEELS = REPO / ".gpu-wheels"
+SIM = REPO / "benchmarks" / "gpu_sim"
+STANDIN = REPO / "benchmarks" / "gpu_standin.py"
+PORTS = (23000, 23099)  # the workers' ports
 GiB = 1 << 30
+MiB = 1 << 20
+
+
+PIP_INSTALL = (
+    sys.executable,
+    "-m",
+    "pip",
+    "install",
+    "-q",
+    "--no-index",
+    "--no-deps",
+    "--no-compile",
+)
+
+
+def install_bundle() -> None:
+    """vllama's dependencies the GPU machine lacks, from the carried wheels (no index there)."""
+    if DEPS.is_dir() or not WHEELS.is_dir():
+        return
+    wheels = sorted(str(w) for w in WHEELS.glob("*.whl"))
+    subprocess.run(
+        [*PIP_INSTALL, "--target", str(DEPS), *wheels],
+        check=True,
+    )
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 120) -> tuple[int, Any]:
@@ -74,7 +108,7 @@ def free_memory(pynvml: Any, index: int) -> int:
 
 
 def write_config(folder: Path, port_base: int, kv_gib: int) -> Path:
-    engine = json.dumps([sys.executable, str(REPO / "benchmarks" / "gpu_standin.py")])
+    engine = json.dumps([sys.executable, str(STANDIN)])
     lines = [
         "[server]",
         f"engine_command = {engine}",
@@ -91,7 +125,8 @@ def write_config(folder: Path, port_base: int, kv_gib: int) -> Path:
         model.mkdir(parents=True, exist_ok=True)
         config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
         (model / "config.json").write_text(json.dumps(config))
-        keep_alive = "3s" if name == "sleepy" else "1h"
+        # Asleep for one more keep-alive, a model is stopped: the check wakes it well before.
+        keep_alive = "5s" if name == "sleepy" else "1h"
         lines += ["", f"[models.{name}]", f'model = "{model}"', f'keep_alive = "{keep_alive}"']
         lines += ['args = ["--max-model-len", "4096"]']
         if name == "sleepy":
@@ -101,25 +136,111 @@ def write_config(folder: Path, port_base: int, kv_gib: int) -> Path:
     return path
 
 
-def run(out: Path | None) -> int:
-    sys.path.insert(0, str(DEPS))
+def standin_account(pid: int) -> dict[str, Any] | None:
+    """A stand-in's own count of its memory, found by its pid among the workers' ports."""
+    for port in range(PORTS[0], PORTS[1] + 1):
+        try:
+            status, body = http("GET", f"http://127.0.0.1:{port}/standin/memory", timeout=0.5)
+        except OSError:
+            continue
+        if status == 200 and isinstance(body, dict) and body.get("pid") == pid:
+            return body
+    return None
+
+
+def cuda_total(simulated: bool) -> int:
+    if simulated:
+        import pynvml
+
+        with pynvml.state() as data:
+            return int(data["total"] - data["reserved"])
+    import torch
+
+    return int(torch.cuda.mem_get_info(0)[1])
+
+
+def start_checks(check: Check, env: dict[str, str]) -> None:
+    """vLLM's free-memory start check: 0.45 and 0.45 start one after the other, 0.10 then
+    finds less than 10 % free and is refused."""
+    held: list[subprocess.Popen[str]] = []
+    standin = (sys.executable, str(STANDIN), "--model", "x")
+    try:
+        for n, utilization in enumerate(("0.45", "0.45")):
+            argv = [*standin, "--port", str(PORTS[1] - n)]
+            process = subprocess.Popen(
+                [*argv, "--gpu-memory-utilization", utilization],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            held.append(process)
+            line = ""
+            while process.stdout is not None and "holding" not in line and line is not None:
+                line = process.stdout.readline()
+                if not line and process.poll() is not None:
+                    break
+            check.record(f"stand-in at {utilization} starts", process.poll() is None, said=line)
+        third = subprocess.run(
+            [*standin, "--port", "1", "--check-only", "--gpu-memory-utilization", "0.10"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        refused = third.returncode == 1 and "Free memory on device" in third.stdout
+        check.record("stand-in at 0.10 beside them is refused", refused, said=third.stdout[-300:])
+    finally:
+        for process in held:
+            process.terminate()
+            process.wait(30)
+
+
+def run(out: Path | None, simulate: bool) -> int:
+    folder = Path(tempfile.mkdtemp(prefix="vllama-gpu-check-"))
+    paths = [str(REPO), str(DEPS)]
+    env = dict(os.environ)
+    if simulate:
+        paths.insert(0, str(SIM))
+        env["GPU_SIM_STATE"] = str(folder / "gpu.json")
+        os.environ["GPU_SIM_STATE"] = env["GPU_SIM_STATE"]
+    install_bundle()
+    sys.path[:0] = paths
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     import pynvml
 
+    if simulate:
+        pynvml.create(env["GPU_SIM_STATE"], 80 * GiB, 470 * MiB)
     pynvml.nvmlInit()
     check = Check()
-    total = int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total)
-    gpus = pynvml.nvmlDeviceGetCount()
-    name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-    # Three models per GPU fit, a fourth does not: share = 1 GiB activations + KV, need = share
-    # + 1 GiB context (vllama's estimates), so KV = total / 3.3 - 2 GiB.
-    kv_gib = max(int(total / 3.3 / GiB) - 2, 1)
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+    try:
+        v2 = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+        reserved: int | None = int(v2.reserved)
+    except Exception:
+        reserved = None
+    cuda = cuda_total(simulate)
+    name = pynvml.nvmlDeviceGetName(handle)
     begin_free = free_memory(pynvml, 0)
-    check.record("device", True, gpu=str(name), gpus=gpus, total=total, free=begin_free)
-    folder = Path(tempfile.mkdtemp(prefix="vllama-gpu-check-"))
-    port = 21434
-    config = write_config(folder, 23000, kv_gib)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(DEPS)])}
+    check.record(
+        "NVML's and CUDA's totals",
+        cuda <= total and (reserved is None or abs(total - reserved - cuda) <= 64 * MiB),
+        gpu=str(name),
+        simulated=simulate,
+        nvml_total=total,
+        nvml_reserved=reserved,
+        cuda_total=cuda,
+        free=begin_free,
+    )
+    start_checks(check, env)
+    # Three models per GPU fit, a fourth does not. The stand-in's config says nothing of its
+    # shapes, so vllama's estimate is 2.75 GiB (non-torch, the peak's floor, graphs) + KV inside
+    # the share, of CUDA's total, + 1 GiB of context outside.
+    kv_gib = max(int(total / 3.3 / GiB) - 4, 1)
+    config = write_config(folder, PORTS[0], kv_gib)
     log = (folder / "vllama.log").open("wb")
+    port = 21434
     daemon = subprocess.Popen(
         [sys.executable, "-m", "vllama", "serve", "--config", str(config), "--port", str(port)],
         env=env,
@@ -139,18 +260,26 @@ def run(out: Path | None) -> int:
             status, answer = http("POST", url + "/v1/completions", {"model": model, **completion})
             check.record(f"load {model}", status == 200, answer=str(answer)[:300])
         usage = nvml_usage(pynvml, 0)
-        share_bytes = sorted(usage.values())
         check.record(
             "three workers hold their shares",
             len(usage) >= 3,
-            per_process=share_bytes,
+            per_process=sorted(usage.values()),
             kv_gib=kv_gib,
         )
+        # vllama's /api/ps comes from its own measurement (NVML); each stand-in counts what it
+        # allocated itself (torch) and what its context took: an independent figure.
+        own = {pid: standin_account(pid) for pid in usage}
+        counted = sum(a["held"] + a["context"] for a in own.values() if a is not None)
         status, ps = http("GET", url + "/api/ps")
         reported = sum(m.get("size_vram", 0) for m in ps.get("models", [])) if status == 200 else 0
-        measured = sum(usage.values())
-        close = measured > 0 and abs(reported - measured) <= 0.05 * measured
-        check.record("/api/ps size_vram matches NVML", close, reported=reported, nvml=measured)
+        close = counted > 0 and abs(reported - counted) <= 0.05 * counted
+        check.record(
+            "/api/ps size_vram matches the stand-ins' own count",
+            close and None not in own.values(),
+            reported=reported,
+            standins=counted,
+            nvml=sum(usage.values()),
+        )
         status, metrics = http("GET", url + "/metrics")
         used_line = [
             line
@@ -170,18 +299,29 @@ def run(out: Path | None) -> int:
             loaded=loaded,
             processes_gone=len(gone),
         )
+        before = set(nvml_usage(pynvml, 0))
         status, _ = http("POST", url + "/v1/completions", {"model": "sleepy", **completion})
-        awake = sum(nvml_usage(pynvml, 0).values())
-        time.sleep(6)  # keep_alive 3 s: it sleeps
-        asleep = sum(nvml_usage(pynvml, 0).values())
+        new = sorted(set(nvml_usage(pynvml, 0)) - before)
+        pid = new[0] if len(new) == 1 else None
+        awake = nvml_usage(pynvml, 0).get(pid or -1, 0)
+        account = standin_account(pid) if pid else None
+        deadline = time.monotonic() + 30
+        while account is not None and account["sleeps"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)  # keep_alive 5 s: it goes to sleep
+            account = standin_account(pid) if pid else None
+        asleep = nvml_usage(pynvml, 0).get(pid or -1, 0)
         status, _ = http("POST", url + "/v1/completions", {"model": "sleepy", **completion})
-        woken = sum(nvml_usage(pynvml, 0).values())
+        woken = nvml_usage(pynvml, 0).get(pid or -1, 0)
+        after = standin_account(pid) if pid else None
+        real_wake = after is not None and after["sleeps"] == 1 and after["wakes"] == 1
         check.record(
-            "sleep frees the share, a request takes it back",
-            status == 200 and asleep < awake and woken >= awake * 0.95,
+            "sleep frees the share, a real wake takes it back",
+            status == 200 and real_wake and asleep < awake and woken >= awake * 0.95,
+            pid=pid,
             awake=awake,
             asleep=asleep,
             woken=woken,
+            standin=after,
         )
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -196,7 +336,7 @@ def run(out: Path | None) -> int:
     end_free = free_memory(pynvml, 0)
     check.record(
         "after SIGTERM nothing holds GPU memory",
-        code == 0 and not left and end_free >= begin_free - 256 * (1 << 20),
+        code == 0 and not left and end_free >= begin_free - 256 * MiB,
         exit_code=code,
         processes=left,
         free_before=begin_free,
@@ -217,7 +357,9 @@ def run(out: Path | None) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the JSON report here too")
-    sys.exit(run(parser.parse_args().out))
+    parser.add_argument("--simulate", action="store_true", help="no GPU: the simulated one")
+    options = parser.parse_args()
+    sys.exit(run(options.out, options.simulate))
 
 
 if __name__ == "__main__":

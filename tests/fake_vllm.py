@@ -1093,6 +1093,11 @@ async def serve(args: argparse.Namespace) -> int:
                 "ValueError: No available memory for the cache blocks. Try increasing "
                 "`gpu_memory_utilization` when initializing the engine."
             )
+            # Then, as vLLM's API server does, its own traceback: longer than the error tail.
+            log("Traceback (most recent call last):")
+            for depth in range(30):
+                log(f'  File "vllm/entrypoints/openai/api_server.py", line {depth}, in run')
+            log("RuntimeError: Engine core initialization failed. See root cause above.")
         else:
             log("RuntimeError: fake crash at start")
         return 3

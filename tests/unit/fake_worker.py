@@ -16,7 +16,8 @@ from tests.unit.fake_gpu import EngineRefused, FakeGpuHost, FakeModel
 from vllama.config.settings import ModelSpec
 from vllama.engine.ray_cluster import Cluster
 from vllama.engine.states import DOWN, RUNNING, FailureKind, WorkerState, check_transition
-from vllama.engine.worker import LoadError
+from vllama.engine.vllm_report import StartReport, start_report
+from vllama.engine.worker import LoadError, start_outcome
 from vllama.scheduling.runner import StateListener, WorkerLike
 from vllama.scheduling.scheduler import Scheduler
 
@@ -51,6 +52,7 @@ class FakeWorker:
         self.starts = 0
         self.stops = 0
         self.share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+        self.shares: list[tuple[str, ...]] = []  # every start's share arguments, in order
         self.sleeps = self.wakes = 0
 
     def _set(self, target: WorkerState, reason: str, failure: FailureKind = "load_failed") -> None:
@@ -75,6 +77,12 @@ class FakeWorker:
     def pid(self) -> int | None:
         return self._pid  # None without a host: nothing to measure
 
+    @property
+    def memory_report(self) -> StartReport:
+        """What the fake engine printed about its memory, as vLLM does."""
+        lines = self.host.reports.get(self._pid, []) if self.host and self._pid else []
+        return start_report(lines)
+
     def tail(self, lines: int = 20) -> list[str]:
         return [f"{self.name}: start {self.starts}"][-lines:] if lines else []
 
@@ -84,6 +92,7 @@ class FakeWorker:
         self._set(WorkerState.STARTING, "load requested")
         self.starts += 1
         self.share = (tuple(share_args), dict(share_env or {}))
+        self.shares.append(tuple(share_args))
         try:
             await self.gate.wait()
         except asyncio.CancelledError:
@@ -107,7 +116,8 @@ class FakeWorker:
                     self.name,
                 )
             except EngineRefused as refused:
-                self.last_error = LoadError(self.name, f"exited: {refused}", [str(refused)])
+                failed = LoadError(self.name, f"exited: {refused}", [f"ValueError: {refused}"])
+                self.last_error = start_outcome(failed)  # as the real worker classifies it
                 self._set(WorkerState.FAILED, self.last_error.reason, "exited")
                 raise self.last_error from None
         self.ready_at = time.monotonic()

@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
+import math
+
 from tests.component.fakes import FakeNvml
-from vllama.catalog.facts import ModelFacts
+from vllama.catalog.facts import ModelFacts, profile_shapes
 from vllama.config.settings import ModelSpec, load_config
+from vllama.engine.vllm_report import (
+    GROW_STEP,
+    StartReport,
+    is_report_line,
+    refusal,
+    start_report,
+)
 from vllama.scheduling.devices import Devices
+from vllama.scheduling.footprints import learn, share_for
 from vllama.scheduling.memory import MemoryPlanner
-from vllama.scheduling.sizing import ACTIVATIONS, GPU_CONTEXT, MIN_CONTEXT, NCCL_BUFFERS, estimate
+from vllama.scheduling.sizing import (
+    ACTIVATIONS_MIN,
+    BLOCK_SIZE,
+    CUDA_GRAPHS,
+    GPU_CONTEXT,
+    MIN_CONTEXT,
+    NCCL_BUFFERS,
+    NON_TORCH,
+    default_batch,
+    estimate,
+    profile_peak,
+)
 
 GiB = 1 << 30
 TWO_GIB = ModelFacts(weight_bytes=2 * GiB)
 # Llama-3.1-8B: 16 GB of bf16 weights, 32 layers x 8 KV heads x 128 dims: 128 KiB per token.
-LLAMA_8B = ModelFacts(weight_bytes=16 * 10**9, kv_bytes_per_token=131072, context_length=131072)
+LLAMA_8B = ModelFacts(
+    weight_bytes=16 * 10**9,
+    kv_bytes_per_token=131072,
+    context_length=131072,
+    vocab_size=128_256,
+    hidden_size=4096,
+    intermediate_size=14_336,
+)
+# Beside the weights and KV, a share holds non-torch memory, the profile run's peak (a floor for
+# a model whose config says nothing) and the CUDA-graph pool.
+OVERHEAD = NON_TORCH + ACTIVATIONS_MIN + CUDA_GRAPHS
 
 
 def planner(gpus: tuple[int, ...] = (), **server: object) -> MemoryPlanner:
@@ -40,30 +71,108 @@ async def test_gpu_workers_are_pinned_told_their_share_and_fit_their_context() -
     await gpu.snapshot(lambda: ())  # every placement decision takes one first
     placed = gpu.share(ModelSpec(model="/m"), TWO_GIB, ("gpu:1",), 20 * GiB)
     assert placed.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}
-    # 2 GiB weights + 1 GiB activations + 4 GiB KV = 7 GiB of 80: 0.0875, rounded down.
-    assert placed.args == ("--gpu-memory-utilization", "0.087", "--max-model-len", "-1")
+    # 2 GiB weights + 2.75 GiB overhead + 4 GiB KV = 8.75 GiB of CUDA's total, which NVML (not
+    # saying its reserve) puts at 98 % of its 80 GiB: 0.11161, rounded up.
+    assert placed.args == ("--gpu-memory-utilization", "0.1117", "--max-model-len", "-1")
     own = ModelSpec(model="/m", args=("--gpu-memory-utilization=0.5", "--max-model-len", "4096"))
     assert gpu.share(own, TWO_GIB, ("gpu:0",), 20 * GiB).args == ()
     # A fixed KV cache still gets a share: vLLM checks free memory against it at start.
     fixed = ModelSpec(model="/m", args=("--kv-cache-memory-bytes", "3G"))
     args = gpu.share(fixed, TWO_GIB, ("gpu:0",), 20 * GiB).args
-    assert args[:2] == ("--gpu-memory-utilization", "0.075")  # (2 + 1 + 3) / 80
+    assert args[:2] == ("--gpu-memory-utilization", "0.0989")  # (2 + 2.75 + 3) / 78.4
 
 
 def test_gpu_estimates_keep_the_cuda_context_outside_the_share() -> None:
     plain = estimate(ModelSpec(model="/m"), TWO_GIB, "gpu", 6 * GiB)
-    assert (plain.share, plain.outside) == (2 * GiB + ACTIVATIONS + 6 * GiB, GPU_CONTEXT)
+    assert (plain.share, plain.outside) == (2 * GiB + OVERHEAD + 6 * GiB, GPU_CONTEXT)
     assert plain.need == plain.share + plain.outside and plain.auto_fit
     own = estimate(ModelSpec(model="/m", args=("--kv-cache-memory-bytes", "3G")), TWO_GIB, "gpu", 0)
-    assert own.share == 2 * GiB + ACTIVATIONS + 3 * GiB
+    assert own.share == 2 * GiB + OVERHEAD + 3 * GiB
     split = estimate(ModelSpec(model="/m", args=("-tp", "2", "-pp", "2")), TWO_GIB, "gpu", 4 * GiB)
     assert split.devices == 4 and split.outside == GPU_CONTEXT + NCCL_BUFFERS
-    assert split.share == GiB // 2 + ACTIVATIONS + GiB  # weights and KV split four ways
+    assert split.share == GiB // 2 + OVERHEAD + GiB  # weights and KV split four ways
 
 
 def test_the_kv_cache_holds_the_context_the_operator_fixed_or_a_useful_minimum() -> None:
     fixed = ModelSpec(model="/m", args=("--max-model-len", "32768"))
     planned = estimate(fixed, LLAMA_8B, "gpu", 4 * GiB)
-    assert planned.share == 16 * 10**9 + ACTIVATIONS + 32768 * 131072 and not planned.auto_fit
+    # One request of 32,768 tokens in 16-token blocks, and the null block vLLM holds back.
+    kv = (32768 // BLOCK_SIZE + 1) * BLOCK_SIZE * 131072
+    peak = profile_peak(LLAMA_8B, default_batch(None))
+    overhead = NON_TORCH + peak + CUDA_GRAPHS
+    assert planned.share == 16 * 10**9 + overhead + kv and not planned.auto_fit
     auto = estimate(ModelSpec(model="/m"), LLAMA_8B, "gpu", 0)
-    assert auto.share == 16 * 10**9 + ACTIVATIONS + MIN_CONTEXT * 131072 and auto.auto_fit
+    kv = (MIN_CONTEXT // BLOCK_SIZE + 1) * BLOCK_SIZE * 131072
+    assert auto.share == 16 * 10**9 + overhead + kv and auto.auto_fit
+
+
+def test_the_profile_runs_peak_follows_vllms_batch_defaults() -> None:
+    # vLLM's sampler sorts max_num_seqs x vocab: 1,024 x 128,256 on an H100 for Llama 3, more
+    # than its 8,192-token prefill; a smaller GPU's defaults are 256 rows and 2,048 tokens.
+    h100 = profile_peak(LLAMA_8B, default_batch(79 * GiB))
+    assert h100 == 1024 * 128_256 * 24 > 8192 * (6 * 4096 + 3 * 14_336) * 2
+    assert profile_peak(LLAMA_8B, default_batch(24 * GiB)) == 256 * 128_256 * 24
+    fewer = estimate(ModelSpec(model="/m", args=("--max-num-seqs", "64")), LLAMA_8B, "gpu", 0)
+    assert fewer.share < estimate(ModelSpec(model="/m"), LLAMA_8B, "gpu", 0).share
+    eager = estimate(ModelSpec(model="/m", args=("--enforce-eager",)), LLAMA_8B, "gpu", 0)
+    assert eager.graphs == 0 and eager.residue == GPU_CONTEXT
+
+
+def test_what_vllm_says_about_its_memory_is_read_into_numbers() -> None:
+    # Lines as vLLM 0.32 prints them (format strings in gpu_model_runner.py, gpu_worker.py,
+    # kv_cache_utils.py), with the engine core's prefix.
+    lines = [
+        "(EngineCore pid=9) INFO 12-07 10:00:01 [gpu_model_runner.py:5150] Model loading took "
+        "14.99 GiB memory and 4.210000 seconds",
+        "(EngineCore pid=9) INFO 12-07 10:00:09 [gpu_model_runner.py:6475] Estimated CUDA graph "
+        "memory: 0.85 GiB total",
+        "(EngineCore pid=9) INFO 12-07 10:00:09 [gpu_worker.py:760] Available KV cache memory: "
+        "52.31 GiB",
+        "(EngineCore pid=9) INFO 12-07 10:00:09 [kv_cache_utils.py:2326] GPU KV cache size: "
+        "428,512 tokens, Maximum concurrency for 131,072 tokens per request: 3.27x",
+    ]
+    assert all(is_report_line(line) for line in lines)
+    report = start_report(["INFO something else", *lines])
+    assert report == StartReport(
+        weights=math.ceil(14.99 * GiB),
+        kv_bytes=math.ceil(52.31 * GiB),
+        kv_tokens=428_512,
+        graphs=math.ceil(0.85 * GiB),
+    )
+    # The share less the KV cache is what the model took besides it.
+    learned = learn(report, 0.9, 80 * GiB)
+    assert learned is not None and learned.non_kv == math.ceil(72 * GiB) - learned.kv_bytes
+    assert learned.kv_bytes == report.kv_bytes
+    assert share_for(learned, 4 * GiB) > learned.non_kv + 4 * GiB
+
+
+def test_vllms_memory_refusals_say_what_was_missing() -> None:
+    short = refusal(
+        [
+            "Traceback (most recent call last):",
+            "ValueError: To serve at least one request with the model's max seq len (131072), "
+            "(16.0 GiB KV cache is needed, which is larger than the available KV cache memory "
+            "(3.12 GiB). Based on the available memory, the estimated maximum model length is "
+            "25536. Try increasing `gpu_memory_utilization` ...",
+        ]
+    )
+    assert short is not None and short.missing >= math.ceil((16.0 - 3.12) * GiB)
+    free = refusal(
+        [
+            "ValueError: Free memory on device cuda:0 (30.1/79.19 GiB) on startup is less than "
+            "desired GPU memory utilization (0.5, 39.6 GiB). Decrease GPU memory utilization ..."
+        ]
+    )
+    assert free is not None and free.missing == 0  # the share was right; the GPU was not free
+    blind = refusal(["ValueError: No available memory for the cache blocks. Try increasing"])
+    assert blind is not None and blind.missing == GROW_STEP
+    assert refusal(["RuntimeError: something else"]) is None
+
+
+def test_the_profile_runs_shapes_come_from_config_json() -> None:
+    llama = {"vocab_size": 128_256, "hidden_size": 4096, "intermediate_size": 14_336}
+    assert profile_shapes(llama) == {**llama, "kv_replicated": False}
+    deepseek = {"text_config": {"vocab_size": 129_280, "kv_lora_rank": 512}}
+    shapes = profile_shapes(deepseek)
+    assert shapes["vocab_size"] == 129_280 and shapes["kv_replicated"]
+    assert profile_shapes({})["hidden_size"] == 0  # unknown: the estimate's floors apply

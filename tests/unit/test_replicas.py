@@ -79,9 +79,10 @@ async def test_two_replicas_load_share_requests_and_unload_together() -> None:
 
 
 async def test_an_extra_replica_never_evicts_another_model() -> None:
-    # One 10 GiB GPU: "a" (3 GiB each) and "b" (3 GiB) fit; a second "a" would need b's room.
+    # One 14 GiB GPU: "a" (under 6 GiB each) and "b" (as much) fit; a second "a" would need
+    # b's room.
     scheduler, workers, _ = host(
-        {"a": {"max_replicas": 2, "max_parallel": 1}, "b": {}}, {"a": 1, "b": 1}, gpus=(8 * GiB,)
+        {"a": {"max_replicas": 2, "max_parallel": 1}, "b": {}}, {"a": 1, "b": 1}, gpus=(14 * GiB,)
     )
     async with scheduler.lease("b"):
         pass

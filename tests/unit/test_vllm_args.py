@@ -44,7 +44,7 @@ def test_worker_arguments_start_with_what_vllama_owns() -> None:
         "--model", "/m", "--served-model-name", "tiny", "--host", "127.0.0.1",
         "--port", "41000", "--disable-uvicorn-access-log",
     ]  # fmt: skip
-    assert vllm_args.gpu_share_args(0.25) == ("--gpu-memory-utilization", "0.250")
+    assert vllm_args.gpu_share_args(0.25) == ("--gpu-memory-utilization", "0.2500")
     assert vllm_args.cpu_kv_cache_env(G + 1) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
 
 

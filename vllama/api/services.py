@@ -29,6 +29,7 @@ from vllama.ops.metrics import Metrics
 from vllama.remote.peers import PeerDirectory
 from vllama.scheduling.coordinator import FactsSource
 from vllama.scheduling.devices import Devices
+from vllama.scheduling.footprints import FOOTPRINTS_FILE, Footprints
 from vllama.scheduling.scheduler import Scheduler, process_workers
 
 
@@ -76,6 +77,8 @@ class Services:
             devices=devices,
             facts=sized,
             spares=spares,
+            # Hidden in the models folder (scans skip it), where it outlives the daemon.
+            learned=Footprints(config.server.models_dir.expanduser() / FOOTPRINTS_FILE),
         )
         metrics, live = Metrics(), Live()
         scheduler.events.subscribe(metrics.listen)

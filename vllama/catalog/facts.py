@@ -20,6 +20,11 @@ class ModelFacts:
     engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (parsers, adapters)
     kv_bytes_per_token: int | None = None  # KV cache per token of context, from config.json
     context_length: int | None = None  # the model's full context, from config.json
+    # The profile run's shapes, from config.json (0: unknown): its peak grows with them.
+    vocab_size: int = 0
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    kv_replicated: bool = False  # MLA: each tensor-parallel GPU holds the whole latent cache
     # A request the model serves, sent after a wake from sleep mode to warm it up.
     warm_up: tuple[str, tuple[tuple[str, object], ...]] | None = None
 
@@ -49,6 +54,19 @@ def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
     if kv_heads is None or head_dim is None:
         return None
     return 2 * layers * kv_heads * head_dim * size
+
+
+def profile_shapes(config: dict[str, Any]) -> dict[str, Any]:
+    """The `ModelFacts` fields vLLM's profile run depends on, from config.json (a multimodal
+    model's text part where it has one)."""
+    text = config.get("text_config")
+    merged = {**config, **text} if isinstance(text, dict) else config
+    return {
+        "vocab_size": _int(merged.get("vocab_size")) or 0,
+        "hidden_size": _int(merged.get("hidden_size")) or 0,
+        "intermediate_size": _int(merged.get("intermediate_size")) or 0,
+        "kv_replicated": _int(merged.get("kv_lora_rank")) is not None,
+    }
 
 
 def _int(value: object) -> int | None:

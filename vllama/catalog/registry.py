@@ -25,7 +25,7 @@ from vllama.catalog import library
 from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
-from vllama.catalog.facts import ModelFacts, kv_bytes_per_token
+from vllama.catalog.facts import ModelFacts, kv_bytes_per_token, profile_shapes
 from vllama.catalog.families import UNKNOWN, Parsers, ThinkingSwitch, choose, detect
 from vllama.catalog.files import ModelFiles, ModelFormatError, read_model
 from vllama.catalog.names import normalize_name, strip_latest
@@ -302,6 +302,7 @@ class Registry:
             weight_bytes=files.weight_bytes,
             engine_args=args,
             kv_bytes_per_token=kv_bytes_per_token(files.config),
+            **profile_shapes(files.config),
             context_length=files.context_length,
             warm_up=_warm_up(files.capabilities),
         )

@@ -9,7 +9,6 @@ once. Nothing here does I/O.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -30,6 +29,13 @@ MAX_MODEL_LEN = "--max-model-len"
 AUTO_FIT = "-1"  # --max-model-len -1: vLLM fits the context to the KV cache it gets
 GPU_SHARE = "--gpu-memory-utilization"  # a fraction of the whole GPU, per instance
 KV_CACHE_BYTES = "--kv-cache-memory-bytes"  # a fixed KV cache, overriding the share
+MAX_NUM_SEQS = "--max-num-seqs"  # the sampler's rows in vLLM's profile run
+MAX_BATCHED_TOKENS = "--max-num-batched-tokens"  # the profile run's prefill
+ENFORCE_EAGER = "--enforce-eager"  # no CUDA graphs
+# Set to 0, vLLM stops taking its CUDA-graph estimate out of the share (graphs are still made).
+GRAPH_ESTIMATE_ENV = "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS"
+# Level-1 sleep keeps the CUDA-graph pool on the GPU unless this is passed.
+OFFLOAD_GRAPHS_IN_SLEEP = "--sleep-mode-offload-cudagraph"
 AUTO_TOOL_CHOICE = "--enable-auto-tool-choice"
 # vLLM on CPU sizes its KV cache from this (GiB); unset, 0.32 takes ~90% of host RAM. It also
 # overrides --kv-cache-memory-bytes there.
@@ -136,6 +142,13 @@ def weight_shards(args: Sequence[str]) -> int:
     return _size(args, TENSOR_PARALLEL) * _size(args, PIPELINE_PARALLEL)
 
 
+def int_flag(args: Sequence[str], *flags: str) -> int | None:
+    """A flag's value as a positive whole number (`8192`, `8k`), else None."""
+    value = flag_value(args, *flags)
+    number = parse_human_int(value) if value is not None else None
+    return number if number is not None and number > 0 else None
+
+
 def max_model_len(args: Sequence[str]) -> int | None:
     """The context length the args fix (`--max-model-len`), when a plain positive number."""
     value = flag_value(args, MAX_MODEL_LEN)
@@ -149,9 +162,8 @@ def sets_memory_share(args: Sequence[str]) -> bool:
 
 
 def gpu_share_args(fraction: float) -> tuple[str, ...]:
-    """`--gpu-memory-utilization`, rounded down: a share rounded up could ask vLLM for more
-    than the free memory placement counted on."""
-    return (GPU_SHARE, f"{math.floor(fraction * 1000) / 1000:.3f}")
+    """`--gpu-memory-utilization`, to four decimals (the caller rounds: sizing.gpu_share)."""
+    return (GPU_SHARE, f"{fraction:.4f}")
 
 
 def sets_context(args: Sequence[str]) -> bool:

@@ -26,6 +26,7 @@ from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import NoFreePort, PortAllocator
 from vllama.engine.process import StopReport, WorkerProcess
 from vllama.engine.states import DOWN, RUNNING, FailureKind, WorkerState, check_transition
+from vllama.engine.vllm_report import MEMORY_REFUSALS, StartReport, is_report_line, start_report
 
 log = structlog.get_logger("vllama.worker")
 
@@ -75,21 +76,17 @@ class MemoryRefused(LoadError):
     code = "memory_refused"
 
 
-# vLLM's refusals of a start for memory (its KV-cache and free-memory checks at start-up).
-MEMORY_REFUSALS = (
-    "No available memory for the cache blocks",
-    "To serve at least one request",
-    "Cannot auto-fit",
-    "Free memory on device",
-)
-
-
-def start_outcome(error: LoadError) -> LoadError:
-    """A failed start as what it was: a memory refusal when vLLM's output says so."""
-    if type(error) is LoadError and any(
-        marker in line for line in error.tail for marker in MEMORY_REFUSALS
-    ):
+def start_outcome(error: LoadError, refusals: Sequence[str] = ()) -> LoadError:
+    """A failed start as what it was: a memory refusal when vLLM's output says so (in its tail,
+    or among `refusals`, the refusal lines kept while it started: the API server's own traceback
+    after the engine core's can push them out of the tail)."""
+    if type(error) is not LoadError:
+        return error
+    if any(marker in line for line in error.tail for marker in MEMORY_REFUSALS):
         return MemoryRefused(error.model, error.reason, error.tail, error.retry_after)
+    if refusals:
+        tail = [*refusals, *error.tail]
+        return MemoryRefused(error.model, error.reason, tail, error.retry_after)
     return error
 
 
@@ -138,6 +135,8 @@ class Worker:
         self._watch: asyncio.Task[None] | None = None
         self._share: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self._output_log = OutputLog(name)
+        self._report_lines: list[str] = []  # what the last start said about its memory
+        self._refusal_lines: list[str] = []  # and vLLM's refusal of it, if it refused
 
     # -- state -------------------------------------------------------------------------------
 
@@ -177,7 +176,18 @@ class Worker:
     def _on_output(self, line: str) -> None:
         if line.startswith(ENGINE_EXITED):
             self._engine_exited_at = time.monotonic()
+        if self.state is WorkerState.STARTING:
+            if is_report_line(line):
+                self._report_lines.append(line)
+            elif any(marker in line for marker in MEMORY_REFUSALS):
+                self._refusal_lines.append(line)
         self._output_log.line(line)
+
+    @property
+    def memory_report(self) -> StartReport:
+        """What vLLM reported about its memory during the last start (weights, KV cache,
+        CUDA graphs), kept apart from the tail, which a long start-up log would outrun."""
+        return start_report(self._report_lines)
 
     # -- start -------------------------------------------------------------------------------
 
@@ -196,10 +206,11 @@ class Worker:
         self.last_error = None
         self.ready_at = self.ended_at = self._engine_exited_at = None
         self._share = (tuple(share_args), dict(share_env or {}))
+        self._report_lines, self._refusal_lines = [], []
         try:
             await self._spawn_and_wait()
         except LoadError as failed:
-            error = start_outcome(failed)
+            error = start_outcome(failed, self._refusal_lines)
             self.last_error = error
             exited = self.process is not None and self.process.returncode is not None
             await self._release_process()

@@ -25,12 +25,13 @@ from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.spares import SparePool
+from vllama.engine.vllm_report import refusal
+from vllama.engine.worker import MemoryRefused
 from vllama.scheduling.errors import PlacementRefused
 from vllama.scheduling.events import Events, ModelWoken
 from vllama.scheduling.memory import MemoryPlanner, Share
-from vllama.scheduling.placement import LoadedModel, Place, Refuse, decide
+from vllama.scheduling.placement import LoadedModel, Place, Refuse, decide, format_bytes
 from vllama.scheduling.runner import Changes, ModelRunner
-from vllama.scheduling.sizing import GPU_CONTEXT
 
 # An extra replica that found no room is not looked at again for this long (its check measures
 # the devices, and busy models make requests all the time).
@@ -76,22 +77,53 @@ class Coordinator:
             if worker.is_ready:  # it was draining for another load, which has finished
                 return
             facts = await self._facts(runner.spec)
-            share = await self._make_room(runner, facts, may_evict=may_evict)
-            args, env = (*facts.engine_args, *share.args), share.env
-            if runner.spec.sleep_when_idle:
-                args = (*args, *vllm_args.SLEEP_MODE_ARGS)
-                env = {**env, **vllm_args.SLEEP_MODE_ENV}
-            runner.placed(share.devices, share.need)
-            free_before = await self._memory.free_now(share.devices)
             try:
-                await worker.start(args, env)
-            except BaseException:
-                runner.unplaced()
-                raise
-            measured = await self._memory.measure(
-                runner.name, worker.pid, share.devices, free_before
-            )
+                share = await self._start_placed(runner, facts, may_evict)
+            except MemoryRefused as refused:
+                # vLLM said what its share lacked: one start again with that much more, where
+                # there is room (else a refusal naming the numbers), never the same share again.
+                said = refusal(refused.tail)
+                if said is None:
+                    raise
+                self._memory.grow(runner.name, said.missing)
+                log.warning(
+                    "vLLM refused its memory share; placing it again",
+                    model=runner.name,
+                    missing=said.missing,
+                    vllm=said.line,
+                )
+                try:
+                    share = await self._start_placed(runner, facts, may_evict)
+                except PlacementRefused as no_room:
+                    raise PlacementRefused(
+                        runner.name,
+                        f"vLLM refused the share it was given ({said.line}); a share "
+                        f"{format_bytes(said.missing)} larger does not fit: {no_room.reason}",
+                        refused.tail,
+                    ) from None
+            self._memory.learn(runner.name, runner.spec, share, worker.memory_report)
+            measured = 0
+            if runner.spec.ray is None:  # a Ray model keeps the whole host's GPUs it was given
+                measured = await self._memory.measure(
+                    runner.name, worker.pid, share.devices, share.free_before
+                )
             runner.ready(measured or share.need)  # before the lock goes to the next load
+
+    async def _start_placed(self, runner: ModelRunner, facts: ModelFacts, may_evict: bool) -> Share:
+        """Make room, start the worker there; the share it started in."""
+        share = await self._make_room(runner, facts, may_evict=may_evict)
+        args, env = (*facts.engine_args, *share.args), share.env
+        if runner.spec.sleep_when_idle:
+            args = (*args, *vllm_args.SLEEP_MODE_ARGS)
+            env = {**env, **vllm_args.SLEEP_MODE_ENV}
+        runner.placed(share.devices, share.need)
+        share = replace(share, free_before=await self._memory.free_now(share.devices))
+        try:
+            await runner.worker.start(args, env)
+        except BaseException:
+            runner.unplaced()
+            raise
+        return share
 
     async def wake(self, runner: ModelRunner) -> None:
         """A sleeping worker takes its GPU memory back where its process lives: make room there
@@ -108,8 +140,10 @@ class Coordinator:
     async def sleep(self, runner: ModelRunner) -> bool:
         """Level-1 sleep, or a stop when the engine refuses it; True when it sleeps."""
         async with self._lock:
+            facts = await self._facts(runner.spec)
             if await runner.worker.sleep():
-                runner.asleep(GPU_CONTEXT)  # the share is freed; the CUDA context stays
+                # The share is freed; the CUDA context, NCCL and the graph pool stay.
+                runner.asleep(self._memory.residue(runner.name, runner.spec, facts))
                 return True
             log.warning("sleep refused; stopping instead", model=runner.name)
             await runner.worker.stop("keep_alive expired (sleep failed)")
@@ -153,7 +187,6 @@ class Coordinator:
     ) -> Share:
         """Decide where the model goes (on the devices `on`, if given), evicting idle models
         or waiting for busy ones (neither for an extra replica, or when not `may_evict`)."""
-        request = replace(self._memory.request(runner.name, runner.spec, facts), on=on)
         deadline = time.monotonic() + self._settings.drain_wait
         held: list[ModelRunner] = []
         try:
@@ -163,6 +196,8 @@ class Coordinator:
                 snapshot = await self._memory.snapshot(
                     lambda: self._loaded(runner), spare_bytes=spare_bytes
                 )
+                # Sized after the snapshot: a share is a fraction of the GPUs' totals it measured.
+                request = replace(self._memory.request(runner.name, runner.spec, facts), on=on)
                 decision = decide(snapshot, request)  # no await from here to the unloads
                 roomy = isinstance(decision, Place) and not decision.evict
                 if spares is not None and spare_bytes and request.kind == "cpu" and not roomy:
@@ -170,7 +205,13 @@ class Coordinator:
                     if await spares.drop_idle(keep_for=runner.spec):
                         continue
                 if isinstance(decision, Refuse):
-                    raise PlacementRefused(runner.name, decision.reason, [])
+                    reason = decision.reason
+                    if runner.spec.ray is not None and request.kind == "gpu":
+                        reason += (
+                            "; a Ray model has this host's GPUs to itself (Ray places its "
+                            "workers on any of them, beside other models it cannot see)"
+                        )
+                    raise PlacementRefused(runner.name, reason, [])
                 if runner.extra and (not isinstance(decision, Place) or decision.evict):
                     runner.refuse_extra(time.monotonic() + EXTRA_REPLICA_RETRY)
                     raise PlacementRefused(
@@ -213,4 +254,4 @@ class Coordinator:
                 await task
         if decision.evict:
             await self._memory.wait_for_memory(decision.devices, need)
-        return self._memory.share(runner.spec, facts, decision.devices, need)
+        return self._memory.share(runner.spec, facts, decision.devices, need, runner.name)

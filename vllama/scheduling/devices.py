@@ -37,6 +37,9 @@ class DeviceMemory:
     index: int | None  # NVML index of a GPU; None for the host
     total: int  # bytes
     free: int  # bytes measured free now (host: "available", which counts reclaimable cache)
+    # NVML's total less CUDA's (the driver's reserve, NVML v2); None where NVML does not say.
+    reserved: int | None = None
+    model: str = ""  # the GPU's product name (NVML), "" where unknown
 
 
 class NvmlMemoryInfo(Protocol):
@@ -101,7 +104,9 @@ class Devices:
             with _nvml_errors(index):
                 info = nvml.nvmlDeviceGetMemoryInfo(handle)
                 total, free = int(info.total), int(info.free)
-            devices.append(DeviceMemory(f"gpu:{index}", "gpu", index, total, free))
+            reserved = _reserved(nvml, handle)
+            name = _product(nvml, handle)
+            devices.append(DeviceMemory(f"gpu:{index}", "gpu", index, total, free, reserved, name))
         return devices
 
     def usage_by_pids(self, pids: Collection[int]) -> dict[str, int]:
@@ -185,6 +190,31 @@ def _import_pynvml() -> Nvml:
     import pynvml
 
     return cast(Nvml, pynvml)
+
+
+def _reserved(nvml: Nvml, handle: Any) -> int | None:
+    """The driver's reserve from NVML's v2 memory query (`cudaMemGetInfo`'s total leaves it
+    out; vLLM multiplies its utilization by that total). None on drivers without it."""
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    if version is None:
+        return None
+    try:
+        info = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)  # type: ignore[call-arg]
+        return int(info.reserved)  # type: ignore[attr-defined]
+    except Exception:
+        return None
+
+
+def _product(nvml: Nvml, handle: Any) -> str:
+    """The GPU's name ("NVIDIA H100 80GB HBM3"): footprints learned on one kind hold for it."""
+    get_name = getattr(nvml, "nvmlDeviceGetName", None)
+    if get_name is None:
+        return ""
+    try:
+        name = get_name(handle)
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return ""
 
 
 @contextlib.contextmanager

@@ -11,16 +11,27 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import structlog
 
 from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.engine.vllm_report import StartReport
+from vllama.scheduling import footprints
 from vllama.scheduling.devices import DeviceKind, Devices, cuda_visible_devices
+from vllama.scheduling.footprints import Footprints
 from vllama.scheduling.placement import DeviceState, LoadedModel, Request, Snapshot
-from vllama.scheduling.sizing import Estimate, estimate, gpu_share
+from vllama.scheduling.sizing import (
+    MAX_SHARE,
+    Estimate,
+    cuda_total,
+    estimate,
+    gpu_share,
+    kv_target,
+    reserved_for,
+)
 
 log = structlog.get_logger("vllama.memory")
 
@@ -37,6 +48,7 @@ class Share:
     need: int  # bytes per device
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    free_before: dict[str, int] = field(default_factory=dict)  # measured just before the start
 
 
 class MemoryPlanner:
@@ -44,20 +56,74 @@ class MemoryPlanner:
         self,
         settings: ServerSettings,
         devices: Devices,
+        learned: Footprints | None = None,
     ) -> None:
         self._settings = settings
         self._devices = devices
+        self._learned = learned if learned is not None else Footprints()
+        self._gpu_kind = ""  # the GPUs' product name (and size), from the last snapshot
         self._measured: dict[str, int] = {}  # model -> bytes per device, from its last load
-        self._totals: dict[str, int] = {}  # device -> total bytes, from the last snapshot
+        self._totals: dict[str, int] = {}  # device -> NVML's total bytes, from the last snapshot
+        self._cuda_totals: dict[str, int] = {}  # device -> the total vLLM's utilization is of
+        self._extra: dict[str, int] = {}  # model -> bytes vLLM's memory refusal added to its share
         self.kind: DeviceKind = "gpu" if devices.gpu_count() else "cpu"
 
     # -- what a model needs ------------------------------------------------------------------
 
-    def estimate(self, spec: ModelSpec, facts: ModelFacts) -> Estimate:
-        return estimate(spec, facts, self.kind, self._settings.kv_cache)
+    def estimate(self, spec: ModelSpec, facts: ModelFacts, name: str = "") -> Estimate:
+        """The estimate, grown by what vLLM's refusal of this model's share said was missing.
+        GPUs' sizes (vLLM's batch defaults follow them) come from the last snapshot."""
+        gpu_total = min(self._cuda_totals.values()) if self._cuda_totals else None
+        planned = estimate(spec, facts, self.kind, self._settings.kv_cache, gpu_total)
+        known = self._learned.get(self._key(spec)) if self.kind == "gpu" else None
+        if known is not None:  # what vLLM reported last time, not the estimate
+            kv = kv_target(spec, facts, self._settings.kv_cache)
+            graphs = known.graphs if known.graphs is not None else planned.graphs
+            planned = replace(planned, share=footprints.share_for(known, kv), graphs=graphs)
+        extra = self._extra.get(name, 0)
+        return replace(planned, share=planned.share + extra) if extra else planned
+
+    def _key(self, spec: ModelSpec) -> str:
+        return footprints.key(spec.model, spec.args, self._gpu_kind)
+
+    def learn(self, name: str, spec: ModelSpec, share: Share, report: StartReport) -> None:
+        """Keep what vLLM reported about a start in `share` for the model's next shares."""
+        if self.kind != "gpu" or not share.devices:
+            return
+        told = vllm_args.flag_value(spec.args, vllm_args.GPU_SHARE) or vllm_args.flag_value(
+            share.args, vllm_args.GPU_SHARE
+        )
+        try:
+            utilization = float(told) if told is not None else 0.92  # vLLM's default
+        except ValueError:
+            return
+        total = min(self._cuda_totals.get(d, 0) for d in share.devices)
+        footprint = footprints.learn(report, utilization, total) if total else None
+        if footprint is None:
+            return
+        self._extra.pop(name, None)  # the measurement holds what the refusal added
+        self._learned.put(self._key(spec), footprint)
+        log.info("model footprint learned from vLLM", model=name, **asdict(footprint))
+
+    def grow(self, name: str, extra: int) -> None:
+        """vLLM refused the model's share for want of `extra` bytes: its next shares hold them."""
+        self._extra[name] = self._extra.get(name, 0) + extra
+        self._measured.pop(name, None)
 
     def request(self, name: str, spec: ModelSpec, facts: ModelFacts) -> Request:
-        planned = self.estimate(spec, facts)
+        planned = self.estimate(spec, facts, name)
+        if self.kind == "gpu" and spec.ray is not None and self._totals:
+            # Ray puts its workers on any of this host's GPUs (a placement group of GPU
+            # bundles; CUDA_VISIBLE_DEVICES is not passed on), GPUs that vllama gave other models
+            # included: a Ray model has this host's GPUs to itself, and they it.
+            limit = self._settings.memory_limit_gpu
+            whole = min(self._cuda_totals.values())  # all a GPU has free with nothing on it
+            return Request(
+                name=name,
+                kind=self.kind,
+                device_count=len(self._totals),
+                need=min(limit, whole) if limit is not None else whole,
+            )
         return Request(
             name=name,
             kind=self.kind,
@@ -69,15 +135,26 @@ class MemoryPlanner:
         """Bytes per device: the last measured footprint, else the estimate."""
         if name in self._measured:
             return self._measured[name]
-        planned = self.estimate(spec, facts)
+        planned = self.estimate(spec, facts, name)
+        if self.kind != "gpu" or not self._totals:
+            return planned.need
+        largest = max(self._totals.values())  # uniform on most hosts; the safe side if not
         operator_share = vllm_args.flag_value(spec.args, vllm_args.GPU_SHARE)
-        if self.kind == "gpu" and operator_share is not None and self._totals:
-            try:  # the operator's own utilization, of the largest GPU (uniform on most hosts)
-                share = math.ceil(float(operator_share) * max(self._totals.values()))
+        if operator_share is not None:
+            try:  # the operator's own utilization
+                return math.ceil(float(operator_share) * largest) + planned.outside
             except ValueError:
-                share = planned.share
-            return share + planned.outside
-        return planned.need
+                return planned.need
+        utilization = gpu_share(planned.share, min(self._cuda_totals.values()))
+        return reserved_for(utilization, largest, planned.outside)
+
+    def residue(self, name: str, spec: ModelSpec, facts: ModelFacts) -> int:
+        """Bytes per device a worker keeps in level-1 sleep: its context, NCCL and, unless
+        offloaded, the CUDA-graph pool."""
+        planned = self.estimate(spec, facts, name)
+        if vllm_args.has_flag(spec.args, vllm_args.OFFLOAD_GRAPHS_IN_SLEEP):
+            return planned.outside
+        return planned.residue
 
     async def free_now(self, devices: tuple[str, ...]) -> dict[str, int]:
         """Free bytes on these devices now (before a load, for `measure`)."""
@@ -120,7 +197,13 @@ class MemoryPlanner:
         any request changes it). `spare_bytes`: host memory warm spares hold, out of the CPU
         budget."""
         memory = await self._devices.snapshot_async()
-        self._totals = {device.id: device.total for device in memory}
+        self._totals = {d.id: d.total for d in memory if d.kind == "gpu"}
+        gpus = [d for d in memory if d.kind == "gpu"]
+        if gpus:
+            self._gpu_kind = f"{gpus[0].model or 'GPU'} {gpus[0].total}"
+        self._cuda_totals = {
+            d.id: cuda_total(d.total, d.reserved) for d in memory if d.kind == "gpu"
+        }
         states = []
         for device in memory:
             limit = (
@@ -139,7 +222,12 @@ class MemoryPlanner:
         )
 
     def share(
-        self, spec: ModelSpec, facts: ModelFacts, devices: tuple[str, ...], need: int
+        self,
+        spec: ModelSpec,
+        facts: ModelFacts,
+        devices: tuple[str, ...],
+        need: int,
+        name: str = "",
     ) -> Share:
         """Pin the worker to its devices and tell vLLM its share of each GPU, sized against the
         totals of the last `snapshot` (every placement decision takes one), and let it fit the
@@ -153,13 +241,13 @@ class MemoryPlanner:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(indices),
         }
-        planned = self.estimate(spec, facts)
+        planned = self.estimate(spec, facts, name)
         args: tuple[str, ...] = ()
         if not vllm_args.has_flag(spec.args, vllm_args.GPU_SHARE):
             # Always a share, even with --kv-cache-memory-bytes: vLLM checks free memory against
             # its utilization (0.92 by default) at start, and a second model would fail that.
-            total = min(self._totals[device] for device in devices)
-            args = vllm_args.gpu_share_args(gpu_share(planned, total))
+            total = min(self._cuda_totals[device] for device in devices)
+            args = vllm_args.gpu_share_args(min(gpu_share(planned.share, total), MAX_SHARE))
         if planned.auto_fit:
             args = (*args, *vllm_args.auto_fit_args())
         return Share(devices, need, args, env)

@@ -24,6 +24,7 @@ import structlog
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.ray_cluster import Cluster
 from vllama.engine.states import HOLDS_MEMORY, RUNNING, FailureKind, WorkerState
+from vllama.engine.vllm_report import StartReport
 from vllama.engine.worker import LoadError
 from vllama.scheduling.admission import Admission, admit
 from vllama.scheduling.errors import CrashLoop, PlacementRefused, Replaced, ShuttingDown
@@ -64,6 +65,8 @@ class WorkerLike(Protocol):
     def tail(self, lines: int = ...) -> list[str]: ...
     @property
     def pid(self) -> int | None: ...
+    @property
+    def memory_report(self) -> StartReport: ...
     async def start(
         self, share_args: Sequence[str] = (), share_env: Mapping[str, str] | None = None
     ) -> None: ...

@@ -30,6 +30,7 @@ from vllama.scheduling.coordinator import Coordinator, FactsSource
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.errors import PlacementRefused, QueueFull, Replaced, ShuttingDown
 from vllama.scheduling.events import Events, LoadFailed, ModelLoaded
+from vllama.scheduling.footprints import Footprints
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.reload import plan_reload
 from vllama.scheduling.replicas import BUSY_AT, ReplicaView, route
@@ -73,13 +74,14 @@ class Scheduler:
         devices: Devices,
         facts: FactsSource,
         spares: SparePool | None = None,
+        learned: Footprints | None = None,
     ) -> None:
         self._config = config
         self.spares = spares
         settings = self._settings = config.server
         self.events = Events()
         self.devices = devices
-        self.memory = MemoryPlanner(settings, self.devices)
+        self.memory = MemoryPlanner(settings, self.devices, learned)
         self._new_worker = new_worker
         self._closing = False
         self._changes = Changes()
