@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.component.fakes import FakeNvml
 from vllama.catalog.facts import ModelFacts
-from vllama.config.settings import ModelSpec, load_config
+from vllama.config.settings import ConfigError, ModelSpec, load_config
 from vllama.scheduling.devices import Devices
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.sizing import ACTIVATIONS, GPU_CONTEXT, MIN_CONTEXT, NCCL_BUFFERS, estimate
@@ -67,3 +69,22 @@ def test_the_kv_cache_holds_the_context_the_operator_fixed_or_a_useful_minimum()
     assert planned.share == 16 * 10**9 + ACTIVATIONS + 32768 * 131072 and not planned.auto_fit
     auto = estimate(ModelSpec(model="/m"), LLAMA_8B, "gpu", 0)
     assert auto.share == 16 * 10**9 + ACTIVATIONS + MIN_CONTEXT * 131072 and auto.auto_fit
+
+
+async def test_a_reserved_host_budget_counts_whatever_is_measured_free() -> None:
+    # More than this host has free: only a reservation, never a measurement, makes it all free.
+    tib = 1 << 40
+    reserved = planner(memory_reserved_cpu="1TiB", memory_recovery_timeout=0)
+    host = (await reserved.snapshot(lambda: (), spare_bytes=GiB)).devices[0]
+    assert (host.id, host.budget, host.free) == ("cpu", tib - GiB, tib)  # spares still count
+    assert await reserved.wait_for_memory(("cpu",), tib)
+    measured = planner(memory_recovery_timeout=0)
+    host = (await measured.snapshot(lambda: ())).devices[0]
+    assert host.free < tib and host.budget < tib
+    assert not await measured.wait_for_memory(("cpu",), tib)
+
+
+def test_a_reserved_host_budget_and_a_host_limit_are_one_or_the_other() -> None:
+    server = {"memory_limit_cpu": "8GiB", "memory_reserved_cpu": "8GiB"}
+    with pytest.raises(ConfigError, match="memory_reserved_cpu"):
+        load_config(file_data={"server": server})
