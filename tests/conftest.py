@@ -1,8 +1,11 @@
-"""Shared fixtures. Every test that spawns processes is checked, at its end, for leftovers."""
+"""Shared fixtures. Every test that spawns processes is checked, at its end, for leftovers, and
+every test for what it reached outside the run (tests/sandbox/vllama_test_audit.py)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -13,14 +16,81 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.sandbox import vllama_test_audit
+
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SANDBOX = TESTS / "sandbox"
 FAKE_VLLM = TESTS / "fake_vllm.py"
 FAKE_ENGINE_COMMAND = [sys.executable, str(FAKE_VLLM)]
+# The host RAM a daemon running the fake engine counts on (`memory_reserved_cpu`): its workers
+# use almost none, so placement must not depend on what the machine has free at the moment
+# (under another load, a 6 GiB estimate per fake model was refused by measured free memory).
+FAKE_ENGINE_MEMORY = "64GiB"
 
 # Every process this test session starts inherits this mark, so the leak check finds exactly
 # ours and never touches another run's (or a developer's daemon's) processes.
 SESSION_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
 os.environ["TEST_VLLAMA_SESSION"] = SESSION_MARK
+
+# Hermetic by construction: before anything starts, this process and every one it starts (their
+# environment is inherited) live in the run's own folder, offline, and tell nobody they ran.
+RUN_DIR = Path(tempfile.mkdtemp(prefix="vllama-test-run-")).resolve()
+AUDIT_LOG = RUN_DIR / "outside.log"  # what reached outside the run: tests/sandbox/
+
+
+def _own_addresses() -> list[str]:
+    """This host's interface addresses (IPv4 and IPv6)."""
+    return [
+        address.address.split("%", 1)[0]
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family in (socket.AF_INET, socket.AF_INET6)
+    ]
+
+
+def _hermetic_environment(run: Path) -> dict[str, str]:
+    for folder in ("home", "cache", "config", "data", "state", "runtime"):
+        (run / folder).mkdir(mode=0o700)
+    # Besides the run's own: the system's temporary folder (pytest's tmp_path, Ray's sockets),
+    # devices and /proc, and the checkout's git-ignored caches (the e2e models built once,
+    # pytest's and hypothesis's example databases).
+    writable = [str(run), tempfile.gettempdir(), "/dev", "/proc"]
+    writable += [str(REPO / name) for name in (".cache", ".pytest_cache", ".hypothesis")]
+    return {
+        "HOME": str(run / "home"),  # ~/.vllama, ~/.netrc, ~/ray_bootstrap_config.yaml, ...
+        "XDG_CACHE_HOME": str(run / "cache"),
+        "XDG_CONFIG_HOME": str(run / "config"),
+        "XDG_DATA_HOME": str(run / "data"),
+        "XDG_STATE_HOME": str(run / "state"),
+        "XDG_RUNTIME_DIR": str(run / "runtime"),
+        "HF_HOME": str(run / "cache" / "huggingface"),
+        "HF_HUB_CACHE": str(run / "cache" / "huggingface" / "hub"),
+        # No Hub: a test that wants one points HF_ENDPOINT at its fake (tests/fake_hf.py,
+        # `point_hub_at`); anything that ignores the offline switch finds a closed loopback port.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DISABLE_DASHBOARD": "1",
+        # Loopback never goes through a developer's proxy.
+        "NO_PROXY": "127.0.0.1,localhost,::1",
+        "no_proxy": "127.0.0.1,localhost,::1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SANDBOX), os.environ.get("PYTHONPATH")])),
+        vllama_test_audit.LOG_VARIABLE: str(AUDIT_LOG),
+        vllama_test_audit.ROOTS_VARIABLE: os.pathsep.join(writable),
+        vllama_test_audit.OWN_VARIABLE: " ".join(_own_addresses()),
+    }
+
+
+HERMETIC_ENV = _hermetic_environment(RUN_DIR)
+os.environ.update(HERMETIC_ENV)
+for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLAMA_CONFIG", "VLLAMA_HOST"):
+    os.environ.pop(_name, None)  # the user's credentials and daemon are not the run's
+vllama_test_audit.install_from_environment()
 
 # The default models folder is the user's (~/.vllama/models): a test must never read or write it.
 # A config a test writes without a models folder (tests/component/fakes.py, tests/daemon.py) gets
@@ -111,3 +181,35 @@ def no_process_left_behind() -> Iterator[None]:
     started = time.time() - 1.0  # create_time has coarse resolution
     yield
     assert_no_leftovers(started)
+
+
+def outside_the_run(since: int) -> list[str]:
+    """What processes of this run reached outside it (audit log lines) after byte `since`."""
+    try:
+        with AUDIT_LOG.open("rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _audit_size() -> int:
+    try:
+        return AUDIT_LOG.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def nothing_outside_the_run() -> Iterator[None]:
+    """Fails a test during which a process of this run connected past loopback or wrote outside
+    the run's folders (the system's temporary folder, the repository's .cache, /dev, /proc)."""
+    since = _audit_size()
+    yield
+    reached = outside_the_run(since)
+    if reached:
+        pytest.fail("reached outside the test run:\n" + "\n".join(reached[:20]), pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(RUN_DIR, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import EMPTY_MODELS_DIR
+from tests.conftest import EMPTY_MODELS_DIR, FAKE_ENGINE_COMMAND, FAKE_ENGINE_MEMORY
 
 VLLAMA = [sys.executable, "-m", "vllama"]
 
@@ -47,7 +47,15 @@ def write_config(
     models: dict[str, dict[str, Any]],
     peers: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    server = {"models_dir": EMPTY_MODELS_DIR, **server}  # never the user's ~/.vllama/models
+    # Never the user's ~/.vllama/models, nor ~/.vllama/run: the runtime state (the workers file)
+    # goes beside the config, in the test's own folder.
+    defaults: dict[str, Any] = {
+        "models_dir": EMPTY_MODELS_DIR,
+        "runtime_dir": str(path.parent / "run"),
+    }
+    if server.get("engine_command") == FAKE_ENGINE_COMMAND:
+        defaults["memory_reserved_cpu"] = FAKE_ENGINE_MEMORY
+    server = {**defaults, **server}
     lines = ["[server]", *(f"{k} = {toml_value(v)}" for k, v in server.items())]
     for kind, tables in (("models", models), ("peers", peers or {})):
         for name, table in tables.items():

@@ -24,10 +24,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from tests.daemon import free_port
+
+OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def point_hub_at(patch: pytest.MonkeyPatch, url: str) -> None:
+    """Let this test (and the daemons it starts) reach a Hub at `url`, its fake or a closed
+    loopback port: the run is offline otherwise (tests/conftest.py). huggingface_hub read its
+    settings when imported, so they are set there too."""
+    from huggingface_hub import constants
+
+    patch.setenv("HF_ENDPOINT", url)  # vllama reads it per pull, and passes it on as `endpoint`
+    for name in OFFLINE_SWITCHES:
+        patch.delenv(name, raising=False)
+    patch.setattr(constants, "HF_HUB_OFFLINE", False)
+
 
 # What the Hub keeps in Git LFS: weights by their suffix, and anything too big for plain git
 # (the Hub refuses regular files over 10 MiB).
@@ -159,6 +175,7 @@ class FakeHub:
         # connection; one cut each, so a client that resumes then gets the rest.
         self.drop_after: dict[str, int] = {}
         self.requests: list[FakeRequest] = []
+        self.sending = 0  # file bodies being sent now (a client that left ends its own)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
@@ -333,6 +350,15 @@ class FakeHub:
         if limit is not None and limit >= len(body):
             self.drop_after[path] = limit  # this response is too short to be cut: keep the cut
             limit = None
+        self.sending += 1
+        try:
+            return await self._paced(request, response, body, limit)
+        finally:
+            self.sending -= 1
+
+    async def _paced(
+        self, request: web.Request, response: web.StreamResponse, body: bytes, limit: int | None
+    ) -> bool:
         loop = asyncio.get_running_loop()
         began = loop.time()
         sent = 0

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 import psutil
 from aiohttp import web
 
-from tests.conftest import EMPTY_MODELS_DIR, FAKE_ENGINE_COMMAND
+from tests.conftest import EMPTY_MODELS_DIR, FAKE_ENGINE_COMMAND, FAKE_ENGINE_MEMORY
 from vllama.api.keys import SERVICES
 from vllama.config.settings import Config, load_config
 from vllama.engine.states import WorkerState
@@ -82,6 +82,7 @@ def fake_config(
         "health_interval": 0.5,
         "load_stall_timeout": 20,
         "models_dir": EMPTY_MODELS_DIR,
+        "memory_reserved_cpu": FAKE_ENGINE_MEMORY,
         **server,
     }
     model_tables = {name: {"model": f"fake/{name}", **spec} for name, spec in models.items()}

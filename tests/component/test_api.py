@@ -217,8 +217,10 @@ async def test_client_disconnect_closes_the_upstream_request(aiohttp_client: Cli
 
 async def test_idle_worker_is_stopped_after_keep_alive(aiohttp_client: ClientFactory) -> None:
     client = await start(aiohttp_client, fake_config({"a": {"keep_alive": "1s"}, "b": {}}))
-    assert (await client.post("/v1/chat/completions", json=chat("a"))).status == 200
+    # b first: a's second of keep-alive must not run out while another model loads (one took
+    # 1.35 s on a loaded host).
     assert (await client.post("/v1/chat/completions", json=chat("b"))).status == 200
+    assert (await client.post("/v1/chat/completions", json=chat("a"))).status == 200
     worker = worker_of(client, "a")
     assert worker.is_ready
     await eventually(lambda: worker.state is WorkerState.STOPPED, what="keep_alive expiry")

@@ -12,11 +12,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.component.fakes import WorkerView, eventually_blocking, fake_config, worker_ports
+from tests.component.fakes import (
+    WorkerView,
+    eventually,
+    eventually_blocking,
+    fake_config,
+    worker_ports,
+)
 from tests.conftest import FAKE_ENGINE_COMMAND
 from tests.daemon import Daemon, free_port, write_config
 from vllama.api.app import build_app
 from vllama.api.keys import SERVICES
+from vllama.engine.states import WorkerState
 
 Client = TestClient[web.Request, web.Application]
 
@@ -56,7 +63,8 @@ async def test_metrics_after_real_traffic(aiohttp_client: Any) -> None:
     assert await (await client.post("/api/generate", json=ollama)).read()
     assert (await client.post("/v1/completions", json={"model": "nope"})).status == 404
     assert (await client.post("/v1/completions", json={"model": "b", "prompt": "x"})).status == 200
-    await asyncio.sleep(1.0)  # b's keep-alive (0.2 s) runs out
+    b = WorkerView(client.app, "b")
+    await eventually(lambda: b.state is WorkerState.STOPPED, what="b's keep-alive (0.2 s) ran out")
     await client.app[SERVICES].metrics.sample(client.app[SERVICES].upstream)
     text = await scrape(client)
     ok = {"model": "a", "endpoint": "/v1/chat/completions", "status": "200"}
@@ -89,7 +97,8 @@ async def test_metrics_answer_while_a_worker_is_loading(aiohttp_client: Any) -> 
     client = await start(aiohttp_client, {"slow": {"env": {"FAKE_VLLM_START_DELAY": "3"}}})
     body = {"model": "slow", "prompt": "x", "max_tokens": 1}
     pending = asyncio.create_task(client.post("/v1/completions", json=body))
-    await asyncio.sleep(0.5)
+    slow = WorkerView(client.app, "slow")
+    await eventually(lambda: slow.state is WorkerState.STARTING, what="the load under way")
     loop = asyncio.get_running_loop()
     began = loop.time()
     parts = client.app[SERVICES]

@@ -16,6 +16,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from tests.component.fakes import WorkerView, fake_config
+from tests.fake_hf import point_hub_at
 from vllama.api.app import build_app
 from vllama.api.keys import SERVICES
 from vllama.config.settings import Config
@@ -640,8 +641,7 @@ async def test_pull_fails_fast_without_a_hub(
     # No network: the Hub endpoint is a closed local port (and, in one case, offline mode is on).
     from huggingface_hub import constants
 
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    point_hub_at(monkeypatch, "http://127.0.0.1:9")
     if offline:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -47,10 +47,22 @@ def head() -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="vllama-ray-", dir="/tmp")
     port = free_port()
     ports = [free_port() for _ in range(6)]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's dashboard, even with usage stats off, asks cloud metadata hosts what it runs on and
+    # reports "disabled" to usage-stats.ray.io (both through `requests`, which a proxy reaches
+    # instead): they go to a closed loopback port. The node's address is loopback too, not the
+    # host's first interface.
+    nowhere = "http://127.0.0.1:9"
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_USAGE_STATS_REPORT_URL": nowhere + "/",
+        **dict.fromkeys(("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"), nowhere),
+        **dict.fromkeys(("no_proxy", "NO_PROXY"), ""),
+    }
     subprocess.run(
         [
             str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1",
+            "--node-ip-address=127.0.0.1",
             f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
             f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
             f"--ray-client-server-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",

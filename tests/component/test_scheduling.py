@@ -245,12 +245,16 @@ async def test_a_request_gives_up_after_the_load_timeout(aiohttp_client: Any) ->
 
 
 async def test_a_disconnected_waiter_leaves_the_queue(aiohttp_client: Any) -> None:
-    models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "2"}}}
+    models = {"slow": {"env": {"FAKE_VLLM_START_DELAY": "5"}}}
     client = await gpu_host(aiohttp_client, models, {"slow": 1})
     slow = WorkerView(client.app, "slow")
     task = asyncio.create_task(ask(client, "slow"))
-    await eventually(lambda: slow.status.waiting == 1)
-    assert slow.state is WorkerState.STARTING  # still loading (2 s): the request waits for it
+    # The request waits for the load under way (5 s). Both waited for: on a loaded host the
+    # request was seen queued while its load had not yet begun (state still stopped).
+    await eventually(
+        lambda: slow.status.waiting == 1 and slow.state is WorkerState.STARTING,
+        what="the request waiting for the load under way",
+    )
     task.cancel()  # the client goes away while waiting for the load
     await eventually(lambda: slow.status.waiting == 0, what="the waiter left the queue")
 

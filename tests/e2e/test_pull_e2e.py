@@ -16,7 +16,7 @@ import pytest
 
 from tests.daemon import VLLAMA, Daemon
 from tests.e2e.helpers import own_daemon
-from tests.fake_hf import FakeHub, FakeRepo, serve_in_thread
+from tests.fake_hf import FakeHub, FakeRepo, point_hub_at, serve_in_thread
 from vllama.catalog import library
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV
 
@@ -43,7 +43,7 @@ def daemon(
     hub = FakeHub(repos, bytes_per_second=1_000_000)  # ~1.7 s for the weights: bytes visibly rise
     server = {"default_args": list(DEMO_ARGS), "default_env": dict(DEMO_ENV), "warm_spares": 0}
     with serve_in_thread(hub) as url, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_ENDPOINT", url)  # the daemon reads it from its environment
+        point_hub_at(patch, url)  # the daemon reads it from its environment
         patch.delenv("HF_TOKEN", raising=False)
         with own_daemon(tmp_path_factory, "pull", server, {}) as running:
             yield running

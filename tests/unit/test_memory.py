@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from tests.component.fakes import FakeNvml
 from vllama.catalog.facts import ModelFacts, profile_shapes
-from vllama.config.settings import ModelSpec, load_config
+from vllama.config.settings import ConfigError, ModelSpec, load_config
 from vllama.engine.vllm_report import (
     GROW_STEP,
     StartReport,
@@ -176,3 +178,22 @@ def test_the_profile_runs_shapes_come_from_config_json() -> None:
     shapes = profile_shapes(deepseek)
     assert shapes["vocab_size"] == 129_280 and shapes["kv_replicated"]
     assert profile_shapes({})["hidden_size"] == 0  # unknown: the estimate's floors apply
+
+
+async def test_a_reserved_host_budget_counts_whatever_is_measured_free() -> None:
+    # More than this host has free: only a reservation, never a measurement, makes it all free.
+    tib = 1 << 40
+    reserved = planner(memory_reserved_cpu="1TiB", memory_recovery_timeout=0)
+    host = (await reserved.snapshot(lambda: (), spare_bytes=GiB)).devices[0]
+    assert (host.id, host.budget, host.free) == ("cpu", tib - GiB, tib)  # spares still count
+    assert await reserved.wait_for_memory(("cpu",), tib)
+    measured = planner(memory_recovery_timeout=0)
+    host = (await measured.snapshot(lambda: ())).devices[0]
+    assert host.free < tib and host.budget < tib
+    assert not await measured.wait_for_memory(("cpu",), tib)
+
+
+def test_a_reserved_host_budget_and_a_host_limit_are_one_or_the_other() -> None:
+    server = {"memory_limit_cpu": "8GiB", "memory_reserved_cpu": "8GiB"}
+    with pytest.raises(ConfigError, match="memory_reserved_cpu"):
+        load_config(file_data={"server": server})

@@ -195,6 +195,10 @@ class ServerSettings(BaseSettings):
     warm_spares: int = Field(default=1, ge=0, le=8)
     # Scheduling: memory budgets per device, caps, the wait queue, crash-loop handling.
     memory_limit_cpu: Bytes | None = None  # host RAM vllama's CPU workers may use (default: all)
+    # Host RAM set aside for vllama's CPU workers (a dedicated host, a test run's fake engine):
+    # the CPU budget, counted on whatever is measured free at the moment. Unset, memory measured
+    # free also bounds every CPU load, so another program's use can refuse one.
+    memory_reserved_cpu: Bytes | None = None
     memory_limit_gpu: Bytes | None = None  # per GPU (default: the GPU's total)
     # KV cache for workers that set none. On CPU it becomes VLLM_CPU_KVCACHE_SPACE (unset, vLLM
     # takes ~90% of host RAM, so no second model would fit); on GPUs it is part of the share
@@ -270,6 +274,8 @@ class ServerSettings(BaseSettings):
             raise ValueError("worker_port_min must not exceed worker_port_max")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.memory_limit_cpu is not None and self.memory_reserved_cpu is not None:
+            raise ValueError("memory_limit_cpu and memory_reserved_cpu: set one (the budget)")
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not path.expanduser().is_file():
                 raise ValueError(f"{path} does not exist")

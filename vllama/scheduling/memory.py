@@ -67,6 +67,7 @@ class MemoryPlanner:
         self._cuda_totals: dict[str, int] = {}  # device -> the total vLLM's utilization is of
         self._extra: dict[str, int] = {}  # model -> bytes vLLM's memory refusal added to its share
         self.kind: DeviceKind = "gpu" if devices.gpu_count() else "cpu"
+        self._reserved = settings.memory_reserved_cpu
 
     # -- what a model needs ------------------------------------------------------------------
 
@@ -212,11 +213,13 @@ class MemoryPlanner:
                 else self._settings.memory_limit_cpu
             )
             budget = min(limit, device.total) if limit is not None else device.total
+            free = device.free
+            if device.kind == "cpu" and self._reserved is not None:
+                # Set aside for vllama: what others use now does not count against it.
+                budget = free = self._reserved
             if device.kind == "cpu":
                 budget = max(budget - spare_bytes, 0)
-            states.append(
-                DeviceState(id=device.id, kind=device.kind, budget=budget, free=device.free)
-            )
+            states.append(DeviceState(id=device.id, kind=device.kind, budget=budget, free=free))
         return Snapshot(
             devices=tuple(states), loaded=loaded(), max_loaded=self._settings.max_loaded_models
         )
@@ -268,9 +271,10 @@ class MemoryPlanner:
         start then proceeds: the budget, not the measurement, is the contract.
         """
         deadline = time.monotonic() + self._settings.memory_recovery_timeout
+        measured = [d for d in devices if d != "cpu" or self._reserved is None]
         while True:
             memory = {d.id: d for d in await self._devices.snapshot_async()}
-            if all(memory[d].free >= need for d in devices if d in memory):
+            if all(memory[d].free >= need for d in measured if d in memory):
                 return True
             if time.monotonic() >= deadline:
                 log.warning("memory not back in time", devices=devices, need=need)
