@@ -15,7 +15,6 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from vllama.catalog import registry as registry_module
 from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
@@ -639,6 +638,6 @@ async def test_a_folders_description_is_remembered_and_its_removal_seen_once_sta
     assert stats == []  # fresh: from memory
     shutil.rmtree(folder)
     now = time.monotonic()
-    monkeypatch.setattr(registry_module.time, "monotonic", lambda: now + FILES_FRESH + 1)
+    monkeypatch.setattr(time, "monotonic", lambda: now + FILES_FRESH + 1)
     assert await registry.files(resolved) is None  # stale: looked at again, and gone
     assert await registry.files(registry.resolve("m")) is None
