@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from vllama.catalog.files import ModelFormatError, read_model
 from vllama.catalog.names import InvalidName, check_name, is_repo_id, normalize_name
 from vllama.catalog.pull import loaded_weight_bytes
 from vllama.catalog.pulled import PulledNames
-from vllama.catalog.registry import Registry, parsers_for
+from vllama.catalog.registry import FILES_FRESH, Registry, parsers_for
 from vllama.catalog.store import StoreError, StoreFull, StoreRefused
 from vllama.config.settings import ConfigError, ModelSpec, load_config
 from vllama.config.units import format_parameter_count
@@ -607,3 +608,36 @@ def test_a_name_with_a_trailing_newline_is_refused(name: str) -> None:
 
 def test_a_repo_id_with_a_trailing_newline_is_not_one() -> None:
     assert is_repo_id("org/name") and not is_repo_id("org/name\n")
+
+
+async def test_a_folders_description_is_remembered_and_its_removal_seen_once_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every relayed request asks for the files: a fresh description comes from memory, without
+    a `stat` of the folder; a folder removed is seen once FILES_FRESH has passed."""
+    folder = make_model(tmp_path / "m", LLAMA_CONFIG)
+    config = load_config(
+        file_data={
+            "server": {"models_dir": str(tmp_path / "models")},
+            "models": {"m": {"model": str(folder)}},
+        }
+    )
+    registry = Registry(config)
+    resolved = registry.resolve("m")
+    described = await registry.files(resolved)
+    assert described is not None and "completion" in described.capabilities
+    stats: list[str] = []
+    real_is_dir = Path.is_dir
+
+    def counted_is_dir(self: Path) -> bool:
+        stats.append(str(self))
+        return real_is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", counted_is_dir)
+    assert await registry.files(resolved) is described
+    assert stats == []  # fresh: from memory
+    shutil.rmtree(folder)
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + FILES_FRESH + 1)
+    assert await registry.files(resolved) is None  # stale: looked at again, and gone
+    assert await registry.files(registry.resolve("m")) is None

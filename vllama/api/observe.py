@@ -81,13 +81,9 @@ def _record(request: web.Request, status: int) -> None:
     route = request.match_info.route.resource
     endpoint = route.canonical if route is not None else "unmatched"
     model = request.get(MODEL_KEY, "")
-    metrics = services(request).metrics
-    metrics.requests.labels(model, endpoint, str(status)).inc()
-    metrics.request_seconds.labels(model, endpoint).observe(seconds)
     first = request.get(FIRST_BYTE_KEY)
     ttft = first - request[STARTED_KEY] if first is not None else None
-    if ttft is not None:
-        metrics.ttft_seconds.labels(model, endpoint).observe(ttft)
+    services(request).metrics.count_request(model, endpoint, str(status), seconds, ttft)
     if model:  # a model's request, for the status page (not its own polls and streams)
         services(request).live.record(
             {

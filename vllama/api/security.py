@@ -23,7 +23,7 @@ import fnmatch
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
 
 from aiohttp import web
@@ -37,6 +37,7 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _APP_SCHEMES = ("app", "file", "tauri", "vscode-webview")
 _PAGE_PATHS = frozenset({"/ui", "/ui/app.js", "/ui/style.css"})
 _READ_ONLY_OWN = frozenset({"/api/vllama/events"})  # under /api/vllama/, yet any key reads it
+_HOSTS_KEPT = 64  # Host verdicts remembered; a daemon is called by a handful of names
 _ADMIN_PATHS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push"})
 _CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
@@ -69,6 +70,11 @@ class Access:
     origins: tuple[str, ...]
     hosts: tuple[str, ...]
     loopback_bind: bool
+    # Host header -> (parses, allowed): `urlsplit` and pattern matching once per name, not per
+    # request. Emptied when full, so a client sending ever-new Hosts cannot grow it.
+    _host_verdicts: dict[str, tuple[bool, bool]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> Access:
@@ -99,6 +105,17 @@ class Access:
         parts = _split(f"//{host_header}")
         host = (parts.hostname or "") if parts is not None else ""
         return is_loopback(host) or any(fnmatch.fnmatchcase(host, h) for h in self.hosts)
+
+    def host_verdict(self, host_header: str) -> tuple[bool, bool]:
+        """(whether the Host header parses, whether `host_allowed`), remembered."""
+        verdict = self._host_verdicts.get(host_header)
+        if verdict is None:
+            parses = _split(f"//{host_header}") is not None
+            verdict = (parses, parses and self.host_allowed(host_header))
+            if len(self._host_verdicts) >= _HOSTS_KEPT:
+                self._host_verdicts.clear()
+            self._host_verdicts[host_header] = verdict
+        return verdict
 
     def own_origin(self, origin: str, host_header: str) -> bool:
         """A page this daemon served (the status page) calling it back: its Origin names the
@@ -158,7 +175,8 @@ def security_middleware(access: Access) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if _split(f"//{request.headers.get('Host', '')}") is None:
+        parses, host_allowed = access.host_verdict(request.headers.get("Host", ""))
+        if not parses:
             return error_response(request.path, BadRequest("malformed Host header"))
         if (
             origin is not None
@@ -166,7 +184,7 @@ def security_middleware(access: Access) -> Middleware:
             and not access.origin_allowed(origin)
         ):
             return error_response(request.path, ApiError(403, f"origin {origin!r} not allowed"))
-        if not access.host_allowed(request.headers.get("Host", "")):
+        if not host_allowed:
             return error_response(request.path, ApiError(403, "host not allowed"))
         if request.method == "OPTIONS" and origin is not None:
             return web.Response(status=204, headers=_cors(origin))

@@ -13,6 +13,7 @@ read in a thread and cached until their config.json changes.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -253,12 +254,15 @@ class Registry:
     async def files(self, resolved: Resolved) -> ModelFiles | None:
         """The model's files on disk (config.json etc.), or None for a repo not on disk yet.
         Recently checked descriptions come from memory: this is on every request's path."""
-        path = self._local_path(resolved.spec)
-        if path is None:  # not on disk (yet): nothing to read, so no trip to a thread
-            return None
-        cached = self._files.get(path)
+        model = resolved.spec.model
+        # A folder's fresh description is used without a `stat` of the folder (`files_of` looks
+        # again, folder and config.json, once FILES_FRESH has passed).
+        path = Path(model) if os.path.isabs(model) else self.discovery.hf_cache_entries.get(model)
+        cached = self._files.get(path) if path is not None else None
         if cached is not None and time.monotonic() - cached[0] < FILES_FRESH:
             return cached[2]
+        if self._local_path(resolved.spec) is None:  # not on disk (yet): no trip to a thread
+            return None
         return await asyncio.to_thread(self.files_of, resolved.spec)
 
     def files_of(self, spec: ModelSpec) -> ModelFiles | None:
@@ -282,10 +286,10 @@ class Registry:
         return files
 
     def _local_path(self, spec: ModelSpec) -> Path | None:
+        if not os.path.isabs(spec.model):  # a string test, not a Path built per request
+            return self.discovery.hf_cache_entries.get(spec.model)
         path = Path(spec.model)
-        if path.is_absolute():
-            return path if path.is_dir() else None
-        return self.discovery.hf_cache_entries.get(spec.model)
+        return path if path.is_dir() else None
 
     async def facts(self, spec: ModelSpec) -> ModelFacts:
         """What starting the model's worker needs from its files: their size, and the vLLM

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar, cast
 
 import aiohttp
 import structlog
@@ -36,6 +37,9 @@ _REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SAMPLE_INTERVAL = 10.0
 _WORKER_SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=3)
+
+
+_M = TypeVar("_M", Counter, Histogram)
 
 
 class Metrics:
@@ -99,6 +103,10 @@ class Metrics:
         )
         self._live = _LiveCollector()
         r.register(self._live)
+        # Each label set's child, found once: `labels()` checks the values and takes a lock on
+        # every call, and every request records three to five of them. As bounded as the
+        # children themselves (prometheus_client keeps a label set's child for good either way).
+        self._children: dict[tuple[object, ...], Counter | Histogram] = {}
 
     def attach(
         self,
@@ -123,9 +131,26 @@ class Metrics:
         elif isinstance(event, ModelUnloaded):
             self.evictions.labels(event.model, event.why).inc()
 
+    def count_request(
+        self, model: str, endpoint: str, status: str, seconds: float, ttft: float | None
+    ) -> None:
+        """A finished request: its count, its duration, its time to first byte where it had
+        one (no `ttft` child otherwise: a label set appears when first observed)."""
+        self._child(self.requests, model, endpoint, status).inc()
+        self._child(self.request_seconds, model, endpoint).observe(seconds)
+        if ttft is not None:
+            self._child(self.ttft_seconds, model, endpoint).observe(ttft)
+
     def count_usage(self, model: str, prompt: int, generated: int) -> None:
-        self.prompt_tokens.labels(model).inc(prompt)
-        self.generated_tokens.labels(model).inc(generated)
+        self._child(self.prompt_tokens, model).inc(prompt)
+        self._child(self.generated_tokens, model).inc(generated)
+
+    def _child(self, metric: _M, *labels: str) -> _M:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return cast(_M, child)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
