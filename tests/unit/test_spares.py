@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
+from vllama.engine.import_time import unfit_variable
 from vllama.engine.spare import parse_command
-from vllama.engine.spares import spare_argv, unfit_variable
+from vllama.engine.spares import spare_argv
 
 BASE = {"PATH": "/usr/bin", "HOME": "/var/lib/vllama", "VLLM_NO_USAGE_STATS": "1"}
 

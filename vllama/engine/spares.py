@@ -23,6 +23,7 @@ import structlog
 
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.argv import build_env, guarded
+from vllama.engine.import_time import unfit_variable
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.process import WorkerProcess
 from vllama.engine.spare import READY, UNFIT, parse_command
@@ -31,42 +32,7 @@ log = structlog.get_logger("vllama.spares")
 
 LineSink = Callable[[str], None]
 
-# Environment variables read while Python, torch, transformers or vLLM are imported (or that
-# change what is imported): a spare imported under other values cannot become the model.
-IMPORT_TIME_PREFIXES = (
-    "PYTHON",
-    "LD_",
-    "OMP_",
-    "MKL_",
-    "KMP_",
-    "GOMP_",
-    "HF_",
-    "HUGGINGFACE_",
-    "TRANSFORMERS_",
-    "TOKENIZERS_",
-    "TORCH",
-    "PYTORCH_",
-    "TRITON_",
-    "CUDA_HOME",
-    "CUDA_MODULE_LOADING",
-    "NCCL_",
-    "VLLM_LOGGING",
-    "VLLM_CONFIGURE_LOGGING",
-    "VLLM_PLUGINS",
-    "VLLM_USE_MODELSCOPE",
-    "VLLM_TARGET_DEVICE",
-    "XDG_CACHE_HOME",
-    "HOME",
-)
 _START_FAILURES_TO_GIVE_UP = 3
-
-
-def unfit_variable(spare_env: Mapping[str, str], model_env: Mapping[str, str]) -> str | None:
-    """The first variable read at import that the model sets differently, else None."""
-    for name in sorted(set(spare_env) | set(model_env)):
-        if spare_env.get(name) != model_env.get(name) and name.startswith(IMPORT_TIME_PREFIXES):
-            return name
-    return None
 
 
 def spare_argv(command: Sequence[str]) -> list[str] | None:
