@@ -126,7 +126,7 @@ def run_once(variant: str, model: Path) -> dict[str, float]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if drain is not None:
-            drain.wait(10)
+            drain.wait(120)
         log.close()
         _wait_for_group(proc.pid)
     return result

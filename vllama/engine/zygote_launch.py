@@ -11,11 +11,13 @@ that it starts in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+import threading
 
 # Forwarded to the zygote's child: what multiprocessing (terminate) and a supervisor send.
 _FORWARDED = (
@@ -50,44 +52,58 @@ def _cwd() -> str:
 
 def _exit_like(code: int) -> None:
     if code < 0:  # killed by a signal: die of the same one, so the waiting parent sees it
-        signal.signal(-code, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's cannot be set, nor blocked
+            signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
         os.kill(os.getpid(), -code)
     os._exit(code & 0xFF if code >= 0 else 1)
+
+
+def _relay_exit(conn: socket.socket) -> None:
+    """In a thread: the child's exit status, once the zygote reports it, becomes this process's."""
+    try:
+        message = conn.recv(65536)
+    except OSError:
+        message = b""
+    if not message:  # the zygote is gone (its spare exited): no status to report
+        os._exit(1)
+    _exit_like(int(json.loads(message)["exit"]))
 
 
 def main(argv: list[str]) -> None:
     path, python, *args = argv
     fds = _open_fds()
     request = json.dumps({"args": args, "env": dict(os.environ), "cwd": _cwd(), "fds": fds})
-    pid = 0
+    # Held until the child is known: a signal then reaches it (`_forward`) rather than only this.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-            conn.connect(path)
-            socket.send_fds(conn, [request.encode()], fds)
-            reply = json.loads(conn.recv(65536) or b"{}")
-            pid = int(reply.get("pid", 0))
-            if pid:
-                for fd in fds:  # the child holds them now (a pipe's end must close when it exits)
-                    if fd > 2:
-                        os.close(fd)
-                for number in _FORWARDED:
-                    signal.signal(number, lambda signum, _: _forward(pid, signum))
-                while True:
-                    message = conn.recv(65536)
-                    if not message:  # the zygote is gone (its spare exited): no status to report
-                        os._exit(1)
-                    _exit_like(int(json.loads(message)["exit"]))
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.connect(path)
+        socket.send_fds(conn, [request.encode()], fds)
+        pid = int(json.loads(conn.recv(65536) or b"{}").get("pid", 0))
     except OSError:
-        if pid:
-            os._exit(1)
-    os.execv(python, [python, *args])
+        pid = 0
+    if not pid:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        os.execv(python, [python, *args])
+    for fd in fds:  # the child holds them now (a pipe's end must close when it exits)
+        if fd > 2:
+            os.close(fd)
+    threading.Thread(target=_relay_exit, args=(conn,), daemon=True).start()
+    _forward(pid)
 
 
-def _forward(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+def _forward(pid: int) -> None:
+    """Pass on what the spawning process sends (multiprocessing's terminate and kill). A signal
+    sent to the whole process group reaches the child, which is in it, directly: passing it on as
+    well would deliver it twice, and vLLM's engine core deadlocked in its SIGTERM handler when a
+    second SIGTERM arrived during the first's shutdown."""
+    parent = os.getppid()
+    while True:
+        info = signal.sigwaitinfo(_FORWARDED)
+        if info.si_pid == parent:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, info.si_signo)
 
 
 if __name__ == "__main__":
