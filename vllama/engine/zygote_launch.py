@@ -59,15 +59,14 @@ def _exit_like(code: int) -> None:
     os._exit(code & 0xFF if code >= 0 else 1)
 
 
-def _relay_exit(conn: socket.socket) -> None:
-    """In a thread: the child's exit status, once the zygote reports it, becomes this process's."""
+def _read_exit(conn: socket.socket, status: list[int]) -> None:
+    """In a thread: the child's exit status, once the zygote reports it (1 if the zygote is gone:
+    its spare exited, and no status will come)."""
     try:
         message = conn.recv(65536)
     except OSError:
         message = b""
-    if not message:  # the zygote is gone (its spare exited): no status to report
-        os._exit(1)
-    _exit_like(int(json.loads(message)["exit"]))
+    status.append(int(json.loads(message)["exit"]) if message else 1)
 
 
 def main(argv: list[str]) -> None:
@@ -89,19 +88,21 @@ def main(argv: list[str]) -> None:
     for fd in fds:  # the child holds them now (a pipe's end must close when it exits)
         if fd > 2:
             os.close(fd)
-    threading.Thread(target=_relay_exit, args=(conn,), daemon=True).start()
-    _forward(pid)
+    status: list[int] = []
+    threading.Thread(target=_read_exit, args=(conn, status), daemon=True).start()
+    _forward(pid, status)
+    _exit_like(status[0])  # here: only the main thread may set a signal's disposition
 
 
-def _forward(pid: int) -> None:
+def _forward(pid: int, status: list[int]) -> None:
     """Pass on what the spawning process sends (multiprocessing's terminate and kill). A signal
     sent to the whole process group reaches the child, which is in it, directly: passing it on as
     well would deliver it twice, and vLLM's engine core deadlocked in its SIGTERM handler when a
     second SIGTERM arrived during the first's shutdown."""
     parent = os.getppid()
-    while True:
-        info = signal.sigwaitinfo(_FORWARDED)
-        if info.si_pid == parent:
+    while not status:
+        info = signal.sigtimedwait(_FORWARDED, 0.05)
+        if info is not None and info.si_pid == parent:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, info.si_signo)
 
