@@ -187,7 +187,7 @@ class SparePool:
             if self._leftovers is not None:
                 await asyncio.to_thread(self._leftovers.record, process.pgid)
             line = await asyncio.wait_for(_first(ready, process), self._ready_timeout)
-            rss = await asyncio.to_thread(_tree_rss, process.pid) if line.startswith(READY) else 0
+            rss = await asyncio.to_thread(tree_memory, process.pid) if line.startswith(READY) else 0
         except BaseException:  # timed out, or the pool closes: never an unowned process
             await self._stop(process)
             raise
@@ -224,11 +224,21 @@ async def _first(ready: asyncio.Future[str], process: WorkerProcess) -> str:
     return ready.result() if ready.done() else ""
 
 
-def _tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> int:
+    """Bytes the process tree holds: each process's proportional share (PSS) where the system
+    reports it, since a spare's zygote is a fork of it and shares most of its pages (the sum of
+    their RSS would count those twice); RSS elsewhere."""
     total = 0
     with contextlib.suppress(psutil.Error):
         leader = psutil.Process(pid)
         for proc in [leader, *leader.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
+                total += _proportional(proc)
     return total
+
+
+def _proportional(proc: psutil.Process) -> int:
+    try:
+        return int(proc.memory_full_info().pss)
+    except (AttributeError, psutil.AccessDenied):
+        return int(proc.memory_info().rss)
