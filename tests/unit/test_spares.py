@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 
+import psutil
 import pytest
 
+from vllama.engine.import_time import unfit_variable
 from vllama.engine.spare import parse_command
-from vllama.engine.spares import spare_argv, unfit_variable
+from vllama.engine.spares import spare_argv, tree_memory
 
 BASE = {"PATH": "/usr/bin", "HOME": "/var/lib/vllama", "VLLM_NO_USAGE_STATS": "1"}
 
@@ -48,3 +53,32 @@ def test_a_spare_runs_python_dash_m_or_a_script_only() -> None:
     assert spare_argv(["vllm", "serve"]) is None  # a console script: not a Python command
     assert spare_argv(["/usr/bin/python3", "-c", "print(1)"]) is None
     assert spare_argv(["python3"]) is None
+
+
+def test_a_forked_tree_is_not_counted_twice() -> None:
+    # A parent that filled 200 MB, then forked a child that shares them (as a spare's zygote
+    # shares the spare's imports): the tree holds ~200 MB, not ~400.
+    code = (
+        "import os, sys, time\n"
+        "block = bytearray(200 * 2**20)\n"
+        "for i in range(0, len(block), 4096): block[i] = 1\n"
+        "if os.fork() == 0: time.sleep(60); os._exit(0)\n"
+        "print('ready', flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        held = tree_memory(proc.pid)
+        assert 190 * 2**20 < held < 300 * 2**20
+    finally:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        psutil.wait_procs(children, timeout=10)  # reaped by init once their parent is gone
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)

@@ -10,19 +10,34 @@ longer be honoured) and reads one JSON line on stdin: `{"argv": [...], "env": {.
 engine arguments and the whole environment of the model it now serves. It takes that
 environment, names itself after the full command line (so `ps` and operators see the model's
 arguments), and runs the engine as `python -m MODULE ARGS` would. End of stdin: exit 0.
+
+Before it is ready, a spare of a module forks its zygote (engine/zygote.py), which the engine's
+own `spawn`s (vLLM's engine core and workers) then come from; a line `SPARE_NOTE reason` says why
+not, where it is not safe to.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import importlib.util
 import json
 import os
 import runpy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from vllama.engine import zygote
 
 READY = "SPARE_READY"
 UNFIT = "SPARE_UNFIT"
+NOTE = "SPARE_NOTE"
+# What vLLM's engine core and executor workers import beyond its API server.
+VLLM_PRELOAD = (
+    "vllm.v1.engine.core",
+    "vllm.v1.executor.multiproc_executor",
+    "vllm.v1.worker.cpu_worker",
+)
 
 
 def parse_command(command: list[str]) -> tuple[str, str]:
@@ -42,6 +57,30 @@ def _cuda_initialized() -> bool:
     return bool(cuda is not None and cuda.is_initialized())
 
 
+def import_changes(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, str | None]:
+    """What importing the engine did to the environment (None: removed)."""
+    changes: dict[str, str | None] = {k: v for k, v in after.items() if before.get(k) != v}
+    changes.update({k: None for k in before if k not in after})
+    return changes
+
+
+def with_import_changes(
+    env: Mapping[str, str], before: Mapping[str, str], changes: Mapping[str, str | None]
+) -> dict[str, str]:
+    """`env` as it would be once the engine is imported under it: the same changes (the spare
+    fits `env` only where the variables read at import are the same), except where `env` itself
+    sets a variable otherwise than the spare started with."""
+    result = dict(env)
+    for name, value in changes.items():
+        if env.get(name) != before.get(name):
+            continue
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = value
+    return result
+
+
 def _title_setter() -> Callable[[str], None]:
     """setproctitle's setter, primed now: it finds the memory to rewrite through the original
     environment, which the spare replaces later. A no-op where it is not installed."""
@@ -53,27 +92,55 @@ def _title_setter() -> Callable[[str], None]:
     return setproctitle.setproctitle
 
 
+def _zygote(command: list[str], target: str) -> zygote.Zygote | None:
+    """The zygote for `target`'s spawns, None (and why, on stdout) where it is not safe."""
+    preload = [m for m in VLLM_PRELOAD if target.startswith("vllm.") and _importable(m)]
+    started = zygote.start(preload, " ".join(["vllama.engine.spare zygote --", *command]))
+    if isinstance(started, str):
+        print(f"{NOTE} no zygote: {started}", flush=True)
+        return None
+    atexit.register(started.remove_folder)
+    return started
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
 def main(argv: list[str]) -> int:
+    with_zygote = argv[:1] != ["--no-zygote"]  # benchmarks/cold_start.py compares the two
+    argv = argv if with_zygote else argv[1:]
     if len(argv) < 2 or argv[0] != "--":
-        print("usage: python -m vllama.engine.spare -- COMMAND...", file=sys.stderr)
+        print("usage: python -m vllama.engine.spare [--no-zygote] -- COMMAND...", file=sys.stderr)
         return 2
     command = argv[1:]
     kind, target = parse_command(command)
     set_title = _title_setter()
+    before = dict(os.environ)
     if kind == "module":
         importlib.import_module(target)
+    warm = None
     if _cuda_initialized():
         print(f"{UNFIT} importing {target} initialised CUDA", flush=True)
     else:
+        warm = _zygote(command, target) if kind == "module" and with_zygote else None
         print(READY, flush=True)
+    imported = import_changes(before, dict(os.environ))  # the zygote's preloads' changes, too
     line = sys.stdin.readline()
     if not line:
         return 0  # the daemon no longer needs this spare
     order = json.loads(line)
     engine_args = [str(arg) for arg in order["argv"]]
     os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in order["env"].items()})
+    os.environ.update(
+        with_import_changes({str(k): str(v) for k, v in order["env"].items()}, before, imported)
+    )
     set_title(" ".join([*command, *engine_args]))
+    if warm is not None:
+        warm.use()
     sys.argv = [target, *engine_args]
     if kind == "module":
         runpy.run_module(target, run_name="__main__", alter_sys=True)

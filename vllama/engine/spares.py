@@ -23,6 +23,7 @@ import structlog
 
 from vllama.config.settings import ModelSpec, ServerSettings
 from vllama.engine.argv import build_env, guarded
+from vllama.engine.import_time import unfit_variable
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.process import WorkerProcess
 from vllama.engine.spare import READY, UNFIT, parse_command
@@ -31,42 +32,7 @@ log = structlog.get_logger("vllama.spares")
 
 LineSink = Callable[[str], None]
 
-# Environment variables read while Python, torch, transformers or vLLM are imported (or that
-# change what is imported): a spare imported under other values cannot become the model.
-IMPORT_TIME_PREFIXES = (
-    "PYTHON",
-    "LD_",
-    "OMP_",
-    "MKL_",
-    "KMP_",
-    "GOMP_",
-    "HF_",
-    "HUGGINGFACE_",
-    "TRANSFORMERS_",
-    "TOKENIZERS_",
-    "TORCH",
-    "PYTORCH_",
-    "TRITON_",
-    "CUDA_HOME",
-    "CUDA_MODULE_LOADING",
-    "NCCL_",
-    "VLLM_LOGGING",
-    "VLLM_CONFIGURE_LOGGING",
-    "VLLM_PLUGINS",
-    "VLLM_USE_MODELSCOPE",
-    "VLLM_TARGET_DEVICE",
-    "XDG_CACHE_HOME",
-    "HOME",
-)
 _START_FAILURES_TO_GIVE_UP = 3
-
-
-def unfit_variable(spare_env: Mapping[str, str], model_env: Mapping[str, str]) -> str | None:
-    """The first variable read at import that the model sets differently, else None."""
-    for name in sorted(set(spare_env) | set(model_env)):
-        if spare_env.get(name) != model_env.get(name) and name.startswith(IMPORT_TIME_PREFIXES):
-            return name
-    return None
 
 
 def spare_argv(command: Sequence[str]) -> list[str] | None:
@@ -221,7 +187,7 @@ class SparePool:
             if self._leftovers is not None:
                 await asyncio.to_thread(self._leftovers.record, process.pgid)
             line = await asyncio.wait_for(_first(ready, process), self._ready_timeout)
-            rss = await asyncio.to_thread(_tree_rss, process.pid) if line.startswith(READY) else 0
+            rss = await asyncio.to_thread(tree_memory, process.pid) if line.startswith(READY) else 0
         except BaseException:  # timed out, or the pool closes: never an unowned process
             await self._stop(process)
             raise
@@ -258,11 +224,21 @@ async def _first(ready: asyncio.Future[str], process: WorkerProcess) -> str:
     return ready.result() if ready.done() else ""
 
 
-def _tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> int:
+    """Bytes the process tree holds: each process's proportional share (PSS) where the system
+    reports it, since a spare's zygote is a fork of it and shares most of its pages (the sum of
+    their RSS would count those twice); RSS elsewhere."""
     total = 0
     with contextlib.suppress(psutil.Error):
         leader = psutil.Process(pid)
         for proc in [leader, *leader.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
+                total += _proportional(proc)
     return total
+
+
+def _proportional(proc: psutil.Process) -> int:
+    try:
+        return int(proc.memory_full_info().pss)
+    except (AttributeError, psutil.AccessDenied):
+        return int(proc.memory_info().rss)
