@@ -228,7 +228,7 @@ def test_a_container_serves_drains_and_starts_again_on_its_volumes(
     containers.append(second)
     client = ollama.Client(host=second.url, timeout=600)
     names = {model.model for model in client.list().models}
-    assert {"tiny", "tiny-embed", "tiny-rerank", "mine:latest"} <= names, names
+    assert {"tiny:latest", "tiny-embed:latest", "tiny-rerank:latest", "mine:latest"} <= names
     reply = client.chat(
         model="mine", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 4}
     )
