@@ -7,7 +7,7 @@ BIN      := $(VENV)/bin
 # The engine: CUDA vLLM where an NVIDIA GPU answers, the CPU build otherwise (override: ENGINE=cpu|gpu).
 ENGINE   ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install install-dev serve test lint typecheck check bench clean
+.PHONY: install install-dev serve test test-image image lint typecheck check bench clean
 
 install: $(VENV)/.installed-$(ENGINE)
 
@@ -35,8 +35,17 @@ endif
 serve: install
 	$(BIN)/vllama serve
 
+# The container image's tests build and run the image with podman (minutes more): their own step.
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not image"
+
+test-image: install-dev
+	$(BIN)/python -m pytest -q -m image
+
+# The container image for this machine's engine, localhost/vllama:$(ENGINE), with podman
+# (deploy/container/build; docs/OPERATIONS.md, Container image).
+image:
+	deploy/container/build $(ENGINE)
 
 lint: install-dev
 	$(BIN)/ruff check vllama tests benchmarks
