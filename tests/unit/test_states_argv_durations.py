@@ -102,10 +102,12 @@ def test_env_drops_systemd_notify_and_adds_model_env() -> None:
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
 
 
-def test_the_admin_key_never_reaches_a_worker() -> None:
+def test_no_key_of_vllamas_reaches_a_worker() -> None:
     spec = ModelSpec(model="a/b")
-    env = build_env({"PATH": "/bin", "VLLAMA_API_KEY": "k" * 32, "HF_TOKEN": "hf_x"}, spec)
-    assert "VLLAMA_API_KEY" not in env
+    keys = '[{"key": "' + "p" * 32 + '", "scope": "inference"}]'
+    base = {"PATH": "/bin", "VLLAMA_API_KEY": "k" * 32, "VLLAMA_API_KEYS": keys, "HF_TOKEN": "hf_x"}
+    env = build_env(base, spec)
+    assert "VLLAMA_API_KEY" not in env and "VLLAMA_API_KEYS" not in env
     assert env["HF_TOKEN"] == "hf_x"  # vLLM itself needs the Hub token for gated repos
 
 

@@ -14,9 +14,16 @@ from vllama.config.settings import ModelSpec
 
 # Variables the daemon's environment may carry that must not reach a worker: systemd's notify socket
 # (a worker writing READY=1 there would confuse systemd about the daemon's own state) and its
-# watchdog settings, and the daemon's admin key (a worker never needs it, and any local user
-# may read a process's environment through a core dump or a debugger it is allowed).
-_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "VLLAMA_API_KEY")
+# watchdog settings, and the daemon's keys (admin, and the keyed list: a worker never needs them,
+# and any local user may read a process's environment through a core dump or a debugger it is
+# allowed).
+_NOT_INHERITED = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "VLLAMA_API_KEY",
+    "VLLAMA_API_KEYS",
+)
 
 
 def build_argv(
