@@ -246,9 +246,10 @@ def mutants_of(module: str) -> list[Mutant]:
 
 
 def sample(per_group: int, seed: int) -> list[Mutant]:
-    rng = random.Random(seed)
     chosen: list[Mutant] = []
-    for modules in GROUPS.values():
+    for group, modules in GROUPS.items():
+        # One generator per group: a change in one group's modules leaves the others' sample.
+        rng = random.Random(f"{seed}-{group}")
         population = [m for module in modules for m in mutants_of(module)]
         chosen += rng.sample(population, min(per_group, len(population)))
     return chosen
@@ -287,11 +288,20 @@ def _run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[str, float
 
 
 def _copy_tree(into: Path) -> Path:
+    """The checkout's files as git sees them (tracked, and new ones it does not ignore): tests
+    read configs/ and docs/ as well as vllama/ and tests/."""
     tree = into / "tree"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache")
-    for name in ("vllama", "tests"):
-        shutil.copytree(ROOT / name, tree / name, ignore=ignore)
-    shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a deleted but still tracked file is skipped
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
     return tree
 
 
