@@ -37,13 +37,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Module -> the fast tests that exercise it. Paths that do not exist are skipped (so a run on an
 # older tree still works); `-k` filters are passed as they are.
+_WORKER_TESTS = [
+    "tests/unit/test_guard.py",
+    "tests/component/test_worker.py",
+    # Times a start against a 1.5 s stall limit: on a busy host it fails unmutated (issue 22).
+    "--deselect",
+    "tests/component/test_worker.py::test_a_slow_start_that_shows_progress_is_not_stalled",
+]
 TESTS: dict[str, list[str]] = {
     "vllama/api/security.py": ["tests/component/test_security.py"],
     "vllama/api/keys.py": ["tests/component/test_security.py"],
     "vllama/config/access.py": ["tests/unit/test_config.py", "tests/component/test_security.py"],
-    "vllama/engine/guard.py": ["tests/unit/test_guard.py", "tests/component/test_worker.py"],
+    "vllama/engine/guard.py": _WORKER_TESTS,
     "vllama/engine/leftovers.py": ["tests/unit/test_leftovers.py"],
-    "vllama/engine/process.py": ["tests/unit/test_guard.py", "tests/component/test_worker.py"],
+    "vllama/engine/process.py": _WORKER_TESTS,
     "vllama/scheduling/placement.py": ["tests/unit/test_placement.py"],
     "vllama/scheduling/sizing.py": [
         "tests/unit/test_memory.py",
@@ -257,7 +264,7 @@ def sample(per_group: int, seed: int) -> list[Mutant]:
 
 def _tests_for(module: str, tree: Path) -> list[str]:
     args = TESTS[module]
-    return [a for a in args if a.startswith("-") or not a.endswith(".py") or (tree / a).exists()]
+    return [a for a in args if not a.endswith(".py") or (tree / a).exists()]
 
 
 def _run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[str, float]:
