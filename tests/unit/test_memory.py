@@ -67,3 +67,17 @@ def test_the_kv_cache_holds_the_context_the_operator_fixed_or_a_useful_minimum()
     assert planned.share == 16 * 10**9 + ACTIVATIONS + 32768 * 131072 and not planned.auto_fit
     auto = estimate(ModelSpec(model="/m"), LLAMA_8B, "gpu", 0)
     assert auto.share == 16 * 10**9 + ACTIVATIONS + MIN_CONTEXT * 131072 and auto.auto_fit
+
+
+async def test_a_gpu_share_stays_between_one_percent_and_95_percent() -> None:
+    """vLLM needs room outside its share on the card (CUDA context, other processes): never more
+    than 0.95 of it, even for a model the estimate says is bigger; never under 0.01, which the
+    three decimals the flag is written with would round down to 0.000."""
+    gpu = planner(gpus=(8 * GiB,), kv_cache="4GiB")
+    await gpu.snapshot(lambda: ())
+    big = gpu.share(ModelSpec(model="/m"), LLAMA_8B, ("gpu:0",), 8 * GiB)
+    assert big.args[:2] == ("--gpu-memory-utilization", "0.950")
+    tiny = planner(gpus=(8000 * GiB,), kv_cache="1GiB")  # about 2 GiB of 8000
+    await tiny.snapshot(lambda: ())
+    small = tiny.share(ModelSpec(model="/m"), ModelFacts(weight_bytes=1), ("gpu:0",), GiB)
+    assert small.args[:2] == ("--gpu-memory-utilization", "0.010")
