@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
 import random
 import shutil
@@ -195,6 +196,32 @@ def _annotation_ids(tree: ast.AST) -> set[int]:
     return skip
 
 
+def _loop_tails(tree: ast.AST) -> set[int]:
+    """`continue` statements that end their loop's body anyway: dropping one changes nothing."""
+    tails: set[int] = set()
+
+    def walk_tail(body: list[ast.stmt]) -> None:
+        if not body:
+            return
+        last = body[-1]
+        if isinstance(last, ast.Continue):
+            tails.add(id(last))
+        elif isinstance(last, ast.If):
+            walk_tail(last.body)
+            walk_tail(last.orelse)
+        elif isinstance(last, ast.Try):
+            walk_tail(last.orelse or last.body)
+            for handler in last.handlers:
+                walk_tail(handler.body)
+        elif isinstance(last, ast.With):
+            walk_tail(last.body)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.For | ast.AsyncFor | ast.While):
+            walk_tail(node.body)
+    return tails
+
+
 def mutants_of(module: str) -> list[Mutant]:
     """Every single-line mutant of `module` that still compiles and changes the code."""
     text = (ROOT / module).read_text()
@@ -211,6 +238,7 @@ def mutants_of(module: str) -> list[Mutant]:
         for statement in f.body
         for n in ast.walk(statement)
     }
+    last_in_loop = _loop_tails(tree)
     found: dict[str, Mutant] = {}
 
     def add(kind: str, node: ast.AST, replacement: str) -> None:
@@ -244,10 +272,12 @@ def mutants_of(module: str) -> list[Mutant]:
         if id(node) not in in_function:
             continue
         if isinstance(node, ast.Return) and node.value is not None:
-            add("return dropped", node, "return None")
-        elif isinstance(
-            node, ast.Expr | ast.Assign | ast.AugAssign | ast.Raise | ast.Continue | ast.Break
-        ):
+            falsy = isinstance(node.value, ast.Constant) and not node.value.value
+            if not falsy:  # `return False` -> `return None`: the same to every caller here
+                add("return dropped", node, "return None")
+        elif isinstance(node, ast.Expr | ast.Assign | ast.AugAssign | ast.Raise | ast.Break):
+            add("statement dropped", node, "pass")
+        elif isinstance(node, ast.Continue) and id(node) not in last_in_loop:
             add("statement dropped", node, "pass")
     return sorted(found.values(), key=lambda m: (m.module, m.line, m.kind, m.after))
 
@@ -284,14 +314,23 @@ def _run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[str, float
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
         return "timeout", time.monotonic() - started
+    except BaseException:  # ^C: the tests are in a session of their own, which ^C misses
+        _stop(proc)
+        raise
     return ("passed" if code == 0 else "failed"), time.monotonic() - started
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _copy_tree(into: Path) -> Path:
