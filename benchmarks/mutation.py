@@ -46,7 +46,12 @@ _WORKER_TESTS = [
     "tests/component/test_worker.py::test_a_slow_start_that_shows_progress_is_not_stalled",
 ]
 TESTS: dict[str, list[str]] = {
-    "vllama/api/security.py": ["tests/component/test_security.py"],
+    "vllama/api/security.py": [
+        "tests/component/test_security.py",
+        # The page calling its own origin (Access.own_origin) is tested with the page.
+        "tests/component/test_status_page.py::"
+        "test_on_a_public_bind_the_page_may_call_its_own_origin_but_no_other",
+    ],
     "vllama/api/keys.py": ["tests/component/test_security.py"],
     "vllama/config/access.py": ["tests/unit/test_config.py", "tests/component/test_security.py"],
     "vllama/engine/guard.py": _WORKER_TESTS,
@@ -383,11 +388,28 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180, help="seconds for each mutant")
     parser.add_argument("--group", choices=sorted(GROUPS), action="append", help="only these")
     parser.add_argument("--list", action="store_true", help="print the sample and stop")
+    parser.add_argument(
+        "--survivors-of",
+        type=Path,
+        metavar="LOG",
+        help="run only the sample's mutants that an earlier run's output lists as survived "
+        "(after adding tests: what was killed stays killed, the tests only grew)",
+    )
     args = parser.parse_args()
     if args.group:
         for name in set(GROUPS) - set(args.group):
             del GROUPS[name]
     mutants = sample(args.per_group, args.seed)
+    drawn = len(mutants)
+    if args.survivors_of:
+        listed = {
+            line.removeprefix("  survived: ").rstrip("\n")
+            for line in args.survivors_of.read_text().splitlines()
+            if line.startswith("  survived: ")
+        }
+        mutants = [m for m in mutants if str(m) in listed]
+        if len(mutants) != len(listed):
+            raise SystemExit("that log is not of this sample (seed, size or modules differ)")
 
     def echo(text: str) -> None:
         print(text, flush=True)
@@ -397,8 +419,8 @@ def main() -> None:
             echo(str(mutant))
         return
     survivors = run(mutants, args.timeout, echo)
-    killed = len(mutants) - len(survivors)
-    echo(f"\nkilled {killed} of {len(mutants)} ({100 * killed / max(len(mutants), 1):.0f}%)")
+    killed = drawn - len(survivors)  # with --survivors-of, the others were killed before
+    echo(f"\nkilled {killed} of {drawn} ({100 * killed / max(drawn, 1):.0f}%)")
     for mutant in survivors:
         echo(f"  survived: {mutant}")
 
