@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # older tree still works); `-k` filters are passed as they are.
 _WORKER_TESTS = [
     "tests/unit/test_guard.py",
+    "tests/unit/test_worker_process.py",
     "tests/component/test_worker.py",
     # Times a start against a 1.5 s stall limit: on a busy host it fails unmutated (issue 22).
     "--deselect",
