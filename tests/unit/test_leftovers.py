@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -118,3 +119,25 @@ def test_a_process_started_after_the_reap_began_is_not_a_leftover(
     finally:
         os.killpg(group.pid, signal.SIGKILL)
         group.wait()
+
+
+def test_a_leftover_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
+    # A wedged engine ignores SIGTERM: the reap must go on to SIGKILL after its wait.
+    ignore = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True)"
+    )
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", ignore + "; time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline()  # SIGTERM is ignored
+        path = tmp_path / "workers-11434.json"
+        Leftovers(path).record(stubborn.pid)
+        assert Leftovers(path).reap(wait=1) == [stubborn.pid]
+        assert _gone(stubborn)
+    finally:
+        if stubborn.poll() is None:
+            os.killpg(stubborn.pid, signal.SIGKILL)
+            stubborn.wait()
