@@ -128,3 +128,19 @@ def test_the_guard_starts_nothing_when_its_daemon_is_already_gone(daemon: str) -
     )
     assert result.returncode == 1
     assert "started" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("engine", "status"), [("exit 0", 0), ("exit 7", 7), ("kill -KILL $$", 137)]
+)
+def test_the_guard_exits_with_the_engines_status(engine: str, status: int) -> None:
+    # A death by signal is 128 + the signal, as a shell reports it (an exit status cannot be
+    # negative, as Popen's returncode for a signal is); a clean exit stays 0.
+    result = subprocess.run(
+        [sys.executable, "-m", "vllama.engine.guard", str(os.getpid()), "--", "sh", "-c", engine],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+    assert result.returncode == status
