@@ -10,6 +10,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from vllama.engine.process import OUTPUT_LINE_LIMIT, WorkerProcess
 
@@ -64,3 +65,20 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+async def test_a_spare_reads_its_order_on_stdin_and_others_take_no_input() -> None:
+    echo = "import sys; print('order:', sys.stdin.read().strip(), flush=True)"
+    spare = await WorkerProcess.spawn(
+        [sys.executable, "-c", echo], dict(os.environ), takes_input=True
+    )
+    await spare.send(b"serve m\n")
+    assert await spare.wait() == 0
+    await spare.stop(grace=5)
+    assert spare.tail() == ["order: serve m"]
+    plain = await WorkerProcess.spawn([sys.executable, "-c", echo], dict(os.environ))
+    with pytest.raises(RuntimeError, match="not started to take input"):
+        await plain.send(b"serve m\n")
+    assert await plain.wait() == 0
+    await plain.stop(grace=5)
+    assert plain.tail() == ["order:"]  # its stdin is empty
