@@ -9,7 +9,7 @@ from vllama.scheduling.devices import Devices
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.sizing import ACTIVATIONS, GPU_CONTEXT, MIN_CONTEXT, NCCL_BUFFERS, estimate
 
-GiB = 1 << 30
+MiB, GiB = 1 << 20, 1 << 30
 TWO_GIB = ModelFacts(weight_bytes=2 * GiB)
 # Llama-3.1-8B: 16 GB of bf16 weights, 32 layers x 8 KV heads x 128 dims: 128 KiB per token.
 LLAMA_8B = ModelFacts(weight_bytes=16 * 10**9, kv_bytes_per_token=131072, context_length=131072)
@@ -59,6 +59,13 @@ def test_gpu_estimates_keep_the_cuda_context_outside_the_share() -> None:
     split = estimate(ModelSpec(model="/m", args=("-tp", "2", "-pp", "2")), TWO_GIB, "gpu", 4 * GiB)
     assert split.devices == 4 and split.outside == GPU_CONTEXT + NCCL_BUFFERS
     assert split.share == GiB // 2 + ACTIVATIONS + GiB  # weights and KV split four ways
+
+
+def test_a_worker_spanning_gpus_keeps_room_for_nccl_outside_its_share() -> None:
+    # docs/GPU.md: 1 GiB of CUDA context per GPU, and 512 MiB more for NCCL across GPUs.
+    one = estimate(ModelSpec(model="/m"), TWO_GIB, "gpu", 0)
+    two = estimate(ModelSpec(model="/m", args=("-tp", "2")), TWO_GIB, "gpu", 0)
+    assert (one.outside, two.outside) == (1024 * MiB, 1536 * MiB)
 
 
 def test_the_kv_cache_holds_the_context_the_operator_fixed_or_a_useful_minimum() -> None:

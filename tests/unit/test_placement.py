@@ -141,6 +141,17 @@ def test_need_above_every_budget_is_refused_with_bytes() -> None:
     assert "80.0 GiB" in decision.reason
 
 
+def test_a_refused_multi_device_request_names_what_its_devices_can_all_give() -> None:
+    # Two GPUs are needed: the second-best GPU bounds what the pair can free, not the best one.
+    pinned = [
+        model("p", 1, footprint=10 * G, devices=("gpu:0",), pinned=True),
+        model("q", 2, footprint=30 * G, devices=("gpu:1",), pinned=True),
+    ]
+    decision = decide(snap(pinned, ("gpu:0", "gpu:1")), req(need=60 * G, count=2))
+    assert isinstance(decision, Refuse)
+    assert "can free is 50.0 GiB" in decision.reason and "on 2 devices" in decision.reason
+
+
 def test_refusal_counts_pinned_models() -> None:
     loaded = [model("p", 1, footprint=30 * G, pinned=True)]
     decision = decide(snap(loaded), req(need=60 * G))
