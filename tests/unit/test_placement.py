@@ -205,6 +205,13 @@ def test_helpers() -> None:
     assert format_bytes(12 * G) == "12.0 GiB"
     assert format_bytes(512 << 20) == "512 MiB"
     assert format_bytes(3) == "3 B"
+    assert (format_bytes(1023), format_bytes(1024), format_bytes(3 << 10)) == (
+        "1023 B",
+        "1 KiB",
+        "3 KiB",
+    )
+    assert format_bytes(1 << 20) == "1 MiB"
+    assert format_bytes(-2 * G) == "-2.0 GiB"  # a device over its budget
 
 
 # -- properties ------------------------------------------------------------------------------
