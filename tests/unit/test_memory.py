@@ -9,7 +9,7 @@ from vllama.scheduling.devices import Devices
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.sizing import ACTIVATIONS, GPU_CONTEXT, MIN_CONTEXT, NCCL_BUFFERS, estimate
 
-MiB, GiB = 1 << 20, 1 << 30
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 TWO_GIB = ModelFacts(weight_bytes=2 * GiB)
 # Llama-3.1-8B: 16 GB of bf16 weights, 32 layers x 8 KV heads x 128 dims: 128 KiB per token.
 LLAMA_8B = ModelFacts(weight_bytes=16 * 10**9, kv_bytes_per_token=131072, context_length=131072)
@@ -74,6 +74,7 @@ def test_the_kv_cache_holds_the_context_the_operator_fixed_or_a_useful_minimum()
     assert planned.share == 16 * 10**9 + ACTIVATIONS + 32768 * 131072 and not planned.auto_fit
     auto = estimate(ModelSpec(model="/m"), LLAMA_8B, "gpu", 0)
     assert auto.share == 16 * 10**9 + ACTIVATIONS + MIN_CONTEXT * 131072 and auto.auto_fit
+    assert MIN_CONTEXT * 131072 == 8192 * 128 * KiB  # docs/GPU.md: 8,192 tokens of Llama's KV
 
 
 async def test_a_gpu_share_stays_between_one_percent_and_95_percent() -> None:
