@@ -144,3 +144,26 @@ def test_the_guard_exits_with_the_engines_status(engine: str, status: int) -> No
         start_new_session=True,
     )
     assert result.returncode == status
+
+
+def test_the_guard_outlives_a_sigint() -> None:
+    # ^C on a terminal is the daemon's to act on; the guard keeps its engine until told to stop.
+    engine = ["sh", "-c", "echo ready; read line; exit 4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllama.engine.guard", str(os.getpid()), "--", *engine],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "ready\n"
+        os.kill(proc.pid, signal.SIGINT)
+        proc.stdin.write("go on\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 4  # the engine's own exit, not the guard's death
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
