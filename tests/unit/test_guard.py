@@ -155,6 +155,9 @@ def test_the_guard_outlives_a_sigint() -> None:
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal: a test run started in the background inherits SIGINT ignored, and
+        # the guard would then survive it for that reason alone.
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stdout is not None and proc.stdin is not None
@@ -167,3 +170,7 @@ def test_the_guard_outlives_a_sigint() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
