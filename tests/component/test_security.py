@@ -83,6 +83,31 @@ async def test_scopes(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
         assert made.status == 200, await made.text()
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+async def test_the_bearer_scheme_is_read_in_any_case(
+    aiohttp_client: ClientFactory, tmp_path: Path, scheme: str
+) -> None:
+    """RFC 9110 section 11.1 (was RFC 7235 section 2.1): an authentication scheme is a
+    case-insensitive token, and clients differ (some send `bearer`)."""
+    client = await start(aiohttp_client, tmp_path, **KEYS)
+    for key, status in ((INFERENCE, 200), ("wrong-key-0123456789", 401)):
+        answer = await client.get("/api/tags", headers={"Authorization": f"{scheme} {key}"})
+        assert answer.status == status
+    # 1*SP between the scheme and the credentials: more than one space is still the key.
+    spaced = await client.get("/api/tags", headers={"Authorization": f"{scheme}   {INFERENCE}"})
+    assert spaced.status == 200
+
+
+async def test_another_scheme_is_not_taken_for_a_key(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(aiohttp_client, tmp_path, **KEYS)
+    # "Digest " is as long as "Bearer ": only the scheme tells them apart.
+    for scheme in ("Digest", "Basic"):
+        other = await client.get("/api/tags", headers={"Authorization": f"{scheme} {INFERENCE}"})
+        assert other.status == 401
+
+
 async def test_metrics_can_be_public(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
     client = await start(aiohttp_client, tmp_path, metrics_public=True, **KEYS)
     assert (await client.get("/metrics")).status == 200

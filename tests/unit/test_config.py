@@ -169,3 +169,20 @@ def test_a_config_path_that_is_a_directory_or_not_utf8_is_a_config_error(tmp_pat
     latin.write_bytes('[server]\nhost = "caf\xe9"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         read_toml(latin)
+
+
+@pytest.mark.parametrize("where", ["api_key", "api_keys"])
+def test_an_api_key_has_at_least_16_characters(where: str) -> None:
+    # A short key is guessable; the digest form is 64 hex digits whatever the key was.
+    def server(key: str) -> dict[str, object]:
+        if where == "api_key":
+            return {"server": {"api_key": key}}
+        return {"server": {"api_keys": [{"key": key, "scope": "admin"}]}}
+
+    with pytest.raises(ConfigError, match="16"):
+        load_config(file_data=server("k" * 15))
+    assert load_config(file_data=server("k" * 16)).server is not None
+    with pytest.raises(ConfigError, match="64 hexadecimal"):
+        load_config(file_data={"server": {"api_keys": [{"key_sha256": "ab" * 31}]}})
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_config(file_data={"server": {"api_keys": [{"scope": "admin"}]}})

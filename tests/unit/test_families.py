@@ -416,6 +416,23 @@ def test_thinking_without_a_switch_or_an_opener_is_left_alone() -> None:
     assert case.detect() == Parsers("hermes", "hermes", None, None)
 
 
+@pytest.mark.parametrize(
+    "marker",
+    [
+        # Llama 3.1's custom tool format: JSON arguments, no <parameter=.
+        r"<function=example_function_name>{\"example_name\": \"example_value\"}</function>",
+        r"<parameter=name>",
+    ],
+)
+def test_one_xml_marker_alone_is_not_qwen3_coder(marker: str) -> None:
+    # qwen3_coder reads <function=name><parameter=k>v: a template with only one of the two is
+    # another format, and that parser would find no call in its output.
+    got = Case(arch("Qwen2ForCausalLM"), QWEN_TOOLS + marker + QWEN_GEN, CHATML).detect()
+    assert got == Parsers("hermes", "hermes", None, None)
+    granite = Case(arch("GraniteMoeHybridForCausalLM"), GRANITE_ROLE + HERMES_JSON + marker)
+    assert granite.detect().tool_parser == "granite4"
+
+
 def test_thinking_models_without_tool_markers() -> None:
     olmo_think = r"{{ '<|im_start|>assistant\n<think>' }}"
     got = detect(arch("Olmo3ForCausalLM"), olmo_think, CHATML | THINK, frozenset(), {})

@@ -6,12 +6,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from vllama.engine import leftovers
 from vllama.engine.leftovers import Leftovers, boot_id, start_ticks, ticks_since_boot
 
 
@@ -81,3 +83,61 @@ def test_start_ticks_of_a_live_and_a_missing_process() -> None:
     mine = start_ticks(os.getpid())
     assert mine is not None and 0 < mine <= ticks_since_boot()
     assert start_ticks(2**22 + 12345) is None  # no such process
+
+
+def test_a_stranger_that_took_the_number_after_the_record_is_left_alone(tmp_path: Path) -> None:
+    """The recorded group's leader died and the number went to a new process started since: a
+    start between the record and now is no proof of ours. Linux hands out a number only once no
+    group uses it, so a live process under it that is not the recorded leader is a stranger."""
+    stranger = _orphan_group()
+    try:
+        path = tmp_path / "workers-11434.json"
+        ticks = start_ticks(stranger.pid)
+        assert ticks is not None and ticks > 100
+        record = {"boot_id": boot_id(), "groups": [{"pgid": stranger.pid, "started": ticks - 100}]}
+        path.write_text(json.dumps(record))
+        assert Leftovers(path).reap(wait=1) == []
+        assert stranger.poll() is None and psutil.pid_exists(stranger.pid)
+    finally:
+        os.killpg(stranger.pid, signal.SIGKILL)
+        stranger.wait()
+
+
+def test_a_process_started_after_the_reap_began_is_not_a_leftover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only what started between the record and this daemon's start can be a previous daemon's.
+    group = _orphan_group()
+    try:
+        path = tmp_path / "workers-11434.json"
+        Leftovers(path).record(group.pid)
+        ticks = start_ticks(group.pid)
+        assert ticks is not None
+        monkeypatch.setattr(leftovers, "ticks_since_boot", lambda: ticks - 1)
+        assert Leftovers(path).reap(wait=1) == []
+        assert group.poll() is None
+    finally:
+        os.killpg(group.pid, signal.SIGKILL)
+        group.wait()
+
+
+def test_a_leftover_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
+    # A wedged engine ignores SIGTERM: the reap must go on to SIGKILL after its wait.
+    ignore = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True)"
+    )
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", ignore + "; time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline()  # SIGTERM is ignored
+        path = tmp_path / "workers-11434.json"
+        Leftovers(path).record(stubborn.pid)
+        assert Leftovers(path).reap(wait=1) == [stubborn.pid]
+        assert _gone(stubborn)
+    finally:
+        if stubborn.poll() is None:
+            os.killpg(stubborn.pid, signal.SIGKILL)
+            stubborn.wait()

@@ -32,7 +32,7 @@ from vllama.scheduling.sizing import (
     profile_peak,
 )
 
-GiB = 1 << 30
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 TWO_GIB = ModelFacts(weight_bytes=2 * GiB)
 # Llama-3.1-8B: 16 GB of bf16 weights, 32 layers x 8 KV heads x 128 dims: 128 KiB per token.
 LLAMA_8B = ModelFacts(
@@ -93,6 +93,13 @@ def test_gpu_estimates_keep_the_cuda_context_outside_the_share() -> None:
     split = estimate(ModelSpec(model="/m", args=("-tp", "2", "-pp", "2")), TWO_GIB, "gpu", 4 * GiB)
     assert split.devices == 4 and split.outside == GPU_CONTEXT + NCCL_BUFFERS
     assert split.share == GiB // 2 + OVERHEAD + GiB  # weights and KV split four ways
+
+
+def test_a_worker_spanning_gpus_keeps_room_for_nccl_outside_its_share() -> None:
+    # docs/GPU.md: 1 GiB of CUDA context per GPU, and 512 MiB more for NCCL across GPUs.
+    one = estimate(ModelSpec(model="/m"), TWO_GIB, "gpu", 0)
+    two = estimate(ModelSpec(model="/m", args=("-tp", "2")), TWO_GIB, "gpu", 0)
+    assert (one.outside, two.outside) == (1024 * MiB, 1536 * MiB)
 
 
 def test_the_kv_cache_holds_the_context_the_operator_fixed_or_a_useful_minimum() -> None:
@@ -197,3 +204,17 @@ def test_a_reserved_host_budget_and_a_host_limit_are_one_or_the_other() -> None:
     server = {"memory_limit_cpu": "8GiB", "memory_reserved_cpu": "8GiB"}
     with pytest.raises(ConfigError, match="memory_reserved_cpu"):
         load_config(file_data={"server": server})
+
+
+async def test_a_gpu_share_stays_between_one_step_and_95_percent() -> None:
+    """vLLM needs room outside its share on the card (CUDA context, other processes): never more
+    than 0.95 of it, even for a model the estimate says is bigger; never under one step of the
+    four decimals the flag is written with (rounding down would ask for 0.0000)."""
+    gpu = planner(gpus=(8 * GiB,), kv_cache="4GiB")
+    await gpu.snapshot(lambda: ())
+    big = gpu.share(ModelSpec(model="/m"), LLAMA_8B, ("gpu:0",), 8 * GiB)
+    assert big.args[:2] == ("--gpu-memory-utilization", "0.9500")
+    tiny = planner(gpus=(8_000_000 * GiB,), kv_cache="1GiB")  # about 2 GiB of 8,000,000
+    await tiny.snapshot(lambda: ())
+    small = tiny.share(ModelSpec(model="/m"), ModelFacts(weight_bytes=1), ("gpu:0",), GiB)
+    assert small.args[:2] == ("--gpu-memory-utilization", "0.0001")

@@ -141,6 +141,17 @@ def test_need_above_every_budget_is_refused_with_bytes() -> None:
     assert "80.0 GiB" in decision.reason
 
 
+def test_a_refused_multi_device_request_names_what_its_devices_can_all_give() -> None:
+    # Two GPUs are needed: the second-best GPU bounds what the pair can free, not the best one.
+    pinned = [
+        model("p", 1, footprint=10 * G, devices=("gpu:0",), pinned=True),
+        model("q", 2, footprint=30 * G, devices=("gpu:1",), pinned=True),
+    ]
+    decision = decide(snap(pinned, ("gpu:0", "gpu:1")), req(need=60 * G, count=2))
+    assert isinstance(decision, Refuse)
+    assert "can free is 50.0 GiB" in decision.reason and "on 2 devices" in decision.reason
+
+
 def test_refusal_counts_pinned_models() -> None:
     loaded = [model("p", 1, footprint=30 * G, pinned=True)]
     decision = decide(snap(loaded), req(need=60 * G))
@@ -194,6 +205,13 @@ def test_helpers() -> None:
     assert format_bytes(12 * G) == "12.0 GiB"
     assert format_bytes(512 << 20) == "512 MiB"
     assert format_bytes(3) == "3 B"
+    assert (format_bytes(1023), format_bytes(1024), format_bytes(3 << 10)) == (
+        "1023 B",
+        "1 KiB",
+        "3 KiB",
+    )
+    assert format_bytes(1 << 20) == "1 MiB"
+    assert format_bytes(-2 * G) == "-2.0 GiB"  # a device over its budget
 
 
 # -- properties ------------------------------------------------------------------------------

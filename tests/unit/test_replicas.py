@@ -58,6 +58,10 @@ def test_replica_settings_are_checked() -> None:
         spec(replicas=9)
     with pytest.raises(ConfigError, match="sleep_when_idle"):
         spec(replicas=2, sleep_when_idle=True)
+    # Extra replicas on demand are replicas too (docs/SCALE-OUT.md: not with sleep_when_idle).
+    with pytest.raises(ConfigError, match="sleep_when_idle"):
+        spec(max_replicas=2, sleep_when_idle=True)
+    spec(sleep_when_idle=True)  # one replica may sleep
 
 
 async def test_two_replicas_load_share_requests_and_unload_together() -> None:

@@ -61,6 +61,12 @@ class Leftovers:
                 pgid, since = int(entry["pgid"]), int(entry["started"])
             except (KeyError, TypeError, ValueError):
                 continue
+            # Linux reuses a number only once no process group holds it: a live process under
+            # it that is not the recorded leader means the group had emptied, and what is in
+            # that group now is a stranger's.
+            leader = start_ticks(pgid)
+            if leader is not None and leader != since:
+                continue
             # Members of the recorded group, started after its leader and before this daemon:
             # never a stranger that reused the number.
             members = [pid for pid in group_members(pgid) if _started_between(pid, since, now)]
