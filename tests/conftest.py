@@ -74,6 +74,9 @@ def _hermetic_environment(run: Path) -> dict[str, str]:
         "HF_ENDPOINT": "http://127.0.0.1:9",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        # vLLM finds its host's address by connecting a UDP socket to 8.8.8.8 (`get_ip`; no packet
+        # is sent, but it is a connection past loopback): given its address, it asks nothing.
+        "VLLM_HOST_IP": "127.0.0.1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_DISABLE_DASHBOARD": "1",
         # Loopback never goes through a developer's proxy.
