@@ -315,6 +315,8 @@ def offline_daemon(
     cached copy). Its model is never loaded."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    # Not offline by switch (the run's default): a host without network, as a user's would be.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     config = write_config(
         tmp_path / "vllama.toml",
         {"models_dir": str(tmp_path / "models"), **worker_ports()},

@@ -94,6 +94,8 @@ def violation(
         if path is None or isinstance(path, int):
             continue
         text = os.fsdecode(path)
+        if event == "os.mkdir" and os.path.isdir(text):
+            continue  # it exists: the call changes nothing (os.makedirs(..., exist_ok=True))
         if not is_writable(text, roots):
             return f"{event} {text!r}"
     return None

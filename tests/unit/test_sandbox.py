@@ -37,6 +37,9 @@ def test_only_loopback_and_the_allowed_folders_pass() -> None:
     assert audit.violation("open", ("/etc/passwd", "r", 0), roots) is None  # reading is fine
     assert audit.violation("open", ("/etc/x", None, os.O_WRONLY | os.O_CREAT), roots)
     assert audit.violation("os.rename", ("/run/x/a", "/home/u/a", -1, -1), roots)
+    # mkdir of a folder that exists changes nothing (vLLM's os.makedirs(".", exist_ok=True)).
+    assert audit.violation("os.mkdir", ("/", 0o777, -1), roots) is None
+    assert audit.violation("os.mkdir", ("/nonexistent-vllama-x", 0o777, -1), roots)
 
 
 def test_a_child_process_is_refused_a_connection_past_loopback_and_reports_it(
