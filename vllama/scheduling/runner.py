@@ -139,7 +139,7 @@ class ModelRunner:
         self.worker = new_worker(name, spec, self._on_state)
         self._placement = placement
         self._shared = shared
-        keep_alive = spec.keep_alive if spec.keep_alive is not None else shared.settings.keep_alive
+        keep_alive = self._configured_keep_alive(spec)
         self.keep_alive = keep_alive  # seconds after the last request; math.inf = never unload
         self.default_keep_alive = keep_alive  # the model's configured keep-alive, per new worker
         self._permits = asyncio.Semaphore(spec.max_parallel) if spec.max_parallel else None
@@ -382,13 +382,15 @@ class ModelRunner:
             return fatal_retry_delay(self._fatal_retries, restarts)
         return max(restart_delay(self.fast_failures, restarts), 1.0)
 
+    def _configured_keep_alive(self, spec: ModelSpec) -> float:
+        """The model's own keep-alive, else the server's."""
+        return spec.keep_alive if spec.keep_alive is not None else self._shared.settings.keep_alive
+
     def retune(self, spec: ModelSpec) -> None:
         """A reload changed only vllama's own settings (`reload._VLLAMA_ONLY`): take them while
         the worker serves. A keep-alive a request set holds for this worker, as in Ollama; else
         the new default applies now, counted from the model's last use."""
-        default = (
-            spec.keep_alive if spec.keep_alive is not None else self._shared.settings.keep_alive
-        )
+        default = self._configured_keep_alive(spec)
         follows_default = self.keep_alive == self.default_keep_alive
         self.spec = spec
         self.default_keep_alive = default
