@@ -208,7 +208,13 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen == 1:
-            log.info("shutdown requested", signal=signal.Signals(signum).name)
+            # How many answers the drain waits for: what an operator (and the image test) reads
+            # to tell a drain from a stop that found nothing to wait for.
+            log.info(
+                "shutdown requested",
+                signal=signal.Signals(signum).name,
+                answers_in_flight=len(services.in_flight),
+            )
             stop.set()
             return
         log.warning("second signal: killing every worker now", signal=signal.Signals(signum).name)

@@ -185,6 +185,10 @@ def test_second_signal_stops_at_once_and_kills_workers(tmp_path: Path) -> None:
         workers = descendants(daemon.proc.pid)
         daemon.proc.send_signal(signal.SIGTERM)
         eventually_blocking(lambda: "shutdown requested" in daemon.log(), what="signal handled")
+        (requested,) = [
+            json.loads(line) for line in daemon.log().splitlines() if "shutdown requested" in line
+        ]
+        assert requested["answers_in_flight"] == 1  # the stream the drain waits for
         assert daemon.proc.poll() is None, "the first signal alone should drain, not exit"
         began = time.monotonic()
         daemon.proc.send_signal(signal.SIGTERM)

@@ -54,6 +54,10 @@ class InFlight:
         finally:
             self._answers.discard(answer)
 
+    def __len__(self) -> int:
+        """Answers being relayed plus handlers still waiting for a worker's headers."""
+        return len(self._answers) + len(self._waiting)
+
     def cut(self, reason: str) -> int:
         """Close every answer being relayed (vLLM aborts each) and cancel every wait for one;
         the relays see a broken read and report `reason`. Returns how many answers were cut."""
