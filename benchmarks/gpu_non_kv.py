@@ -13,9 +13,9 @@ the figures beside that estimate, called for the same model and arguments:
    fp32, the top-k/top-p sort with its int64 indices, softmax, the exponential draw), as
    `_dummy_sampler_run` does. The profile run passes no attention metadata, so vLLM computes
    no attention there: here the attention's output is its query, the same shape. Activations
-   are freed layer by layer, so the peak is one layer's plus the residual; running all 32 costs
-   a GPU a fraction of a second and leaves nothing to argue. Norm and SiLU-and-mul are torch's
-   unfused ops: a little above vLLM's fused kernels, the safe side;
+   are freed layer by layer, so the peak is one layer's plus the residual; all 32 are run
+   anyway (about 130 TFLOP, little for a GPU; not yet timed), so nothing rests on that. Norm
+   and SiLU-and-mul are torch's unfused ops: a little above vLLM's fused kernels, the safe side;
 3. CUDA graphs for a few decode sizes (largest first, one shared pool, as vLLM captures), each
    the model's forward for that many tokens; vLLM captures about 67 sizes up to 512, so the
    pool measured here is a floor on vLLM's (the largest size's intermediates dominate it);
