@@ -4,14 +4,19 @@ takes real GPU memory by vLLM's start-up rules (docs/GPU.md), and NVML is read d
 
 What it checks, each step recorded with its figures (pass or fail, it goes on):
 1. NVML's total and reserve against `cudaMemGetInfo`'s total (torch's), which vLLM multiplies;
-2. vLLM's free-memory start check, with the stand-in alone: 0.45 and 0.45 start, 0.10 is refused;
-3. three models load on GPU 0, each holding the share vllama gave it;
-4. `/api/ps` size_vram against each stand-in's own count (torch's allocations + its context),
+2. an 8B model's memory besides its KV cache, taken by torch as vLLM takes it (bf16 weights, the
+   profile run's 8,192-token prefill and sampler sort, CUDA graphs for decode sizes), against
+   vllama's estimate for the same model and arguments (`benchmarks/gpu_non_kv.py`);
+3. vLLM's free-memory start check, with the stand-in alone: 0.45 and 0.45 start, 0.10 is refused;
+4. three models load on GPU 0, each holding the share vllama gave it;
+5. `/api/ps` size_vram against each stand-in's own count (torch's allocations + its context),
    and `/metrics` lists the GPU;
-5. a fourth model that does not fit evicts the least recently used one;
-6. sleep mode: an idle model's share is freed on sleep and taken back by a real wake (the same
+6. a fourth model that does not fit evicts the least recently used one;
+7. sleep mode: an idle model's share is freed on sleep and taken back by a real wake (the same
    process, its wake counted), not a cold reload;
-7. after SIGTERM, no stand-in process holds GPU memory and free memory is back where it began.
+8. after SIGTERM, no stand-in process holds GPU memory and free memory is back where it began.
+Whatever touches CUDA runs in a child process: a CUDA context in the check itself would be one
+more process on the GPU, holding memory to the end.
 
 On a GPU machine (torch with CUDA and nvidia-ml-py there), one line from the repository root:
     python3 benchmarks/gpu_check.py --out gpu_check.json
@@ -26,6 +31,7 @@ Usage: python benchmarks/gpu_check.py [--out FILE] [--simulate]   (report: JSON,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -42,6 +48,7 @@ DEPS = REPO / ".gpu-deps"
 WHEELS = REPO / ".gpu-wheels"
 SIM = REPO / "benchmarks" / "gpu_sim"
 STANDIN = REPO / "benchmarks" / "gpu_standin.py"
+NON_KV = REPO / "benchmarks" / "gpu_non_kv.py"
 PORTS = (23000, 23099)  # the workers' ports
 GiB = 1 << 30
 MiB = 1 << 20
@@ -148,15 +155,38 @@ def standin_account(pid: int) -> dict[str, Any] | None:
     return None
 
 
-def cuda_total(simulated: bool) -> int:
-    if simulated:
-        import pynvml
+def cuda_total(env: dict[str, str]) -> int:
+    """`cudaMemGetInfo`'s total, asked by a stand-in (it opens a CUDA context to ask, and exits)."""
+    said = subprocess.run(
+        [sys.executable, str(STANDIN), "--model", "x", "--port", "1", "--total"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return int(said.stdout.split()[-1])
 
-        with pynvml.state() as data:
-            return int(data["total"] - data["reserved"])
-    import torch
 
-    return int(torch.cuda.mem_get_info(0)[1])
+def non_kv_step(check: Check, env: dict[str, str], simulate: bool) -> None:
+    """An 8B model's memory besides its KV cache, by torch, against vllama's estimate (the
+    GPU must be otherwise idle: NVML's used counts every process)."""
+    name = "8B stand-in's non-KV memory within vllama's estimate"
+    if simulate and importlib.util.find_spec("torch") is None:
+        # The dry run from a bare Python (the bundle's test): a GPU machine has torch.
+        check.record(name, True, simulated=True, skipped="no torch in this Python")
+        return
+    argv = [sys.executable, str(NON_KV), *(["--simulate"] if simulate else [])]
+    try:
+        ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        report = json.loads(ran.stdout)
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        check.record(name, False, error=str(exc)[-500:])
+        return
+    if ran.returncode != 0 or not isinstance(report, dict):
+        check.record(name, False, exit_code=ran.returncode, said=ran.stderr[-500:])
+        return
+    check.record(name, bool(report.get("within_estimate")), **report)
 
 
 def start_checks(check: Check, env: dict[str, str]) -> None:
@@ -220,7 +250,7 @@ def run(out: Path | None, simulate: bool) -> int:
         reserved: int | None = int(v2.reserved)
     except Exception:
         reserved = None
-    cuda = cuda_total(simulate)
+    cuda = cuda_total(env)
     name = pynvml.nvmlDeviceGetName(handle)
     begin_free = free_memory(pynvml, 0)
     check.record(
@@ -233,6 +263,7 @@ def run(out: Path | None, simulate: bool) -> int:
         cuda_total=cuda,
         free=begin_free,
     )
+    non_kv_step(check, env, simulate)
     start_checks(check, env)
     # Three models per GPU fit, a fourth does not. The stand-in's config says nothing of its
     # shapes, so vllama's estimate is 2.75 GiB (non-torch, the peak's floor, graphs) + KV inside

@@ -34,6 +34,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--gpu-memory-utilization", "--gpu_memory_utilization", type=float)
     parser.add_argument("--max-model-len", "--max_model_len", type=int, default=4096)
     parser.add_argument("--check-only", action="store_true", help="start, report, exit")
+    parser.add_argument("--total", action="store_true", help="print CUDA's total of GPU 0, exit")
     args, _ = parser.parse_known_args(argv)
     return args
 
@@ -160,6 +161,10 @@ def main() -> None:
     name = args.served_model_name or args.model
     print(f"stand-in for {name}: CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}")
     memory: Memory = SimMemory() if os.environ.get("GPU_SIM_STATE") else CudaMemory()
+    if args.total:
+        memory.open_context(0)  # cudaMemGetInfo needs one; it leaves with this process
+        print(memory.info(0)[1], flush=True)
+        return
     engine = Engine(memory, args.gpu_memory_utilization or 0.92)
     print(f"holding {args.gpu_memory_utilization} of each visible GPU", flush=True)
     if args.check_only:

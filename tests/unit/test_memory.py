@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,7 @@ from vllama.engine.vllm_report import (
     start_report,
 )
 from vllama.scheduling.devices import Devices
-from vllama.scheduling.footprints import learn, share_for
+from vllama.scheduling.footprints import Footprint, Footprints, key, learn, share_for
 from vllama.scheduling.memory import MemoryPlanner
 from vllama.scheduling.sizing import (
     ACTIVATIONS_MIN,
@@ -218,3 +220,48 @@ async def test_a_gpu_share_stays_between_one_step_and_95_percent() -> None:
     await tiny.snapshot(lambda: ())
     small = tiny.share(ModelSpec(model="/m"), ModelFacts(weight_bytes=1), ("gpu:0",), GiB)
     assert small.args[:2] == ("--gpu-memory-utilization", "0.0001")
+
+
+def test_a_footprint_is_kept_per_environment_but_not_per_credential_or_log_level() -> None:
+    args = ("--max-model-len", "8192")
+    plain = key("/m", args, {}, "H100 80")
+    alloc = key("/m", args, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, "H100 80")
+    backend = key("/m", args, {"VLLM_ATTENTION_BACKEND": "FLASHINFER"}, "H100 80")
+    assert len({plain, alloc, backend}) == 3
+    # Neither a token nor a log level changes what vLLM takes, and a token is no state to keep.
+    noise = {"HF_TOKEN": "hf_secret", "VLLM_LOGGING_LEVEL": "DEBUG", "S3_ACCESS_KEY_ID": "x"}
+    assert key("/m", args, noise, "H100 80") == plain
+    assert "hf_secret" not in key("/m", args, {**noise, "VLLM_USE_V1": "1"}, "H100 80")
+    # A name that only looks like one stays: it tunes vLLM's kernels.
+    tuned = {"VLLM_MULTI_STREAM_GEMM_TOKEN_THRESHOLD": "512"}
+    assert key("/m", args, tuned, "H100 80") != plain
+
+
+async def test_a_footprint_learned_under_one_environment_is_not_used_under_another() -> None:
+    gpu = planner(gpus=(80 * GiB,), kv_cache="4GiB")
+    await gpu.snapshot(lambda: ())
+    first = ModelSpec(model="/m", env={"VLLM_ATTENTION_BACKEND": "FLASH_ATTN"})
+    other = ModelSpec(model="/m", env={"VLLM_ATTENTION_BACKEND": "FLASHINFER"})
+    estimated = gpu.estimate(other, LLAMA_8B)
+    share = gpu.share(first, LLAMA_8B, ("gpu:0",), 40 * GiB)
+    # vLLM said it took far less than estimated: 30 GiB of KV in a share of about 50 GiB.
+    report = StartReport(weights=15 * GiB, kv_bytes=30 * GiB, kv_tokens=245_760)
+    gpu.learn("m", first, share, report)
+    assert gpu.estimate(first, LLAMA_8B).share != estimated.share  # learned
+    assert gpu.estimate(other, LLAMA_8B) == estimated  # another environment: the estimate
+
+
+def test_footprints_kept_before_the_environment_counted_load_and_are_shed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "footprints.json"
+    footprint = Footprint(non_kv=20 * GiB, kv_bytes=30 * GiB, kv_tokens=245_760, graphs=None)
+    entry = {"non_kv": 20 * GiB, "kv_bytes": 30 * GiB, "kv_tokens": 245_760, "graphs": None}
+    old = "\x1f".join(("/m", "--max-model-len 8192", "H100 80"))  # model, args, GPU kind
+    path.write_text(json.dumps({old: entry}))
+    known = Footprints(path)  # loads, without the entry it cannot place
+    new = key("/m", ("--max-model-len", "8192"), {}, "H100 80")
+    assert known.get(new) is None and known.get(old) is None
+    known.put(new, footprint)
+    assert list(json.loads(path.read_text())) == [new]
+    assert Footprints(path).get(new) == footprint

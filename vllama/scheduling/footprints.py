@@ -1,4 +1,5 @@
-"""What a model's worker took, as vLLM reported it, kept per model, arguments and GPU kind.
+"""What a model's worker took, as vLLM reported it, kept per model, arguments, environment and
+GPU kind.
 
 A share estimated before a model has run is a guess on the safe side (`sizing.py`); after a start,
 vLLM has said what the weights took and how much KV cache the share left (`engine/vllm_report`).
@@ -14,8 +15,9 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,10 +59,30 @@ def share_for(footprint: Footprint, kv: int) -> int:
     return footprint.non_kv + kv + MARGIN
 
 
-def key(model: str, args: Sequence[str], gpu: str) -> str:
-    """Footprints differ by model, by its vLLM arguments (batch sizes, eager, parallelism) and
-    by GPU kind (vLLM's defaults and kernels follow it)."""
-    return "\x1f".join((model, " ".join(args), gpu))
+# Variables of a model's `env` that cannot change what vLLM takes: credentials (which must not
+# be written into the state file either) and logging. Everything else counts, unknown names
+# included: allocator settings, attention backends, `VLLM_*` switches.
+_SECRET = re.compile(r"(^|_)(TOKEN|KEY|KEY_ID|SECRET|PASSWORD)$")
+_LOGGING = re.compile(r"(^|_)(LOG|LOGGING)(_|$)")
+_SEPARATOR = "\x1f"
+_FIELDS = 4  # model, arguments, environment, GPU kind
+
+
+def memory_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The part of a model's configured environment that can change what its worker takes."""
+    return {
+        name: value
+        for name, value in env.items()
+        if not _SECRET.search(name.upper()) and not _LOGGING.search(name.upper())
+    }
+
+
+def key(model: str, args: Sequence[str], env: Mapping[str, str], gpu: str) -> str:
+    """Footprints differ by model, by its vLLM arguments (batch sizes, eager, parallelism), by
+    its environment (allocator, attention backend, vLLM's switches) and by GPU kind (vLLM's
+    defaults and kernels follow it)."""
+    settings = " ".join(f"{name}={value}" for name, value in sorted(memory_env(env).items()))
+    return _SEPARATOR.join((model, " ".join(args), settings, gpu))
 
 
 class Footprints:
@@ -91,12 +113,16 @@ class Footprints:
 def _read(path: Path) -> dict[str, Footprint]:
     try:
         document = json.loads(path.read_text())
-        return {k: Footprint(**v) for k, v in document.items()}
+        known = {k: Footprint(**v) for k, v in document.items()}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.warning("footprints unreadable; estimating again", path=str(path), error=str(exc))
         return {}
+    # Keys of an older shape (before the environment counted) say nothing of the environment
+    # they were measured under: dropped, so the file sheds them at its next write. Such a model
+    # is estimated once more, then learned again.
+    return {k: v for k, v in known.items() if k.count(_SEPARATOR) == _FIELDS - 1}
 
 
 def _write(path: Path, document: dict[str, object]) -> None:

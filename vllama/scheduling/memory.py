@@ -85,7 +85,7 @@ class MemoryPlanner:
         return replace(planned, share=planned.share + extra) if extra else planned
 
     def _key(self, spec: ModelSpec) -> str:
-        return footprints.key(spec.model, spec.args, self._gpu_kind)
+        return footprints.key(spec.model, spec.args, spec.env, self._gpu_kind)
 
     def learn(self, name: str, spec: ModelSpec, share: Share, report: StartReport) -> None:
         """Keep what vLLM reported about a start in `share` for the model's next shares."""
