@@ -626,6 +626,18 @@ async def test_create_and_delete_errors(aiohttp_client: ClientFactory, tmp_path:
     assert (
         "temperature" in (await json_of(await client.post("/api/create", json=bad), 400))["error"]
     )
+    # An `adapters` folder that is not a PEFT LoRA adapter: refused before anything is stored,
+    # rather than a derived model whose every request fails when vLLM cannot load the adapter.
+    not_peft = tmp_path / "not-an-adapter"
+    not_peft.mkdir()
+    (not_peft / "weights.bin").write_bytes(b"\0")
+    refused = {"model": "x", "from": "a", "adapters": {"lora": str(not_peft)}}
+    body = await json_of(await client.post("/api/create", json=refused), 400)
+    assert set(body) == {"error"}
+    assert body["error"].startswith("adapters: ") and "not a PEFT adapter" in body["error"]
+    await json_of(await client.post("/api/show", json={"model": "x"}), 404)
+    tags = (await json_of(await client.get("/api/tags")))["models"]
+    assert [m["name"] for m in tags] == ["a:latest"]
     error = (await json_of(await client.delete("/api/delete", json={"model": "a"}), 400))["error"]
     assert "config" in error
     await json_of(await client.post("/api/show", json={"model": "a"}))
