@@ -543,6 +543,28 @@ async def test_embed_and_legacy_embeddings(aiohttp_client: ClientFactory, tmp_pa
     ) == {"embedding": []}
 
 
+@pytest.mark.parametrize(
+    ("path", "empty", "answer"),
+    [
+        ("/api/embed", {"input": []}, "embeddings"),
+        ("/api/embeddings", {"prompt": ""}, "embedding"),
+    ],
+)
+async def test_an_empty_embedding_request_loads_the_model(
+    aiohttp_client: ClientFactory, tmp_path: Path, path: str, empty: dict[str, Any], answer: str
+) -> None:
+    """Ollama's way to preload an embedding model: nothing to embed, so nothing is sent to the
+    worker, and only the explicit load step starts it."""
+    client = await start(aiohttp_client, config(tmp_path, {"e": {}}))
+    worker = worker_of(client, "e")
+    assert worker.state is WorkerState.STOPPED
+    body = await json_of(await client.post(path, json={"model": "e", **empty}))
+    assert body[answer] == []
+    assert worker.state is WorkerState.READY
+    (entry,) = (await json_of(await client.get("/api/ps")))["models"]
+    assert entry["name"] == "e:latest"
+
+
 # -- model management -------------------------------------------------------------------------
 
 
