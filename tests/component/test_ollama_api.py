@@ -15,7 +15,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, fake_config
+from tests.component.fakes import WorkerView, eventually, fake_config
 from tests.fake_hf import point_hub_at
 from vllama.api.app import build_app
 from vllama.api.keys import SERVICES
@@ -120,10 +120,7 @@ def assert_final(obj: dict[str, Any], reason: str = "stop") -> None:
 
 
 async def wait_for_state(worker: Any, state: WorkerState, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while worker.state is not state and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert worker.state is state
+    await eventually(lambda: worker.state is state, within=seconds, what=f"the worker {state}")
 
 
 def parse_time(text: str) -> datetime:
@@ -556,11 +553,10 @@ async def test_an_empty_embedding_request_loads_the_model(
     """Ollama's way to preload an embedding model: nothing to embed, so nothing is sent to the
     worker, and only the explicit load step starts it."""
     client = await start(aiohttp_client, config(tmp_path, {"e": {}}))
-    worker = worker_of(client, "e")
-    assert worker.state is WorkerState.STOPPED
+    assert (await json_of(await client.get("/api/ps")))["models"] == []
     body = await json_of(await client.post(path, json={"model": "e", **empty}))
     assert body[answer] == []
-    assert worker.state is WorkerState.READY
+    assert worker_of(client, "e").state is WorkerState.READY
     (entry,) = (await json_of(await client.get("/api/ps")))["models"]
     assert entry["name"] == "e:latest"
 
