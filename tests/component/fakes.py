@@ -26,20 +26,26 @@ T = TypeVar("T")
 
 @overload
 async def eventually(
-    condition: Callable[[], Awaitable[T | None]], within: float = 10, what: str = ""
+    condition: Callable[[], Awaitable[T | None]],
+    within: float = 10,
+    what: str = "",
+    every: float = 0.02,
 ) -> T: ...
 
 
 @overload
 async def eventually(
-    condition: Callable[[], T | None], within: float = 10, what: str = ""
+    condition: Callable[[], T | None], within: float = 10, what: str = "", every: float = 0.02
 ) -> T: ...
 
 
-async def eventually(condition: Callable[[], Any], within: float = 10, what: str = "") -> Any:
+async def eventually(
+    condition: Callable[[], Any], within: float = 10, what: str = "", every: float = 0.02
+) -> Any:
     """Wait until `condition()` (a plain or an async function) returns something truthy, and
     return it; fail the test if it has not within `within` seconds. For tests, instead of a
-    sleep that hopes something has happened by then."""
+    sleep that hopes something has happened by then. `every`: seconds between checks (longer
+    where each check is an HTTP request to a daemon that is busy loading a real model)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
@@ -49,10 +55,12 @@ async def eventually(condition: Callable[[], Any], within: float = 10, what: str
             return result
         if loop.time() >= deadline:
             raise AssertionError(f"not within {within:g}s: {what or condition}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
 
 
-def eventually_blocking(condition: Callable[[], T], within: float = 10, what: str = "") -> T:
+def eventually_blocking(
+    condition: Callable[[], T | None], within: float = 10, what: str = "", every: float = 0.02
+) -> T:
     """`eventually` for tests that drive a daemon process from plain threads."""
     deadline = time.monotonic() + within
     while True:
@@ -61,7 +69,7 @@ def eventually_blocking(condition: Callable[[], T], within: float = 10, what: st
             return result
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {within:g}s: {what or condition}")
-        time.sleep(0.02)
+        time.sleep(every)
 
 
 def worker_ports(span: int = 50) -> dict[str, int]:

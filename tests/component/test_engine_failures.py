@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -97,14 +97,6 @@ async def wait_aborted(client: Client, count: int) -> None:
     assert stats["aborted"] == count
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def ndjson_lines(raw: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
@@ -133,7 +125,7 @@ async def test_a_hung_health_check_fails_the_worker_and_the_next_request_restart
     await eventually(lambda: worker.state is WorkerState.FAILED, what="the worker failed")
     assert "health check failed 3 times" in worker.status.reason
     # Stopped (SIGTERM; the fake's hung handlers do not hold it up), not left hanging.
-    await eventually(lambda: not pid_alive(old_pid), within=5, what="the old worker is gone")
+    await eventually(lambda: not psutil.pid_exists(old_pid), within=5, what="the old worker gone")
     again = await client.post("/api/chat", json=body_for("/api/chat", False))
     assert again.status == 200, await again.text()
     assert worker.is_ready and worker.pid != old_pid

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, fake_config
+from tests.component.fakes import WorkerView, eventually, fake_config
 from tests.fake_hf import point_hub_at
 from vllama.api.app import build_app
 from vllama.api.keys import SERVICES
@@ -120,10 +120,7 @@ def assert_final(obj: dict[str, Any], reason: str = "stop") -> None:
 
 
 async def wait_for_state(worker: Any, state: WorkerState, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while worker.state is not state and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert worker.state is state
+    await eventually(lambda: worker.state is state, within=seconds, what=f"the worker {state}")
 
 
 def parse_time(text: str) -> datetime:
@@ -543,6 +540,27 @@ async def test_embed_and_legacy_embeddings(aiohttp_client: ClientFactory, tmp_pa
     ) == {"embedding": []}
 
 
+@pytest.mark.parametrize(
+    ("path", "empty", "answer"),
+    [
+        ("/api/embed", {"input": []}, "embeddings"),
+        ("/api/embeddings", {"prompt": ""}, "embedding"),
+    ],
+)
+async def test_an_empty_embedding_request_loads_the_model(
+    aiohttp_client: ClientFactory, tmp_path: Path, path: str, empty: dict[str, Any], answer: str
+) -> None:
+    """Ollama's way to preload an embedding model: nothing to embed, so nothing is sent to the
+    worker, and only the explicit load step starts it."""
+    client = await start(aiohttp_client, config(tmp_path, {"e": {}}))
+    assert (await json_of(await client.get("/api/ps")))["models"] == []
+    body = await json_of(await client.post(path, json={"model": "e", **empty}))
+    assert body[answer] == []
+    assert worker_of(client, "e").state is WorkerState.READY
+    (entry,) = (await json_of(await client.get("/api/ps")))["models"]
+    assert entry["name"] == "e:latest"
+
+
 # -- model management -------------------------------------------------------------------------
 
 
@@ -626,6 +644,18 @@ async def test_create_and_delete_errors(aiohttp_client: ClientFactory, tmp_path:
     assert (
         "temperature" in (await json_of(await client.post("/api/create", json=bad), 400))["error"]
     )
+    # An `adapters` folder that is not a PEFT LoRA adapter: refused before anything is stored,
+    # rather than a derived model whose every request fails when vLLM cannot load the adapter.
+    not_peft = tmp_path / "not-an-adapter"
+    not_peft.mkdir()
+    (not_peft / "weights.bin").write_bytes(b"\0")
+    refused = {"model": "x", "from": "a", "adapters": {"lora": str(not_peft)}}
+    body = await json_of(await client.post("/api/create", json=refused), 400)
+    assert set(body) == {"error"}
+    assert body["error"].startswith("adapters: ") and "not a PEFT adapter" in body["error"]
+    await json_of(await client.post("/api/show", json={"model": "x"}), 404)
+    tags = (await json_of(await client.get("/api/tags")))["models"]
+    assert [m["name"] for m in tags] == ["a:latest"]
     error = (await json_of(await client.delete("/api/delete", json={"model": "a"}), 400))["error"]
     assert "config" in error
     await json_of(await client.post("/api/show", json={"model": "a"}))

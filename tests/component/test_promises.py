@@ -4,7 +4,6 @@ aborting vLLM's request, one model card on `/v1/models/{model}`, and derived mod
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.component.fakes import WorkerView, engine_cmdline, fake_config
+from tests.component.fakes import WorkerView, engine_cmdline, eventually, fake_config
 from vllama.api.app import build_app
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -90,13 +89,13 @@ async def test_a_client_leaving_an_ollama_stream_aborts_the_vllm_request(
     await response.content.readline()  # the first token arrived
     response.close()  # the client goes away mid-generation
     stats_url = f"{WorkerView(client.app, 'a').base_url}/fake/stats"
-    stats: dict[str, Any] = {}
-    for _ in range(100):
+
+    async def stopped() -> dict[str, Any] | None:
         async with client.session.get(stats_url) as answer:
-            stats = await answer.json()
-        if stats["aborted"] == 1:
-            break
-        await asyncio.sleep(0.05)
+            stats: dict[str, Any] = await answer.json()
+        return stats if stats["aborted"] == 1 else None
+
+    stats = await eventually(stopped, within=5, what="the request aborted", every=0.05)
     assert stats["aborted"] == 1 and stats["running"] == 0  # vLLM stopped generating
 
 

@@ -51,16 +51,6 @@ def worker_pid(daemon: Daemon, model: str) -> int | None:
     return None
 
 
-def wait_for(check: Any, seconds: float = 30) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    return check()
-
-
 def test_sd_notify_ready_watchdog_status_stopping(tmp_path: Path) -> None:
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -125,8 +115,12 @@ def test_sighup_reloads_changed_models_and_keeps_the_rest(tmp_path: Path) -> Non
         models["new"] = {"model": "fake/new"}
         write_config(path, server_table(), models)
         daemon.proc.send_signal(signal.SIGHUP)
-        new_pid = wait_for(lambda: (p := worker_pid(daemon, "change")) != change_pid and p)
-        assert new_pid, "the changed model was not restarted"
+        eventually_blocking(
+            lambda: worker_pid(daemon, "change") not in (change_pid, None),
+            within=30,
+            what="the changed model restarted",
+            every=0.1,
+        )
         assert worker_pid(daemon, "keep") == keep_pid  # untouched
         assert complete(daemon, "new").status_code == 200
         # The changed model's new settings are in effect (its env: 3 tokens, not the fake's 8).
@@ -137,7 +131,12 @@ def test_sighup_reloads_changed_models_and_keeps_the_rest(tmp_path: Path) -> Non
         new_worker = worker_pid(daemon, "new")
         assert new_worker
         daemon.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: worker_pid(daemon, "new") is None), "the removed model still runs"
+        eventually_blocking(
+            lambda: worker_pid(daemon, "new") is None,
+            within=30,
+            what="the removed model stopped",
+            every=0.1,
+        )
         assert not psutil.pid_exists(new_worker) or psutil.Process(new_worker).status() == "zombie"
         gone = complete(daemon, "new")
         assert gone.status_code == 404 and "new" in gone.json()["error"]["message"]

@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.component.fakes import eventually_blocking
+from tests.processes import group_alive, process_group
 from vllama.engine import zygote
 from vllama.engine.spare import NOTE, READY, import_changes, with_import_changes
 
@@ -27,12 +28,11 @@ def run_spare(tmp_path: Path, env: dict[str, str], *flags: str) -> tuple[dict[st
     when this returns."""
     base = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
     base |= env
-    spare = subprocess.Popen(
+    with process_group(
         [sys.executable, "-m", "vllama.engine.spare", *flags, "--", *ENGINE],
         env=base, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
+        stderr=subprocess.STDOUT,
+    ) as spare:  # fmt: skip
         assert spare.stdout is not None and spare.stdin is not None
         lines = []
         for raw in spare.stdout:
@@ -42,24 +42,15 @@ def run_spare(tmp_path: Path, env: dict[str, str], *flags: str) -> tuple[dict[st
         order = {"argv": [], "env": {**base, "ZYGOTE_TEST_ORDER": "from the order"}}
         out, _ = spare.communicate(json.dumps(order).encode() + b"\n", timeout=240)
         output = "".join(lines) + out.decode()
-    finally:
-        gone = _wait_for_group(spare.pid)
-    assert gone, "a process of the spare's group outlived it"
+        eventually_blocking(
+            lambda: not group_alive(spare.pid),
+            within=30,
+            what="every process of the spare's group gone with it",
+            every=0.1,
+        )
     assert not list(tmp_path.glob("vllama-zygote-*")), "the zygote's folder was left behind"
     result = next(line for line in output.splitlines() if line.startswith("RESULT "))
     return json.loads(result.removeprefix("RESULT ")), output
-
-
-def _wait_for_group(pgid: int) -> bool:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    os.killpg(pgid, signal.SIGKILL)
-    return False
 
 
 def test_the_engines_spawns_are_forks_of_the_zygote(tmp_path: Path) -> None:

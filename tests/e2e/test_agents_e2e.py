@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon
+from tests.processes import kill_group, process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ BOUND = 300
 def run_agent(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`argv` in its own process group, stdin closed, killed whole if it runs past BOUND (and
     anything it left behind killed when it exits)."""
-    proc = subprocess.Popen(
+    with process_group(
         argv,
         cwd=cwd,
         env=env,
@@ -46,19 +46,13 @@ def run_agent(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Com
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=BOUND)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{argv[0]} ran past {BOUND} s:\n{out[-2000:]}\n{err[-4000:]}")
-    finally:
+    ) as proc:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            out, err = proc.communicate(timeout=BOUND)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            out, err = proc.communicate()
+            pytest.fail(f"{argv[0]} ran past {BOUND} s:\n{out[-2000:]}\n{err[-4000:]}")
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 

@@ -16,7 +16,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.component.fakes import worker_ports
+from tests.component.fakes import eventually_blocking, worker_ports
 from tests.daemon import Daemon, free_port, write_config
 from tests.e2e.conftest import real_model
 from tests.e2e.helpers import WEATHER_TOOL, workers
@@ -278,10 +278,9 @@ def test_load_unload_and_ps(vllama_daemon: Daemon) -> None:
     assert by_name["tiny2:latest"].expires_at.year > 2100
     unloaded = api.generate(model="tiny2", prompt="", keep_alive=0)
     assert unloaded.done_reason == "unload"
-    deadline = time.monotonic() + 60
-    while "tiny2" in workers(vllama_daemon) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "tiny2" not in workers(vllama_daemon)
+    eventually_blocking(
+        lambda: "tiny2" not in workers(vllama_daemon), within=60, what="tiny2 unloaded", every=0.2
+    )
     assert "tiny2:latest" not in {m.model for m in api.ps().models}
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.component.fakes import eventually_blocking
 from tests.daemon import Daemon
 from tests.e2e.helpers import alive, worker_tree, workers
 
@@ -146,8 +146,9 @@ def test_killed_worker_is_replaced_and_its_tree_is_gone(vllama_daemon: Daemon) -
     )
     assert reply.choices[0].message.content
     assert workers(vllama_daemon)["tiny"].pid != server.pid
-    deadline = time.monotonic() + 30
-    while any(alive(p) for p in old_tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert [p.pid for p in old_tree if alive(p)] == []
-    assert not [p.pid for p in old_tree if alive(p)], "the old engine processes survived"
+    eventually_blocking(
+        lambda: not any(alive(p) for p in old_tree),
+        within=30,
+        what="the old engine processes gone",
+        every=0.2,
+    )

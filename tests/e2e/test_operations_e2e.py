@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.component.fakes import eventually_blocking
 from tests.daemon import Daemon
 
 pytestmark = pytest.mark.e2e
@@ -43,14 +42,14 @@ def test_metrics_after_real_traffic(vllama_daemon: Daemon) -> None:
         name == "vllama_model_state" and labels == {"model": "tiny", "state": "ready"} and value
         for name, labels, value in samples
     )
+
     # vLLM's own metrics arrive through the same scrape within one sampling period (10 s).
-    deadline = time.monotonic() + 30
-    while True:
-        names = {
+    def with_vllms() -> set[tuple[str, str | None]] | None:
+        """A scrape's (metric, model) pairs, once vLLM's own for tiny are among them."""
+        found = {
             (name, labels.get("model_name")) for name, labels, _ in metric_samples(vllama_daemon)
         }
-        if ("vllm:num_requests_running", "tiny") in names or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert ("vllm:num_requests_running", "tiny") in names
+        return found if ("vllm:num_requests_running", "tiny") in found else None
+
+    names = eventually_blocking(with_vllms, within=30, what="vLLM's metrics for tiny", every=1)
     assert any(name.startswith("vllm:") and model == "tiny" for name, model in names)

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.component.fakes import eventually_blocking
 from tests.daemon import Daemon
 from tests.e2e.conftest import real_model
 from tests.e2e.helpers import alive, own_daemon, worker_tree, workers
@@ -41,10 +42,7 @@ def complete(daemon: Daemon) -> httpx.Response:
 def kill_worker(daemon: Daemon) -> None:
     (worker,) = workers(daemon).values()
     worker.send_signal(signal.SIGKILL)
-    for _ in range(200):
-        if not workers(daemon):
-            return
-        time.sleep(0.1)
+    eventually_blocking(lambda: not workers(daemon), within=20, what="the worker seen dead")
 
 
 def test_a_model_in_a_crash_loop_serves_again_on_its_own(daemon: Daemon) -> None:
@@ -55,9 +53,7 @@ def test_a_model_in_a_crash_loop_serves_again_on_its_own(daemon: Daemon) -> None
     refused = complete(daemon)
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     # No request needed: vllama retries it itself after fatal_retry_backoff.
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not workers(daemon):
-        time.sleep(0.5)
+    eventually_blocking(lambda: workers(daemon), within=180, what="vllama's own retry", every=0.5)
     for _ in range(120):
         answer = complete(daemon)
         if answer.status_code == 200:
@@ -76,7 +72,6 @@ def test_killing_the_daemon_leaves_no_worker(daemon: Daemon) -> None:
     assert len(tree) >= 3  # guard, API server, EngineCore
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(p) for p in tree):
-        time.sleep(0.1)
-    assert [p.pid for p in tree if alive(p)] == []
+    eventually_blocking(
+        lambda: not any(alive(p) for p in tree), within=10, what="every worker gone", every=0.1
+    )

@@ -7,7 +7,6 @@ KV cache), so a 4.5 GiB budget holds one worker and never two.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.component.fakes import eventually_blocking
 from tests.daemon import Daemon
 from tests.e2e.conftest import real_model
 from tests.e2e.helpers import own_daemon, workers
@@ -78,9 +78,9 @@ def test_queue_overflow_gets_503_with_retry_after(tight_daemon: Daemon) -> None:
         httpx.post(
             tight_daemon.url + "/api/generate", json={"model": model, "keep_alive": 0}, timeout=60
         )
-    deadline = time.monotonic() + 60
-    while workers(tight_daemon) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    eventually_blocking(
+        lambda: not workers(tight_daemon), within=60, what="every model unloaded", every=0.2
+    )
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=400)) as c:
@@ -104,7 +104,6 @@ def test_keep_alive_zero_unloads_after_the_request(tight_daemon: Daemon) -> None
         timeout=300,
     )
     assert reply.status_code == 200 and reply.json()["done"]
-    deadline = time.monotonic() + 60
-    while "two" in workers(tight_daemon) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "two" not in workers(tight_daemon)
+    eventually_blocking(
+        lambda: "two" not in workers(tight_daemon), within=60, what="two unloaded", every=0.2
+    )

@@ -15,6 +15,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from tests.component.fakes import eventually_blocking
 from vllama.catalog.adapters import adapter_rank
 from vllama.catalog.derived import DerivedModel, DerivedStore
 from vllama.catalog.discover import hf_cache_dir, scan_hf_cache, scan_models_dir
@@ -448,9 +449,7 @@ def test_derived_store_writers_take_turns(tmp_path: Path, monkeypatch: pytest.Mo
     first = threading.Thread(target=store.put_blocking, args=(DerivedModel("a", "tiny"),))
     second = threading.Thread(target=store.put_blocking, args=(DerivedModel("b", "tiny"),))
     first.start()
-    deadline = time.monotonic() + 5
-    while not replaced and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually_blocking(lambda: replaced, within=5, what="the first writer saving", every=0.01)
     second.start()
     first.join()
     second.join()

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from tests.component.fakes import eventually_blocking
+from tests.processes import process_group
 from vllama.engine import guard
 
 # A session leader standing in for a worker: a grandchild in its own group (forked twice, so
@@ -77,36 +78,21 @@ def _live(pid: int) -> bool:
         return False
 
 
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not _live(pid):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_when_the_engine_exits_the_guard_stops_the_rest_of_its_group() -> None:
     # The engine (sh) leaves a process behind in the group and exits: vLLM's EngineCore
     # outliving its API server. Its parent is no longer the guard's child once sh is gone.
     engine = "sleep 60 >/dev/null & echo $!; exit 3"
-    proc = subprocess.Popen(
+    with process_group(
         [sys.executable, "-m", "vllama.engine.guard", str(os.getpid()), "--", "sh", "-c", engine],
         stdout=subprocess.PIPE,
         text=True,
-        start_new_session=True,
-    )
-    try:
+    ) as proc:
         assert proc.stdout is not None
         left = int(proc.stdout.readline())
         assert proc.wait(timeout=guard.GROUP_EXIT_WAIT + 10) == 3  # the engine's own status
         assert f"{guard.ENGINE_EXITED} 3" in proc.stdout.read()
         # Only the guard could have stopped it: nothing else here signals the group.
-        assert _gone(left, within=2)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        eventually_blocking(lambda: not _live(left), within=2, what="the left process gone")
 
 
 @pytest.mark.parametrize("daemon", ["stranger", "dead"])
@@ -149,27 +135,21 @@ def test_the_guard_exits_with_the_engines_status(engine: str, status: int) -> No
 def test_the_guard_outlives_a_sigint() -> None:
     # ^C on a terminal is the daemon's to act on; the guard keeps its engine until told to stop.
     engine = ["sh", "-c", "echo ready; read line; exit 4"]
-    proc = subprocess.Popen(
+    with process_group(
         [sys.executable, "-m", "vllama.engine.guard", str(os.getpid()), "--", *engine],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        start_new_session=True,
         # As from a terminal: a test run started in the background inherits SIGINT ignored, and
         # the guard would then survive it for that reason alone.
         preexec_fn=_default_sigint,
-    )
-    try:
+    ) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == "ready\n"
         os.kill(proc.pid, signal.SIGINT)
         proc.stdin.write("go on\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == 4  # the engine's own exit, not the guard's death
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _default_sigint() -> None:

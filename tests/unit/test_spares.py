@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 
 import psutil
 import pytest
 
+from tests.processes import group_alive, process_group
 from vllama.engine.import_time import unfit_variable
 from vllama.engine.spare import parse_command
 from vllama.engine.spares import spare_argv, tree_memory
@@ -65,20 +64,12 @@ def test_a_forked_tree_is_not_counted_twice() -> None:
         "if os.fork() == 0: time.sleep(60); os._exit(0)\n"
         "print('ready', flush=True); sys.stdin.read()\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
+    with process_group(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as proc:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         held = tree_memory(proc.pid)
-        assert 190 * 2**20 < held < 300 * 2**20
-    finally:
         children = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        psutil.wait_procs(children, timeout=10)  # reaped by init once their parent is gone
-        with pytest.raises(ProcessLookupError):
-            os.killpg(proc.pid, 0)
+    psutil.wait_procs(children, timeout=10)  # reaped by init once their parent is gone
+    assert not group_alive(proc.pid)
+    assert 190 * 2**20 < held < 300 * 2**20

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import sys
-import time
 
 import psutil
 import pytest
 
+from tests.component.fakes import eventually
 from vllama.engine.process import OUTPUT_LINE_LIMIT, WorkerProcess
 
 
@@ -46,9 +45,7 @@ async def test_a_stop_reaches_a_descendant_that_left_the_group() -> None:
     worker = await WorkerProcess.spawn(
         [sys.executable, "-c", script], dict(os.environ), 50, seen.append
     )
-    deadline = time.monotonic() + 30
-    while not seen and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: seen, within=30, what="the runaway's pid", every=0.05)
     runaway = int(seen[0])
     try:
         assert os.getpgid(runaway) != worker.pgid  # it did leave the group
