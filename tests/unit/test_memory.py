@@ -265,3 +265,10 @@ def test_footprints_kept_before_the_environment_counted_load_and_are_shed(
     known.put(new, footprint)
     assert list(json.loads(path.read_text())) == [new]
     assert Footprints(path).get(new) == footprint
+
+
+def test_a_footprint_key_keeps_no_argument_or_variable_in_clear() -> None:
+    # The key is written to the state file: a secret in a model's arguments must not be.
+    kept = key("m", ["--api-key", "s3cret"], {"PYTORCH_CUDA_ALLOC_CONF": "x"}, "H100")
+    assert "s3cret" not in kept and "PYTORCH_CUDA_ALLOC_CONF" not in kept
+    assert kept != key("m", ["--api-key", "other"], {}, "H100")

@@ -12,6 +12,7 @@ Policy (`learn`, `share_for`) is pure; `Footprints` is the file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -82,7 +83,13 @@ def key(model: str, args: Sequence[str], env: Mapping[str, str], gpu: str) -> st
     its environment (allocator, attention backend, vLLM's switches) and by GPU kind (vLLM's
     defaults and kernels follow it)."""
     settings = " ".join(f"{name}={value}" for name, value in sorted(memory_env(env).items()))
-    return _SEPARATOR.join((model, " ".join(args), settings, gpu))
+    # Arguments and environment as digests: the state file is readable by whoever reads the
+    # models folder, and a model's arguments may carry a secret (`--api-key`, a token in a URL).
+    return _SEPARATOR.join((model, _digest(" ".join(args)), _digest(settings), gpu))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Footprints:
