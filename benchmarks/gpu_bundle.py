@@ -2,10 +2,10 @@
 can be fetched, for `benchmarks/gpu_check.py` (which installs them into `.gpu-deps` there).
 
 The lent GPU machines run Python 3.12 with torch, nvidia-ml-py, aiohttp, psutil,
-prometheus-client and uvloop already there (the device notes' package list); only pydantic and
-structlog's families travel. `--all` adds the rest, for a bare Python (the dry run here). The
-versions are the ones installed beside this script's Python, so the bundle matches what the tests
-ran with. Needs PyPI (pip download); the wheels come to a few MiB (the carry limit is 64 MiB).
+prometheus-client and uvloop already there (the device notes' package list); only pydantic's and
+structlog's families and httptools travel. `--all` adds the rest, for a bare Python (the dry run
+here). The versions are the ones installed beside this script's Python, so the bundle matches
+what the tests ran with. Needs PyPI (pip download); the wheels come to a few MiB (the carry limit is 64 MiB).
 
 Usage: python benchmarks/gpu_bundle.py [--python-version 3.12] [--all] [--dest .gpu-wheels]
 """
@@ -29,6 +29,7 @@ MISSING_THERE = (
     "annotated-types",
     "typing-extensions",
     "structlog",
+    "httptools",  # the relay's worker client (api/upstream.py)
 )
 THERE_ALREADY = (
     "aiohttp",
@@ -43,6 +44,7 @@ THERE_ALREADY = (
     "psutil",
     "prometheus-client",
     "nvidia-ml-py",
+    "uvloop",
 )
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 27, 28, 31, 34, 35)] + [
     "manylinux2014_x86_64",
