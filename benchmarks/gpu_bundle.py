@@ -5,7 +5,8 @@ The lent GPU machines run Python 3.12 with torch, nvidia-ml-py, aiohttp, psutil,
 prometheus-client and uvloop already there (the device notes' package list); only pydantic's and
 structlog's families and httptools travel. `--all` adds the rest, for a bare Python (the dry run
 here). The versions are the ones installed beside this script's Python, so the bundle matches
-what the tests ran with. Needs PyPI (pip download); the wheels come to a few MiB (the carry limit is 64 MiB).
+what the tests ran with. Needs PyPI (pip download); the wheels come to a few MiB (the carry limit
+is 64 MiB).
 
 Usage: python benchmarks/gpu_bundle.py [--python-version 3.12] [--all] [--dest .gpu-wheels]
 """
