@@ -7,11 +7,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from vllama.catalog.facts import ModelFacts, kv_bytes_per_token, profile_shapes
 from vllama.scheduling import sizing
@@ -112,3 +115,13 @@ def test_gpu_check_records_the_step_with_the_stand_ins_report() -> None:
     assert step["simulated"] is True and step["ok"] is step["within_estimate"]
     assert {"measured", "estimate", "ratio", "torch", "non_torch"} <= set(step)
     assert step["estimate"]["non_kv"] > 0 and step["ratio"]["non_kv"] > 0
+
+
+def test_the_bundle_carries_every_declared_dependency_or_finds_it_there() -> None:
+    # The dry run from a bare Python found httptools missing (the daemon could not start there)
+    # once it became a dependency.
+    bundle = benchmark("gpu_bundle")
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = {canonicalize_name(Requirement(text).name) for text in declared}
+    listed = {canonicalize_name(name) for name in bundle.MISSING_THERE + bundle.THERE_ALREADY}
+    assert needed - listed == set()
