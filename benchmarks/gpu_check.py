@@ -10,7 +10,7 @@ What it checks, each step recorded with its figures (pass or fail, it goes on):
 3. vLLM's free-memory start check, with the stand-in alone: 0.45 and 0.45 start, 0.10 is refused;
 4. three models load on GPU 0, each holding the share vllama gave it;
 5. `/api/ps` size_vram against each stand-in's own count (torch's allocations + its context),
-   and `/metrics` lists the GPU;
+   and `/metrics` counts the same on the GPU (once its 10 s sample has run);
 6. a fourth model that does not fit evicts the least recently used one;
 7. sleep mode: an idle model's share is freed on sleep and taken back by a real wake (the same
    process, its wake counted), not a cold reload;
@@ -311,13 +311,26 @@ def run(out: Path | None, simulate: bool) -> int:
             standins=counted,
             nvml=sum(usage.values()),
         )
-        status, metrics = http("GET", url + "/metrics")
-        used_line = [
-            line
-            for line in str(metrics).splitlines()
-            if line.startswith('vllama_device_memory_vllama_bytes{device="gpu:0"}')
-        ]
-        check.record("metrics list gpu:0", bool(used_line), line=used_line[:1])
+        # /metrics samples memory every 10 s (ops/metrics.py SAMPLE_INTERVAL), off the scrape
+        # path: the gauge may lag a load by that much, so wait for it, then hold it to /api/ps.
+        scraped = 0.0
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            status, metrics = http("GET", url + "/metrics")
+            scraped = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in str(metrics).splitlines()
+                if line.startswith('vllama_device_memory_vllama_bytes{device="gpu:0"}')
+            )
+            if reported and abs(scraped - reported) <= 0.05 * reported:
+                break
+            time.sleep(1)
+        check.record(
+            "/metrics counts vllama's memory on gpu:0 as /api/ps does",
+            bool(reported) and abs(scraped - reported) <= 0.05 * reported,
+            metrics=scraped,
+            ps=reported,
+        )
         before = set(nvml_usage(pynvml, 0))
         status, _ = http("POST", url + "/v1/completions", {"model": "d", **completion})
         time.sleep(2)
