@@ -282,8 +282,14 @@ def test_a_container_serves_drains_and_starts_again_on_its_volumes(
     # No podman command may run while the stream does: with a `podman exec` session running,
     # `podman stop` and even `podman inspect` waited until it ended (seen: 21-22 s, the whole
     # stream), which would test podman's locking, not vllama's drain.
+    # Even `podman exec --detach` once returned only when the stream had ended: it runs beside
+    # the test, which watches the file.
     leader = int(podman("inspect", "--format", "{{.State.Pid}}", first.name))
-    podman("exec", "--detach", first.name, "python3", "-c", _STREAM, str(tokens))
+    assert PODMAN is not None
+    reader = subprocess.Popen(
+        [PODMAN, "exec", "--detach", first.name, "python3", "-c", _STREAM, str(tokens)],
+        stdout=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (report.exists() and report.read_text().startswith("streaming")):
         assert time.monotonic() < deadline, "the stream inside the container never began"
@@ -293,6 +299,7 @@ def test_a_container_serves_drains_and_starts_again_on_its_volumes(
     os.kill(leader, signal.SIGTERM)
     podman("wait", first.name, timeout=120)
     stopped_in = time.monotonic() - stop_sent
+    reader.wait(60)
     finished = report.read_text().split()
     assert finished == ["streaming", str(tokens), "length"], finished  # every token came
     (requested,) = [event for event in first.events() if event["event"] == "shutdown requested"]
