@@ -24,6 +24,7 @@ import ollama
 import openai
 import pytest
 
+from tests.component.fakes import eventually_blocking
 from tests.conftest import SESSION_MARK, worker_like_processes
 from tests.daemon import free_port
 from vllama import __version__
@@ -274,27 +275,27 @@ def test_a_container_serves_drains_and_starts_again_on_its_volumes(
     # Stop while an answer streams: it finishes (drained), the container exits 0 in time. The
     # answer is sized to take about ANSWER_SECONDS here and read by a client inside the
     # container that writes what it got to a file on a volume (see _RATE for why not through
-    # the published port; podman exec's own output came late too); the stop goes out once its
-    # first chunk has come, and the daemon's own count of answers in flight when the signal came
-    # is the proof that it drained one.
-    tokens = _tokens_for(first, ANSWER_SECONDS)
-    report = _on_host(volumes[CACHE_VOLUME]) / "drain-test"
+    # the published port); the stop goes out once its first chunk has come, and the daemon's own
+    # count of answers in flight when the signal came is the proof that it drained one.
     # No podman command may run while the stream does: with a `podman exec` session running,
     # `podman stop` and even `podman inspect` waited until it ended (seen: 21-22 s, the whole
-    # stream), which would test podman's locking, not vllama's drain.
-    # Even `podman exec --detach` once returned only when the stream had ended: it runs beside
-    # the test, which watches the file.
+    # stream), and `podman exec --detach` once returned only then. So the leader's pid is read
+    # first, the exec runs beside the test, and the test sends the signal `podman stop` sends,
+    # SIGTERM to the container's PID 1 (tini), itself.
+    tokens = _tokens_for(first, ANSWER_SECONDS)
+    report = _on_host(volumes[CACHE_VOLUME]) / "drain-test"
     leader = int(podman("inspect", "--format", "{{.State.Pid}}", first.name))
     assert PODMAN is not None
     reader = subprocess.Popen(
         [PODMAN, "exec", "--detach", first.name, "python3", "-c", _STREAM, str(tokens)],
         stdout=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (report.exists() and report.read_text().startswith("streaming")):
-        assert time.monotonic() < deadline, "the stream inside the container never began"
-        time.sleep(0.05)
-    # The signal `podman stop` sends, to the container's PID 1 (tini), sent by the test itself.
+    eventually_blocking(
+        lambda: report.exists() and report.read_text().startswith("streaming"),
+        within=120,
+        what="the stream inside the container began",
+        every=0.05,
+    )
     stop_sent = time.monotonic()
     os.kill(leader, signal.SIGTERM)
     podman("wait", first.name, timeout=120)
@@ -302,8 +303,9 @@ def test_a_container_serves_drains_and_starts_again_on_its_volumes(
     reader.wait(60)
     finished = report.read_text().split()
     assert finished == ["streaming", str(tokens), "length"], finished  # every token came
-    (requested,) = [event for event in first.events() if event["event"] == "shutdown requested"]
-    streamed = [event for event in first.events() if event["event"] == "request"][-1]
+    events = first.events()
+    (requested,) = [event for event in events if event["event"] == "shutdown requested"]
+    streamed = [event for event in events if event["event"] == "request"][-1]
     assert requested["answers_in_flight"] == 1, (requested, streamed)  # it drained the answer
     assert stopped_in < DRAIN_TIMEOUT + STOP_TIMEOUT, (stopped_in, first.logs()[-6000:])
     state = first.state()

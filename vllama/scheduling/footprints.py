@@ -60,9 +60,9 @@ def share_for(footprint: Footprint, kv: int) -> int:
     return footprint.non_kv + kv + MARGIN
 
 
-# Variables of a model's `env` that cannot change what vLLM takes: credentials (which must not
-# be written into the state file either) and logging. Everything else counts, unknown names
-# included: allocator settings, attention backends, `VLLM_*` switches.
+# Variables of a model's `env` that cannot change what vLLM takes: credentials (a rotated token
+# must not make the model's footprint unknown again) and logging. Everything else counts, unknown
+# names included: allocator settings, attention backends, `VLLM_*` switches.
 _SECRET = re.compile(r"(^|_)(TOKEN|KEY|KEY_ID|SECRET|PASSWORD)$")
 _LOGGING = re.compile(r"(^|_)(LOG|LOGGING)(_|$)")
 _SEPARATOR = "\x1f"
