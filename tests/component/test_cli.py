@@ -9,6 +9,7 @@ import pty
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -523,11 +524,21 @@ def test_ps_lists_the_running_model(daemon: Daemon) -> None:
     assert row.endswith("from now")
 
 
+WITH_SIGINT = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
 def test_ps_watch_redraws_on_a_load_until_ctrl_c(daemon: Daemon) -> None:
     vllama(daemon.url, "stop", "tiny")
     env = {**os.environ, "VLLAMA_HOST": daemon.url, "TEST_VLLAMA_SESSION": SESSION_MARK}
+    # Ctrl-C as in a terminal: a run started in the background by a non-interactive shell
+    # ignores SIGINT, which every child inherits (its KeyboardInterrupt would never come).
     watch = subprocess.Popen(
-        [*VLLAMA, "ps", "--watch"],
+        [*WITH_SIGINT, *VLLAMA, "ps", "--watch"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

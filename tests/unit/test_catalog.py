@@ -588,12 +588,18 @@ def test_the_weights_vllm_loads_are_counted_once() -> None:
     assert loaded_weight_bytes({"config.json": 1}) is None
 
 
-def test_local_weights_count_only_what_vllm_loads(tmp_path: Path) -> None:
+async def test_local_weights_count_only_what_vllm_loads(tmp_path: Path) -> None:
     folder = make_model(tmp_path / "m", LLAMA_CONFIG)
     (folder / "original").mkdir()
     (folder / "original" / "consolidated.00.pth").write_text("x" * 1000)
     model = read_model(folder)
     assert model.size > model.weight_bytes > 0  # the .pth copy is on disk, not loaded
+    # ... and what reading weights ahead reads (engine/page_cache.py)
+    assert model.weight_files == tuple(sorted(folder.glob("*.safetensors")))
+    assert model.weight_bytes == sum(f.stat().st_size for f in model.weight_files)
+    config = load_config(file_data={"models": {"m": {"model": str(folder)}}})
+    facts = await Registry(config).facts(config.models["m"])
+    assert facts.weight_files == tuple(str(f) for f in model.weight_files)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from tests.component.fakes import FakeNvml, eventually
 from tests.unit.fake_worker import FakeWorkers, settle, state
 from vllama.catalog.facts import ModelFacts
 from vllama.config.settings import ModelSpec, load_config
+from vllama.engine import page_cache
+from vllama.engine.page_cache import Warmed
 from vllama.engine.states import WorkerState
 from vllama.engine.worker import LoadError
 from vllama.scheduling.devices import DeviceMemory, Devices
@@ -65,7 +68,9 @@ def host(
     async def facts(spec: ModelSpec) -> ModelFacts:
         weights = weights_gib[spec.model.removeprefix("org/")] * GiB
         return ModelFacts(
-            weights, warm_up=("/v1/completions", (("prompt", "hi"), ("max_tokens", 1)))
+            weights,
+            weight_files=(f"/models/{spec.model}.safetensors",),
+            warm_up=("/v1/completions", (("prompt", "hi"), ("max_tokens", 1))),
         )
 
     scheduler = Scheduler(
@@ -196,6 +201,66 @@ async def test_a_busy_model_is_waited_for_and_each_model_gets_its_turn() -> None
     await asyncio.wait_for(asyncio.gather(first, b, late), 5)
     assert (workers.made["a"].starts, workers.made["b"].starts) == (2, 1)
     assert state(scheduler, "a") is S.READY and state(scheduler, "b") is S.STOPPED
+
+
+class ReadAhead:
+    """Records what `page_cache.warm` was asked to read, and how far each model's start had got."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.workers: FakeWorkers | None = None
+        self.reads: list[tuple[tuple[str, ...], dict[str, int]]] = []
+        self.stops: list[threading.Event] = []
+        monkeypatch.setattr(page_cache, "warm", self)
+
+    def __call__(self, files: Sequence[str], stop: threading.Event) -> Warmed:
+        assert self.workers is not None
+        starts = {name: worker.starts for name, worker in self.workers.made.items()}
+        self.reads.append((tuple(files), starts))
+        self.stops.append(stop)
+        return Warmed(1, 0.0)
+
+
+async def test_a_load_reads_its_weights_ahead_while_it_waits_for_a_busy_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_ahead = ReadAhead(monkeypatch)
+    scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 4, "b": 4})  # never both at once
+    read_ahead.workers = workers
+    release = asyncio.Event()
+    first = asyncio.create_task(_use(scheduler, "a", until=release))
+    await eventually(lambda: state(scheduler, "a") is S.READY)
+    b = asyncio.create_task(_use(scheduler, "b"))
+    await eventually(lambda: len(read_ahead.reads) == 2, what="b's weights read")
+    files, starts = read_ahead.reads[1]
+    assert files == ("/models/org/b.safetensors",) and starts["b"] == 0  # a still serves
+    assert not read_ahead.stops[1].is_set()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, b), 5)
+    assert read_ahead.stops[1].is_set()  # b's start is over: the reading stops, if not done
+
+
+async def test_a_load_queued_behind_another_load_reads_its_weights_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_ahead = ReadAhead(monkeypatch)
+    scheduler, workers, _ = host({"a": {}, "b": {}}, {"a": 1, "b": 1})  # room for both
+    read_ahead.workers = workers
+    workers.made["a"].gate.clear()
+    a = asyncio.create_task(_use(scheduler, "a"))
+    await eventually(lambda: state(scheduler, "a") is S.STARTING)
+    b = asyncio.create_task(_use(scheduler, "b"))
+    await eventually(lambda: len(read_ahead.reads) == 2, what="b's weights read")
+    assert read_ahead.reads[1][1]["b"] == 0 and state(scheduler, "a") is S.STARTING
+    workers.made["a"].gate.set()
+    await asyncio.wait_for(asyncio.gather(a, b), 5)
+
+
+async def test_reading_weights_ahead_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_ahead = ReadAhead(monkeypatch)
+    scheduler, workers, _ = host({"a": {}}, {"a": 1}, read_ahead_weights=False)
+    read_ahead.workers = workers
+    await _use(scheduler, "a")
+    assert read_ahead.reads == []
 
 
 async def test_a_model_too_big_for_any_gpu_is_refused_with_the_numbers() -> None:

@@ -17,6 +17,7 @@ class ModelFacts:
     """What the catalog reads from a model's files that starting its worker needs."""
 
     weight_bytes: int = 0  # the weights vLLM loads; 0 when unknown (not downloaded, offline)
+    weight_files: tuple[str, ...] = ()  # their files, where they are on disk
     engine_args: tuple[str, ...] = ()  # vLLM arguments chosen for it (parsers, adapters)
     kv_bytes_per_token: int | None = None  # KV cache per token of context, from config.json
     context_length: int | None = None  # the model's full context, from config.json

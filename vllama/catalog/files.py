@@ -57,6 +57,7 @@ class ModelFiles:
     capabilities: list[str]
     parameter_count: int = 0
     weight_bytes: int = 0  # the weight files vLLM loads (`size` counts every file)
+    weight_files: tuple[Path, ...] = ()  # those files
     generation_config: dict[str, Any] = field(default_factory=dict)
     # What parser detection reads (catalog.families): the tokenizer's special and added tokens,
     # the top-level file names, tokenizer_config.json.
@@ -129,7 +130,7 @@ def read_model(path: Path) -> ModelFiles:
     manifest.update(config_bytes)
     newest = max(stat.st_mtime for _, stat in files)
 
-    count, level, fmt, weight_bytes = _weights(path, config, files)
+    count, level, fmt, weight_files = _weights(path, config, files)
     details = ModelDetails(
         format=fmt,
         family=_family(config),
@@ -150,7 +151,8 @@ def read_model(path: Path) -> ModelFiles:
         template=template,
         capabilities=capabilities_of(path, config),
         parameter_count=count,
-        weight_bytes=weight_bytes,
+        weight_bytes=sum(f.stat().st_size for f in weight_files),
+        weight_files=weight_files,
         generation_config=_optional_json(path / "generation_config.json"),
         special_tokens=_special_tokens(path, tokenizer_config),
         file_names=frozenset(rel for rel, _ in files if "/" not in rel),
@@ -224,10 +226,10 @@ def _regular_files(root: Path) -> list[tuple[str, os.stat_result]]:
 
 def _weights(
     path: Path, config: dict[str, Any], files: list[tuple[str, os.stat_result]]
-) -> tuple[int, str, str, int]:
-    """(parameter count, quantization level, format, bytes vLLM loads); format "" when there are
-    no weights. Only the weights vLLM loads count: an index's shards, else the top-level files
-    (never an `original/` copy or a consolidated twin)."""
+) -> tuple[int, str, str, tuple[Path, ...]]:
+    """(parameter count, quantization level, format, the files vLLM loads); format "" when there
+    are no weights. Only the weights vLLM loads count: an index's shards, else the top-level
+    files (never an `original/` copy or a consolidated twin)."""
     quant = config.get("quantization_config")
     method = quant.get("quant_method") if isinstance(quant, dict) else None
     quant_level = str(method).upper() if method else ""
@@ -240,11 +242,10 @@ def _weights(
                 per_dtype[dtype] += elements
         dominant = max(sorted(per_dtype), key=lambda d: per_dtype[d]) if per_dtype else ""
         level = quant_level or ("FP8" if dominant.startswith("F8") else dominant)
-        size = sum(shard.stat().st_size for shard in shards)
-        return sum(per_dtype.values()), level, "safetensors", size
+        return sum(per_dtype.values()), level, "safetensors", tuple(shards)
 
     pickled = [
-        stat.st_size
+        (path / rel, stat.st_size)
         for rel, stat in files
         if "/" not in rel and rel.endswith((".bin", ".pt", ".pth")) and "training_args" not in rel
     ]
@@ -252,9 +253,9 @@ def _weights(
         torch_dtype = config.get("torch_dtype") or config.get("dtype")
         level = _DTYPE_LEVELS.get(str(torch_dtype), "")
         # Without a header to read, estimate; half precision is the common case when unstated.
-        count = sum(pickled) // _LEVEL_BYTES.get(level, 2)
-        return count, quant_level or level, "pytorch", sum(pickled)
-    return 0, quant_level, "", 0
+        count = sum(size for _, size in pickled) // _LEVEL_BYTES.get(level, 2)
+        return count, quant_level or level, "pytorch", tuple(file for file, _ in pickled)
+    return 0, quant_level, "", ()
 
 
 def _safetensors_shards(path: Path, files: list[tuple[str, os.stat_result]]) -> list[Path]:

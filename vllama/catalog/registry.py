@@ -304,6 +304,7 @@ class Registry:
             return ModelFacts(weights or 0, args)
         return ModelFacts(
             weight_bytes=files.weight_bytes,
+            weight_files=tuple(str(file) for file in files.weight_files),
             engine_args=args,
             kv_bytes_per_token=kv_bytes_per_token(files.config),
             **profile_shapes(files.config),

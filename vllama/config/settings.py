@@ -193,6 +193,9 @@ class ServerSettings(BaseSettings):
     # Engine processes kept started ahead of need, vLLM already imported (~10 s of a cold start):
     # a load takes one over. Each holds ~0.5-1 GB of host RAM (counted in memory_limit_cpu).
     warm_spares: int = Field(default=1, ge=0, le=8)
+    # A load reads its model's weight files into the page cache while it waits for room and its
+    # engine imports, so vLLM finds them in memory (engine/page_cache.py).
+    read_ahead_weights: bool = True
     # Scheduling: memory budgets per device, caps, the wait queue, crash-loop handling.
     memory_limit_cpu: Bytes | None = None  # host RAM vllama's CPU workers may use (default: all)
     # Host RAM set aside for vllama's CPU workers (a dedicated host, a test run's fake engine):

@@ -15,8 +15,9 @@ admission before any request can start on them.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 import structlog
@@ -24,6 +25,7 @@ import structlog
 from vllama.catalog.facts import ModelFacts
 from vllama.config import vllm_args
 from vllama.config.settings import ModelSpec, ServerSettings
+from vllama.engine.page_cache import Warmed
 from vllama.engine.spares import SparePool
 from vllama.engine.vllm_report import refusal
 from vllama.engine.worker import MemoryRefused
@@ -42,6 +44,9 @@ log = structlog.get_logger("vllama.scheduler")
 # What the catalog knows about a model's files (weights, the parsers chosen for it); reading them
 # is its effect to schedule (the registry reads files in a thread).
 FactsSource = Callable[[ModelSpec], Awaitable[ModelFacts]]
+# Blocking: reads weight files into the page cache until done or the event is set
+# (`engine.page_cache.warm`).
+ReadAhead = Callable[[Sequence[str], threading.Event], Warmed]
 
 
 class Coordinator:
@@ -54,6 +59,7 @@ class Coordinator:
         changes: Changes,
         runners: Callable[[], Iterable[ModelRunner]],
         spares: SparePool | None = None,
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         self._settings = settings
         self._memory = memory
@@ -64,6 +70,8 @@ class Coordinator:
         self._spares = spares
         self._lock = asyncio.Lock()
         self._named: dict[str, ModelRunner] = {}  # the last snapshot's names for its models
+        self._read_ahead = read_ahead
+        self._reading: set[asyncio.Task[None]] = set()
 
     # -- the effects, one at a time ----------------------------------------------------------
 
@@ -72,11 +80,20 @@ class Coordinator:
         `may_evict` False, only where it fits as things are), start its worker and measure what
         it took. `PlacementRefused` when it has no room; the worker's `LoadError` when its start
         fails."""
+        # Read before the lock, so that a load queued behind another reads its weights ahead
+        # while it waits (and while the models it evicts still serve).
+        facts = await self._facts(runner.spec)
+        done_reading = self._read_weights_ahead(runner.name, facts)
+        try:
+            await self._start_locked(runner, facts, may_evict)
+        finally:
+            done_reading.set()  # vLLM has read them by now, or will not
+
+    async def _start_locked(self, runner: ModelRunner, facts: ModelFacts, may_evict: bool) -> None:
         worker = runner.worker
         async with self._lock:
             if worker.is_ready:  # it was draining for another load, which has finished
                 return
-            facts = await self._facts(runner.spec)
             try:
                 share = await self._start_placed(runner, facts, may_evict)
             except MemoryRefused as refused:
@@ -108,6 +125,30 @@ class Coordinator:
                     runner.name, worker.pid, share.devices, share.free_before
                 )
             runner.ready(measured or share.need)  # before the lock goes to the next load
+
+    def _read_weights_ahead(self, name: str, facts: ModelFacts) -> threading.Event:
+        """Start reading the model's weight files into the page cache in a thread (a cold
+        read is the part of a start that the imports and the wait for room can hide); the
+        event stops it."""
+        stop = threading.Event()
+        if self._read_ahead is None or not facts.weight_files:
+            return stop
+        read_ahead = self._read_ahead
+
+        async def read() -> None:
+            warmed = await asyncio.to_thread(read_ahead, facts.weight_files, stop)
+            log.info(
+                "weights read ahead" if warmed.read else "weights not read ahead",
+                model=name,
+                bytes=warmed.read,
+                seconds=round(warmed.seconds, 2),
+                **({"why": warmed.skipped} if warmed.skipped else {}),
+            )
+
+        task = asyncio.create_task(read())
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+        return stop
 
     async def _start_placed(self, runner: ModelRunner, facts: ModelFacts, may_evict: bool) -> Share:
         """Make room, start the worker there; the share it started in."""

@@ -21,6 +21,7 @@ import structlog
 
 from vllama.config import replicas
 from vllama.config.settings import Config, ModelSpec, ServerSettings
+from vllama.engine import page_cache
 from vllama.engine.leftovers import Leftovers
 from vllama.engine.ports import PortAllocator
 from vllama.engine.spares import SparePool
@@ -104,7 +105,14 @@ class Scheduler:
         # beside the running one, and those a reload replaced, until they have stopped.
         self._outside: set[ModelRunner] = set()
         self._coordinator = Coordinator(
-            settings, self.memory, facts, self.events, self._changes, self._holders, spares
+            settings,
+            self.memory,
+            facts,
+            self.events,
+            self._changes,
+            self._holders,
+            spares,
+            read_ahead=page_cache.warm if settings.read_ahead_weights else None,
         )
         if spares is not None:  # a spare taken by a load is replaced once that load is over
             self.events.subscribe(

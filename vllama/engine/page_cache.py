@@ -1,0 +1,75 @@
+"""Reading a model's weight files into the page cache while its load waits and its engine imports.
+
+A vLLM start spends its first seconds (on these machines, most of them) importing, profiling and
+waiting for room; only then does it read the weights. Read cold from disk, a 16 GB model takes
+tens of seconds more at a few hundred MB/s. Reading the files ahead, in a thread that starts with
+the load, overlaps that read with everything before it: by the time vLLM maps the files, their
+pages are in memory. Read, not `posix_fadvise(WILLNEED)`: the advice is asynchronous with no end
+to wait on, and measured here it had read a fraction of an 800 MB file three seconds later.
+
+The page cache is memory the kernel takes back when it needs it, so this never holds memory;
+still, weights larger than half of what the host has available are not read (they would push
+out other models' pages, and would not all stay cached until vLLM reads them).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+CHUNK = 8 << 20  # bytes per read: large enough that syscalls cost nothing next to the copy
+
+
+@dataclass(frozen=True)
+class Warmed:
+    read: int  # bytes read (0 when skipped)
+    seconds: float
+    skipped: str = ""  # why nothing was read, when nothing was
+
+
+def warm(
+    files: Sequence[str], stop: threading.Event | None = None, available: int | None = None
+) -> Warmed:
+    """Blocking: read every byte of `files` once (the pages stay cached); stops early when
+    `stop` is set. `available`: the host's available memory (measured when None)."""
+    started = time.monotonic()
+    sizes = []
+    for name in files:
+        try:
+            sizes.append(os.stat(name).st_size)
+        except OSError:
+            sizes.append(0)
+    total = sum(sizes)
+    if total == 0:
+        return Warmed(0, 0.0, "no weight files on disk")
+    if available is None:
+        available = psutil.virtual_memory().available
+    if total > available // 2:
+        return Warmed(0, 0.0, f"{total} bytes of weights, {available} bytes available")
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    done = 0
+    for name in files:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger readahead
+            while not (stop is not None and stop.is_set()):
+                n = os.readv(fd, [view])
+                if n <= 0:
+                    break
+                done += n
+        except OSError:
+            pass  # a file that cannot be read is vLLM's error to report, not ours
+        finally:
+            os.close(fd)
+        if stop is not None and stop.is_set():
+            break
+    return Warmed(done, time.monotonic() - started)
