@@ -31,6 +31,7 @@ MISSING_THERE = (
     "typing-extensions",
     "structlog",
     "httptools",  # the relay's worker client (api/upstream.py)
+    "orjson",  # the Ollama translation's stream lines (api/ollama/stream.py)
 )
 THERE_ALREADY = (
     "aiohttp",

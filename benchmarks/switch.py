@@ -57,7 +57,13 @@ from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 VARIANTS = ("hand", "load-nospare", "load-spare", "swap-nospare", "swap-spare")
 # Also: "load-spare-inproc", "swap-spare-inproc": the model's env sets
 # VLLM_ENABLE_V1_MULTIPROCESSING=0 (vLLM's engine in its API server's process; see DECISIONS).
-ONE_MODEL_BUDGET = "4.5GiB"  # a tiny CPU worker measures ~2.9 GB; two never fit
+# A tiny CPU worker measures ~2.9 GB (its weights 2 MB); a budget of its weights + 4.5 GiB holds
+# one worker, never two.
+ONE_MODEL_BASE = int(4.5 * 2**30)
+
+
+def one_model_budget(model: Path) -> int:
+    return ONE_MODEL_BASE + sum(f.stat().st_size for f in model.glob("*.safetensors"))
 
 
 def first_token(url: str, model: str) -> float:
@@ -126,7 +132,7 @@ def through_vllama(
     }
     models = {"a": spec}
     if variant.startswith("swap"):
-        server["memory_limit_cpu"] = ONE_MODEL_BUDGET
+        server["memory_limit_cpu"] = one_model_budget(model)
         models["b"] = {**spec, "model": str(model_b or model)}
     config = write_config(folder / f"{variant}.toml", server, models)
     with Daemon(config, free_port(), folder / f"{variant}.log") as daemon:

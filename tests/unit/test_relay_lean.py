@@ -14,7 +14,7 @@ import pytest
 
 from vllama.api.inflight import InFlight
 from vllama.api.observe import new_request_id
-from vllama.api.ollama.stream import _loads
+from vllama.api.ollama.stream import _loads, ndjson, ndjson_lines
 from vllama.api.usage import StreamUsage, token_counts, usage_of, usage_of_events
 
 
@@ -50,6 +50,26 @@ def outcome(parse: Any, data: bytes) -> tuple[str, str]:
 )
 def test_loads_answers_as_json_loads(data: bytes) -> None:
     assert outcome(_loads, data) == outcome(json.loads, data)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"a": "é\u2028<>&\n", "b": [1, 2.5, None, True, {"c": []}]},
+        {"n": 2**70},  # past orjson's 64 bits: Python's json writes it
+        {1: "x"},  # a key that is not a string: likewise
+    ],
+)
+def test_ndjson_lines_read_back_as_what_was_written(obj: dict[Any, Any]) -> None:
+    line = ndjson(obj)
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    assert json.loads(line) == json.loads(json.dumps(obj))
+    assert ndjson_lines([obj, {"done": True}]) == line + b'{"done":true}\n'
+
+
+def test_ndjson_writes_nan_as_null() -> None:
+    # Python's json would write NaN, which is not JSON: Ollama's own clients would fail the line.
+    assert ndjson({"x": float("nan")}) == b'{"x":null}\n'
 
 
 def usage_line_by_line(chunk: bytes) -> dict[str, object] | None:
