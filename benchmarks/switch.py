@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -145,6 +146,16 @@ def through_vllama(
         return first_token(daemon.url, "b" if variant.startswith("swap") else "a")
 
 
+def weights_took(log: Path) -> str:
+    """What vLLM said its last weight loading in that daemon's log took (the part of a start
+    that reading the weights ahead shortens), and how long the read ahead took."""
+    said = re.findall(r"Loading weights took ([0-9.]+) seconds", log.read_text())
+    ahead = re.findall(r'"seconds": ([0-9.]+), "event": "weights read ahead"', log.read_text())
+    return (f"  (vLLM's weight loading {said[-1]} s" if said else "  (") + (
+        f", read ahead in {ahead[-1]} s)" if ahead else ")"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -186,7 +197,8 @@ def main() -> None:
                         print((Path(tmp) / f"{variant}.log").read_text()[-4000:], file=sys.stderr)
                         raise
                 runs[variant].append(seconds)
-                print(f"round {round_ + 1} {variant}: {seconds:.2f} s", flush=True)
+                weights = "" if variant == "hand" else weights_took(Path(tmp) / f"{variant}.log")
+                print(f"round {round_ + 1} {variant}: {seconds:.2f} s{weights}", flush=True)
     base = median(runs[variants[0]])
     print(f"\nmedian of {options.rounds} rounds, time to first token (ratio to {variants[0]})")
     for variant, times in runs.items():
