@@ -52,6 +52,7 @@ from wide_model import build as build_wide  # noqa: E402
 
 from tests.component.fakes import worker_ports  # noqa: E402
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
+from tests.unit.test_page_cache import resident_fraction  # noqa: E402
 from vllama.demo.build import ensure_demo_models  # noqa: E402
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
 
@@ -102,7 +103,8 @@ def spares_ready(url: str) -> bool:
 
 
 def evict(model: Path) -> None:
-    """Drop the model's files from the page cache (clean pages no process maps)."""
+    """Drop the model's files from the page cache (clean pages no process maps); say so when
+    they stayed (a process still maps them), since the variant then does not start cold."""
     for file in model.iterdir():
         if file.is_file():
             fd = os.open(file, os.O_RDONLY)
@@ -110,6 +112,8 @@ def evict(model: Path) -> None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+            if file.suffix == ".safetensors" and resident_fraction(file) > 0.1:
+                print(f"  ({file.name}: {resident_fraction(file):.0%} still cached)", flush=True)
 
 
 def through_vllama(

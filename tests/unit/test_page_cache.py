@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vllama.engine.page_cache import CHUNK, warm
+from vllama.engine import page_cache
+from vllama.engine.page_cache import CHUNK, NICE, read_ahead, warm
 
 PAGE = mmap.PAGESIZE
 libc = ctypes.CDLL(None, use_errno=True)
@@ -69,3 +70,22 @@ def test_missing_files_and_a_stop_end_the_reading(tmp_path: Path) -> None:
     stop = threading.Event()
     stop.set()
     assert warm([str(file)], stop, available=1 << 40).read == 0
+
+
+async def test_the_reading_thread_yields_to_everything_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    priorities: list[int] = []
+    real_warm = page_cache.warm
+
+    def spied(files: list[str], stop: threading.Event) -> page_cache.Warmed:
+        priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_warm(files, stop, available=1 << 40)
+
+    monkeypatch.setattr(page_cache, "warm", spied)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    file = written(tmp_path / "model.safetensors", CHUNK + 1)
+    warmed = await read_ahead([str(file)], threading.Event())
+    assert warmed.read == CHUNK + 1
+    assert priorities == [NICE]  # its own thread, at the lowest priority
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # not the loop's

@@ -204,15 +204,16 @@ async def test_a_busy_model_is_waited_for_and_each_model_gets_its_turn() -> None
 
 
 class ReadAhead:
-    """Records what `page_cache.warm` was asked to read, and how far each model's start had got."""
+    """Records what `page_cache.read_ahead` was asked to read, and how far each model's start had
+    got."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.workers: FakeWorkers | None = None
         self.reads: list[tuple[tuple[str, ...], dict[str, int]]] = []
         self.stops: list[threading.Event] = []
-        monkeypatch.setattr(page_cache, "warm", self)
+        monkeypatch.setattr(page_cache, "read_ahead", self)
 
-    def __call__(self, files: Sequence[str], stop: threading.Event) -> Warmed:
+    async def __call__(self, files: Sequence[str], stop: threading.Event) -> Warmed:
         assert self.workers is not None
         starts = {name: worker.starts for name, worker in self.workers.made.items()}
         self.reads.append((tuple(files), starts))

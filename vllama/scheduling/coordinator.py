@@ -44,9 +44,9 @@ log = structlog.get_logger("vllama.scheduler")
 # What the catalog knows about a model's files (weights, the parsers chosen for it); reading them
 # is its effect to schedule (the registry reads files in a thread).
 FactsSource = Callable[[ModelSpec], Awaitable[ModelFacts]]
-# Blocking: reads weight files into the page cache until done or the event is set
-# (`engine.page_cache.warm`).
-ReadAhead = Callable[[Sequence[str], threading.Event], Warmed]
+# Reads weight files into the page cache until done or the event is set
+# (`engine.page_cache.read_ahead`).
+ReadAhead = Callable[[Sequence[str], threading.Event], Awaitable[Warmed]]
 
 
 class Coordinator:
@@ -136,7 +136,11 @@ class Coordinator:
         read_ahead = self._read_ahead
 
         async def read() -> None:
-            warmed = await asyncio.to_thread(read_ahead, facts.weight_files, stop)
+            try:
+                warmed = await read_ahead(facts.weight_files, stop)
+            except Exception as exc:  # the start goes on: vLLM reads the files itself
+                log.warning("weights not read ahead", model=name, error=repr(exc))
+                return
             log.info(
                 "weights read ahead" if warmed.read else "weights not read ahead",
                 model=name,

@@ -112,7 +112,7 @@ class Scheduler:
             self._changes,
             self._holders,
             spares,
-            read_ahead=page_cache.warm if settings.read_ahead_weights else None,
+            read_ahead=page_cache.read_ahead if settings.read_ahead_weights else None,
         )
         if spares is not None:  # a spare taken by a load is replaced once that load is over
             self.events.subscribe(
