@@ -99,7 +99,9 @@ class Check:
 
     def record(self, name: str, ok: bool, **figures: Any) -> None:
         self.steps.append({"step": name, "ok": bool(ok), **figures})
-        print(("PASS " if ok else "FAIL ") + name, json.dumps(figures, default=str), flush=True)
+        # A skipped step does not fail the run, and does not read as a pass either.
+        word = "SKIP " if figures.get("skipped") else "PASS " if ok else "FAIL "
+        print(word + name, json.dumps(figures, default=str), flush=True)
 
 
 def nvml_usage(pynvml: Any, index: int) -> dict[int, int]:
