@@ -22,6 +22,13 @@ def process_group(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen[An
         kill_group(proc)
 
 
+def default_sigint() -> None:
+    """`preexec_fn` for a program a test sends SIGINT: SIGINT at its default, as a terminal has
+    it. A test run started in the background by a non-interactive shell inherits SIGINT
+    ignored, and every child with it (a Python program's KeyboardInterrupt would never come)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill_group(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL to `proc`'s whole group (a group already gone is no error), and `proc` reaped."""
     with contextlib.suppress(ProcessLookupError):

@@ -9,7 +9,6 @@ import pty
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ import pytest
 from tests.component.fakes import worker_ports
 from tests.conftest import FAKE_ENGINE_COMMAND, LONG_LIVED, SESSION_MARK, assert_no_leftovers
 from tests.daemon import VLLAMA, Daemon, free_port, write_config
+from tests.processes import default_sigint
 from vllama import __version__
 from vllama.cli.client import DEFAULT_URL, daemon_url, error_message
 from vllama.cli.commands import (
@@ -524,25 +524,16 @@ def test_ps_lists_the_running_model(daemon: Daemon) -> None:
     assert row.endswith("from now")
 
 
-WITH_SIGINT = (
-    sys.executable,
-    "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.argv[1], sys.argv[1:])",
-)
-
-
 def test_ps_watch_redraws_on_a_load_until_ctrl_c(daemon: Daemon) -> None:
     vllama(daemon.url, "stop", "tiny")
     env = {**os.environ, "VLLAMA_HOST": daemon.url, "TEST_VLLAMA_SESSION": SESSION_MARK}
-    # Ctrl-C as in a terminal: a run started in the background by a non-interactive shell
-    # ignores SIGINT, which every child inherits (its KeyboardInterrupt would never come).
     watch = subprocess.Popen(
-        [*WITH_SIGINT, *VLLAMA, "ps", "--watch"],
+        [*VLLAMA, "ps", "--watch"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=default_sigint,  # Ctrl-C as in a terminal
     )
     try:
         assert watch.stdout is not None

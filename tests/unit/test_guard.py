@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.component.fakes import eventually_blocking
-from tests.processes import process_group
+from tests.processes import default_sigint, process_group
 from vllama.engine import guard
 
 # A session leader standing in for a worker: a grandchild in its own group (forked twice, so
@@ -142,7 +142,7 @@ def test_the_guard_outlives_a_sigint() -> None:
         text=True,
         # As from a terminal: a test run started in the background inherits SIGINT ignored, and
         # the guard would then survive it for that reason alone.
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     ) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == "ready\n"
@@ -150,7 +150,3 @@ def test_the_guard_outlives_a_sigint() -> None:
         proc.stdin.write("go on\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == 4  # the engine's own exit, not the guard's death
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
