@@ -153,8 +153,9 @@ def through_vllama(
 def weights_took(log: Path) -> str:
     """What vLLM said its last weight loading in that daemon's log took (the part of a start
     that reading the weights ahead shortens), and how long the read ahead took."""
-    said = re.findall(r"Loading weights took ([0-9.]+) seconds", log.read_text())
-    ahead = re.findall(r'"seconds": ([0-9.]+), "event": "weights read ahead"', log.read_text())
+    text = log.read_text()
+    said = re.findall(r"Loading weights took ([0-9.]+) seconds", text)
+    ahead = re.findall(r'"seconds": ([0-9.]+), "event": "weights read ahead"', text)
     return (f"  (vLLM's weight loading {said[-1]} s" if said else "  (") + (
         f", read ahead in {ahead[-1]} s)" if ahead else ")"
     )

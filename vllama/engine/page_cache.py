@@ -64,38 +64,36 @@ def warm(
     """Blocking: read every byte of `files` once (the pages stay cached); stops early when
     `stop` is set. `available`: the host's available memory (measured when None)."""
     started = time.monotonic()
-    sizes = []
-    for name in files:
-        try:
-            sizes.append(os.stat(name).st_size)
-        except OSError:
-            sizes.append(0)
-    total = sum(sizes)
+    stop = stop or threading.Event()
+    total = sum(_size(name) for name in files)
     if total == 0:
         return Warmed(0, 0.0, "no weight files on disk")
     if available is None:
         available = psutil.virtual_memory().available
     if total > available // 2:
         return Warmed(0, 0.0, f"{total} bytes of weights, {available} bytes available")
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(CHUNK))
     done = 0
     for name in files:
+        if stop.is_set():
+            break
         try:
             fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger readahead
-            while not (stop is not None and stop.is_set()):
-                n = os.readv(fd, [view])
-                if n <= 0:
-                    break
+            while not stop.is_set() and (n := os.readv(fd, [view])) > 0:
                 done += n
         except OSError:
             pass  # a file that cannot be read is vLLM's error to report, not ours
         finally:
             os.close(fd)
-        if stop is not None and stop.is_set():
-            break
     return Warmed(done, time.monotonic() - started)
+
+
+def _size(name: str) -> int:
+    try:
+        return os.stat(name).st_size
+    except OSError:
+        return 0
