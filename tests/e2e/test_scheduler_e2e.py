@@ -7,6 +7,7 @@ KV cache), so a 4.5 GiB budget holds one worker and never two.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,30 @@ def chat(daemon: Daemon, model: str) -> str:
     api = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", timeout=300)
     reply = api.chat.completions.create(model=model, messages=MESSAGES, max_tokens=4)
     return reply.choices[0].finish_reason
+
+
+def idle_spares(daemon: Daemon) -> int:
+    text = httpx.get(daemon.url + "/metrics", timeout=10).text
+    found = re.search(r"^vllama_spares (\S+)$", text, re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
+
+
+def test_a_load_through_the_warm_spare_forks_vllms_engine_core_from_its_zygote(
+    tight_daemon: Daemon,
+) -> None:
+    """vLLM's CPU build spawns its engine core (a fresh interpreter importing its whole stack
+    again); the spare's zygote forks it with that stack imported, which it does only for a spawn
+    whose import-time environment is its own: the spare started with what vLLM sets for that
+    spawn (vllama/engine/engine_env.py), with nothing in the service's environment."""
+    eventually_blocking(
+        lambda: idle_spares(tight_daemon) >= 1, within=240, what="a warm spare ready", every=0.5
+    )
+    assert chat(tight_daemon, "one")
+    server = workers(tight_daemon)["one"]
+    cores = [p for p in server.children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    assert len(cores) == 1
+    parent = cores[0].parent()
+    assert parent is not None and "vllama.engine.spare zygote" in " ".join(parent.cmdline())
 
 
 def test_alternating_models_evict_each_other(tight_daemon: Daemon) -> None:

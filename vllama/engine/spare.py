@@ -13,7 +13,9 @@ arguments), and runs the engine as `python -m MODULE ARGS` would. End of stdin: 
 
 Before it is ready, a spare of a module forks its zygote (engine/zygote.py), which the engine's
 own `spawn`s (vLLM's engine core and workers) then come from; a line `SPARE_NOTE reason` says why
-not, where it is not safe to.
+not, where it is not safe to. A spare of vLLM's CPU build first executes itself again with what
+vLLM will set for its engine processes (engine/engine_env.py): the zygote forks only spawns whose
+import-time environment is its own.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import runpy
 import sys
 from collections.abc import Callable, Mapping
 
-from vllama.engine import zygote
+from vllama.engine import engine_env, zygote
 
 READY = "SPARE_READY"
 UNFIT = "SPARE_UNFIT"
 NOTE = "SPARE_NOTE"
+# Set in the spare executed again with engine_env's preset: what those variables were before.
+PRESET_MARK = "VLLAMA_SPARE_PRESET"
 # What vLLM's engine core and executor workers import beyond its API server.
 VLLM_PRELOAD = (
     "vllm.v1.engine.core",
@@ -110,16 +114,48 @@ def _importable(module: str) -> bool:
         return False
 
 
+def environment_before_preset() -> dict[str, str]:
+    """The environment the spare was started with: its own, less the preset (PRESET_MARK), which
+    then counts as a change the engine's import made (`with_import_changes` gives it to the
+    model's environment, as vLLM would have to the engine's processes)."""
+    mark = os.environ.pop(PRESET_MARK, None)
+    before = dict(os.environ)
+    if mark is not None:
+        for name, value in json.loads(mark).items():
+            if value is None:
+                before.pop(name, None)
+            else:
+                before[name] = value
+    return before
+
+
+def _exec_with_preset(argv: list[str]) -> None:
+    """Execute this spare again with engine_env's preset in its environment, where there is one
+    (vLLM's CPU build) and this is not already the spare executed again."""
+    if PRESET_MARK in os.environ:
+        return
+    preset = engine_env.spare_preset(os.environ)
+    if not preset:
+        return
+    originals = {name: os.environ.get(name) for name in preset}
+    env = {**os.environ, **preset, PRESET_MARK: json.dumps(originals)}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "vllama.engine.spare", *argv], env)
+
+
 def main(argv: list[str]) -> int:
     with_zygote = argv[:1] != ["--no-zygote"]  # benchmarks/cold_start.py compares the two
+    given = argv
     argv = argv if with_zygote else argv[1:]
     if len(argv) < 2 or argv[0] != "--":
         print("usage: python -m vllama.engine.spare [--no-zygote] -- COMMAND...", file=sys.stderr)
         return 2
     command = argv[1:]
     kind, target = parse_command(command)
+    if kind == "module" and with_zygote and target.startswith("vllm."):
+        _exec_with_preset(given)
     set_title = _title_setter()
-    before = dict(os.environ)
+    before = environment_before_preset()
     if kind == "module":
         importlib.import_module(target)
     warm = None
