@@ -93,6 +93,23 @@ def test_a_spawn_whose_import_time_variables_differ_is_not_forked(tmp_path: Path
     assert "PYTHONHASHSEED differs" in output
 
 
+def test_the_second_zygote_forks_the_spawns_the_engine_sets_its_variables_for(
+    tmp_path: Path,
+) -> None:
+    # As vLLM's CPU build sets OpenMP's binding for its worker: named to the spare (for vLLM it
+    # asks vLLM's code, engine/engine_env.py), a second zygote started with it forks that spawn.
+    env = {"ZYGOTE_TEST_CHILD_ENV": "PYTHONHASHSEED=7"}
+    result, output = run_spare(tmp_path, env, "--spawn-env", "PYTHONHASHSEED=7")
+    child = result["child"]
+    assert "vllama.engine.spare second zygote" in child["parent_title"], output
+    assert child["hash_seed"] == "7"
+    assert "second zygote" in child["child"]["parent_title"]  # its own spawn, too
+    assert child["order_env"] == "from the order" and child["cwd"] == str(tmp_path)
+    assert "a plain spawn" not in output
+    assert result["exit_three"] == 3
+    assert result["terminated"] == -signal.SIGTERM
+
+
 def test_cuda_initialised_is_a_fork_hazard(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: True))
     monkeypatch.setitem(sys.modules, "torch", torch)

@@ -7,6 +7,7 @@ KV cache), so a 4.5 GiB budget holds one worker and never two.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,22 +52,30 @@ def idle_spares(daemon: Daemon) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-def test_a_load_through_the_warm_spare_forks_vllms_engine_core_from_its_zygote(
+def test_a_load_through_the_warm_spare_forks_vllms_engine_processes_from_its_zygotes(
     tight_daemon: Daemon,
 ) -> None:
-    """vLLM's CPU build spawns its engine core (a fresh interpreter importing its whole stack
-    again); the spare's zygote forks it with that stack imported, which it does only for a spawn
-    whose import-time environment is its own: the spare started with what vLLM sets for that
-    spawn (vllama/engine/engine_env.py), with nothing in the service's environment."""
+    """vLLM's CPU build spawns its engine core and its worker (fresh interpreters, each importing
+    its whole stack again); the spare's zygotes fork them with that stack imported. The first
+    forks the engine core, which it does only for a spawn whose import-time environment is its
+    own: the spare started with what vLLM sets for that spawn (vllama/engine/engine_env.py), with
+    nothing in the service's environment. The second, started with the OpenMP binding vLLM gives
+    its worker, forks the worker, whose threads are then bound as vLLM binds them (its engine
+    core's CPU left out)."""
     eventually_blocking(
         lambda: idle_spares(tight_daemon) >= 1, within=240, what="a warm spare ready", every=0.5
     )
     assert chat(tight_daemon, "one")
-    server = workers(tight_daemon)["one"]
-    cores = [p for p in server.children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
-    assert len(cores) == 1
-    parent = cores[0].parent()
-    assert parent is not None and "vllama.engine.spare zygote" in " ".join(parent.cmdline())
+    tree = workers(tight_daemon)["one"].children(recursive=True)
+    core = [p for p in tree if "VLLM::EngineCore" in " ".join(p.cmdline())]
+    worker = [p for p in tree if "VLLM::Worker" in " ".join(p.cmdline())]
+    assert len(core) == 1 and len(worker) == 1
+    for process, zygote in ((core[0], "spare zygote"), (worker[0], "spare second zygote")):
+        parent = process.parent()
+        assert parent is not None and f"vllama.engine.{zygote}" in " ".join(parent.cmdline())
+    bound = {frozenset(os.sched_getaffinity(thread.id)) for thread in worker[0].threads()}
+    cpus = len(os.sched_getaffinity(0))
+    assert len(bound) == 1 and (cpus == 1 or len(next(iter(bound))) < cpus), bound
 
 
 def test_alternating_models_evict_each_other(tight_daemon: Daemon) -> None:

@@ -20,7 +20,14 @@ def seen() -> dict[str, Any]:
         "forked": marker.IMPORTED_BY != os.getpid(),
         "order_env": os.environ.get("ZYGOTE_TEST_ORDER"),
         "cwd": os.getcwd(),
+        "parent_title": _title(os.getppid()),
+        "hash_seed": os.environ.get("PYTHONHASHSEED"),
     }
+
+
+def _title(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
 
 
 def child(pipe: Connection, nested: bool) -> None:

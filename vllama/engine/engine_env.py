@@ -25,6 +25,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import types
 from collections.abc import Callable, Mapping
 
 OPENMP_RUNTIMES = ("libomp", "libgomp", "libiomp")
@@ -106,6 +107,32 @@ def spare_preset(env: Mapping[str, str]) -> dict[str, str]:
         vllm_dir=_package_dir("vllm"),
         find=lambda pattern: glob.glob(pattern),
     )
+
+
+def vllm_worker_env() -> dict[str, str]:
+    """What vLLM's CPU build sets for its executor's first worker, by vLLM's own code (its
+    `OMPProcessManager`, which the executor asks for each worker: OpenMP's thread count and
+    binding, which the OpenMP runtime reads when it loads), for one worker without data
+    parallelism, under this process's environment; {} elsewhere (a GPU build sets none), or where
+    that code is not what this was written against (vLLM 0.32). A model whose worker differs
+    (several workers, its own binding) just finds the second zygote refusing: a plain spawn."""
+    try:
+        from vllm.platforms import current_platform
+        from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+        if not current_platform.is_cpu():
+            return {}
+        parallel = types.SimpleNamespace(
+            local_world_size=1, data_parallel_rank_local=0, _api_process_count=1
+        )
+        config = types.SimpleNamespace(parallel_config=parallel, kv_transfer_config=None)
+        manager = OMPProcessManager(config)  # type: ignore[arg-type]
+        before = dict(os.environ)
+        with manager.configure_omp_envs(rank=0, local_rank=0):
+            during = dict(os.environ)
+    except Exception:  # any other vLLM: no second zygote, nothing else lost
+        return {}
+    return {name: value for name, value in during.items() if before.get(name) != value}
 
 
 def _version(distribution: str) -> str | None:

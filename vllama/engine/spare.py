@@ -96,15 +96,24 @@ def _title_setter() -> Callable[[str], None]:
     return setproctitle.setproctitle
 
 
-def _zygote(command: list[str], target: str) -> zygote.Zygote | None:
-    """The zygote for `target`'s spawns, None (and why, on stdout) where it is not safe."""
+def _zygote(
+    command: list[str], target: str, started: Mapping[str, str], spawn_env: Mapping[str, str]
+) -> zygote.Zygote | None:
+    """The zygote for `target`'s spawns, None (and why, on stdout) where it is not safe; and a
+    second one for the spawns the engine makes with `spawn_env` (engine/engine_env.py) set,
+    started from this spare's environment as it `started`."""
     preload = [m for m in VLLM_PRELOAD if target.startswith("vllm.") and _importable(m)]
-    started = zygote.start(preload, " ".join(["vllama.engine.spare zygote --", *command]))
-    if isinstance(started, str):
-        print(f"{NOTE} no zygote: {started}", flush=True)
+    first = zygote.start(preload, " ".join(["vllama.engine.spare zygote --", *command]))
+    if isinstance(first, str):
+        print(f"{NOTE} no zygote: {first}", flush=True)
         return None
-    atexit.register(started.remove_folder)
-    return started
+    atexit.register(first.remove_folder)
+    if spawn_env:
+        title = " ".join(["vllama.engine.spare second zygote --", *command])
+        why = zygote.start_second(first, {**started, **spawn_env}, preload, title)
+        if why is not None:
+            print(f"{NOTE} no second zygote: {why}", flush=True)
+    return first
 
 
 def _importable(module: str) -> bool:
@@ -143,26 +152,54 @@ def _exec_with_preset(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "vllama.engine.spare", *argv], env)
 
 
+USAGE = (
+    "usage: python -m vllama.engine.spare [--no-zygote] [--spawn-env NAME=VALUE]... -- COMMAND..."
+)
+
+
+def _options(argv: list[str]) -> tuple[bool, dict[str, str], list[str]] | None:
+    """(with a zygote, what the engine sets for its spawns, the engine command), None if the
+    command line is not the spare's. `--no-zygote`: benchmarks/cold_start.py compares the two.
+    `--spawn-env`: for an engine whose spawns engine_env does not know (tests)."""
+    with_zygote, spawn_env = True, {}
+    rest = list(argv)
+    while rest and rest[0] != "--":
+        option = rest.pop(0)
+        if option == "--no-zygote":
+            with_zygote = False
+        elif option == "--spawn-env" and rest and "=" in rest[0]:
+            name, _, value = rest.pop(0).partition("=")
+            spawn_env[name] = value
+        else:
+            return None
+    if len(rest) < 2:
+        return None
+    return with_zygote, spawn_env, rest[1:]
+
+
 def main(argv: list[str]) -> int:
-    with_zygote = argv[:1] != ["--no-zygote"]  # benchmarks/cold_start.py compares the two
     given = argv
-    argv = argv if with_zygote else argv[1:]
-    if len(argv) < 2 or argv[0] != "--":
-        print("usage: python -m vllama.engine.spare [--no-zygote] -- COMMAND...", file=sys.stderr)
+    options = _options(argv)
+    if options is None:
+        print(USAGE, file=sys.stderr)
         return 2
-    command = argv[1:]
+    with_zygote, spawn_env, command = options
     kind, target = parse_command(command)
     if kind == "module" and with_zygote and target.startswith("vllm."):
         _exec_with_preset(given)
     set_title = _title_setter()
     before = environment_before_preset()
+    started = dict(os.environ)  # with the preset
     if kind == "module":
         importlib.import_module(target)
     warm = None
     if _cuda_initialized():
         print(f"{UNFIT} importing {target} initialised CUDA", flush=True)
     else:
-        warm = _zygote(command, target) if kind == "module" and with_zygote else None
+        if kind == "module" and with_zygote:
+            if target.startswith("vllm."):
+                spawn_env = {**engine_env.vllm_worker_env(), **spawn_env}
+            warm = _zygote(command, target, started, spawn_env)
         print(READY, flush=True)
     imported = import_changes(before, dict(os.environ))  # the zygote's preloads' changes, too
     line = sys.stdin.readline()

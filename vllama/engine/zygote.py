@@ -16,6 +16,12 @@ context cannot be used in a child. The zygote checks that before every fork (`fo
 refuses otherwise: the launcher then runs a plain spawn. It also refuses a spawn whose environment
 differs from its own in a variable read at import (engine/import_time.py): its imports were made
 under its own values.
+
+A spawn the spare's engine will make under other values of such variables (vLLM's CPU build sets
+OpenMP's thread binding for its executor worker, which libgomp reads when it loads) can come from
+a second zygote (`start_second`): a fresh interpreter executed with those values, which imports
+the engine and serves spawns the same way. The launcher asks the first zygote, then the second,
+and runs the plain spawn where both refuse.
 """
 
 from __future__ import annotations
@@ -32,17 +38,22 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
+import time
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vllama.engine.import_time import unfit_variable
 
 LAUNCHER = Path(__file__).with_name("zygote_launch.py")
+# In the zygotes' folder: the launcher asks every `*.sock` there, in name order.
+SOCKETS = ("first.sock", "second.sock")
 SPAWN_PROGRAM = "from multiprocessing.spawn import spawn_main; spawn_main("
+NOT_A_SPAWN = "not a multiprocessing spawn"
 # torch reads it when torch._inductor.config is imported, which the spare has done under its own
 # environment; vLLM's CPU platform sets it (to 1) only for the processes it spawns. A child set
 # with it gets torch's own decision redone under the new value.
@@ -82,6 +93,7 @@ class Zygote:
     folder: str
     alive: int  # the write end of a pipe whose closing tells the zygote its spare is gone
     owner: int  # the spare's pid
+    second: subprocess.Popen[bytes] | None = None  # `start_second`'s (its stdin: its tie)
 
     def use(self) -> None:
         """Make this process's spawns come from the zygote."""
@@ -111,15 +123,12 @@ def start(preload: Sequence[str], title: str | None = None) -> Zygote | str:
     if hazard is not None:
         return hazard
     folder = tempfile.mkdtemp(prefix="vllama-zygote-")  # mode 0700: only this user connects
-    path = os.path.join(folder, "zygote.sock")
     launcher = os.path.join(folder, "python")
     with open(launcher, "w") as script:
-        words = [sys.executable, "-I", "-S", str(LAUNCHER), path, sys.executable]
+        words = [sys.executable, "-I", "-S", str(LAUNCHER), folder, sys.executable]
         script.write(f'#!/bin/sh\nexec {" ".join(shlex.quote(w) for w in words)} "$@"\n')
     os.chmod(launcher, 0o700)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(path)
-    listener.listen(64)
+    listener = _listen(os.path.join(folder, SOCKETS[0]))
     alive_r, alive_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -139,6 +148,54 @@ def start(preload: Sequence[str], title: str | None = None) -> Zygote | str:
     os._exit(0)
 
 
+def _listen(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(64)
+    return listener
+
+
+def start_second(
+    first: Zygote, env: Mapping[str, str], preload: Sequence[str], title: str
+) -> str | None:
+    """The second zygote: this interpreter executed afresh with `env` (this process's as it
+    started, so that importing makes the same changes to it, and what the engine sets for a
+    spawn, read when a library loads), importing `preload`, then
+    serving spawns in `first`'s folder; returns once it serves (None), or why it does not.
+    Its stdin is its tie to this process: at its end (this process gone) it exits."""
+    socket_path = os.path.join(first.folder, SOCKETS[1])
+    first.second = subprocess.Popen(
+        [sys.executable, "-m", "vllama.engine.zygote", socket_path, first.folder, title, *preload],
+        env=dict(env),
+        stdin=subprocess.PIPE,
+    )
+    while not os.path.exists(socket_path):  # bound once its imports are done
+        if first.second.poll() is not None:
+            return f"the second zygote exited ({first.second.returncode}); see above"
+        time.sleep(0.05)
+    return None
+
+
+def _second_main(argv: list[str]) -> int:
+    """`python -m vllama.engine.zygote SOCKET FOLDER TITLE [MODULE...]`: the second zygote."""
+    socket_path, folder, title, *preload = argv
+    for name in preload:
+        importlib.import_module(name)
+    quiesce()
+    hazard = fork_hazard()
+    if hazard is not None:
+        print(f"vllama zygote: no second zygote: {hazard}", file=sys.stderr, flush=True)
+        return 0
+    _set_title(title)
+    multiprocessing.set_executable(os.path.join(folder, "python"))  # its children's spawns
+    listener = _listen(socket_path)
+    spawn = _Server(listener, sys.stdin.fileno()).serve()
+    if spawn is None:
+        return 0
+    _become(spawn)  # raises SystemExit when the child's work is done, as a spawned child does
+    return 0
+
+
 def _set_title(title: str) -> None:
     try:
         import setproctitle
@@ -153,7 +210,6 @@ class _Server:
         self._alive = alive
         self._env = dict(os.environ)
         self._children: dict[int, socket.socket] = {}
-        self._refused: set[str] = set()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -218,11 +274,9 @@ class _Server:
                 return spawn
             self._children[child] = conn
             conn.send(json.dumps({"pid": child}).encode())
-        else:
-            if reason not in self._refused:
-                self._refused.add(reason)
-                print(f"vllama zygote: a plain spawn, not a fork: {reason}", file=sys.stderr)
-            conn.send(json.dumps({"refused": reason}).encode())
+        else:  # the launcher says why, unless it is not a spawn at all (the resource tracker)
+            say = reason != NOT_A_SPAWN
+            conn.send(json.dumps({"refused": reason, "say": say}).encode())
             self._selector.unregister(conn)
             conn.close()
         for fd in fds:
@@ -231,7 +285,7 @@ class _Server:
 
     def _refusal(self, spawn: Spawn) -> str | None:
         if len(spawn.args) < 2 or not spawn.args[-2].startswith(SPAWN_PROGRAM):
-            return "not a multiprocessing spawn"
+            return NOT_A_SPAWN
         variable = unfit_variable(
             {k: v for k, v in self._env.items() if k not in RECOMPUTED},
             {k: v for k, v in spawn.env.items() if k not in RECOMPUTED},
@@ -299,3 +353,7 @@ def _recompute_import_time_settings() -> None:
     config = sys.modules.get("torch._inductor.config")
     if config is not None:
         config.compile_threads = config.decide_compile_threads()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    sys.exit(_second_main(sys.argv[1:]))

@@ -2,10 +2,11 @@
 fresh interpreter (engine/zygote.py): it hands its open files, environment and working directory
 to the spare's zygote, which forks a copy that has the engine imported already, then stands in for
 that copy (its pid is the one the engine waits on and signals) until it exits, and exits the same
-way. If the zygote refuses (or is gone), it runs the real interpreter with the same arguments,
+way. It asks each zygote of the spare in turn (every `*.sock` in FOLDER, in name order); if all
+refuse (or are gone), it says why on stderr and runs the real interpreter with the same arguments,
 which is the plain spawn.
 
-`python -I -S zygote_launch.py SOCKET PYTHON ARGS...`: standard library only, no site packages, so
+`python -I -S zygote_launch.py FOLDER PYTHON ARGS...`: standard library only, no site packages, so
 that it starts in milliseconds.
 """
 
@@ -69,20 +70,49 @@ def _read_exit(conn: socket.socket, status: list[int]) -> None:
     status.append(int(json.loads(message)["exit"]) if message else 1)
 
 
+def _ask(path: str, request: bytes, fds: list[int]) -> tuple[socket.socket | None, int, str]:
+    """One zygote's answer: (the connection, the child's pid) if it forked, else (None, 0, why
+    it refused, "" where that is not worth saying)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.connect(path)
+        socket.send_fds(conn, [request], fds)
+        answer = json.loads(conn.recv(65536) or b"{}")
+    except OSError:  # gone, or not started yet
+        conn.close()
+        return None, 0, ""
+    pid = int(answer.get("pid", 0))
+    if pid:
+        return conn, pid, ""
+    conn.close()
+    return None, 0, str(answer.get("refused", "")) if answer.get("say") else ""
+
+
+def _sockets(folder: str) -> list[str]:
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".sock"))
+    except OSError:
+        return []
+    return [os.path.join(folder, name) for name in names]
+
+
 def main(argv: list[str]) -> None:
-    path, python, *args = argv
+    folder, python, *args = argv
     fds = _open_fds()
     request = json.dumps({"args": args, "env": dict(os.environ), "cwd": _cwd(), "fds": fds})
     # Held until the child is known: a signal then reaches it (`_forward`) rather than only this.
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
-    try:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        conn.connect(path)
-        socket.send_fds(conn, [request.encode()], fds)
-        pid = int(json.loads(conn.recv(65536) or b"{}").get("pid", 0))
-    except OSError:
-        pid = 0
-    if not pid:
+    conn, pid, reasons = None, 0, []
+    for path in _sockets(folder):
+        conn, pid, reason = _ask(path, request.encode(), fds)
+        if pid:
+            break
+        if reason:
+            reasons.append(reason)
+    if conn is None or not pid:
+        if reasons:
+            why = "; ".join(reasons)
+            print(f"vllama zygote: a plain spawn, not a fork: {why}", file=sys.stderr, flush=True)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         os.execv(python, [python, *args])
     for fd in fds:  # the child holds them now (a pipe's end must close when it exits)
