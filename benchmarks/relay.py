@@ -15,6 +15,8 @@ taken in the same run mean anything):
 
 With `--compare TREE` (another checkout of vllama, e.g. a `git worktree` of an older commit), the
 relay CPU measurement alternates between this tree and TREE, several rounds each, in one run.
+With `--floor`, also the floor under it (benchmarks/relay_floor.py: aiohttp's server and vllama's
+lean worker client with nothing else), on the OpenAI paths.
 
 Usage: .venv/bin/python benchmarks/relay.py [--rounds 5] [--skip-engine] [--streams 2000]
        .venv/bin/python benchmarks/relay.py --skip-engine --compare ../old-vllama [--cpu-rounds 5]
@@ -27,6 +29,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,10 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import relay_floor  # noqa: E402
 
 from tests.daemon import Daemon, free_port, write_config  # noqa: E402
 from vllama.demo.build import ensure_demo_models  # noqa: E402
@@ -227,17 +234,55 @@ async def client_stream(
         return data.count(client.separator)
 
 
+class Floor:
+    """benchmarks/relay_floor.py in front of an instant fake of its own: what a relay costs in
+    aiohttp's server and the lean client alone. Served like a Daemon (url, proc, kill)."""
+
+    def __init__(self, folder: Path) -> None:
+        upstream, port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = (folder / "floor.log").open("wb")
+        fake = [*FAKE, "--model", "fake/instant", "--served-model-name", "instant"]
+        floor = [sys.executable, str(REPO / "benchmarks" / "relay_floor.py")]
+        self._fake = subprocess.Popen([*fake, "--port", str(upstream)], stdout=self._log)
+        self.proc = subprocess.Popen([*floor, str(upstream), str(port)], stdout=self._log)
+        deadline = time.monotonic() + 60
+        for url in (f"http://127.0.0.1:{upstream}/health", self.url + "/v1/completions"):
+            while not _answers(url):
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"the floor did not start: {url}")
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        for process in (self.proc, self._fake):
+            process.terminate()
+            process.wait(30)
+        self._log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code > 0  # a 405 for a GET to the floor
+    except httpx.HTTPError:
+        return False
+
+
 @dataclass
 class Target:
-    """One running daemon in front of the instant fake, measured by its /proc CPU times."""
+    """One running daemon (or the floor) in front of the instant fake, measured by its /proc CPU
+    times."""
 
     label: str
-    daemon: Daemon
+    daemon: Daemon | Floor
     key: str | None
 
     def cpu_seconds(self) -> float:
         times = psutil.Process(self.daemon.proc.pid).cpu_times()  # /proc/PID/stat: its own
         return times.user + times.system
+
+    def serves(self, client: Client) -> bool:
+        return not isinstance(self.daemon, Floor) or client.path in relay_floor.PATHS
 
 
 async def measure(
@@ -293,6 +338,7 @@ def start_target(label: str, source: Path | None, keys: bool, folder: Path) -> T
 
 async def cpu_benchmark(
     trees: list[tuple[str, Path | None]],
+    floor: bool,
     keys: list[bool],
     clients: tuple[Client, ...],
     rounds: int,
@@ -311,17 +357,22 @@ async def cpu_benchmark(
             for with_keys in keys:
                 label = f"{name}, keys {'on' if with_keys else 'off'}"
                 targets.append(start_target(label, source, with_keys, folder))
+        if floor:
+            targets.append(Target("aiohttp + lean client only", Floor(folder), None))
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             events: dict[str, float] = {}
             for target in targets:  # the model's load and a warm-up, not measured
                 for client in clients:
-                    await measure(session, target, client, concurrency, concurrency, tokens)
+                    if target.serves(client):
+                        await measure(session, target, client, concurrency, concurrency, tokens)
             for round_ in range(rounds):
                 for client in clients:
                     shift = round_ % len(targets)
                     for target in targets[shift:] + targets[:shift]:
+                        if not target.serves(client):
+                            continue
                         ms, per = await measure(
                             session, target, client, streams, concurrency, tokens
                         )
@@ -338,6 +389,8 @@ async def cpu_benchmark(
     for client in clients:
         print(f"  {client.title}: {events.get(client.name, 0):.0f} events per stream")
         for target in targets:
+            if not target.serves(client):
+                continue
             figures = results[(client.name, target.label)]
             print(
                 f"    {target.label:<28} median {statistics.median(figures):.3f} ms  "
@@ -373,6 +426,7 @@ def main() -> None:
     parser.add_argument("--skip-engine", action="store_true")
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--compare", type=Path, help="another vllama source tree to measure")
+    parser.add_argument("--floor", action="store_true", help="also aiohttp + the lean client only")
     args = parser.parse_args()
     clients = tuple(c for c in CLIENTS if c.name in args.clients.split(","))
     keys = {"off": [False], "on": [True], "both": [False, True]}[args.keys]
@@ -385,6 +439,7 @@ def main() -> None:
             asyncio.run(
                 cpu_benchmark(
                     trees,
+                    args.floor,
                     keys,
                     clients,
                     args.cpu_rounds,
