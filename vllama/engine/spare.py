@@ -14,8 +14,9 @@ arguments), and runs the engine as `python -m MODULE ARGS` would. End of stdin: 
 Before it is ready, a spare of a module forks its zygote (engine/zygote.py), which the engine's
 own `spawn`s (vLLM's engine core and workers) then come from; a line `SPARE_NOTE reason` says why
 not, where it is not safe to. A spare of vLLM's CPU build first executes itself again with what
-vLLM will set for its engine processes (engine/engine_env.py): the zygote forks only spawns whose
-import-time environment is its own.
+vLLM will set for its engine processes (engine/engine_env.py): a zygote forks only spawns whose
+import-time environment is its own. For the same reason it starts a second zygote with the OpenMP
+binding vLLM gives its worker (`--spawn-env` names such variables for other engines: tests).
 """
 
 from __future__ import annotations
@@ -178,7 +179,6 @@ def _options(argv: list[str]) -> tuple[bool, dict[str, str], list[str]] | None:
 
 
 def main(argv: list[str]) -> int:
-    given = argv
     options = _options(argv)
     if options is None:
         print(USAGE, file=sys.stderr)
@@ -186,7 +186,7 @@ def main(argv: list[str]) -> int:
     with_zygote, spawn_env, command = options
     kind, target = parse_command(command)
     if kind == "module" and with_zygote and target.startswith("vllm."):
-        _exec_with_preset(given)
+        _exec_with_preset(argv)
     set_title = _title_setter()
     before = environment_before_preset()
     started = dict(os.environ)  # with the preset

@@ -149,9 +149,12 @@ def start(preload: Sequence[str], title: str | None = None) -> Zygote | str:
 
 
 def _listen(path: str) -> socket.socket:
+    """A listening socket at `path`, which appears only once it listens (bound under another
+    name first): a launcher that finds it can connect."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(path)
+    listener.bind(path + ".binding")
     listener.listen(64)
+    os.rename(path + ".binding", path)
     return listener
 
 
@@ -159,17 +162,17 @@ def start_second(
     first: Zygote, env: Mapping[str, str], preload: Sequence[str], title: str
 ) -> str | None:
     """The second zygote: this interpreter executed afresh with `env` (this process's as it
-    started, so that importing makes the same changes to it, and what the engine sets for a
-    spawn, read when a library loads), importing `preload`, then
-    serving spawns in `first`'s folder; returns once it serves (None), or why it does not.
-    Its stdin is its tie to this process: at its end (this process gone) it exits."""
+    started, so that importing makes the same changes to it, plus what the engine sets for a
+    spawn and a library reads when it loads), importing `preload`, then serving spawns in
+    `first`'s folder. Returns once it serves (None), or why it does not. Its stdin is its tie to
+    this process: at its end (this process gone) it exits."""
     socket_path = os.path.join(first.folder, SOCKETS[1])
     first.second = subprocess.Popen(
         [sys.executable, "-m", "vllama.engine.zygote", socket_path, first.folder, title, *preload],
         env=dict(env),
         stdin=subprocess.PIPE,
     )
-    while not os.path.exists(socket_path):  # bound once its imports are done
+    while not os.path.exists(socket_path):  # there once its imports are done and it listens
         if first.second.poll() is not None:
             return f"the second zygote exited ({first.second.returncode}); see above"
         time.sleep(0.05)
