@@ -5,9 +5,9 @@ Variants:
 - cold: `python -m vllm.entrypoints.openai.api_server ARGS`, as vllama starts a worker today.
 - spare: a `vllama.engine.spare` process that has imported vLLM already (its import time is not
   counted: a spare is started ahead of need); "go" is the moment it is given the model. Its
-  engine core comes from its zygote (engine/zygote.py; the spare sets what vLLM's CPU build sets
-  for that spawn ahead, engine/engine_env.py), its worker is spawned.
-- spare-nozygote: the same spare without its zygote (the engine core and worker spawned).
+  engine core and worker come from its zygotes (engine/zygote.py; the spare sets ahead what
+  vLLM's CPU build sets for those spawns, engine/engine_env.py).
+- spare-nozygote: the same spare without its zygotes (the engine core and worker spawned).
 - cold-inproc / spare-inproc: the same with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (vLLM's engine in
   the API server's process instead of a freshly spawned one).
 

@@ -185,7 +185,9 @@ def main(argv: list[str]) -> int:
         return 2
     with_zygote, spawn_env, command = options
     kind, target = parse_command(command)
-    if kind == "module" and with_zygote and target.startswith("vllm."):
+    zygotes = kind == "module" and with_zygote
+    vllm = zygotes and target.startswith("vllm.")
+    if vllm:
         _exec_with_preset(argv)
     set_title = _title_setter()
     before = environment_before_preset()
@@ -196,8 +198,8 @@ def main(argv: list[str]) -> int:
     if _cuda_initialized():
         print(f"{UNFIT} importing {target} initialised CUDA", flush=True)
     else:
-        if kind == "module" and with_zygote:
-            if target.startswith("vllm."):
+        if zygotes:
+            if vllm:
                 spawn_env = {**engine_env.vllm_worker_env(), **spawn_env}
             warm = _zygote(command, target, started, spawn_env)
         print(READY, flush=True)

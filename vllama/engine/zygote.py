@@ -116,14 +116,11 @@ class Spawn:
 
 def start(preload: Sequence[str], title: str | None = None) -> Zygote | str:
     """Import `preload`, then fork the zygote; the reason when it is not safe to."""
-    for name in preload:
-        importlib.import_module(name)
-    quiesce()
-    hazard = fork_hazard()
+    hazard = _ready_to_fork(preload)
     if hazard is not None:
         return hazard
     folder = tempfile.mkdtemp(prefix="vllama-zygote-")  # mode 0700: only this user connects
-    launcher = os.path.join(folder, "python")
+    launcher = _launcher(folder)
     with open(launcher, "w") as script:
         words = [sys.executable, "-I", "-S", str(LAUNCHER), folder, sys.executable]
         script.write(f'#!/bin/sh\nexec {" ".join(shlex.quote(w) for w in words)} "$@"\n')
@@ -138,14 +135,35 @@ def start(preload: Sequence[str], title: str | None = None) -> Zygote | str:
         os.close(alive_r)
         return Zygote(pid, launcher, folder, alive_w, os.getpid())
     os.close(alive_w)
+    _serve(listener, alive_r, launcher, title)
+    os._exit(0)  # not the spare's exit: its atexit handlers are not this copy's
+
+
+def _ready_to_fork(preload: Sequence[str]) -> str | None:
+    """Import `preload` and let the thread pools that stop themselves stop (`quiesce`); why
+    forking this process is still unsafe, else None."""
+    for name in preload:
+        importlib.import_module(name)
+    quiesce()
+    return fork_hazard()
+
+
+def _launcher(folder: str) -> str:
+    """The executable for multiprocessing.set_executable: engine/zygote_launch.py, for the
+    zygotes whose sockets are in `folder`."""
+    return os.path.join(folder, "python")
+
+
+def _serve(listener: socket.socket, alive: int, launcher: str, title: str | None) -> None:
+    """A zygote's life: serve spawns until its spare is gone (returns), or, in a forked child,
+    become that spawn (raises SystemExit when the child's work is done, as a spawned child
+    does). Its children's own spawns (the engine core's workers) go through the launcher too."""
     if title is not None:
         _set_title(title)
-    multiprocessing.set_executable(launcher)  # the engine core's own spawns (its workers), too
-    spawn = _Server(listener, alive_r).serve()
-    if spawn is None:
-        os._exit(0)
-    _become(spawn)  # raises SystemExit when the child's work is done, as a spawned child does
-    os._exit(0)
+    multiprocessing.set_executable(launcher)
+    spawn = _Server(listener, alive).serve()
+    if spawn is not None:
+        _become(spawn)
 
 
 def _listen(path: str) -> socket.socket:
@@ -182,20 +200,11 @@ def start_second(
 def _second_main(argv: list[str]) -> int:
     """`python -m vllama.engine.zygote SOCKET FOLDER TITLE [MODULE...]`: the second zygote."""
     socket_path, folder, title, *preload = argv
-    for name in preload:
-        importlib.import_module(name)
-    quiesce()
-    hazard = fork_hazard()
+    hazard = _ready_to_fork(preload)
     if hazard is not None:
         print(f"vllama zygote: no second zygote: {hazard}", file=sys.stderr, flush=True)
         return 0
-    _set_title(title)
-    multiprocessing.set_executable(os.path.join(folder, "python"))  # its children's spawns
-    listener = _listen(socket_path)
-    spawn = _Server(listener, sys.stdin.fileno()).serve()
-    if spawn is None:
-        return 0
-    _become(spawn)  # raises SystemExit when the child's work is done, as a spawned child does
+    _serve(_listen(socket_path), sys.stdin.fileno(), _launcher(folder), title)
     return 0
 
 
