@@ -70,22 +70,22 @@ def _read_exit(conn: socket.socket, status: list[int]) -> None:
     status.append(int(json.loads(message)["exit"]) if message else 1)
 
 
-def _ask(path: str, request: bytes, fds: list[int]) -> tuple[socket.socket | None, int, str]:
-    """One zygote's answer: (the connection, the child's pid) if it forked, else (None, 0, why
-    it refused, "" where that is not worth saying)."""
+def _ask(path: str, request: bytes, fds: list[int]) -> tuple[socket.socket, int] | str:
+    """One zygote's answer: (the connection, the child's pid) if it forked, else why it refused
+    ("" where that is not worth saying, or where it is gone or not started yet)."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         conn.connect(path)
         socket.send_fds(conn, [request], fds)
         answer = json.loads(conn.recv(65536) or b"{}")
-    except OSError:  # gone, or not started yet
+    except OSError:
         conn.close()
-        return None, 0, ""
+        return ""
     pid = int(answer.get("pid", 0))
     if pid:
-        return conn, pid, ""
+        return conn, pid
     conn.close()
-    return None, 0, str(answer.get("refused", "")) if answer.get("say") else ""
+    return str(answer.get("refused", "")) if answer.get("say") else ""
 
 
 def _sockets(folder: str) -> list[str]:
@@ -102,19 +102,22 @@ def main(argv: list[str]) -> None:
     request = json.dumps({"args": args, "env": dict(os.environ), "cwd": _cwd(), "fds": fds})
     # Held until the child is known: a signal then reaches it (`_forward`) rather than only this.
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
-    conn, pid, reasons = None, 0, []
+    forked: tuple[socket.socket, int] | None = None
+    reasons = []
     for path in _sockets(folder):
-        conn, pid, reason = _ask(path, request.encode(), fds)
-        if pid:
+        answer = _ask(path, request.encode(), fds)
+        if isinstance(answer, tuple):
+            forked = answer
             break
-        if reason:
-            reasons.append(reason)
-    if conn is None or not pid:
+        if answer:
+            reasons.append(answer)
+    if forked is None:
         if reasons:
             why = "; ".join(reasons)
             print(f"vllama zygote: a plain spawn, not a fork: {why}", file=sys.stderr, flush=True)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         os.execv(python, [python, *args])
+    conn, pid = forked
     for fd in fds:  # the child holds them now (a pipe's end must close when it exits)
         if fd > 2:
             os.close(fd)
